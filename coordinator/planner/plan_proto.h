@@ -1,0 +1,25 @@
+// Turns a planner Plan into the wire message chunkflow.v1.StepPlan (and the
+// per-worker slice of it). Kept apart from the planner so the planner itself
+// needs no protobuf.
+//
+//   chunkflow::v1::StepPlan msg = ToStepPlanProto(plan, &sim);
+
+#ifndef CHUNKFLOW_COORDINATOR_PLANNER_PLAN_PROTO_H_
+#define CHUNKFLOW_COORDINATOR_PLANNER_PLAN_PROTO_H_
+
+#include "coordinator/planner/plan.h"
+#include "coordinator/planner/simulator.h"
+#include "proto/chunkflow.pb.h"
+
+namespace chunkflow::planner {
+
+// `sim` may be null.
+chunkflow::v1::StepPlan ToStepPlanProto(const Plan& plan, const SimResult* sim);
+
+// The message one (dp, stage) worker receives: its op list and its dp rank's chunks.
+chunkflow::v1::StepPlanForWorker ToWorkerPlanProto(const Plan& plan, int32_t dp,
+                                                   int32_t stage);
+
+}  // namespace chunkflow::planner
+
+#endif  // CHUNKFLOW_COORDINATOR_PLANNER_PLAN_PROTO_H_
