@@ -13,8 +13,9 @@
 // bound, shared with first-fit decreasing) and O(n log n) time. The planner's
 // tests and benchmark report it against the lower bound
 //   chain chunks + ceil(short tokens / chunk_size)   (MinChunks below);
-// on the long-tailed mixes in dataset/synthetic.h it lands within one chunk of it
-// for ChunkSize >= 2K (see docs/planner.md for the measured table).
+// on the long-tailed mixes in dataset/synthetic.h it is within 0.1% of it (under
+// one extra chunk per batch of 1,024; planner_bench's ChunkingQuality rows,
+// table in docs/planner.md).
 //
 // The baselines' constructions live here too, so every strategy goes through
 // the same code path afterwards:

@@ -105,12 +105,38 @@ void BM_BuildChunks1024(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * kBatch);
 }
 
+// Packing quality: chunks BFD builds per global batch of 1,024 against the
+// lower bound MinChunks, over the first 1/4 of the million sequences.
+void ChunkingQuality(benchmark::State& state, const char* mix) {
+  const std::vector<Sequence>& all = Sequences(mix);
+  const int64_t chunk_size = state.range(0);
+  int64_t chunks = 0, bound = 0, batches = 0;
+  for (auto _ : state) {
+    chunks = bound = batches = 0;
+    for (int64_t begin = 0; begin < kMillion / 4; begin += kBatch) {
+      std::vector<Sequence> batch(all.begin() + begin, all.begin() + begin + kBatch);
+      chunks += static_cast<int64_t>(BuildChunks(batch, chunk_size)->size());
+      bound += MinChunks(batch, chunk_size);
+      ++batches;
+    }
+  }
+  state.counters["chunks"] = static_cast<double>(chunks) / batches;
+  state.counters["lower_bound"] = static_cast<double>(bound) / batches;
+  state.counters["excess_pct"] = 100.0 * (chunks - bound) / bound;
+}
+void BM_ChunkingQuality_PaperEval(benchmark::State& s) { ChunkingQuality(s, "paper-eval"); }
+void BM_ChunkingQuality_LMSys(benchmark::State& s) { ChunkingQuality(s, "lmsys"); }
+
 BENCHMARK(BM_PlanMillion_ChunkFlow)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_PlanMillion_ChunkFlow_LMSys)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_PlanMillion_ChunkFlowAndSimulate)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_PlanMillion_MegatronPack)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_PlanGlobalBatch1024)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_BuildChunks1024)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_ChunkingQuality_PaperEval)
+    ->Arg(1024)->Arg(2048)->Arg(8192)->Arg(32768)->Iterations(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_ChunkingQuality_LMSys)
+    ->Arg(1024)->Arg(2048)->Arg(8192)->Arg(32768)->Iterations(1)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace chunkflow::planner

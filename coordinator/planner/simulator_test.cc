@@ -46,6 +46,16 @@ TEST(Simulate, OneFOneBEqualMicroBatches_BubbleIsExact) {
   }
 }
 
+// One 30-token sequence cut into a chain of three chunks, one stage.
+Plan ChainOf3(int32_t k) {
+  PlanRequest req;
+  req.sequences = {{0, 30}};
+  req.chunk_size = 10;
+  req.k = k;
+  req.cost = UniformCost(1, 1, 0);
+  return *BuildPlan(req);
+}
+
 TEST(Simulate, BackwardBeforeForward_NamesTheOp) {
   Plan plan = EqualMicroBatches(2, 1, 4);
   std::swap(plan.stage_ops[0].ops[0], plan.stage_ops[0].ops[1]);  // B0 F0 ...
@@ -54,43 +64,28 @@ TEST(Simulate, BackwardBeforeForward_NamesTheOp) {
 }
 
 TEST(Simulate, ChainBackwardNotReversed_NamesTheOp) {
-  PlanRequest req;
-  req.sequences = {{0, 30}};
-  req.chunk_size = 10;
-  req.k = 3;
-  req.cost = UniformCost(1, 1, 0);
-  Plan plan = *BuildPlan(req);
+  Plan plan = ChainOf3(/*k=*/3);
   // F0 F1 F2 B2 B1 B0 -> F0 F1 F2 B1 B2 B0
   std::vector<Op>& ops = plan.stage_ops[0].ops;
   ASSERT_EQ(ops[3].chunk, 2);
   std::swap(ops[3], ops[4]);
-  ExpectInvalid(Simulate(plan, req.cost, UniformMemory(1)),
+  ExpectInvalid(Simulate(plan, UniformCost(1, 1, 0), UniformMemory(1)),
                 "the backward of chunk 2, which follows it in its sequence");
 }
 
 TEST(Simulate, ChainForwardOutOfOrder_NamesTheOp) {
-  PlanRequest req;
-  req.sequences = {{0, 30}};
-  req.chunk_size = 10;
-  req.k = 3;
-  req.cost = UniformCost(1, 1, 0);
-  Plan plan = *BuildPlan(req);
+  Plan plan = ChainOf3(/*k=*/3);
   std::swap(plan.stage_ops[0].ops[0], plan.stage_ops[0].ops[1]);
-  ExpectInvalid(Simulate(plan, req.cost, UniformMemory(1)), "previous chunk 0");
+  ExpectInvalid(Simulate(plan, UniformCost(1, 1, 0), UniformMemory(1)), "previous chunk 0");
 }
 
 TEST(Simulate, DroppedActivations_BackwardWithoutRecomputeRejected) {
-  PlanRequest req;
-  req.sequences = {{0, 30}};
-  req.chunk_size = 10;
-  req.k = 1;
-  req.cost = UniformCost(1, 1, 0);
-  Plan plan = *BuildPlan(req);
+  Plan plan = ChainOf3(/*k=*/1);
   std::vector<Op>& ops = plan.stage_ops[0].ops;
   // Remove every recompute: chunk 1's backward then has nothing to use.
   ops.erase(std::remove_if(ops.begin(), ops.end(), [](const Op& o) { return o.recompute; }),
             ops.end());
-  ExpectInvalid(Simulate(plan, req.cost, UniformMemory(1)), "no activations to use");
+  ExpectInvalid(Simulate(plan, UniformCost(1, 1, 0), UniformMemory(1)), "no activations to use");
 }
 
 TEST(Simulate, CrossStageCycle_ReportsDeadlock) {
