@@ -13,7 +13,7 @@ check() {  # name, expected exit code, needle in output, command...
     echo "ok   $name"
   fi
 }
-check help 1 "Commands:" "$BIN" --help
+check help 1 "--global_batch" "$BIN" --help
 check no-command 2 "Commands:" "$BIN"
 check unknown-command 2 "unknown command 'fly'" "$BIN" fly
 check plan-table 0 "megatron-pack +recompute" "$BIN" plan \

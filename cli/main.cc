@@ -14,6 +14,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "cli/plan_command.h"
 #include "dataset/indexed_dataset.h"
@@ -47,7 +49,7 @@ ABSL_FLAG(std::string, dtype, "auto", "convert: token dtype: auto, uint16 or int
 
 namespace {
 
-constexpr char kUsage[] = R"(chunkflowctl: the ChunkFlow admin client.
+constexpr char kUsage[] = R"(the ChunkFlow admin client.
 
 Commands:
   plan      Plan a dataset's global batches with ChunkFlow and the baselines
@@ -126,9 +128,15 @@ int RunConvert() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(kUsage);
+  // --help lists this file's flags (Abseil's default matches <program>.cc).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "cli/main.cc");
+  };
+  absl::SetFlagsUsageConfig(usage);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) {
-    std::cerr << kUsage << "\n\nrun 'chunkflowctl --help' for the flags\n";
+    std::cerr << "chunkflowctl: " << kUsage << "\n\nrun 'chunkflowctl --help' for the flags\n";
     return 2;
   }
   const std::string command = args[1];
