@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iostream>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -94,10 +95,14 @@ int RunPlan() {
     absl::Status s = chunkflow::cli::RunPlanCommand(o, std::cout, std::cerr);
     return s.ok() ? 0 : Fail(s);
   }
-  std::ofstream file(output);
-  if (!file) return Fail(absl::NotFoundError(absl::StrCat("--output: cannot write ", output)));
-  absl::Status s = chunkflow::cli::RunPlanCommand(o, file, std::cerr);
+  // Plan first, write after: a failed run leaves an existing file untouched.
+  std::ostringstream text;
+  absl::Status s = chunkflow::cli::RunPlanCommand(o, text, std::cerr);
   if (!s.ok()) return Fail(s);
+  std::ofstream file(output, std::ios::trunc);
+  if (!(file << text.str()) || !file.flush()) {
+    return Fail(absl::PermissionDeniedError(absl::StrCat("--output: cannot write ", output)));
+  }
   std::cerr << "wrote " << output << "\n";
   return 0;
 }

@@ -81,9 +81,12 @@ absl::Status CheckOptions(const PlanOptions& o) {
   if (o.k < 1) return bad("--k must be >= 1, got ", o.k);
   if (o.dp < 1) return bad("--dp must be >= 1, got ", o.dp);
   if (o.pp < 1) return bad("--pp must be >= 1, got ", o.pp);
-  if (!(o.device_tflops > 0)) return bad("--device_tflops must be > 0, got ", o.device_tflops);
-  if (!(o.memory_budget_gib > 0)) {
-    return bad("--memory_budget_gib must be > 0, got ", o.memory_budget_gib);
+  // Upper bounds keep the byte and time arithmetic finite.
+  if (!(o.device_tflops > 0 && o.device_tflops <= 1e6)) {
+    return bad("--device_tflops must be in (0, 1e6], got ", o.device_tflops);
+  }
+  if (!(o.memory_budget_gib > 0 && o.memory_budget_gib <= 1e6)) {
+    return bad("--memory_budget_gib must be in (0, 1e6], got ", o.memory_budget_gib);
   }
   if (o.max_length < 0) return bad("--max_length must be >= 0, got ", o.max_length);
   if (o.format != "table" && o.format != "json") {
@@ -113,11 +116,15 @@ absl::Status LoadBatches(const std::vector<int64_t>& lengths, Context* ctx) {
         absl::StrCat("--global_batch ", o.global_batch, " is larger than the dataset (",
                      lengths.size(), " documents)"));
   }
-  DatasetCursor cursor(static_cast<int64_t>(lengths.size()), o.seed, o.global_batch);
+  absl::StatusOr<DatasetCursor> cursor =
+      DatasetCursor::Create(static_cast<int64_t>(lengths.size()), o.seed, o.global_batch);
+  if (!cursor.ok()) return cursor.status();
   int64_t tokens = 0;
   for (int64_t step = 0; step < o.steps; ++step) {
+    absl::StatusOr<std::vector<int64_t>> docs = cursor->Batch(step);
+    if (!docs.ok()) return docs.status();
     std::vector<planner::Sequence> batch;
-    for (int64_t doc : cursor.Batch(step)) {
+    for (int64_t doc : *docs) {
       batch.push_back({doc, lengths[doc]});
       tokens += lengths[doc];
     }

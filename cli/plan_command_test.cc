@@ -1,7 +1,15 @@
 #include "cli/plan_command.h"
 
+#include <algorithm>
+#include <limits>
+#include <map>
 #include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
+
+#include "coordinator/cursor.h"
+#include "dataset/dataset.h"
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -54,12 +62,30 @@ TEST(RunPlanCommand, Json_HasTheDocumentedFields) {
   EXPECT_GT(step["sim"]["makespan_s"].get<double>(), 0);
   EXPECT_TRUE(step["sim"].contains("bubble_ratio"));
   EXPECT_EQ(step["sim"]["peak_memory_bytes"].size(), 2u);
-  // Every document of the batch is in the plan's pieces, each token once.
-  int64_t tokens = 0;
-  for (const auto& c : step["chunks"]) {
-    for (const auto& p : c["pieces"]) tokens += p["length"].get<int64_t>();
+  // Each step's pieces cover exactly the cursor's batch, every token once.
+  const std::vector<int64_t> lengths = *dataset::ReadDocumentLengths(o.dataset);
+  DatasetCursor cursor = *DatasetCursor::Create(lengths.size(), o.seed, o.global_batch);
+  for (int64_t s = 0; s < 2; ++s) {
+    std::map<int64_t, std::vector<std::pair<int64_t, int64_t>>> by_seq;
+    for (const auto& c : j["steps"][s]["chunks"]) {
+      for (const auto& p : c["pieces"]) {
+        by_seq[p["seq"].get<int64_t>()].push_back(
+            {p["offset"].get<int64_t>(), p["length"].get<int64_t>()});
+      }
+    }
+    const std::vector<int64_t> docs = *cursor.Batch(s);
+    ASSERT_EQ(by_seq.size(), docs.size());
+    for (int64_t doc : docs) {
+      auto& pieces = by_seq[doc];
+      std::sort(pieces.begin(), pieces.end());
+      int64_t next = 0;
+      for (auto [offset, length] : pieces) {
+        ASSERT_EQ(offset, next) << "document " << doc;
+        next += length;
+      }
+      ASSERT_EQ(next, lengths[doc]) << "document " << doc;
+    }
   }
-  EXPECT_GT(tokens, 128);
   EXPECT_EQ(j["comparison"].size(), 6u);
 }
 
@@ -93,6 +119,9 @@ TEST(RunPlanCommand, BadFlags_NameTheFlag) {
   o = Small();
   o.format = "xml";
   expect(o, absl::StatusCode::kInvalidArgument, "--format");
+  o = Small();
+  o.memory_budget_gib = std::numeric_limits<double>::infinity();
+  expect(o, absl::StatusCode::kInvalidArgument, "--memory_budget_gib must be in (0, 1e6]");
   o = Small();
   o.dataset = "/nonexistent/corpus";
   expect(o, absl::StatusCode::kNotFound, "/nonexistent/corpus");

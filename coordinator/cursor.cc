@@ -3,6 +3,9 @@
 #include <random>
 #include <utility>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
 namespace chunkflow {
 
 std::vector<int64_t> EpochOrder(int64_t n, uint64_t seed, int64_t epoch) {
@@ -19,17 +22,36 @@ std::vector<int64_t> EpochOrder(int64_t n, uint64_t seed, int64_t epoch) {
   return order;
 }
 
-DatasetCursor::DatasetCursor(int64_t num_documents, uint64_t seed, int64_t batch)
-    : num_documents_(num_documents), seed_(seed), batch_(batch) {}
-
-std::vector<int64_t> DatasetCursor::Batch(int64_t step) {
-  const int64_t epoch = step / steps_per_epoch();
-  if (epoch != epoch_) {
-    order_ = EpochOrder(num_documents_, seed_, epoch);
-    epoch_ = epoch;
+absl::StatusOr<DatasetCursor> DatasetCursor::Create(int64_t num_documents, uint64_t seed,
+                                                    int64_t batch) {
+  if (num_documents < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the dataset has ", num_documents, " documents; need at least 1"));
   }
-  const int64_t begin = (step % steps_per_epoch()) * batch_;
-  return std::vector<int64_t>(order_.begin() + begin, order_.begin() + begin + batch_);
+  if (batch < 1 || batch > num_documents) {
+    return absl::InvalidArgumentError(absl::StrCat("global batch ", batch,
+                                                   " must be between 1 and the dataset's ",
+                                                   num_documents, " documents"));
+  }
+  return DatasetCursor(num_documents, seed, batch);
+}
+
+const std::vector<int64_t>& DatasetCursor::Order(int64_t epoch) {
+  if (epoch != cached_epoch_) {
+    cached_order_ = EpochOrder(num_documents_, seed_, epoch);
+    cached_epoch_ = epoch;
+  }
+  return cached_order_;
+}
+
+absl::StatusOr<std::vector<int64_t>> DatasetCursor::Batch(int64_t step) {
+  if (step < 0) return absl::InvalidArgumentError(absl::StrCat("step must be >= 0, got ", step));
+  std::vector<int64_t> docs;
+  docs.reserve(batch_);
+  for (int64_t pos = step * batch_; pos < (step + 1) * batch_; ++pos) {
+    docs.push_back(Order(pos / num_documents_)[pos % num_documents_]);
+  }
+  return docs;
 }
 
 }  // namespace chunkflow

@@ -54,6 +54,10 @@ absl::Status AssignRanks(const CostModel& cost, int32_t dp, int32_t k, bool full
                          Balance balance, std::vector<Chunk>* chunks) {
   if (dp < 1) return absl::InvalidArgumentError(absl::StrCat("dp must be >= 1, got ", dp));
   if (k < 1) return absl::InvalidArgumentError(absl::StrCat("K must be >= 1, got ", k));
+  if (!chunks->empty() && chunks->front().chain_index != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk 0 has chain index ", chunks->front().chain_index, "; a chain must start at 0"));
+  }
   std::vector<Group> groups = Groups(cost, k, full_recompute, *chunks);
   auto assign = [&](const Group& g, int32_t rank) {
     for (int32_t i = 0; i < g.count; ++i) (*chunks)[g.first + i].dp = rank;

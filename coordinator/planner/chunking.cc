@@ -106,6 +106,7 @@ absl::StatusOr<std::vector<Chunk>> BuildChunks(absl::Span<const Sequence> seqs,
 }
 
 int64_t MinChunks(absl::Span<const Sequence> seqs, int64_t chunk_size) {
+  if (chunk_size <= 0) return 0;
   int64_t chain_chunks = 0;
   int64_t short_tokens = 0;
   for (const Sequence& s : seqs) {

@@ -55,7 +55,7 @@ absl::StatusOr<std::vector<Chunk>> OneSequencePerChunk(absl::Span<const Sequence
 
 // Lower bound on the chunks any construction with this chunk_size needs:
 // sum over long sequences of ceil(len / chunk_size) + ceil(short tokens /
-// chunk_size).
+// chunk_size). 0 when chunk_size <= 0.
 int64_t MinChunks(absl::Span<const Sequence> seqs, int64_t chunk_size);
 
 }  // namespace chunkflow::planner

@@ -1,6 +1,8 @@
 #include "coordinator/planner/cost_model.h"
 
 #include <algorithm>
+#include <cmath>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -129,6 +131,7 @@ absl::StatusOr<ModelShape> ModelShapeFromHfConfig(absl::string_view json_text,
 }
 
 std::vector<int64_t> LayersPerStage(int64_t layers, int32_t pp) {
+  if (pp < 1) return {};
   std::vector<int64_t> out(pp, layers / pp);
   for (int64_t i = 0; i < layers % pp; ++i) ++out[i];
   return out;
@@ -164,9 +167,65 @@ CostModel CostModelFromShape(const ModelShape& m, int32_t pp, const DeviceModel&
   return cost;
 }
 
+absl::Status ValidateCostModel(const CostModel& cost, int32_t pp) {
+  if (static_cast<int64_t>(cost.stages.size()) != pp) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cost model has ", cost.stages.size(), " stages, pp is ", pp));
+  }
+  auto ok = [](double v) { return std::isfinite(v) && v >= 0; };
+  if (!ok(cost.backward_ratio)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cost model backward_ratio must be finite and >= 0, got ",
+                     cost.backward_ratio));
+  }
+  for (int32_t s = 0; s < pp; ++s) {
+    const StageCost& c = cost.stages[s];
+    for (auto [field, v] : {std::pair<const char*, double>{"linear_s_per_token",
+                                                           c.linear_s_per_token},
+                            {"quadratic_s_per_pair", c.quadratic_s_per_pair},
+                            {"fixed_s", c.fixed_s}}) {
+      if (!ok(v)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "cost model stage ", s, " ", field, " must be finite and >= 0, got ", v));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 // ===========================================================================
 // Memory model
 // ===========================================================================
+
+absl::Status ValidateMemoryModel(const MemoryModel& m, int32_t pp) {
+  if (static_cast<int64_t>(m.static_bytes.size()) != pp) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "memory model static_bytes has ", m.static_bytes.size(), " entries, pp is ", pp));
+  }
+  for (int32_t s = 0; s < pp; ++s) {
+    if (m.static_bytes[s] < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("memory model static_bytes[", s,
+                                                     "] is negative: ", m.static_bytes[s]));
+    }
+  }
+  for (auto [field, v] : {std::pair<const char*, const std::vector<double>*>{
+                              "activation_bytes_per_token", &m.activation_bytes_per_token},
+                          {"input_bytes_per_token", &m.input_bytes_per_token},
+                          {"kv_bytes_per_token", &m.kv_bytes_per_token},
+                          {"kv_grad_bytes_per_token", &m.kv_grad_bytes_per_token}}) {
+    if (static_cast<int64_t>(v->size()) != pp) {
+      return absl::InvalidArgumentError(absl::StrCat("memory model ", field, " has ",
+                                                     v->size(), " entries, pp is ", pp));
+    }
+    for (int32_t s = 0; s < pp; ++s) {
+      if (!std::isfinite((*v)[s]) || (*v)[s] < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "memory model ", field, "[", s, "] must be finite and >= 0, got ", (*v)[s]));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
 
 MemoryModel MemoryModelFromShape(const ModelShape& m, int32_t pp) {
   // Saved for backward per token and layer, in bf16 elements: both norms'

@@ -12,7 +12,7 @@
 //
 //   ModelShape m = Qwen25_7B();
 //   CostModel cost = CostModelFromShape(m, /*pp=*/4, DeviceModel{});
-//   MemoryModel mem = MemoryModelFromShape(m, /*pp=*/4, /*dp=*/2);
+//   MemoryModel mem = MemoryModelFromShape(m, /*pp=*/4);
 //   double t = cost.ForwardSeconds(/*stage=*/0, chunk);
 
 #ifndef CHUNKFLOW_COORDINATOR_PLANNER_COST_MODEL_H_
@@ -58,7 +58,8 @@ absl::StatusOr<ModelShape> ModelShapeFromHfConfig(absl::string_view json_text,
                                                   absl::string_view source_name);
 
 // Layers of each stage when `layers` are cut into `pp` contiguous ranges
-// (earlier stages take the remainder). Requires 1 <= pp <= layers.
+// (earlier stages take the remainder). Requires 1 <= pp <= layers; empty for
+// pp < 1.
 std::vector<int64_t> LayersPerStage(int64_t layers, int32_t pp);
 
 struct StageCost {
@@ -92,6 +93,10 @@ struct DeviceModel {
 
 CostModel CostModelFromShape(const ModelShape& m, int32_t pp, const DeviceModel& dev);
 
+// One entry per stage, every coefficient finite and >= 0, backward_ratio
+// finite and >= 0. Errors: INVALID_ARGUMENT naming the stage and field.
+absl::Status ValidateCostModel(const CostModel& cost, int32_t pp);
+
 // Bytes a chunk occupies on each stage, per token of the chunk.
 struct MemoryModel {
   // Weights, gradients and optimizer state held for the whole step.
@@ -111,6 +116,10 @@ struct MemoryModel {
 // bf16 weights + fp32 master weights, gradients and AdamW moments (18 B/param),
 // not sharded across dp.
 MemoryModel MemoryModelFromShape(const ModelShape& m, int32_t pp);
+
+// Every field has pp entries, finite and >= 0. Errors: INVALID_ARGUMENT naming
+// the field.
+absl::Status ValidateMemoryModel(const MemoryModel& memory, int32_t pp);
 
 }  // namespace chunkflow::planner
 

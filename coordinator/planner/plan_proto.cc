@@ -1,5 +1,8 @@
 #include "coordinator/planner/plan_proto.h"
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
 namespace chunkflow::planner {
 namespace {
 
@@ -9,6 +12,7 @@ void FillChunk(const Chunk& c, chunkflow::v1::Chunk* out) {
   out->set_chain_index(c.chain_index);
   out->set_chain_length(c.chain_length);
   out->set_prev_chunk(c.prev);
+  if (c.compute_tokens != c.tokens) out->set_compute_tokens(c.compute_tokens);
   for (const Piece& p : c.pieces) {
     chunkflow::v1::Piece* piece = out->add_pieces();
     piece->set_seq(p.seq);
@@ -51,8 +55,14 @@ chunkflow::v1::StepPlan ToStepPlanProto(const Plan& plan, const SimResult* sim) 
   return msg;
 }
 
-chunkflow::v1::StepPlanForWorker ToWorkerPlanProto(const Plan& plan, int32_t dp,
-                                                   int32_t stage) {
+absl::StatusOr<chunkflow::v1::StepPlanForWorker> ToWorkerPlanProto(const Plan& plan, int32_t dp,
+                                                                   int32_t stage) {
+  if (dp < 0 || dp >= plan.dp || stage < 0 || stage >= plan.pp ||
+      plan.stage_ops.size() != static_cast<size_t>(plan.dp) * plan.pp) {
+    return absl::InvalidArgumentError(absl::StrCat("no op list for dp ", dp, " stage ", stage,
+                                                   " in a plan of dp ", plan.dp, " x pp ",
+                                                   plan.pp));
+  }
   chunkflow::v1::StepPlanForWorker msg;
   msg.mutable_params()->set_chunk_size(plan.chunk_size);
   msg.mutable_params()->set_k(plan.k);

@@ -2,11 +2,16 @@
 // per-worker slice of it). Kept apart from the planner so the planner itself
 // needs no protobuf.
 //
+// The plan knows nothing of jobs and steps: the caller (the coordinator) sets
+// job_id, step, samples, loss_tokens, params.balance and checkpoint_after.
+//
 //   chunkflow::v1::StepPlan msg = ToStepPlanProto(plan, &sim);
+//   msg.set_step(step);
 
 #ifndef CHUNKFLOW_COORDINATOR_PLANNER_PLAN_PROTO_H_
 #define CHUNKFLOW_COORDINATOR_PLANNER_PLAN_PROTO_H_
 
+#include "absl/status/statusor.h"
 #include "coordinator/planner/plan.h"
 #include "coordinator/planner/simulator.h"
 #include "proto/chunkflow.pb.h"
@@ -16,9 +21,10 @@ namespace chunkflow::planner {
 // `sim` may be null.
 chunkflow::v1::StepPlan ToStepPlanProto(const Plan& plan, const SimResult* sim);
 
-// The message one (dp, stage) worker receives: its op list and its dp rank's chunks.
-chunkflow::v1::StepPlanForWorker ToWorkerPlanProto(const Plan& plan, int32_t dp,
-                                                   int32_t stage);
+// The message one (dp, stage) worker receives: its op list and its dp rank's
+// chunks. Errors: INVALID_ARGUMENT for (dp, stage) outside the plan.
+absl::StatusOr<chunkflow::v1::StepPlanForWorker> ToWorkerPlanProto(const Plan& plan, int32_t dp,
+                                                                   int32_t stage);
 
 }  // namespace chunkflow::planner
 

@@ -37,10 +37,7 @@ absl::Status Validate(const PlanRequest& r) {
   }
   if (r.k < 1) return bad("K must be >= 1, got ", r.k);
   if (r.max_length < 0) return bad("max_length must be >= 0 (0: longest), got ", r.max_length);
-  if (static_cast<int32_t>(r.cost.stages.size()) != r.pp) {
-    return bad("cost model has ", r.cost.stages.size(), " stages, pp is ", r.pp);
-  }
-  return absl::OkStatus();
+  return ValidateCostModel(r.cost, r.pp);
 }
 
 absl::StatusOr<std::vector<Chunk>> Construct(const PlanRequest& r, int64_t longest) {
@@ -60,7 +57,8 @@ absl::StatusOr<std::vector<Chunk>> Construct(const PlanRequest& r, int64_t longe
     case Strategy::kMegatronPack:
       return PackInOrder(r.sequences, capacity);
   }
-  return absl::InvalidArgumentError("unknown strategy");
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown strategy ", static_cast<int>(r.strategy)));
 }
 
 }  // namespace

@@ -202,7 +202,8 @@ TEST(BuildPlan, ToWorkerPlan_HasOnlyItsRank) {
   req.pp = 2;
   req.cost = UniformCost(2, 1e-6, 1e-9);
   Plan plan = *BuildPlan(req);
-  chunkflow::v1::StepPlanForWorker w = ToWorkerPlanProto(plan, 1, 1);
+  EXPECT_EQ(ToWorkerPlanProto(plan, 2, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  chunkflow::v1::StepPlanForWorker w = *ToWorkerPlanProto(plan, 1, 1);
   EXPECT_EQ(w.ops().dp(), 1);
   EXPECT_EQ(w.ops().stage(), 1);
   EXPECT_EQ(w.ops().ops_size(), static_cast<int>(plan.ops(1, 1).ops.size()));

@@ -21,10 +21,10 @@ Op Forward(int32_t chunk, bool keep, bool recompute) {
 }
 Op Backward(int32_t chunk) { return Op{OpType::kBackward, chunk, false, false}; }
 
-// Appends the backward entries of the chain c[0..n) (ids) under knob k.
-void AppendChainBackward(const std::vector<int32_t>& c, int32_t k, Streams* st) {
+// Appends the backward entries of the chain c[0..n) (ids): the last `kept`
+// chunks use their activations, the rest are recomputed in groups of k.
+void AppendChainBackward(const std::vector<int32_t>& c, int32_t kept, int32_t k, Streams* st) {
   const int32_t n = static_cast<int32_t>(c.size());
-  const int32_t kept = std::min(k, n);
   for (int32_t j = n - 1; j >= n - kept; --j) {
     st->entry_begin.push_back(static_cast<int32_t>(st->entry_ops.size()));
     st->entry_ops.push_back(Backward(c[j]));
@@ -58,13 +58,13 @@ Streams MakeStreams(const Plan& plan, const std::vector<int32_t>& order) {
       continue;
     }
     std::vector<int32_t> chain(order.begin() + i, order.begin() + i + c.chain_length);
-    const int32_t kept = std::min(plan.k, c.chain_length);
+    // Full recompute keeps nothing: every chunk is recomputed alone.
+    const int32_t kept = plan.full_recompute ? 0 : std::min(plan.k, c.chain_length);
     for (int32_t j = 0; j < c.chain_length; ++j) {
       fwd_pos[chain[j]] = static_cast<int32_t>(st.forwards.size());
-      st.forwards.push_back(
-          Forward(chain[j], !plan.full_recompute && j >= c.chain_length - kept, false));
+      st.forwards.push_back(Forward(chain[j], j >= c.chain_length - kept, false));
     }
-    AppendChainBackward(chain, plan.full_recompute ? 1 : plan.k, &st);
+    AppendChainBackward(chain, kept, plan.full_recompute ? 1 : plan.k, &st);
     i += c.chain_length;
   }
   st.entry_begin.push_back(static_cast<int32_t>(st.entry_ops.size()));
@@ -101,11 +101,23 @@ absl::Status BuildStageOps(ChainPlacement placement, Plan* plan) {
   if (plan->pp < 1) {
     return absl::InvalidArgumentError(absl::StrCat("pp must be >= 1, got ", plan->pp));
   }
+  if (plan->dp < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("dp must be >= 1, got ", plan->dp));
+  }
   std::vector<std::vector<int32_t>> standalone(plan->dp), chains(plan->dp);
   for (const Chunk& c : plan->chunks) {
     if (c.dp < 0 || c.dp >= plan->dp) {
       return absl::InvalidArgumentError(absl::StrCat("chunk ", c.id, " has dp rank ", c.dp,
                                                      ", outside [0, ", plan->dp, ")"));
+    }
+    const bool linked = c.chain_index == 0
+                            ? c.prev == -1
+                            : c.prev == c.id - 1 && plan->chunks[c.prev].dp == c.dp &&
+                                  plan->chunks[c.prev].chain_index == c.chain_index - 1;
+    if (!linked || c.chain_index >= c.chain_length) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "chunk ", c.id, " (chain index ", c.chain_index, " of ", c.chain_length, ", prev ",
+          c.prev, ", dp ", c.dp, "): a chain's chunks need consecutive ids on one dp rank"));
     }
     (c.dependent() ? chains : standalone)[c.dp].push_back(c.id);
   }

@@ -47,8 +47,9 @@ namespace chunkflow::planner {
 enum class ChainPlacement : uint8_t { kLast = 0, kFirst = 1 };
 
 // Fills plan->stage_ops from plan->chunks (dp set), plan->k, plan->pp and
-// plan->full_recompute. Errors: INVALID_ARGUMENT for k < 1, pp < 1, or a chunk
-// whose dp is outside [0, dp).
+// plan->full_recompute (which keeps no chunk's activations, chains included).
+// Errors: INVALID_ARGUMENT for k < 1, pp < 1, dp < 1, a chunk whose dp is
+// outside [0, dp), or a chain whose chunks are not consecutive ids on one rank.
 absl::Status BuildStageOps(ChainPlacement placement, Plan* plan);
 
 }  // namespace chunkflow::planner

@@ -85,6 +85,34 @@ TEST(BuildStageOps, FullRecomputeBaseline_RecomputesEveryChunk) {
   EXPECT_EQ(Render(plan.ops(0, 0).ops), "f0 R0 B0 f1 R1 B1");
 }
 
+TEST(BuildStageOps, FullRecomputeChain_KeepsNothing) {
+  Plan plan;
+  plan.k = 1;
+  plan.dp = 1;
+  plan.pp = 1;
+  plan.full_recompute = true;
+  plan.chunks = *BuildChunks(std::vector<Sequence>{{0, 30}}, 10);
+  for (Chunk& c : plan.chunks) c.dp = 0;
+  ASSERT_TRUE(BuildStageOps(ChainPlacement::kLast, &plan).ok());
+  EXPECT_EQ(Render(plan.ops(0, 0).ops), "f0 f1 f2 R2 B2 R1 B1 R0 B0");
+}
+
+TEST(BuildStageOps, BrokenChain_Rejected) {
+  Plan plan;
+  plan.k = 1;
+  plan.dp = 2;
+  plan.pp = 1;
+  plan.chunks = *BuildChunks(std::vector<Sequence>{{0, 30}}, 10);
+  plan.chunks[0].dp = plan.chunks[1].dp = 0;
+  plan.chunks[2].dp = 1;  // a chain split over two ranks
+  absl::Status s = BuildStageOps(ChainPlacement::kLast, &plan);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(s.message()).find("chunk 2 (chain index 2 of 3"), std::string::npos) << s;
+  plan.dp = 0;
+  EXPECT_NE(std::string(BuildStageOps(ChainPlacement::kLast, &plan).message()).find("dp must be"),
+            std::string::npos);
+}
+
 TEST(BuildStageOps, EqualMicroBatches_AreMegatron1F1B) {
   PlanRequest req;
   for (int i = 0; i < 6; ++i) req.sequences.push_back({i, 8});

@@ -1,6 +1,7 @@
 #include "coordinator/planner/simulator.h"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -194,11 +195,19 @@ absl::Status RankSim::Run() {
       }
     }
   }
+  for (int32_t s = 0; s < pp_; ++s) {
+    // Every allocation has its free; a plan that passed the checks above ends
+    // where it started. Anything else is a bug in this accounting.
+    if (std::abs(cur_[s]) > 1e-6 * std::max(1.0, peak_[s])) {
+      return absl::InternalError(absl::StrCat("dp ", dp_, " stage ", s, ": ", cur_[s],
+                                              " bytes still held after the step"));
+    }
+  }
   return absl::OkStatus();
 }
 
 absl::Status CheckShapes(const Plan& plan, const CostModel& cost, const MemoryModel& mem) {
-  const size_t pp = static_cast<size_t>(plan.pp);
+  const size_t pp = static_cast<size_t>(std::max(plan.pp, 0));
   if (plan.pp < 1 || plan.dp < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("plan has dp ", plan.dp, " and pp ", plan.pp, "; both must be >= 1"));
@@ -207,15 +216,15 @@ absl::Status CheckShapes(const Plan& plan, const CostModel& cost, const MemoryMo
     return absl::InvalidArgumentError(absl::StrCat("plan has ", plan.stage_ops.size(),
                                                    " op lists; dp x pp = ", pp * plan.dp));
   }
-  if (cost.stages.size() != pp || mem.activation_bytes_per_token.size() != pp ||
-      mem.static_bytes.size() != pp || mem.input_bytes_per_token.size() != pp ||
-      mem.kv_bytes_per_token.size() != pp || mem.kv_grad_bytes_per_token.size() != pp) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cost model has ", cost.stages.size(), " stages and memory model ",
-        mem.activation_bytes_per_token.size(), "; the plan has pp = ", pp));
-  }
+  // Non-negative times keep -1 free as the "not finished" mark of a Slot.
+  if (absl::Status s = ValidateCostModel(cost, plan.pp); !s.ok()) return s;
+  if (absl::Status s = ValidateMemoryModel(mem, plan.pp); !s.ok()) return s;
   for (size_t i = 0; i < plan.chunks.size(); ++i) {
     const Chunk& c = plan.chunks[i];
+    if (c.dp < 0 || c.dp >= plan.dp) {
+      return absl::InvalidArgumentError(absl::StrCat("chunk ", i, " has dp rank ", c.dp,
+                                                     ", outside [0, ", plan.dp, ")"));
+    }
     if (c.id != static_cast<int32_t>(i) || c.prev >= c.id ||
         (c.next >= 0 && c.next <= c.id) || c.next >= static_cast<int32_t>(plan.chunks.size())) {
       return absl::InvalidArgumentError(absl::StrCat(

@@ -49,8 +49,9 @@ struct SimResult {
   int64_t ops = 0;
 };
 
-// Errors: INVALID_ARGUMENT naming the op for a broken dependency, a deadlock or
-// a plan / model size mismatch.
+// Errors: INVALID_ARGUMENT naming the op for a broken dependency or a deadlock,
+// naming the field for a plan / model mismatch or a negative or non-finite
+// model coefficient, or naming a chunk on a dp rank outside [0, dp).
 absl::StatusOr<SimResult> Simulate(const Plan& plan, const CostModel& cost,
                                    const MemoryModel& memory);
 

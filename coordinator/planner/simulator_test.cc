@@ -1,6 +1,7 @@
 #include "coordinator/planner/simulator.h"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -107,7 +108,54 @@ TEST(Simulate, MissingOp_Rejected) {
 
 TEST(Simulate, ModelStagesMismatch_Rejected) {
   Plan plan = EqualMicroBatches(2, 2, 1);
-  ExpectInvalid(Simulate(plan, UniformCost(3, 1, 0), UniformMemory(2)), "pp = 2");
+  ExpectInvalid(Simulate(plan, UniformCost(3, 1, 0), UniformMemory(2)),
+                "cost model has 3 stages, pp is 2");
+  MemoryModel mem = UniformMemory(2);
+  mem.kv_grad_bytes_per_token.clear();
+  ExpectInvalid(Simulate(plan, UniformCost(2, 1, 0), mem),
+                "memory model kv_grad_bytes_per_token has 0 entries, pp is 2");
+}
+
+TEST(Simulate, ChunkOnUnknownRank_Rejected) {
+  Plan plan = EqualMicroBatches(2, 1, 1);
+  plan.chunks[1].dp = 5;
+  ExpectInvalid(Simulate(plan, UniformCost(1, 1, 0), UniformMemory(1)),
+                "chunk 1 has dp rank 5, outside [0, 1)");
+}
+
+TEST(Simulate, NegativeOrNanCoefficient_Rejected) {
+  Plan plan = EqualMicroBatches(1, 2, 1);
+  CostModel cost = UniformCost(2, 1, 0);
+  cost.stages[0].fixed_s = -5;
+  ExpectInvalid(Simulate(plan, cost, UniformMemory(2)),
+                "cost model stage 0 fixed_s must be finite and >= 0, got -5");
+  cost = UniformCost(2, 1, 0);
+  cost.stages[1].linear_s_per_token = std::nan("");
+  ExpectInvalid(Simulate(plan, cost, UniformMemory(2)), "stage 1 linear_s_per_token");
+}
+
+// The state store by hand: one 30-token sequence, chunks of 10, K = 1, one
+// stage; activations 100 B/token, stage input 1, K/V 10, K/V gradients 20.
+//   f0  K/V 100, runs with 1000 of activations (peak 1100), keeps input: 110
+//   f1  K/V 100 (210), runs (1210), keeps input: 220
+//   F2  keeps activations: 1220
+//   B2  first backward: K/V gradients of 20 earlier tokens, 400: 1620 (peak)
+//       frees activations: 620
+//   R1  1620; B1 frees activations and input: 610
+//   R0  1610; B0 frees activations and input (600), then the chain's state
+//       ((10 + 20) B x 20 tokens): 0
+TEST(Simulate, StateStoreAccounting_ExactPeak) {
+  PlanRequest req;
+  req.sequences = {{0, 30}};
+  req.chunk_size = 10;
+  req.k = 1;
+  req.cost = UniformCost(1, 1, 0);
+  absl::StatusOr<SimResult> r = Simulate(*BuildPlan(req), req.cost, UniformMemory(1));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->peak_memory_bytes[0], 1620);
+  MemoryModel mem = UniformMemory(1);
+  mem.static_bytes = {5000};
+  EXPECT_EQ(Simulate(*BuildPlan(req), req.cost, mem)->peak_memory_bytes[0], 6620);
 }
 
 // Peak activation memory follows K x chunk, not the sequence.
