@@ -11,15 +11,6 @@
 namespace chunkflow::planner {
 namespace {
 
-// Forward time of `c` summed over stages.
-double ForwardAllStages(const CostModel& cost, const Chunk& c) {
-  double t = 0;
-  for (int32_t s = 0; s < static_cast<int32_t>(cost.stages.size()); ++s) {
-    t += cost.ForwardSeconds(s, c);
-  }
-  return t;
-}
-
 // Whether the state-aware schedule (or full recompute) forwards `c` twice.
 bool Recomputed(const Chunk& c, int32_t k, bool full_recompute) {
   if (full_recompute) return true;
@@ -27,7 +18,7 @@ bool Recomputed(const Chunk& c, int32_t k, bool full_recompute) {
 }
 
 double Weight(const CostModel& cost, int32_t k, bool full_recompute, const Chunk& c) {
-  const double fwd = ForwardAllStages(cost, c);
+  const double fwd = cost.ForwardAllStagesSeconds(c);
   return fwd * (1.0 + cost.backward_ratio) + (Recomputed(c, k, full_recompute) ? fwd : 0.0);
 }
 

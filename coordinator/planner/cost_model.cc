@@ -141,12 +141,12 @@ std::vector<int64_t> LayersPerStage(int64_t layers, int32_t pp) {
 // Cost model
 // ===========================================================================
 
-double CostModel::ChunkSeconds(const Chunk& c) const {
+double CostModel::ForwardAllStagesSeconds(const Chunk& c) const {
   double total = 0;
   for (int32_t s = 0; s < static_cast<int32_t>(stages.size()); ++s) {
     total += ForwardSeconds(s, c);
   }
-  return total * (1.0 + backward_ratio);
+  return total;
 }
 
 CostModel CostModelFromShape(const ModelShape& m, int32_t pp, const DeviceModel& dev) {

@@ -80,8 +80,12 @@ struct CostModel {
   double BackwardSeconds(int32_t stage, const Chunk& c) const {
     return backward_ratio * ForwardSeconds(stage, c);
   }
-  // Forward + backward summed over stages: the balancing weight of a chunk.
-  double ChunkSeconds(const Chunk& c) const;
+  // Forward summed over stages.
+  double ForwardAllStagesSeconds(const Chunk& c) const;
+  // Forward + backward summed over stages.
+  double ChunkSeconds(const Chunk& c) const {
+    return ForwardAllStagesSeconds(c) * (1.0 + backward_ratio);
+  }
 };
 
 // Effective device throughput and per-op overhead. 400 TFLOP/s is about 40% of

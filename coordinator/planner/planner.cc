@@ -40,8 +40,8 @@ absl::Status Validate(const PlanRequest& r) {
   return ValidateCostModel(r.cost, r.pp);
 }
 
-absl::StatusOr<std::vector<Chunk>> Construct(const PlanRequest& r, int64_t longest) {
-  const int64_t capacity = r.max_length > 0 ? r.max_length : longest;
+absl::StatusOr<std::vector<Chunk>> Construct(const PlanRequest& r, int64_t longest,
+                                             int64_t capacity) {
   switch (r.strategy) {
     case Strategy::kChunkFlow:
       return BuildChunks(r.sequences, r.chunk_size);
@@ -68,7 +68,8 @@ absl::StatusOr<Plan> BuildPlan(const PlanRequest& request) {
   int64_t longest = 0;
   for (const Sequence& s : request.sequences) longest = std::max(longest, s.length);
 
-  absl::StatusOr<std::vector<Chunk>> chunks = Construct(request, longest);
+  const int64_t capacity = request.max_length > 0 ? request.max_length : longest;
+  absl::StatusOr<std::vector<Chunk>> chunks = Construct(request, longest, capacity);
   if (!chunks.ok()) return chunks.status();
 
   Plan plan;
@@ -85,7 +86,7 @@ absl::StatusOr<Plan> BuildPlan(const PlanRequest& request) {
       break;
     case Strategy::kPacking:
     case Strategy::kMegatronPack:
-      plan.chunk_size = request.max_length > 0 ? request.max_length : longest;
+      plan.chunk_size = capacity;
       plan.k = 1;
       break;
     case Strategy::kMegatronPad:

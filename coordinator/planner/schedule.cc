@@ -42,10 +42,12 @@ void AppendChainBackward(const std::vector<int32_t>& c, int32_t kept, int32_t k,
 }
 
 // The two streams of one dp rank, `order` being its chunk ids in stream order
-// with each chain contiguous and in chain order.
-Streams MakeStreams(const Plan& plan, const std::vector<int32_t>& order) {
+// with each chain contiguous and in chain order. `fwd_pos` (one slot per chunk
+// of the plan, shared by all ranks) gets each of this rank's chunks' position
+// in the forward stream; only those slots are read.
+Streams MakeStreams(const Plan& plan, const std::vector<int32_t>& order,
+                    std::vector<int32_t>& fwd_pos) {
   Streams st;
-  std::vector<int32_t> fwd_pos(plan.chunks.size(), -1);
   for (size_t i = 0; i < order.size();) {
     const Chunk& c = plan.chunks[order[i]];
     if (!c.dependent()) {
@@ -123,13 +125,14 @@ absl::Status BuildStageOps(ChainPlacement placement, Plan* plan) {
   }
   plan->stage_ops.clear();
   plan->stage_ops.reserve(static_cast<size_t>(plan->dp) * plan->pp);
+  std::vector<int32_t> fwd_pos(plan->chunks.size(), -1);
   for (int32_t d = 0; d < plan->dp; ++d) {
     std::vector<int32_t> order;
     const auto& first = placement == ChainPlacement::kFirst ? chains[d] : standalone[d];
     const auto& second = placement == ChainPlacement::kFirst ? standalone[d] : chains[d];
     order.insert(order.end(), first.begin(), first.end());
     order.insert(order.end(), second.begin(), second.end());
-    const Streams st = MakeStreams(*plan, order);
+    const Streams st = MakeStreams(*plan, order, fwd_pos);
     for (int32_t s = 0; s < plan->pp; ++s) {
       plan->stage_ops.push_back(StageOps{d, s, StageList(st, s, plan->pp)});
     }

@@ -31,11 +31,14 @@ std::string OpName(int32_t dp, int32_t stage, size_t index, const Op& op) {
 // Simulates one dp rank's pipeline. Slots are indexed chunk * pp + stage.
 class RankSim {
  public:
+  // `slots` and `live` have one entry per (chunk, stage) of the whole plan and
+  // are shared by all ranks: a rank touches only its own chunks' entries.
   RankSim(const Plan& plan, const CostModel& cost, const MemoryModel& mem, int32_t dp,
-          const std::vector<int32_t>& head, std::vector<Slot>* slots)
+          const std::vector<int32_t>& head, std::vector<Slot>* slots,
+          std::vector<int32_t>* live)
       : plan_(plan), cost_(cost), mem_(mem), dp_(dp), pp_(plan.pp), head_(head),
         slots_(*slots), next_(pp_, 0), free_at_(pp_, 0.0), busy_(pp_, 0.0),
-        cur_(pp_, 0.0), peak_(pp_, 0.0), live_(plan.chunks.size() * pp_, 0) {}
+        cur_(pp_, 0.0), peak_(pp_, 0.0), live_(*live) {}
 
   absl::Status Run();
   double makespan() const { return *std::max_element(free_at_.begin(), free_at_.end()); }
@@ -60,7 +63,7 @@ class RankSim {
   std::vector<Slot>& slots_;
   std::vector<size_t> next_;
   std::vector<double> free_at_, busy_, cur_, peak_;
-  std::vector<int32_t> live_;  // chunks of a chain holding activations, by head
+  std::vector<int32_t>& live_;  // chunks of a chain holding activations, by head
   int32_t max_live_ = 0;
 };
 
@@ -244,12 +247,13 @@ absl::StatusOr<SimResult> Simulate(const Plan& plan, const CostModel& cost,
   for (const Chunk& c : plan.chunks) head[c.id] = c.prev >= 0 ? head[c.prev] : c.id;
 
   std::vector<Slot> slots(plan.chunks.size() * plan.pp);
+  std::vector<int32_t> live(plan.chunks.size() * plan.pp, 0);
   SimResult r;
   r.stage_busy_s.assign(plan.pp, 0.0);
   r.peak_memory_bytes.assign(plan.pp, 0);
   double total_busy = 0;
   for (int32_t d = 0; d < plan.dp; ++d) {
-    RankSim sim(plan, cost, memory, d, head, &slots);
+    RankSim sim(plan, cost, memory, d, head, &slots, &live);
     if (absl::Status s = sim.Run(); !s.ok()) return s;
     double rank_busy = 0;
     for (int32_t s = 0; s < plan.pp; ++s) {
