@@ -11,6 +11,7 @@ PACKAGES=(
   libabsl-dev                           # Abseil 20220623
   nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libopenblas-openmp-dev libopenblas0-openmp  # GEMMs of kernels/cpu
 )
 
 missing=()
