@@ -1,0 +1,115 @@
+// The training engine of one process: a Qwen2/Llama model cut into pipeline
+// stages, trained chunk by chunk from planner op lists.
+//
+// A step plans the global batch (coordinator/planner: chunks of ChunkSize,
+// state-aware schedule with K, 1F1B across stages), runs every stage's op
+// list (LocalPipeline), sums tied-embedding gradients across stages, clips
+// the global gradient norm and applies the optimizer. The loss of a step is
+// the mean cross-entropy over every target of the global batch, whatever the
+// chunking.
+//
+//   absl::StatusOr<std::unique_ptr<Engine>> e = Engine::Create(config, /*pp=*/2);
+//   (*e)->InitRandom(/*seed=*/1);                 // or (*e)->LoadWeights(dir)
+//   TrainOptions opt; opt.chunk_size = 1024; opt.k = 2;
+//   absl::StatusOr<StepResult> r = (*e)->TrainStep(data, opt);
+//   (*e)->Save(out_dir);                          // HF config.json + safetensors
+
+#ifndef CHUNKFLOW_WORKER_ENGINE_ENGINE_H_
+#define CHUNKFLOW_WORKER_ENGINE_ENGINE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/cpu/optimizer.h"
+#include "worker/engine/chunk_input.h"
+#include "worker/engine/memory.h"
+#include "worker/engine/model_config.h"
+#include "worker/engine/params.h"
+#include "worker/engine/stage.h"
+
+namespace chunkflow::engine {
+
+enum class OptimizerKind { kAdamW, kSgd };
+
+struct TrainOptions {
+  int64_t chunk_size = 8192;  // tokens per chunk
+  int32_t k = 1;              // chunks of a chain keeping activations
+  OptimizerKind optimizer = OptimizerKind::kAdamW;
+  float lr = 1e-4f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  // Decoupled weight decay of the matrices (embeddings and projections);
+  // biases and norm weights are not decayed (Hugging Face Trainer's default).
+  float weight_decay = 0.0f;
+  float clip = 1.0f;  // max global gradient norm; 0 turns clipping off
+};
+
+struct StepResult {
+  double loss = 0;          // mean over the batch's targets
+  int64_t tokens = 0;       // tokens trained
+  int64_t targets = 0;      // positions with a target
+  int64_t chunks = 0;
+  double grad_norm = 0;     // before clipping
+  int64_t peak_bytes = 0;   // activations + state + scratch, max over stages
+  int64_t peak_activation_bytes = 0;
+  int64_t peak_state_bytes = 0;
+  double seconds = 0;
+  std::map<int64_t, SequenceLoss> losses;  // by sequence
+};
+
+class Engine {
+ public:
+  // Errors: INVALID_ARGUMENT for a bad config (ValidateModelConfig) or pp
+  // outside [1, layers].
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const ModelConfig& config, int32_t pp);
+
+  const ModelConfig& config() const { return config_; }
+  int32_t pp() const { return static_cast<int32_t>(stages_.size()); }
+  StageParams& stage_params(int32_t s) { return *params_[s]; }
+
+  void InitRandom(uint64_t seed);
+  // A directory (or file) of safetensors with Hugging Face names; every
+  // stage loads or none does. Errors: see StageParams::Load.
+  absl::Status LoadWeights(const std::string& path);
+  // Writes config.json, model.safetensors and optimizer.safetensors (the
+  // AdamW moments and the step count) into `dir`, creating it.
+  absl::Status Save(const std::string& dir) const;
+
+  // Forward and backward of the whole batch; gradients are left in the
+  // stages' gradient buffers (tied embeddings summed). Errors: bad data
+  // (MakeChunkInput), bad chunk_size/k (the planner), op-order errors.
+  absl::StatusOr<StepResult> ComputeGradients(const StepData& data, int64_t chunk_size, int32_t k);
+  // ComputeGradients, clipping and one optimizer update.
+  absl::StatusOr<StepResult> TrainStep(const StepData& data, const TrainOptions& options);
+  // Forward only, no gradients: per-sequence loss sums.
+  absl::StatusOr<std::map<int64_t, SequenceLoss>> Evaluate(const StepData& data, int64_t chunk_size);
+
+  // The gradient / value of a named tensor (from the stage that owns it; for
+  // a tied embedding split across stages, the first stage's copy).
+  absl::StatusOr<std::vector<float>> Gradient(const std::string& name) const;
+  absl::StatusOr<std::vector<float>> Value(const std::string& name) const;
+  int64_t optimizer_step() const { return step_; }
+
+ private:
+  Engine(const ModelConfig& config, const std::vector<StageRange>& ranges);
+  absl::StatusOr<std::vector<float>> Get(const std::string& name, bool grad) const;
+  void SumTiedGradients();
+  double GradNorm() const;
+  void ApplyOptimizer(const TrainOptions& options);
+
+  ModelConfig config_;
+  std::vector<std::unique_ptr<StageParams>> params_;
+  std::vector<std::unique_ptr<MemoryTracker>> mem_;
+  std::vector<std::unique_ptr<Stage>> stages_;
+  std::vector<std::vector<float>> m_, v_;  // AdamW moments per stage
+  int64_t step_ = 0;
+};
+
+}  // namespace chunkflow::engine
+
+#endif  // CHUNKFLOW_WORKER_ENGINE_ENGINE_H_

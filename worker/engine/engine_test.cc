@@ -1,0 +1,322 @@
+// Chunked training equals unchunked training; packed sequences equal the same
+// sequences alone; a pipeline split equals one stage; the optimizers follow
+// their formulas; finite differences agree with the whole model's backward.
+
+#include "worker/engine/engine.h"
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace chunkflow::engine {
+namespace {
+
+using ::testing::HasSubstr;
+
+double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += double(a[i] - b[i]) * (a[i] - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+}
+
+StepData RandomData(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed,
+                    bool some_ignored = true) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(vocab) - 1);
+  StepData d;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    SequenceData s;
+    s.id = static_cast<int64_t>(i) * 3 + 1;
+    for (int64_t p = 0; p < lengths[i]; ++p) s.tokens.push_back(tok(rng));
+    if (some_ignored && i % 2 == 0) {
+      s.labels = s.tokens;
+      for (size_t p = 0; p < s.labels.size(); p += 5) s.labels[p] = kIgnoreIndex;
+    }
+    d.sequences[s.id] = s;
+  }
+  return d;
+}
+
+// Random weights large enough that every gradient is far from zero.
+std::unique_ptr<Engine> MakeEngine(const ModelConfig& c, int32_t pp, uint64_t seed = 5) {
+  absl::StatusOr<std::unique_ptr<Engine>> e = Engine::Create(c, pp);
+  EXPECT_TRUE(e.ok()) << e.status();
+  (*e)->InitRandom(seed);
+  for (int32_t s = 0; s < pp; ++s) {
+    StageParams& p = (*e)->stage_params(s);
+    for (const ParamTensor& t : p.tensors()) {
+      float* w = p.values().data() + t.offset;
+      const bool norm = t.shape.size() == 1 && t.name.find("bias") == std::string::npos;
+      for (int64_t i = 0; i < t.numel; ++i) w[i] = norm ? 1.0f + 5.0f * (w[i] - 1.0f) : 5.0f * w[i];
+    }
+  }
+  return std::move(*e);
+}
+
+struct Grads {
+  double loss = 0;
+  std::map<std::string, std::vector<float>> by_name;
+  std::map<int64_t, SequenceLoss> losses;
+};
+
+Grads Compute(Engine& e, const StepData& d, int64_t chunk_size, int32_t k) {
+  absl::StatusOr<StepResult> r = e.ComputeGradients(d, chunk_size, k);
+  EXPECT_TRUE(r.ok()) << r.status();
+  Grads g;
+  if (!r.ok()) return g;
+  g.loss = r->loss;
+  g.losses = r->losses;
+  for (const std::string& name : ModelTensorNames(e.config())) {
+    g.by_name[name] = *e.Gradient(name);
+  }
+  return g;
+}
+
+void ExpectSameGradients(const Grads& got, const Grads& want, double tol, const std::string& what) {
+  EXPECT_NEAR(got.loss, want.loss, 1e-5 * std::fabs(want.loss)) << what;
+  for (const auto& [name, g] : want.by_name) {
+    const double err = RelErr(got.by_name.at(name), g);
+    EXPECT_LT(err, tol) << what << ": " << name;
+  }
+}
+
+ModelConfig Qwen2() { return TinyQwen2Config(); }
+ModelConfig Llama() {
+  ModelConfig c = TinyLlamaConfig();
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 2;
+  c.num_hidden_layers = 3;
+  return c;
+}
+
+// ---------------------------------------------------------------------------
+// Chunked == unchunked
+// ---------------------------------------------------------------------------
+
+class ChunkedTest : public ::testing::TestWithParam<bool /*llama*/> {};
+
+TEST_P(ChunkedTest, ComputeGradients_AnyChunkSizeAndK_MatchesUnchunked) {
+  const ModelConfig c = GetParam() ? Llama() : Qwen2();
+  std::unique_ptr<Engine> e = MakeEngine(c, 1);
+  const StepData d = RandomData({90, 13, 7, 70, 2}, c.vocab_size, 3);
+  const Grads whole = Compute(*e, d, /*chunk_size=*/90, /*k=*/1);
+  EXPECT_GT(whole.loss, 0.5);
+  for (int64_t cs : {1, 7, 64}) {
+    for (int32_t k : {1, 2, 1000}) {
+      ExpectSameGradients(Compute(*e, d, cs, k), whole, 1e-5,
+                          "chunk_size " + std::to_string(cs) + " K " + std::to_string(k));
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Architectures, ChunkedTest, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "Llama" : "Qwen2"; });
+
+TEST(Engine, PackedSequences_SameLossesAndGradientsAsAlone) {
+  const ModelConfig c = Qwen2();
+  std::unique_ptr<Engine> e = MakeEngine(c, 1);
+  const StepData d = RandomData({20, 13, 7, 31}, c.vocab_size, 4);
+  // chunk_size 80 packs all four sequences into one chunk.
+  absl::StatusOr<StepResult> packed = e->ComputeGradients(d, 80, 1);
+  ASSERT_TRUE(packed.ok()) << packed.status();
+  ASSERT_EQ(packed->chunks, 1);
+  const Grads all = Compute(*e, d, 80, 1);
+  std::map<std::string, std::vector<double>> sum;
+  for (const auto& [id, seq] : d.sequences) {
+    StepData one;
+    one.sequences[id] = seq;
+    const Grads alone = Compute(*e, one, 80, 1);
+    const SequenceLoss& in_pack = all.losses.at(id);
+    const SequenceLoss& by_itself = alone.losses.at(id);
+    EXPECT_EQ(in_pack.count, by_itself.count);
+    EXPECT_NEAR(in_pack.sum, by_itself.sum, 1e-5 * std::fabs(by_itself.sum)) << "sequence " << id;
+    // The packed gradient is the target-weighted sum of the alone gradients.
+    const double w = double(by_itself.count) / double(packed->targets);
+    for (const auto& [name, g] : alone.by_name) {
+      std::vector<double>& acc = sum[name];
+      acc.resize(g.size(), 0.0);
+      for (size_t i = 0; i < g.size(); ++i) acc[i] += w * g[i];
+    }
+  }
+  for (const auto& [name, g] : all.by_name) {
+    std::vector<float> want(sum[name].begin(), sum[name].end());
+    EXPECT_LT(RelErr(g, want), 1e-5) << name;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Pipeline stages
+// ---------------------------------------------------------------------------
+
+TEST(Engine, TwoAndThreeStages_MatchOneStage) {
+  for (bool llama : {false, true}) {
+    const ModelConfig c = llama ? Llama() : Qwen2();
+    const StepData d = RandomData({40, 9, 25}, c.vocab_size, 6);
+    std::unique_ptr<Engine> one = MakeEngine(c, 1);
+    const Grads want = Compute(*one, d, 40, 1000);
+    for (int32_t pp = 2; pp <= c.num_hidden_layers; ++pp) {
+      std::unique_ptr<Engine> split = MakeEngine(c, pp);
+      ExpectSameGradients(Compute(*split, d, 8, 2), want, 1e-5,
+                          (llama ? "llama pp " : "qwen2 pp ") + std::to_string(pp));
+    }
+  }
+}
+
+TEST(Engine, Create_MoreStagesThanLayers_InvalidArgument) {
+  absl::StatusOr<std::unique_ptr<Engine>> e = Engine::Create(Qwen2(), 3);
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(e.status().message()), HasSubstr("pp 3"));
+}
+
+// ---------------------------------------------------------------------------
+// Finite differences through the whole model
+// ---------------------------------------------------------------------------
+
+TEST(Engine, Gradients_MatchFiniteDifferencesOfTheLoss) {
+  ModelConfig c = Qwen2();
+  c.hidden_size = 16;
+  c.intermediate_size = 24;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.vocab_size = 23;
+  c.num_hidden_layers = 2;
+  c.tie_word_embeddings = false;
+  std::unique_ptr<Engine> e = MakeEngine(c, 1, 9);
+  const StepData d = RandomData({11, 6}, c.vocab_size, 8);
+  const Grads g = Compute(*e, d, 4, 1);
+  StageParams& p = e->stage_params(0);
+  std::mt19937_64 rng(1);
+  int checked = 0;
+  for (const ParamTensor& t : p.tensors()) {
+    for (int rep = 0; rep < 3; ++rep) {
+      const int64_t i = std::uniform_int_distribution<int64_t>(0, t.numel - 1)(rng);
+      float* w = p.values().data() + t.offset + i;
+      const float keep = *w, h = 1e-2f;
+      *w = keep + h;
+      const double up = e->ComputeGradients(d, 4, 1)->loss;
+      *w = keep - h;
+      const double down = e->ComputeGradients(d, 4, 1)->loss;
+      *w = keep;
+      const double fd = (up - down) / (2 * h);
+      const double an = g.by_name.at(t.name)[i];
+      EXPECT_NEAR(an, fd, 2e-3 + 2e-2 * std::fabs(fd)) << t.name << "[" << i << "]";
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 3 * static_cast<int>(p.tensors().size()));
+}
+
+// ---------------------------------------------------------------------------
+// Optimizers
+// ---------------------------------------------------------------------------
+
+TEST(Engine, TrainStepSgd_SubtractsLrTimesGradient) {
+  const ModelConfig c = Qwen2();
+  std::unique_ptr<Engine> e = MakeEngine(c, 1);
+  const StepData d = RandomData({30, 12}, c.vocab_size, 2);
+  const Grads g = Compute(*e, d, 16, 1);
+  std::map<std::string, std::vector<float>> before;
+  for (const auto& [name, x] : g.by_name) before[name] = *e->Value(name);
+  TrainOptions o;
+  o.optimizer = OptimizerKind::kSgd;
+  o.lr = 0.5f;
+  o.clip = 0;
+  o.chunk_size = 16;
+  ASSERT_TRUE(e->TrainStep(d, o).ok());
+  for (const auto& [name, grad] : g.by_name) {
+    const std::vector<float> after = *e->Value(name);
+    for (size_t i = 0; i < grad.size(); ++i) {
+      ASSERT_FLOAT_EQ(after[i], before[name][i] - 0.5f * grad[i]) << name << "[" << i << "]";
+    }
+  }
+}
+
+TEST(Engine, TrainStepAdamW_FollowsFormulaWithClippingAndDecay) {
+  const ModelConfig c = Qwen2();
+  std::unique_ptr<Engine> e = MakeEngine(c, 2);
+  const StepData d = RandomData({30, 12}, c.vocab_size, 2);
+  TrainOptions o;
+  o.lr = 1e-2f;
+  o.weight_decay = 0.1f;
+  o.clip = 0.05f;  // below the gradient norm: clipping is active
+  o.chunk_size = 16;
+  o.k = 1;
+  const Grads g = Compute(*e, d, 16, 1);
+  double norm = 0;
+  for (const auto& [name, x] : g.by_name)
+    for (float v : x) norm += double(v) * v;
+  norm = std::sqrt(norm);
+  ASSERT_GT(norm, o.clip);
+  std::map<std::string, std::vector<float>> before;
+  for (const auto& [name, x] : g.by_name) before[name] = *e->Value(name);
+  absl::StatusOr<StepResult> r = e->TrainStep(d, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_NEAR(r->grad_norm, norm, 1e-5 * norm);
+  const double coef = o.clip / (norm + 1e-6);
+  for (const auto& [name, grad] : g.by_name) {
+    const bool decayed = name.find("norm") == std::string::npos &&
+                         name.find("bias") == std::string::npos;
+    const std::vector<float> after = *e->Value(name);
+    for (size_t i = 0; i < grad.size(); ++i) {
+      // Step 1 of AdamW: m = (1-b1) g, v = (1-b2) g^2, bias-corrected to g and g^2.
+      const double gi = grad[i] * coef;
+      double w = before[name][i];
+      if (decayed) w -= 1e-2 * 0.1 * w;
+      w -= 1e-2 * gi / (std::fabs(gi) + 1e-8);
+      ASSERT_NEAR(after[i], w, 2e-6 + 1e-4 * std::fabs(1e-2)) << name << "[" << i << "]";
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Memory and errors
+// ---------------------------------------------------------------------------
+
+TEST(Engine, PeakActivations_FollowKNotSequenceLength) {
+  const ModelConfig c = Qwen2();
+  std::unique_ptr<Engine> e = MakeEngine(c, 1);
+  const StepData d = RandomData({512}, c.vocab_size, 1);
+  const int64_t whole = e->ComputeGradients(d, 512, 1)->peak_activation_bytes;
+  const int64_t k1 = e->ComputeGradients(d, 64, 1)->peak_activation_bytes;
+  const int64_t k2 = e->ComputeGradients(d, 64, 2)->peak_activation_bytes;
+  const int64_t k8 = e->ComputeGradients(d, 64, 8)->peak_activation_bytes;
+  // 8 chunks: K=1 keeps one chunk's activations (plus 7 stage inputs on a
+  // first stage: none), K=2 two, K=8 all of them.
+  EXPECT_LT(k1 * 6, whole);
+  EXPECT_NEAR(double(k2), 2.0 * k1, 0.05 * k2);
+  EXPECT_NEAR(double(k8), double(whole), 0.05 * whole);
+}
+
+TEST(Engine, TokenOutsideVocabulary_InvalidArgumentNamingIt) {
+  const ModelConfig c = Qwen2();
+  std::unique_ptr<Engine> e = MakeEngine(c, 1);
+  StepData d = RandomData({10}, c.vocab_size, 1);
+  d.sequences.begin()->second.tokens[4] = 256;
+  absl::StatusOr<StepResult> r = e->ComputeGradients(d, 8, 1);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("token id 256"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("position 4"));
+}
+
+TEST(Engine, Evaluate_MatchesTrainingForwardLosses) {
+  const ModelConfig c = Llama();
+  std::unique_ptr<Engine> e = MakeEngine(c, 3);
+  const StepData d = RandomData({33, 5, 17}, c.vocab_size, 12);
+  const Grads g = Compute(*e, d, 8, 1);
+  absl::StatusOr<std::map<int64_t, SequenceLoss>> ev = e->Evaluate(d, 16);
+  ASSERT_TRUE(ev.ok()) << ev.status();
+  for (const auto& [id, l] : g.losses) {
+    EXPECT_EQ(ev->at(id).count, l.count);
+    EXPECT_NEAR(ev->at(id).sum, l.sum, 1e-5 * std::fabs(l.sum)) << "sequence " << id;
+  }
+}
+
+}  // namespace
+}  // namespace chunkflow::engine

@@ -1,0 +1,117 @@
+// One pipeline stage of a Qwen2/Llama decoder: forward and backward of one
+// chunk at a time against the stage's state store.
+//
+// Per layer (T rows, C hidden, H query heads and Hk kv heads of D dims, I
+// intermediate):
+//   h1 = rmsnorm(x); q,k,v = h1 W^T (+ b); rope(q, k); K/V rows -> state
+//   a  = attention(q, state K/V of [0, offset + length)); x' = x + a Wo^T
+//   h2 = rmsnorm(x'); y = x' + (silu(h2 Wg^T) * h2 Wu^T) Wd^T
+// The first stage embeds token ids; the last applies the final norm and the
+// LM head and sums the cross-entropy of every row with a target. The head is
+// evaluated in row blocks, forward and again in the backward, so the (T, V)
+// logits never exist at once.
+//
+// A forward keeping activations stores, per layer, x, rstd1, q, the attention
+// output and lse, x', rstd2, gate and up (norm outputs and the SwiGLU product
+// are recomputed in the backward). A dropping forward keeps only the stage
+// input (nothing on the first stage: the token ids are its input); its
+// recompute forward reads K/V from the state store instead of projecting them
+// again. Backward: parameter gradients are accumulated into the stage's
+// gradient buffer; dK/dV of earlier positions are accumulated in the state
+// store; afterwards the chunk's rows of the state are freed.
+//
+//   Stage stage(&params, &mem);
+//   stage.set_loss_scale(1.0f / data.TargetCount());
+//   stage.Forward(in, x, y, ForwardKind::kKeep);
+//   stage.Backward(in, dy, dx);
+
+#ifndef CHUNKFLOW_WORKER_ENGINE_STAGE_H_
+#define CHUNKFLOW_WORKER_ENGINE_STAGE_H_
+
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "kernels/cpu/attention.h"
+#include "worker/engine/chunk_input.h"
+#include "worker/engine/memory.h"
+#include "worker/engine/params.h"
+#include "worker/engine/state_store.h"
+
+namespace chunkflow::engine {
+
+enum class ForwardKind {
+  kKeep,       // keep activations for the backward
+  kDrop,       // keep only the stage input; a kRecompute comes before the backward
+  kRecompute,  // forward again from the kept input, keeping activations
+  kInference,  // keep nothing (eval); the caller clears the state afterwards
+};
+
+// Loss sums of one sequence (only rows with a target count).
+struct SequenceLoss {
+  double sum = 0;
+  int64_t count = 0;
+};
+
+class Stage {
+ public:
+  Stage(StageParams* params, MemoryTracker* mem);
+
+  // x: (T, C) input (ignored on the first stage); y: (T, C) output (ignored
+  // on the last). Errors: FAILED_PRECONDITION when the op order is wrong (a
+  // chunk forwarded twice, a recompute without a kept input, K/V missing from
+  // the state), naming the chunk.
+  absl::Status Forward(const ChunkInput& in, const float* x, float* y, ForwardKind kind);
+
+  // dy: (T, C) gradient of the output (ignored on the last stage); dx: (T, C)
+  // gradient of the input, overwritten (ignored on the first). Errors:
+  // FAILED_PRECONDITION when the chunk has no activations.
+  absl::Status Backward(const ChunkInput& in, const float* dy, float* dx);
+
+  // Each target's loss is multiplied by `scale` in the gradient: 1 / (targets
+  // of the global batch), whatever the chunking.
+  void set_loss_scale(float scale) { loss_scale_ = scale; }
+
+  // Loss sums of the forwards so far (not counting recomputes), by sequence.
+  const std::map<int64_t, SequenceLoss>& losses() const { return losses_; }
+  void ClearLosses() { losses_.clear(); }
+  // Drops all activations and state (end of an eval pass, or an aborted step).
+  void Reset();
+
+  StateStore& state() { return state_; }
+  int64_t hidden_size() const { return c_; }
+  int64_t live_chunks() const { return static_cast<int64_t>(acts_.size()); }
+
+ private:
+  struct LayerActs {
+    TrackedBuffer x, rstd1, q, att, lse, xmid, rstd2, gate, up;
+  };
+  struct ChunkActs {
+    TrackedBuffer input;  // dropped forward on a stage > 0
+    std::vector<LayerActs> layers;
+    TrackedBuffer xfinal, rstdf;  // last stage
+    bool has_activations = false;
+  };
+
+  TrackedBuffer Buf(MemoryTracker::Kind kind, int64_t n);
+  absl::Status CheckState(const ChunkInput& in) const;
+  std::vector<kernels::cpu::AttentionSegment> Segments(const ChunkInput& in, int64_t l);
+  void LayerForward(int64_t l, const ChunkInput& in, bool write_kv, MemoryTracker::Kind kind,
+                    LayerActs& a, float* inout);
+  void LayerBackward(int64_t l, const ChunkInput& in, const LayerActs& a, float* dx);
+  void HeadLoss(const ChunkInput& in, const float* xfinal, float* rstdf, bool count);
+  void HeadBackward(const ChunkInput& in, const float* xfinal, const float* rstdf, float* dx);
+
+  StageParams* params_;
+  MemoryTracker* mem_;
+  StateStore state_;
+  int64_t c_, qd_, kvd_, inter_, vocab_;
+  float loss_scale_ = 1.0f;
+  std::map<int32_t, ChunkActs> acts_;
+  std::map<int64_t, SequenceLoss> losses_;
+};
+
+}  // namespace chunkflow::engine
+
+#endif  // CHUNKFLOW_WORKER_ENGINE_STAGE_H_
