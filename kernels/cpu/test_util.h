@@ -113,6 +113,13 @@ inline double MaxAbsDiff(const float* a, const float* b, int64_t n) {
   return m;
 }
 
+// Same, with a double-precision reference.
+inline double MaxAbsDiff(const float* a, const double* b, int64_t n) {
+  double m = 0.0;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(static_cast<double>(a[i]) - b[i]));
+  return m;
+}
+
 // ---------------------------------------------------------------------------
 // Finite differences
 // ---------------------------------------------------------------------------

@@ -299,4 +299,16 @@ absl::StatusOr<std::map<int64_t, SequenceLoss>> Engine::Evaluate(const StepData&
   return out;
 }
 
+absl::StatusOr<std::vector<float>> Engine::Logits(const SequenceData& sequence) {
+  StepData data;
+  data.sequences[sequence.id] = sequence;
+  std::vector<float> logits;
+  stages_.back()->set_logits_sink(&logits);
+  absl::StatusOr<std::map<int64_t, SequenceLoss>> r =
+      Evaluate(data, std::max<int64_t>(1, static_cast<int64_t>(sequence.tokens.size())));
+  stages_.back()->set_logits_sink(nullptr);
+  if (!r.ok()) return r.status();
+  return logits;
+}
+
 }  // namespace chunkflow::engine

@@ -89,6 +89,9 @@ class Engine {
   // Forward only, no gradients: per-sequence loss sums.
   absl::StatusOr<std::map<int64_t, SequenceLoss>> Evaluate(const StepData& data, int64_t chunk_size);
 
+  // Logits (length, V) of one sequence, forwarded as one chunk.
+  absl::StatusOr<std::vector<float>> Logits(const SequenceData& sequence);
+
   // The gradient / value of a named tensor (from the stage that owns it; for
   // a tied embedding split across stages, the first stage's copy).
   absl::StatusOr<std::vector<float>> Gradient(const std::string& name) const;

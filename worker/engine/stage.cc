@@ -207,6 +207,7 @@ void Stage::HeadLoss(const ChunkInput& in, const float* xfinal, float* rstdf, bo
     const int64_t n = std::min(kHeadRows, t - r0);
     k::linear_forward(logits.data(), hf.data() + r0 * c_, w.head, nullptr, n, c_, vocab_);
     k::cross_entropy_forward(losses.data() + r0, logits.data(), in.targets.data() + r0, n, vocab_);
+    if (logits_sink_) logits_sink_->insert(logits_sink_->end(), logits.data(), logits.data() + n * vocab_);
   }
   if (!count) return;
   for (const PieceRows& p : in.pieces) {

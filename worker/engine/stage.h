@@ -76,6 +76,9 @@ class Stage {
   // Loss sums of the forwards so far (not counting recomputes), by sequence.
   const std::map<int64_t, SequenceLoss>& losses() const { return losses_; }
   void ClearLosses() { losses_.clear(); }
+  // When set, forwards on the last stage append each row's logits (V floats)
+  // to `sink`, in row order (tests and golden comparisons).
+  void set_logits_sink(std::vector<float>* sink) { logits_sink_ = sink; }
   // Drops all activations and state (end of an eval pass, or an aborted step).
   void Reset();
 
@@ -110,6 +113,7 @@ class Stage {
   float loss_scale_ = 1.0f;
   std::map<int32_t, ChunkActs> acts_;
   std::map<int64_t, SequenceLoss> losses_;
+  std::vector<float>* logits_sink_ = nullptr;
 };
 
 }  // namespace chunkflow::engine
