@@ -19,17 +19,23 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "cli/plan_command.h"
+#include "cli/train_command.h"
 #include "dataset/indexed_dataset.h"
 #include "dataset/jsonl.h"
 
-ABSL_FLAG(std::string, dataset, "synthetic:paper-eval:n=20000,seed=1",
-          "plan: Megatron .bin/.idx prefix, a .jsonl file, or "
-          "synthetic:<mix>:n=<count>,seed=<s>,max=<tokens> (mixes: paper-eval, lmsys, uniform)");
-ABSL_FLAG(int64_t, global_batch, 256, "plan: sequences per step");
-ABSL_FLAG(int64_t, steps, 4, "plan: steps to plan, from the start of the seeded cursor");
-ABSL_FLAG(uint64_t, seed, 1, "plan: seed of the dataset cursor's shuffle");
-ABSL_FLAG(int64_t, chunk_size, 8192, "plan: ChunkSize, tokens per chunk");
-ABSL_FLAG(int32_t, k, 1, "plan: chunks of one sequence that keep activations at once");
+ABSL_FLAG(std::string, dataset, "",
+          "plan/train/eval: Megatron .bin/.idx prefix, a .jsonl file, or "
+          "synthetic:<mix>:n=<count>,seed=<s>,max=<tokens> (mixes: paper-eval, lmsys, uniform); "
+          "default: plan synthetic:paper-eval:n=20000,seed=1, train/eval "
+          "synthetic:lmsys:n=2000,seed=1,max=2048");
+ABSL_FLAG(int64_t, global_batch, 0, "plan/train: sequences per step (default: plan 256, train 16)");
+ABSL_FLAG(int64_t, steps, 0,
+          "plan/train: steps, from the start of the seeded cursor (default: plan 4, train 10)");
+ABSL_FLAG(uint64_t, seed, 1,
+          "plan/train/eval: seed of the dataset cursor's shuffle and of random weights");
+ABSL_FLAG(int64_t, chunk_size, 0,
+          "plan/train/eval: ChunkSize, tokens per chunk (default: plan and eval 8192, train 1024)");
+ABSL_FLAG(int32_t, k, 1, "plan/train: chunks of one sequence that keep activations at once");
 ABSL_FLAG(int32_t, dp, 2, "plan: data-parallel ranks");
 ABSL_FLAG(int32_t, pp, 4, "plan: pipeline stages");
 ABSL_FLAG(std::string, model, "qwen2.5-7b",
@@ -47,6 +53,19 @@ ABSL_FLAG(std::string, output, "", "plan: write the result here instead of stdou
 ABSL_FLAG(std::string, input, "", "convert: JSONL file with input_ids (and optional labels)");
 ABSL_FLAG(std::string, output_prefix, "", "convert: output prefix for <prefix>.bin/.idx");
 ABSL_FLAG(std::string, dtype, "auto", "convert: token dtype: auto, uint16 or int32");
+ABSL_FLAG(std::string, model_dir, "",
+          "train/eval: Hugging Face model folder (config.json + *.safetensors; "
+          "optimizer.safetensors resumes AdamW). With neither --model_dir nor --model_config, "
+          "a tiny random Qwen2");
+ABSL_FLAG(int32_t, stages, 1, "train/eval: pipeline stages run in this process");
+ABSL_FLAG(std::string, optimizer, "adamw", "train: 'adamw' or 'sgd' (plain, for debugging)");
+ABSL_FLAG(double, lr, 1e-3, "train: learning rate");
+ABSL_FLAG(double, weight_decay, 0.0, "train: AdamW decoupled weight decay of the matrices");
+ABSL_FLAG(double, clip, 1.0, "train: max global gradient norm; 0 turns clipping off");
+ABSL_FLAG(std::string, output_dir, "",
+          "train: write the checkpoint here (config.json, model.safetensors, "
+          "optimizer.safetensors)");
+ABSL_FLAG(int64_t, max_documents, 0, "eval: documents to evaluate from the start; 0 = all");
 
 namespace {
 
@@ -62,6 +81,16 @@ Commands:
                   --chunk_size=16384 --k=2
               chunkflowctl plan --dataset=/data/corpus_text_document --sweep
               chunkflowctl plan --format=json --output=plan.json
+  train     Train a model in this process with ChunkFlow: global batches from
+            the seeded cursor, chunks of --chunk_size, K, --stages pipeline
+            stages; one progress line per step (loss, tokens/s, peak memory);
+            a Hugging Face checkpoint in --output_dir.
+              chunkflowctl train --dataset=synthetic:lmsys:n=2000,max=4096 \
+                  --steps=20 --global_batch=16 --chunk_size=1024 --k=2 \
+                  --output_dir=/tmp/ckpt
+              chunkflowctl train --model_dir=/models/Qwen2.5-0.5B --dataset=data.jsonl
+  eval      Mean loss of each document (forward only, chunk by chunk).
+              chunkflowctl eval --model_dir=/tmp/ckpt --dataset=data.jsonl --format=json
   convert   Convert JSONL (one {"input_ids": [...], "labels": [...]} per line)
             to a Megatron-LM indexed dataset <prefix>.bin/.idx.
               chunkflowctl convert --input=data.jsonl --output_prefix=/data/corpus
@@ -73,13 +102,65 @@ int Fail(const absl::Status& s) {
   return 1;
 }
 
+// A flag left at its "command default" value (0 or empty) takes `fallback`.
+template <typename T>
+T Or(T value, T fallback) {
+  return value == T{} ? fallback : value;
+}
+
+chunkflow::cli::ModelSource ModelFlags() {
+  chunkflow::cli::ModelSource m;
+  m.model_dir = absl::GetFlag(FLAGS_model_dir);
+  m.model_config = absl::GetFlag(FLAGS_model_config);
+  m.seed = absl::GetFlag(FLAGS_seed);
+  m.stages = absl::GetFlag(FLAGS_stages);
+  return m;
+}
+
+int RunTrain() {
+  chunkflow::cli::TrainCommandOptions o;
+  o.model = ModelFlags();
+  o.dataset = Or(absl::GetFlag(FLAGS_dataset), o.dataset);
+  o.steps = Or(absl::GetFlag(FLAGS_steps), o.steps);
+  o.global_batch = Or(absl::GetFlag(FLAGS_global_batch), o.global_batch);
+  o.seed = absl::GetFlag(FLAGS_seed);
+  o.train.chunk_size = Or(absl::GetFlag(FLAGS_chunk_size), int64_t{1024});
+  o.train.k = absl::GetFlag(FLAGS_k);
+  const std::string opt = absl::GetFlag(FLAGS_optimizer);
+  if (opt == "adamw") {
+    o.train.optimizer = chunkflow::engine::OptimizerKind::kAdamW;
+  } else if (opt == "sgd") {
+    o.train.optimizer = chunkflow::engine::OptimizerKind::kSgd;
+  } else {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--optimizer must be 'adamw' or 'sgd', got '", opt, "'")));
+  }
+  o.train.lr = static_cast<float>(absl::GetFlag(FLAGS_lr));
+  o.train.weight_decay = static_cast<float>(absl::GetFlag(FLAGS_weight_decay));
+  o.train.clip = static_cast<float>(absl::GetFlag(FLAGS_clip));
+  o.output_dir = absl::GetFlag(FLAGS_output_dir);
+  absl::Status s = chunkflow::cli::RunTrainCommand(o, std::cout, std::cerr);
+  return s.ok() ? 0 : Fail(s);
+}
+
+int RunEval() {
+  chunkflow::cli::EvalCommandOptions o;
+  o.model = ModelFlags();
+  o.dataset = Or(absl::GetFlag(FLAGS_dataset), std::string("synthetic:lmsys:n=2000,seed=1,max=2048"));
+  o.chunk_size = Or(absl::GetFlag(FLAGS_chunk_size), int64_t{8192});
+  o.max_documents = absl::GetFlag(FLAGS_max_documents);
+  o.format = absl::GetFlag(FLAGS_format);
+  absl::Status s = chunkflow::cli::RunEvalCommand(o, std::cout, std::cerr);
+  return s.ok() ? 0 : Fail(s);
+}
+
 int RunPlan() {
   chunkflow::cli::PlanOptions o;
-  o.dataset = absl::GetFlag(FLAGS_dataset);
-  o.global_batch = absl::GetFlag(FLAGS_global_batch);
-  o.steps = absl::GetFlag(FLAGS_steps);
+  o.dataset = Or(absl::GetFlag(FLAGS_dataset), std::string("synthetic:paper-eval:n=20000,seed=1"));
+  o.global_batch = Or(absl::GetFlag(FLAGS_global_batch), int64_t{256});
+  o.steps = Or(absl::GetFlag(FLAGS_steps), int64_t{4});
   o.seed = absl::GetFlag(FLAGS_seed);
-  o.chunk_size = absl::GetFlag(FLAGS_chunk_size);
+  o.chunk_size = Or(absl::GetFlag(FLAGS_chunk_size), int64_t{8192});
   o.k = absl::GetFlag(FLAGS_k);
   o.dp = absl::GetFlag(FLAGS_dp);
   o.pp = absl::GetFlag(FLAGS_pp);
@@ -147,6 +228,9 @@ int main(int argc, char** argv) {
   const std::string command = args[1];
   if (command == "plan") return RunPlan();
   if (command == "convert") return RunConvert();
-  std::cerr << "chunkflowctl: unknown command '" << command << "'; commands: plan, convert\n";
+  if (command == "train") return RunTrain();
+  if (command == "eval") return RunEval();
+  std::cerr << "chunkflowctl: unknown command '" << command
+            << "'; commands: plan, train, eval, convert\n";
   return 2;
 }

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <fstream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "coordinator/planner/cost_model.h"
 #include "coordinator/planner/planner.h"
@@ -109,6 +110,32 @@ absl::Status Engine::Save(const std::string& dir) const {
   if (!out || std::rename((path + ".tmp").c_str(), path.c_str()) != 0) {
     return absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
   }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::LoadOptimizer(const std::string& path) {
+  absl::StatusOr<SafetensorsReader> reader = SafetensorsReader::Open(path);
+  if (!reader.ok()) return reader.status();
+  int64_t step = 0;
+  auto it = reader->metadata().find("step");
+  if (it == reader->metadata().end() || !absl::SimpleAtoi(it->second, &step) || step < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": metadata 'step' is missing or not a count"));
+  }
+  std::vector<std::vector<float>> m(params_.size()), v(params_.size());
+  for (size_t s = 0; s < params_.size(); ++s) {
+    m[s].resize(m_[s].size());
+    v[s].resize(v_[s].size());
+    for (const ParamTensor& t : params_[s]->tensors()) {
+      for (auto [prefix, buf] : {std::pair{"exp_avg.", &m[s]}, std::pair{"exp_avg_sq.", &v[s]}}) {
+        absl::Status st = reader->ReadF32(prefix + t.name, t.shape, buf->data() + t.offset);
+        if (!st.ok()) return st;
+      }
+    }
+  }
+  m_.swap(m);
+  v_.swap(v);
+  step_ = step;
   return absl::OkStatus();
 }
 

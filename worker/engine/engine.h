@@ -80,6 +80,10 @@ class Engine {
   // AdamW moments and the step count) into `dir`, creating it.
   absl::Status Save(const std::string& dir) const;
 
+  // Reads the AdamW moments and step count Save wrote. Errors: NOT_FOUND /
+  // INVALID_ARGUMENT naming the tensor (nothing changes on error).
+  absl::Status LoadOptimizer(const std::string& path);
+
   // Forward and backward of the whole batch; gradients are left in the
   // stages' gradient buffers (tied embeddings summed). Errors: bad data
   // (MakeChunkInput), bad chunk_size/k (the planner), op-order errors.

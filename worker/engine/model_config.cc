@@ -128,6 +128,15 @@ absl::Status RejectUnsupported(const Fields& f, Architecture arch) {
     return f.Error(absl::StrCat("rope_scaling ", scaling->dump(),
                                 " is unsupported, expected null or absent (plain RoPE only)"));
   }
+  if (const Json* types = f.Get("layer_types"); types != nullptr) {
+    if (!types->is_array()) return f.WrongType("layer_types", *types, "an array");
+    for (const Json& t : *types) {
+      if (t != "full_attention") {
+        return f.Error(absl::StrCat("layer_types entry ", t.dump(),
+                                    " is unsupported, expected \"full_attention\""));
+      }
+    }
+  }
   if (arch == Architecture::kQwen2) {
     return RejectIfTrue(f, "use_sliding_window", "only full attention is implemented");
   }
@@ -136,6 +145,33 @@ absl::Status RejectUnsupported(const Fields& f, Architecture arch) {
   return RejectIfTrue(f, "attention_bias",
                       "Llama attention bias also biases o_proj; only Qwen2-style q/k/v bias is "
                       "implemented");
+}
+
+// transformers >= 5 writes {"rope_parameters": {"rope_theta": x, "rope_type":
+// "default"}} instead of a top-level rope_theta (4.x writes only the latter).
+// Either is accepted; when both are present they must agree.
+absl::StatusOr<double> ParseRopeTheta(const Fields& f) {
+  absl::StatusOr<double> top = f.Double("rope_theta", 10000.0);
+  if (!top.ok()) return top.status();
+  const Json* params = f.Get("rope_parameters");
+  if (params == nullptr) return *top;
+  if (!params->is_object()) return f.WrongType("rope_parameters", *params, "an object");
+  for (auto it = params->begin(); it != params->end(); ++it) {
+    const bool plain_type = it.key() == "rope_type" && it.value() == "default";
+    if (!plain_type && it.key() != "rope_theta") {
+      return f.Error(absl::StrCat("rope_parameters \"", it.key(), "\": ", it.value().dump(),
+                                  " is unsupported, expected only \"rope_theta\" and "
+                                  "\"rope_type\": \"default\" (plain RoPE only)"));
+    }
+  }
+  const Fields rope(*params, absl::StrCat(f.source(), ": rope_parameters"));
+  absl::StatusOr<double> theta = rope.Double("rope_theta", *top);
+  if (!theta.ok()) return theta.status();
+  if (f.Get("rope_theta") != nullptr && *theta != *top) {
+    return f.Error(absl::StrCat("rope_theta ", *top, " disagrees with rope_parameters.rope_theta ",
+                                *theta));
+  }
+  return *theta;
 }
 
 absl::Status ParseSizes(const Fields& f, ModelConfig* c) {
@@ -163,7 +199,7 @@ absl::Status ParseSizes(const Fields& f, ModelConfig* c) {
   absl::StatusOr<double> eps = f.Double("rms_norm_eps", 1e-6);
   if (!eps.ok()) return eps.status();
   c->rms_norm_eps = *eps;
-  absl::StatusOr<double> theta = f.Double("rope_theta", 10000.0);
+  absl::StatusOr<double> theta = ParseRopeTheta(f);
   if (!theta.ok()) return theta.status();
   c->rope_theta = *theta;
   absl::StatusOr<bool> tie = f.Bool("tie_word_embeddings", false);

@@ -59,9 +59,12 @@ struct ModelConfig {
 // field missing or null (hidden_size, intermediate_size, num_attention_heads,
 // num_hidden_layers, vocab_size); a field of the wrong JSON type; hidden_act
 // other than "silu"; a "head_dim" other than hidden_size/num_attention_heads;
-// a non-null "rope_scaling"; Qwen2 "use_sliding_window": true; Llama
-// "mlp_bias" or "attention_bias": true; anything ValidateModelConfig rejects.
-// Absent optional fields take HF's defaults; num_key_value_heads defaults to
+// a non-null "rope_scaling"; "rope_parameters" (transformers >= 5) with
+// anything but "rope_theta" and "rope_type": "default", or a rope_theta that
+// disagrees with the top-level one; a "layer_types" entry other than
+// "full_attention"; Qwen2 "use_sliding_window": true; Llama "mlp_bias" or
+// "attention_bias": true; anything ValidateModelConfig rejects. Absent (or
+// null) optional fields take HF's defaults; num_key_value_heads defaults to
 // num_attention_heads. Unknown fields are ignored.
 absl::StatusOr<ModelConfig> ParseHfConfig(std::string_view json_text, std::string_view source);
 
@@ -72,6 +75,8 @@ absl::StatusOr<ModelConfig> LoadHfConfig(const std::string& path);
 
 // Pretty (2-space, sorted keys) config.json that AutoConfig and
 // AutoModelForCausalLM load as the same model, with torch_dtype "float32".
+// It uses the transformers 4.x spelling (top-level rope_theta, rope_scaling
+// null), which transformers 5 also reads.
 std::string ToHfConfigJson(const ModelConfig& c);
 
 // INVALID_ARGUMENT naming the field and value when: a size is < 1;

@@ -75,6 +75,36 @@ constexpr char kLlama3_8B[] = R"({
   "vocab_size": 128256
 })";
 
+// What transformers 5.24 save_pretrained writes for TinyQwen2Config: rope
+// theta inside "rope_parameters", per-layer "layer_types", "dtype".
+constexpr char kQwen2SavedByTransformers5[] = R"({
+  "architectures": ["Qwen2ForCausalLM"],
+  "attention_dropout": 0.0,
+  "bos_token_id": null,
+  "dtype": "float32",
+  "eos_token_id": null,
+  "hidden_act": "silu",
+  "hidden_size": 64,
+  "initializer_range": 0.02,
+  "intermediate_size": 176,
+  "layer_types": ["full_attention", "full_attention"],
+  "max_position_embeddings": 2048,
+  "max_window_layers": 2,
+  "model_type": "qwen2",
+  "num_attention_heads": 4,
+  "num_hidden_layers": 2,
+  "num_key_value_heads": 2,
+  "pad_token_id": null,
+  "rms_norm_eps": 1e-06,
+  "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"},
+  "sliding_window": null,
+  "tie_word_embeddings": true,
+  "transformers_version": "5.24.0",
+  "use_cache": true,
+  "use_sliding_window": false,
+  "vocab_size": 256
+})";
+
 // `base` with `patch` merged in (RFC 7386: a null value removes the field).
 std::string Patched(const char* base, const char* patch) {
   nlohmann::json j = nlohmann::json::parse(base);
@@ -160,6 +190,24 @@ TEST(ParseHfConfigTest, Llama3_8B_ParsesEveryField) {
   EXPECT_FALSE(c->tie_word_embeddings);
   EXPECT_EQ(c->head_dim(), 128);
   EXPECT_EQ(c->kv_dim(), 1024);
+}
+
+TEST(ParseHfConfigTest, Transformers5RopeParameters_ParsesTheta) {
+  absl::StatusOr<ModelConfig> c = ParseHfConfig(kQwen2SavedByTransformers5, "v5.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ExpectSameConfig(*c, TinyQwen2Config());  // rope_theta 1e6, not the 10000 default
+  ExpectInvalid(Patched(kQwen2SavedByTransformers5,
+                        R"({"rope_parameters": {"rope_type": "linear", "factor": 2.0}})"),
+                {"rope_parameters", "unsupported"});
+  ExpectInvalid(Patched(kQwen2SavedByTransformers5, R"({"rope_parameters": {"factor": 2.0}})"),
+                {"rope_parameters \"factor\": 2.0 is unsupported"});
+  ExpectInvalid(Patched(kQwen2SavedByTransformers5, R"({"rope_theta": 10000.0})"),
+                {"rope_theta 10000 disagrees with rope_parameters.rope_theta 1e+06"});
+  ExpectInvalid(Patched(kQwen2SavedByTransformers5, R"({"rope_parameters": 5})"),
+                {"\"rope_parameters\"", "expected an object"});
+  ExpectInvalid(Patched(kQwen2SavedByTransformers5,
+                        R"({"layer_types": ["full_attention", "sliding_attention"]})"),
+                {"layer_types entry \"sliding_attention\" is unsupported"});
 }
 
 TEST(ParseHfConfigTest, OptionalFieldsAbsent_TakeHfDefaults) {

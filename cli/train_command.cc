@@ -1,0 +1,213 @@
+#include "cli/train_command.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "coordinator/cursor.h"
+#include "dataset/tokens.h"
+#include "nlohmann/json.hpp"
+#include "worker/engine/model_config.h"
+
+namespace chunkflow::cli {
+namespace {
+
+using engine::Engine;
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+double MiB(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0); }
+
+absl::StatusOr<std::unique_ptr<Engine>> LoadModel(const ModelSource& m, std::ostream& progress) {
+  if (!m.model_dir.empty() && !m.model_config.empty()) {
+    return absl::InvalidArgumentError("pass --model_dir or --model_config, not both");
+  }
+  engine::ModelConfig config = engine::TinyQwen2Config();
+  if (!m.model_dir.empty() || !m.model_config.empty()) {
+    absl::StatusOr<engine::ModelConfig> c =
+        engine::LoadHfConfig(m.model_dir.empty() ? m.model_config : m.model_dir);
+    if (!c.ok()) return c.status();
+    config = *c;
+  }
+  absl::StatusOr<std::unique_ptr<Engine>> e = Engine::Create(config, m.stages);
+  if (!e.ok()) {
+    return absl::Status(e.status().code(), absl::StrCat("--stages: ", e.status().message()));
+  }
+  if (!m.model_dir.empty()) {
+    if (absl::Status s = (*e)->LoadWeights(m.model_dir); !s.ok()) return s;
+    const std::string opt = m.model_dir + "/optimizer.safetensors";
+    if (Exists(opt)) {
+      if (absl::Status s = (*e)->LoadOptimizer(opt); !s.ok()) return s;
+      progress << "resuming the optimizer at step " << (*e)->optimizer_step() << " from " << opt
+               << "\n";
+    }
+  } else {
+    (*e)->InitRandom(m.seed);
+    progress << "random " << engine::ArchitectureName(config.arch) << " model (hidden "
+             << config.hidden_size << ", " << config.num_hidden_layers << " layers, vocab "
+             << config.vocab_size << "), seed " << m.seed
+             << (m.model_config.empty() ? " (no --model_dir or --model_config: the tiny preset)"
+                                        : "")
+             << "\n";
+  }
+  return e;
+}
+
+// The documents of a global batch as engine sequences; a document repeated
+// in one batch (a batch larger than the dataset) gets a fresh sequence id.
+absl::StatusOr<engine::StepData> BatchData(const dataset::TokenSource& src,
+                                           const std::vector<int64_t>& docs) {
+  engine::StepData data;
+  const int64_t n = src.num_documents();
+  for (int64_t doc : docs) {
+    engine::SequenceData s;
+    s.id = doc;
+    while (data.sequences.count(s.id)) s.id += n;
+    if (absl::Status st = src.Read(doc, &s.tokens, &s.labels); !st.ok()) return st;
+    data.sequences[s.id] = std::move(s);
+  }
+  return data;
+}
+
+}  // namespace
+
+absl::Status RunTrainCommand(const TrainCommandOptions& o, std::ostream& out,
+                             std::ostream& progress) {
+  if (o.steps < 1) return absl::InvalidArgumentError(absl::StrCat("--steps must be >= 1, got ", o.steps));
+  if (o.global_batch < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--global_batch must be >= 1, got ", o.global_batch));
+  }
+  if (o.train.chunk_size < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--chunk_size must be >= 1, got ", o.train.chunk_size));
+  }
+  if (o.train.k < 1) return absl::InvalidArgumentError(absl::StrCat("--k must be >= 1, got ", o.train.k));
+  if (!(o.train.lr >= 0) || !std::isfinite(o.train.lr)) {
+    return absl::InvalidArgumentError(absl::StrCat("--lr must be finite and >= 0, got ", o.train.lr));
+  }
+  if (!(o.train.clip >= 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("--clip must be >= 0, got ", o.train.clip));
+  }
+  if (!(o.train.weight_decay >= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--weight_decay must be >= 0, got ", o.train.weight_decay));
+  }
+  absl::StatusOr<std::unique_ptr<Engine>> e = LoadModel(o.model, progress);
+  if (!e.ok()) return e.status();
+  absl::StatusOr<std::unique_ptr<dataset::TokenSource>> src =
+      dataset::TokenSource::Open(o.dataset, (*e)->config().vocab_size);
+  if (!src.ok()) return src.status();
+  absl::StatusOr<DatasetCursor> cursor =
+      DatasetCursor::Create((*src)->num_documents(), o.seed, o.global_batch);
+  if (!cursor.ok()) return cursor.status();
+
+  progress << "training " << o.steps << " steps of " << o.global_batch << " documents from "
+           << o.dataset << " (" << (*src)->num_documents() << " documents), ChunkSize "
+           << o.train.chunk_size << ", K " << o.train.k << ", " << o.model.stages << " stage(s), "
+           << (o.train.optimizer == engine::OptimizerKind::kAdamW ? "adamw" : "sgd") << " lr "
+           << o.train.lr << "\n";
+  double first_loss = 0, last_loss = 0, seconds = 0;
+  int64_t tokens = 0, peak = 0;
+  for (int64_t step = 0; step < o.steps; ++step) {
+    absl::StatusOr<std::vector<int64_t>> docs = cursor->Batch(step);
+    if (!docs.ok()) return docs.status();
+    absl::StatusOr<engine::StepData> data = BatchData(**src, *docs);
+    if (!data.ok()) return data.status();
+    absl::StatusOr<engine::StepResult> r = (*e)->TrainStep(*data, o.train);
+    if (!r.ok()) {
+      return absl::Status(r.status().code(), absl::StrCat("step ", step, ": ", r.status().message()));
+    }
+    if (step == 0) first_loss = r->loss;
+    last_loss = r->loss;
+    seconds += r->seconds;
+    tokens += r->tokens;
+    peak = std::max(peak, r->peak_bytes);
+    progress << absl::StrFormat(
+        "step %d/%d  loss %.4f  tokens %d  chunks %d  %.0f tokens/s  grad-norm %.3f  "
+        "peak %.1f MiB (activations %.1f, state %.1f)\n",
+        step + 1, o.steps, r->loss, r->tokens, r->chunks, r->tokens / std::max(r->seconds, 1e-9),
+        r->grad_norm, MiB(r->peak_bytes), MiB(r->peak_activation_bytes),
+        MiB(r->peak_state_bytes));
+    progress.flush();
+  }
+  if (!o.output_dir.empty()) {
+    if (absl::Status s = (*e)->Save(o.output_dir); !s.ok()) return s;
+  }
+  out << absl::StrFormat(
+      "trained %d steps, %d tokens in %.2f s (%.0f tokens/s); loss %.4f -> %.4f; peak %.1f MiB\n",
+      o.steps, tokens, seconds, tokens / std::max(seconds, 1e-9), first_loss, last_loss, MiB(peak));
+  if (!o.output_dir.empty()) out << "checkpoint: " << o.output_dir << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status RunEvalCommand(const EvalCommandOptions& o, std::ostream& out,
+                            std::ostream& progress) {
+  if (o.format != "table" && o.format != "json") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--format must be 'table' or 'json', got '", o.format, "'"));
+  }
+  if (o.chunk_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--chunk_size must be >= 1, got ", o.chunk_size));
+  }
+  if (o.max_documents < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_documents must be >= 0, got ", o.max_documents));
+  }
+  absl::StatusOr<std::unique_ptr<Engine>> e = LoadModel(o.model, progress);
+  if (!e.ok()) return e.status();
+  absl::StatusOr<std::unique_ptr<dataset::TokenSource>> src =
+      dataset::TokenSource::Open(o.dataset, (*e)->config().vocab_size);
+  if (!src.ok()) return src.status();
+  int64_t n = (*src)->num_documents();
+  if (o.max_documents > 0) n = std::min(n, o.max_documents);
+
+  nlohmann::json docs = nlohmann::json::array();
+  double sum = 0;
+  int64_t count = 0;
+  if (o.format == "table") {
+    out << absl::StrFormat("%10s %10s %10s %12s %12s\n", "document", "tokens", "targets",
+                           "mean loss", "perplexity");
+  }
+  for (int64_t doc = 0; doc < n; ++doc) {
+    absl::StatusOr<engine::StepData> data = BatchData(**src, {doc});
+    if (!data.ok()) return data.status();
+    absl::StatusOr<std::map<int64_t, engine::SequenceLoss>> r = (*e)->Evaluate(*data, o.chunk_size);
+    if (!r.ok()) return absl::Status(r.status().code(), absl::StrCat("document ", doc, ": ",
+                                                                     r.status().message()));
+    const engine::SequenceLoss l = r->at(doc);
+    const double mean = l.count > 0 ? l.sum / static_cast<double>(l.count) : 0.0;
+    sum += l.sum;
+    count += l.count;
+    const int64_t len = (*src)->lengths()[doc];
+    if (o.format == "table") {
+      out << absl::StrFormat("%10d %10d %10d %12.4f %12.2f\n", doc, len, l.count, mean,
+                             std::exp(mean));
+    } else {
+      docs.push_back({{"document", doc}, {"tokens", len}, {"targets", l.count}, {"mean_loss", mean}});
+    }
+    if ((doc + 1) % 100 == 0) progress << "evaluated " << doc + 1 << "/" << n << " documents\n";
+  }
+  const double mean = count > 0 ? sum / static_cast<double>(count) : 0.0;
+  if (o.format == "table") {
+    out << absl::StrFormat("%10s %10s %10d %12.4f %12.2f\n", "all", "", count, mean, std::exp(mean));
+  } else {
+    nlohmann::json j;
+    j["documents"] = docs;
+    j["targets"] = count;
+    j["mean_loss"] = mean;
+    out << j.dump(2) << "\n";
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace chunkflow::cli

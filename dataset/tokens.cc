@@ -1,0 +1,136 @@
+#include "dataset/tokens.h"
+
+#include <limits>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "dataset/dataset.h"
+#include "dataset/indexed_dataset.h"
+#include "dataset/jsonl.h"
+#include "dataset/synthetic.h"
+
+namespace chunkflow::dataset {
+namespace {
+
+absl::Status Narrow(const std::vector<int64_t>& in, int64_t doc, const char* what,
+                    std::vector<int32_t>* out) {
+  out->resize(in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] < std::numeric_limits<int32_t>::min() || in[i] > std::numeric_limits<int32_t>::max()) {
+      return absl::InvalidArgumentError(absl::StrCat("document ", doc, " ", what, " ", i, " is ",
+                                                     in[i], ", beyond int32"));
+    }
+    (*out)[i] = static_cast<int32_t>(in[i]);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckDoc(int64_t doc, int64_t n) {
+  if (doc < 0 || doc >= n) {
+    return absl::OutOfRangeError(absl::StrCat("document ", doc, " is outside [0, ", n, ")"));
+  }
+  return absl::OkStatus();
+}
+
+class SyntheticSource : public TokenSource {
+ public:
+  SyntheticSource(SyntheticSpec spec, int64_t vocab)
+      : spec_(std::move(spec)), vocab_(vocab), lengths_(GenerateLengths(spec_)) {}
+  const std::vector<int64_t>& lengths() const override { return lengths_; }
+  absl::Status Read(int64_t doc, std::vector<int32_t>* tokens,
+                    std::vector<int32_t>* labels) const override {
+    if (absl::Status s = CheckDoc(doc, num_documents()); !s.ok()) return s;
+    std::vector<int64_t> t;
+    SyntheticTokens(spec_, doc, vocab_, &t);
+    labels->clear();
+    return Narrow(t, doc, "token", tokens);
+  }
+
+ private:
+  SyntheticSpec spec_;
+  int64_t vocab_;
+  std::vector<int64_t> lengths_;
+};
+
+class JsonlSource : public TokenSource {
+ public:
+  explicit JsonlSource(std::vector<JsonlRecord> records) : records_(std::move(records)) {
+    for (const JsonlRecord& r : records_) lengths_.push_back(static_cast<int64_t>(r.input_ids.size()));
+  }
+  const std::vector<int64_t>& lengths() const override { return lengths_; }
+  absl::Status Read(int64_t doc, std::vector<int32_t>* tokens,
+                    std::vector<int32_t>* labels) const override {
+    if (absl::Status s = CheckDoc(doc, num_documents()); !s.ok()) return s;
+    if (absl::Status s = Narrow(records_[doc].input_ids, doc, "token", tokens); !s.ok()) return s;
+    return Narrow(records_[doc].labels, doc, "label", labels);
+  }
+
+ private:
+  std::vector<JsonlRecord> records_;
+  std::vector<int64_t> lengths_;
+};
+
+class IndexedSource : public TokenSource {
+ public:
+  IndexedSource(std::unique_ptr<IndexedDataset> tokens, std::unique_ptr<IndexedDataset> labels)
+      : tokens_(std::move(tokens)), labels_(std::move(labels)) {
+    lengths_.assign(tokens_->document_lengths().begin(), tokens_->document_lengths().end());
+  }
+  const std::vector<int64_t>& lengths() const override { return lengths_; }
+  absl::Status Read(int64_t doc, std::vector<int32_t>* tokens,
+                    std::vector<int32_t>* labels) const override {
+    if (absl::Status s = CheckDoc(doc, num_documents()); !s.ok()) return s;
+    std::vector<int64_t> t;
+    if (absl::Status s = tokens_->ReadDocument(doc, &t); !s.ok()) return s;
+    if (absl::Status s = Narrow(t, doc, "token", tokens); !s.ok()) return s;
+    labels->clear();
+    if (!labels_) return absl::OkStatus();
+    if (absl::Status s = labels_->ReadDocument(doc, &t); !s.ok()) return s;
+    return Narrow(t, doc, "label", labels);
+  }
+
+ private:
+  std::unique_ptr<IndexedDataset> tokens_, labels_;
+  std::vector<int64_t> lengths_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TokenSource>> TokenSource::Open(absl::string_view spec,
+                                                               int64_t vocab_size) {
+  if (absl::StartsWith(spec, "synthetic:")) {
+    absl::StatusOr<SyntheticSpec> s = ParseSyntheticSpec(spec);
+    if (!s.ok()) return s.status();
+    return std::unique_ptr<TokenSource>(new SyntheticSource(*s, vocab_size));
+  }
+  if (absl::EndsWith(spec, ".jsonl")) {
+    absl::StatusOr<std::vector<JsonlRecord>> r = ReadJsonl(spec);
+    if (!r.ok()) return r.status();
+    return std::unique_ptr<TokenSource>(new JsonlSource(std::move(*r)));
+  }
+  // Validate (and get the error messages of) the length reader first.
+  if (absl::StatusOr<std::vector<int64_t>> lengths = ReadDocumentLengths(spec); !lengths.ok()) {
+    return lengths.status();
+  }
+  std::string prefix(spec);
+  for (const char* ext : {".idx", ".bin"}) {
+    if (absl::EndsWith(prefix, ext)) prefix.resize(prefix.size() - 4);
+  }
+  absl::StatusOr<std::unique_ptr<IndexedDataset>> tokens = IndexedDataset::Open(prefix);
+  if (!tokens.ok()) return tokens.status();
+  std::unique_ptr<IndexedDataset> labels;
+  if (absl::StatusOr<std::unique_ptr<IndexedDataset>> l = IndexedDataset::Open(prefix + ".labels");
+      l.ok()) {
+    if ((*l)->num_documents() != (*tokens)->num_documents()) {
+      return absl::InvalidArgumentError(absl::StrCat(prefix, ".labels has ", (*l)->num_documents(),
+                                                     " documents, ", prefix, " has ",
+                                                     (*tokens)->num_documents()));
+    }
+    labels = std::move(*l);
+  } else if (l.status().code() != absl::StatusCode::kNotFound) {
+    return l.status();
+  }
+  return std::unique_ptr<TokenSource>(new IndexedSource(std::move(*tokens), std::move(labels)));
+}
+
+}  // namespace chunkflow::dataset
