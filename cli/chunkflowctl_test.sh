@@ -28,4 +28,28 @@ printf '{"input_ids": [1, 2.5]}\n' > "$TMP/bad.jsonl"
 check convert-bad 1 "bad.jsonl:1" "$BIN" convert --input="$TMP/bad.jsonl" --output_prefix="$TMP/b"
 check plan-json 0 '"steps"' "$BIN" plan --format=json --dataset=synthetic:uniform:n=100,max=5000 \
   --global_batch=16 --steps=1 --model=tiny --pp=2 --dp=1
+# train / eval
+printf '{"input_ids": [1, 2, 3, 4, 5, 6, 7, 8, 9]}\n{"input_ids": [4, 5, 200]}\n{"input_ids": [9, 8, 7, 6, 5, 4]}\n' > "$TMP/t.jsonl"
+check train 0 "checkpoint: $TMP/ck" "$BIN" train --dataset="$TMP/t.jsonl" --steps=2 \
+  --global_batch=3 --chunk_size=4 --k=1 --stages=2 --output_dir="$TMP/ck"
+check train-progress 0 "step 2/2  loss" "$BIN" train --dataset="$TMP/t.jsonl" --steps=2 \
+  --global_batch=2 --chunk_size=2
+check train-resume 0 "resuming the optimizer at step 2" "$BIN" train --model_dir="$TMP/ck" \
+  --dataset="$TMP/t.jsonl" --steps=1 --global_batch=3 --chunk_size=3
+check eval-json 0 '"mean_loss"' "$BIN" eval --model_dir="$TMP/ck" --dataset="$TMP/t.jsonl" \
+  --format=json --chunk_size=2
+check eval-table 0 "perplexity" "$BIN" eval --model_dir="$TMP/ck" --dataset="$TMP/t.jsonl"
+check train-bad-optimizer 1 "--optimizer must be 'adamw' or 'sgd', got 'adam'" "$BIN" train \
+  --optimizer=adam
+check train-too-many-stages 1 "--stages: pp 3" "$BIN" train --stages=3 --steps=1
+check train-bad-lr 1 "--lr must be finite and >= 0, got -1" "$BIN" train --lr=-1
+check train-bad-k 1 "--k must be >= 1, got 0" "$BIN" train --k=0
+printf '{"input_ids": [1, 2, 999, 3]}\n' > "$TMP/big.jsonl"
+check train-token-beyond-vocab 1 "token id 999 is outside the vocabulary [0, 256)" "$BIN" train \
+  --dataset="$TMP/big.jsonl" --steps=1 --global_batch=1
+check train-missing-model 1 "/no/such/model" "$BIN" train --model_dir=/no/such/model
+mkdir -p "$TMP/gpt2" && printf '{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}' \
+  > "$TMP/gpt2/config.json"
+check train-unknown-architecture 1 "GPT2LMHeadModel" "$BIN" train --model_config="$TMP/gpt2/config.json"
+check eval-bad-format 1 "--format must be 'table' or 'json'" "$BIN" eval --format=yaml
 exit $fail

@@ -56,9 +56,9 @@ absl::StatusOr<ChunkInput> MakeChunkInput(const planner::Chunk& chunk, const Ste
         target = labels[i + 1];
         if (target != kIgnoreIndex && (target < 0 || target >= vocab)) {
           return absl::InvalidArgumentError(absl::StrCat("sequence ", p.seq, " position ", i + 1,
-                                                         ": label ", target,
+                                                         s.labels.empty() ? ": token id " : ": label ", target,
                                                          " is outside the vocabulary [0, ", vocab,
-                                                         ") and is not ", kIgnoreIndex));
+                                                         ")", s.labels.empty() ? "" : absl::StrCat(" and is not ", kIgnoreIndex)));
         }
       }
       in.tokens.push_back(tok);

@@ -1,0 +1,64 @@
+#include "dataset/tokens.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dataset/dataset.h"
+#include "dataset/jsonl.h"
+#include "gtest/gtest.h"
+
+namespace chunkflow::dataset {
+namespace {
+
+std::string Tmp(const std::string& name) {
+  const char* t = std::getenv("TEST_TMPDIR");
+  return std::string(t ? t : "/tmp") + "/" + name;
+}
+
+TEST(TokenSource, Synthetic_LengthsMatchDatasetAndTokensInVocab) {
+  const std::string spec = "synthetic:lmsys:n=50,seed=4,max=3000";
+  absl::StatusOr<std::unique_ptr<TokenSource>> src = TokenSource::Open(spec, 100);
+  ASSERT_TRUE(src.ok()) << src.status();
+  EXPECT_EQ((*src)->lengths(), *ReadDocumentLengths(spec));
+  std::vector<int32_t> t, l, again;
+  ASSERT_TRUE((*src)->Read(7, &t, &l).ok());
+  EXPECT_EQ(static_cast<int64_t>(t.size()), (*src)->lengths()[7]);
+  EXPECT_TRUE(l.empty());
+  for (int32_t x : t) ASSERT_TRUE(x >= 0 && x < 100);
+  ASSERT_TRUE((*src)->Read(7, &again, &l).ok());
+  EXPECT_EQ(t, again);
+  EXPECT_EQ((*src)->Read(50, &t, &l).code(), absl::StatusCode::kOutOfRange);
+}
+
+TEST(TokenSource, JsonlAndConvertedIndexed_SameTokensAndLabels) {
+  const std::string path = Tmp("tok.jsonl");
+  std::ofstream(path) << "{\"input_ids\": [5, 6, 7], \"labels\": [-100, 6, 7]}\n"
+                      << "{\"input_ids\": [8, 9]}\n";
+  absl::StatusOr<std::unique_ptr<TokenSource>> j = TokenSource::Open(path, 0);
+  ASSERT_TRUE(j.ok()) << j.status();
+  ASSERT_TRUE(ConvertJsonlToIndexed(path, Tmp("tok"), std::nullopt).ok());
+  absl::StatusOr<std::unique_ptr<TokenSource>> m = TokenSource::Open(Tmp("tok"), 0);
+  ASSERT_TRUE(m.ok()) << m.status();
+  std::vector<int32_t> t, l;
+  ASSERT_TRUE((*j)->Read(0, &t, &l).ok());
+  EXPECT_EQ(t, (std::vector<int32_t>{5, 6, 7}));
+  EXPECT_EQ(l, (std::vector<int32_t>{-100, 6, 7}));
+  ASSERT_TRUE((*m)->Read(0, &t, &l).ok());
+  EXPECT_EQ(t, (std::vector<int32_t>{5, 6, 7}));
+  EXPECT_EQ(l, (std::vector<int32_t>{-100, 6, 7}));
+  ASSERT_TRUE((*j)->Read(1, &t, &l).ok());
+  EXPECT_TRUE(l.empty());  // no labels: labels = tokens
+  ASSERT_TRUE((*m)->Read(1, &t, &l).ok());
+  EXPECT_EQ(t, (std::vector<int32_t>{8, 9}));
+  EXPECT_EQ(l, (std::vector<int32_t>{8, 9}));  // the converter's labels file repeats them
+}
+
+TEST(TokenSource, MissingPath_NotFound) {
+  EXPECT_EQ(TokenSource::Open("/no/such/prefix", 0).status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace chunkflow::dataset
