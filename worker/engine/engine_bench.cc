@@ -184,13 +184,23 @@ double Now() {
 
 constexpr double kMiB = 1024.0 * 1024.0;
 
+// The 1-minute load average: timings mean little when other processes
+// compete for the cores the benchmark's threads use.
+double LoadAverage() {
+  std::ifstream in("/proc/loadavg");
+  double load = -1;
+  in >> load;
+  return load;
+}
+
 // ---------------------------------------------------------------------------
 // Output: aligned tables, child processes, flat JSON lines
 // ---------------------------------------------------------------------------
 
-// Column 0 is left-aligned, the rest right-aligned; a row of one cell is a
-// note printed as is.
-void PrintTable(const std::string& title, const std::vector<std::vector<std::string>>& rows) {
+// The first `left` columns are left-aligned, the rest right-aligned; a row of
+// one cell is a note printed as is.
+void PrintTable(const std::string& title, size_t left,
+                const std::vector<std::vector<std::string>>& rows) {
   std::vector<size_t> width;
   for (const auto& r : rows) {
     if (r.size() == 1) continue;
@@ -207,7 +217,7 @@ void PrintTable(const std::string& title, const std::vector<std::vector<std::str
         break;
       }
       const std::string pad(width[i] - r[i].size(), ' ');
-      line += i == 0 ? r[i] + pad : "  " + pad + r[i];
+      line += (i == 0 ? "" : "  ") + (i < left ? r[i] + pad : pad + r[i]);
     }
     std::printf("%s\n", line.c_str());
     if (n == 0) {
@@ -448,7 +458,7 @@ absl::Status RunThroughput(int threads, std::string* json) {
   PrintTable(absl::StrFormat("Throughput: one training step (TrainStep, AdamW), fp32, %d threads, "
                              "lengths %s; vs PyTorch = PyTorch step s / this step s",
                              threads, joined),
-             table);
+             2, table);
   absl::StrAppend(json, "\"throughput\":{\"threads\":", threads, ",\"lengths\":[", joined,
                   "],\"seed\":", absl::GetFlag(FLAGS_seed), ",\"warmup\":",
                   absl::GetFlag(FLAGS_warmup), ",\"steps\":", absl::GetFlag(FLAGS_steps),
@@ -586,7 +596,7 @@ absl::Status RunMemory(int threads, std::string* json) {
                              "%d threads; engine-counted peaks (fp32 buffers), and the step's "
                              "peak-RSS growth measured in a fresh process per config",
                              tokens, cfg.num_hidden_layers, threads),
-             table);
+             1, table);
   absl::StrAppend(json, "\"memory\":{\"threads\":", threads, ",\"tokens\":", tokens,
                   ",\"model\":", ModelJson(cfg), ",\"rows\":[", absl::StrJoin(json_rows, ","),
                   "]}");
@@ -607,7 +617,11 @@ int main(int argc, char** argv) {
 
   const int threads = omp_get_max_threads();
   const std::string sections = absl::GetFlag(FLAGS_sections);
-  std::string json = "{";
+  const double load_start = e::LoadAverage();
+  std::printf("engine_bench: %d OpenMP threads, %ld online cores, 1-min load average %.2f at "
+              "start (timings are noisy when other processes use the cores)\n",
+              threads, ::sysconf(_SC_NPROCESSORS_ONLN), load_start);
+  std::string json = absl::StrCat("{\"load_average_start\":", e::Num(load_start), ",");
   for (absl::string_view s : absl::StrSplit(sections, ',', absl::SkipEmpty())) {
     absl::Status st;
     if (s == "throughput") {
@@ -624,8 +638,9 @@ int main(int argc, char** argv) {
     }
     json += ",";
   }
-  if (json.back() == ',') json.pop_back();
-  json += "}\n";
+  const double load_end = e::LoadAverage();
+  std::printf("\nengine_bench: 1-min load average %.2f at the end\n", load_end);
+  json += absl::StrCat("\"load_average_end\":", e::Num(load_end), "}\n");
   const std::string path = absl::GetFlag(FLAGS_json);
   if (!path.empty()) {
     std::ofstream out(path);
