@@ -5,25 +5,15 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu/test_util.h"
 
 namespace chunkflow::kernels::cpu {
 namespace {
 
-std::vector<float> Random(int64_t n, uint64_t seed, float scale = 1.0f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+std::vector<float> Random(int64_t n, uint64_t seed) { return testing::RandomVector(n, seed); }
 
 double RelErr(const std::vector<float>& a, const std::vector<double>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+  return testing::RelativeError(a.data(), b.data(), static_cast<int64_t>(b.size()));
 }
 
 // One test problem: `pieces` of (offset, length), each with its own K/V

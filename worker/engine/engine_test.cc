@@ -11,6 +11,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/test_util.h"
 
 namespace chunkflow::engine {
 namespace {
@@ -18,12 +19,7 @@ namespace {
 using ::testing::HasSubstr;
 
 double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += double(a[i] - b[i]) * (a[i] - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+  return kernels::cpu::testing::RelativeError(a.data(), b.data(), static_cast<int64_t>(b.size()));
 }
 
 StepData RandomData(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed,

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/test_util.h"
 #include "worker/engine/engine.h"
 #include "worker/engine/model_config.h"
 #include "worker/engine/safetensors.h"
@@ -29,12 +30,7 @@ std::string CaseDir(const std::string& name) {
 }
 
 double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += double(a[i] - b[i]) * (a[i] - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+  return kernels::cpu::testing::RelativeError(a.data(), b.data(), static_cast<int64_t>(b.size()));
 }
 
 struct Golden {
