@@ -130,8 +130,8 @@ StepData MakeData(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t s
     SequenceData& s = data.sequences[static_cast<int64_t>(i)];
     s.id = static_cast<int64_t>(i);
     for (int64_t p = 0; p < lengths[i]; ++p) {
-      const int32_t tok = static_cast<int32_t>((NextSplitMix64(state) >> 32) %
-                                               static_cast<uint64_t>(vocab));
+      const int32_t tok =
+          static_cast<int32_t>((NextSplitMix64(state) >> 32) % static_cast<uint64_t>(vocab));
       s.tokens.push_back(tok);
       *checksum += tok;
     }
@@ -178,8 +178,7 @@ double Median(std::vector<double> v) {
 }
 
 double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 constexpr double kMiB = 1024.0 * 1024.0;
@@ -246,9 +245,8 @@ absl::StatusOr<std::string> RunChild(const std::string& command) {
   while ((n = std::fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
   const int status = ::pclose(pipe);
   if (status != 0) {
-    return absl::InternalError(absl::StrCat("exit status ", WIFEXITED(status) ? WEXITSTATUS(status)
-                                                                              : status,
-                                            " from: ", command));
+    return absl::InternalError(absl::StrCat(
+        "exit status ", WIFEXITED(status) ? WEXITSTATUS(status) : status, " from: ", command));
   }
   return out;
 }
@@ -294,10 +292,14 @@ std::string Quoted(const std::string& s) {
 
 std::string Num(double v) { return absl::StrFormat("%.6g", v); }
 
+struct NumFormatter {
+  void operator()(std::string* out, double v) const { out->append(Num(v)); }
+};
+
 std::string ModelJson(const ModelConfig& c) {
   return absl::StrCat("{\"layers\":", c.num_hidden_layers, ",\"hidden\":", c.hidden_size,
-                      ",\"intermediate\":", c.intermediate_size, ",\"heads\":",
-                      c.num_attention_heads, ",\"kv_heads\":", c.num_key_value_heads,
+                      ",\"intermediate\":", c.intermediate_size,
+                      ",\"heads\":", c.num_attention_heads, ",\"kv_heads\":", c.num_key_value_heads,
                       ",\"vocab\":", c.vocab_size, ",\"rope_theta\":", Num(c.rope_theta),
                       ",\"tied\":false}");
 }
@@ -309,9 +311,10 @@ std::string ModelJson(const ModelConfig& c) {
 struct ThroughputRow {
   std::string implementation, config;
   int64_t tokens = 0;
-  double seconds = 0;  // median step
-  double loss = 0;     // of the last timed step
-  std::string note;    // a skipped or failed baseline: printed instead of numbers
+  double seconds = 0;                // median step
+  std::vector<double> step_seconds;  // every timed step, in order
+  double loss = 0;                   // of the last timed step
+  std::string note;                  // a skipped or failed baseline: printed instead of numbers
 };
 
 // A fresh engine per config; `label` names it in progress lines.
@@ -343,6 +346,7 @@ absl::StatusOr<ThroughputRow> TimeEngine(const ModelConfig& cfg, const StepData&
                  timed ? steps : warmup, dt, r->loss);
   }
   row.seconds = Median(times);
+  row.step_seconds = times;
   row.config = absl::StrCat(label, " (", chunks, chunks == 1 ? " chunk)" : " chunks)");
   return row;
 }
@@ -376,21 +380,21 @@ ThroughputRow TimeTorch(const ModelConfig& cfg, const std::string& lengths, int 
                             "; run from the repository root or set --torch_script)");
   }
   if (!row.note.empty()) return row;
-  const std::string cmd = absl::StrCat(
-      ShellQuote(python), " ", ShellQuote(script), " --lengths=", lengths,
-      " --seed=", absl::GetFlag(FLAGS_seed), " --layers=", cfg.num_hidden_layers,
-      " --hidden=", cfg.hidden_size, " --intermediate=", cfg.intermediate_size,
-      " --heads=", cfg.num_attention_heads, " --kv_heads=", cfg.num_key_value_heads,
-      " --vocab=", cfg.vocab_size, " --rope_theta=", Num(cfg.rope_theta), " --eps=1e-6",
-      " --threads=", threads, " --warmup=", absl::GetFlag(FLAGS_warmup),
-      " --steps=", absl::GetFlag(FLAGS_steps));
+  const std::string cmd =
+      absl::StrCat(ShellQuote(python), " ", ShellQuote(script), " --lengths=", lengths,
+                   " --seed=", absl::GetFlag(FLAGS_seed), " --layers=", cfg.num_hidden_layers,
+                   " --hidden=", cfg.hidden_size, " --intermediate=", cfg.intermediate_size,
+                   " --heads=", cfg.num_attention_heads, " --kv_heads=", cfg.num_key_value_heads,
+                   " --vocab=", cfg.vocab_size, " --rope_theta=", Num(cfg.rope_theta),
+                   " --eps=1e-6", " --threads=", threads, " --warmup=", absl::GetFlag(FLAGS_warmup),
+                   " --steps=", absl::GetFlag(FLAGS_steps));
   std::fprintf(stderr, "engine_bench: [throughput] PyTorch: %s\n", cmd.c_str());
   absl::StatusOr<std::string> out = RunChild(cmd);
   const std::string line = out.ok() ? LastJsonLine(*out) : "";
   const std::optional<double> sec = JsonNumber(line, "step_seconds_median");
   if (!sec) {
-    row.note = absl::StrCat("PyTorch: failed (", out.ok() ? "no JSON result" : out.status().message(),
-                            ")");
+    row.note = absl::StrCat("PyTorch: failed (",
+                            out.ok() ? "no JSON result" : out.status().message(), ")");
     return row;
   }
   if (JsonNumber(line, "token_checksum").value_or(-1) != static_cast<double>(checksum)) {
@@ -413,7 +417,9 @@ absl::Status RunThroughput(int threads, std::string* json) {
   if (!lengths.ok()) return lengths.status();
   const int64_t longest = *std::max_element(lengths->begin(), lengths->end());
   const int64_t chunk = absl::GetFlag(FLAGS_chunk_size);
-  if (chunk < 1) return absl::InvalidArgumentError(absl::StrCat("--chunk_size must be >= 1, got ", chunk));
+  if (chunk < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--chunk_size must be >= 1, got ", chunk));
+  }
   absl::StatusOr<std::vector<int32_t>> ks = ParseKs("ks", absl::GetFlag(FLAGS_ks), longest, chunk);
   if (!ks.ok()) return ks.status();
   const ModelConfig cfg = BenchConfig(absl::GetFlag(FLAGS_layers), longest);
@@ -452,6 +458,7 @@ absl::Status RunThroughput(int threads, std::string* json) {
     json_rows.push_back(absl::StrCat(
         "{\"implementation\":", Quoted(r.implementation), ",\"config\":", Quoted(r.config),
         ",\"tokens\":", r.tokens, ",\"step_seconds_median\":", Num(r.seconds),
+        ",\"step_seconds\":[", absl::StrJoin(r.step_seconds, ",", NumFormatter()), "]",
         ",\"tokens_per_s\":", Num(tps), ",\"loss\":", Num(r.loss),
         ",\"speedup_vs_torch\":", ratio ? Num(torch.seconds / r.seconds) : "null", "}"));
   }
@@ -459,12 +466,12 @@ absl::Status RunThroughput(int threads, std::string* json) {
                              "lengths %s; vs PyTorch = PyTorch step s / this step s",
                              threads, joined),
              2, table);
-  absl::StrAppend(json, "\"throughput\":{\"threads\":", threads, ",\"lengths\":[", joined,
-                  "],\"seed\":", absl::GetFlag(FLAGS_seed), ",\"warmup\":",
-                  absl::GetFlag(FLAGS_warmup), ",\"steps\":", absl::GetFlag(FLAGS_steps),
-                  ",\"model\":", ModelJson(cfg), ",\"rows\":[", absl::StrJoin(json_rows, ","),
-                  "],\"torch\":", torch_json.empty() ? "null" : torch_json,
-                  ",\"torch_note\":", Quoted(torch.note), "}");
+  absl::StrAppend(
+      json, "\"throughput\":{\"threads\":", threads, ",\"lengths\":[", joined,
+      "],\"seed\":", absl::GetFlag(FLAGS_seed), ",\"warmup\":", absl::GetFlag(FLAGS_warmup),
+      ",\"steps\":", absl::GetFlag(FLAGS_steps), ",\"model\":", ModelJson(cfg), ",\"rows\":[",
+      absl::StrJoin(json_rows, ","), "],\"torch\":", torch_json.empty() ? "null" : torch_json,
+      ",\"torch_note\":", Quoted(torch.note), "}");
   return absl::OkStatus();
 }
 
@@ -520,13 +527,13 @@ int RunMemoryChild(const std::string& spec) {
     std::fprintf(stderr, "engine_bench: %s\n", r.status().ToString().c_str());
     return 1;
   }
-  std::printf("{\"peak_bytes\":%lld,\"peak_activation_bytes\":%lld,\"peak_state_bytes\":%lld,"
-              "\"seconds\":%.6g,\"chunks\":%lld,\"loss\":%.6g,\"rss_before_kib\":%lld,"
-              "\"rss_peak_kib\":%lld}\n",
-              static_cast<long long>(r->peak_bytes), static_cast<long long>(r->peak_activation_bytes),
-              static_cast<long long>(r->peak_state_bytes), r->seconds,
-              static_cast<long long>(r->chunks), r->loss, static_cast<long long>(rss_before),
-              static_cast<long long>(rss_peak));
+  std::printf(
+      "{\"peak_bytes\":%lld,\"peak_activation_bytes\":%lld,\"peak_state_bytes\":%lld,"
+      "\"seconds\":%.6g,\"chunks\":%lld,\"loss\":%.6g,\"rss_before_kib\":%lld,"
+      "\"rss_peak_kib\":%lld}\n",
+      static_cast<long long>(r->peak_bytes), static_cast<long long>(r->peak_activation_bytes),
+      static_cast<long long>(r->peak_state_bytes), r->seconds, static_cast<long long>(r->chunks),
+      r->loss, static_cast<long long>(rss_before), static_cast<long long>(rss_peak));
   return 0;
 }
 
@@ -541,11 +548,12 @@ absl::StatusOr<std::string> SpawnMemoryChild(int64_t chunk, int32_t k) {
   const std::string cmd = absl::StrCat(
       ShellQuote(SelfExe()), " --memory_child=", chunk, ":", k,
       " --memory_tokens=", absl::GetFlag(FLAGS_memory_tokens), " --memory_layers=", MemoryLayers(),
-      " --hidden=", absl::GetFlag(FLAGS_hidden), " --intermediate=",
-      absl::GetFlag(FLAGS_intermediate), " --heads=", absl::GetFlag(FLAGS_heads),
-      " --kv_heads=", absl::GetFlag(FLAGS_kv_heads), " --vocab=", absl::GetFlag(FLAGS_vocab),
-      " --rope_theta=", Num(absl::GetFlag(FLAGS_rope_theta)), " --seed=",
-      absl::GetFlag(FLAGS_seed));
+      " --hidden=", absl::GetFlag(FLAGS_hidden),
+      " --intermediate=", absl::GetFlag(FLAGS_intermediate),
+      " --heads=", absl::GetFlag(FLAGS_heads), " --kv_heads=", absl::GetFlag(FLAGS_kv_heads),
+      " --vocab=", absl::GetFlag(FLAGS_vocab),
+      " --rope_theta=", Num(absl::GetFlag(FLAGS_rope_theta)),
+      " --seed=", absl::GetFlag(FLAGS_seed));
   absl::StatusOr<std::string> out = RunChild(cmd);
   if (!out.ok()) return out.status();
   const std::string line = LastJsonLine(*out);
@@ -558,9 +566,10 @@ absl::Status RunMemory(int threads, std::string* json) {
   const int64_t tokens = absl::GetFlag(FLAGS_memory_tokens);
   const int64_t chunk = absl::GetFlag(FLAGS_memory_chunk_size);
   if (tokens < 2 || chunk < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("--memory_tokens must be >= 2 and "
-                                                   "--memory_chunk_size >= 1, got ", tokens, " and ",
-                                                   chunk));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--memory_tokens must be >= 2 and "
+                     "--memory_chunk_size >= 1, got ",
+                     tokens, " and ", chunk));
   }
   absl::StatusOr<std::vector<int32_t>> ks =
       ParseKs("memory_ks", absl::GetFlag(FLAGS_memory_ks), tokens, chunk);
@@ -568,8 +577,8 @@ absl::Status RunMemory(int threads, std::string* json) {
   std::vector<std::pair<int64_t, int32_t>> configs = {{tokens, 1}};
   for (int32_t k : *ks) configs.push_back({chunk, k});
 
-  std::vector<std::vector<std::string>> table = {{"config", "chunks", "peak MiB", "activations MiB",
-                                                  "state MiB", "step s", "RSS growth MiB"}};
+  std::vector<std::vector<std::string>> table = {
+      {"config", "chunks", "peak MiB", "activations MiB", "state MiB", "step s", "RSS growth MiB"}};
   std::vector<std::string> json_rows;
   for (const auto& [c, k] : configs) {
     const std::string label = c == tokens ? absl::StrCat("unchunked, ChunkSize=", c)
@@ -592,11 +601,12 @@ absl::Status RunMemory(int threads, std::string* json) {
                                      ",\"rss_growth_mib\":", Num(rss), "}"));
   }
   const ModelConfig cfg = BenchConfig(MemoryLayers(), tokens);
-  PrintTable(absl::StrFormat("Memory: one ComputeGradients on one sequence of %d tokens, %d layers, "
-                             "%d threads; engine-counted peaks (fp32 buffers), and the step's "
-                             "peak-RSS growth measured in a fresh process per config",
-                             tokens, cfg.num_hidden_layers, threads),
-             1, table);
+  PrintTable(
+      absl::StrFormat("Memory: one ComputeGradients on one sequence of %d tokens, %d layers, "
+                      "%d threads; engine-counted peaks (fp32 buffers), and the step's "
+                      "peak-RSS growth measured in a fresh process per config",
+                      tokens, cfg.num_hidden_layers, threads),
+      1, table);
   absl::StrAppend(json, "\"memory\":{\"threads\":", threads, ",\"tokens\":", tokens,
                   ",\"model\":", ModelJson(cfg), ",\"rows\":[", absl::StrJoin(json_rows, ","),
                   "]}");
@@ -618,9 +628,10 @@ int main(int argc, char** argv) {
   const int threads = omp_get_max_threads();
   const std::string sections = absl::GetFlag(FLAGS_sections);
   const double load_start = e::LoadAverage();
-  std::printf("engine_bench: %d OpenMP threads, %ld online cores, 1-min load average %.2f at "
-              "start (timings are noisy when other processes use the cores)\n",
-              threads, ::sysconf(_SC_NPROCESSORS_ONLN), load_start);
+  std::printf(
+      "engine_bench: %d OpenMP threads, %ld online cores, 1-min load average %.2f at "
+      "start (timings are noisy when other processes use the cores)\n",
+      threads, ::sysconf(_SC_NPROCESSORS_ONLN), load_start);
   std::string json = absl::StrCat("{\"load_average_start\":", e::Num(load_start), ",");
   for (absl::string_view s : absl::StrSplit(sections, ',', absl::SkipEmpty())) {
     absl::Status st;
