@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/blas_core.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -213,6 +214,7 @@ int RunConvert() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  chunkflow::kernels::cpu::SelectBlasCore(argv);  // before anything else: may re-exec
   absl::SetProgramUsageMessage(kUsage);
   // --help lists this file's flags (Abseil's default matches <program>.cc).
   absl::FlagsUsageConfig usage;

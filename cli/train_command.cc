@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "coordinator/cursor.h"
+#include "kernels/cpu/blas_core.h"
 #include "dataset/tokens.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine/model_config.h"
@@ -115,7 +116,7 @@ absl::Status RunTrainCommand(const TrainCommandOptions& o, std::ostream& out,
            << o.dataset << " (" << (*src)->num_documents() << " documents), ChunkSize "
            << o.train.chunk_size << ", K " << o.train.k << ", " << o.model.stages << " stage(s), "
            << (o.train.optimizer == engine::OptimizerKind::kAdamW ? "adamw" : "sgd") << " lr "
-           << o.train.lr << "\n";
+           << o.train.lr << ", OpenBLAS kernels " << kernels::cpu::BlasCoreName() << "\n";
   double first_loss = 0, last_loss = 0, seconds = 0;
   int64_t tokens = 0, peak = 0;
   for (int64_t step = 0; step < o.steps; ++step) {

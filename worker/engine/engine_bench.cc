@@ -39,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/blas_core.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -617,6 +618,7 @@ absl::Status RunMemory(int threads, std::string* json) {
 }  // namespace chunkflow::engine
 
 int main(int argc, char** argv) {
+  chunkflow::kernels::cpu::SelectBlasCore(argv);  // before anything else: may re-exec
   absl::SetProgramUsageMessage(
       "speed and memory of one training step of the CPU engine, beside PyTorch eager.\n"
       "  OMP_NUM_THREADS=2 bazel-bin/worker/engine/engine_bench [--json=out.json]");
@@ -629,10 +631,12 @@ int main(int argc, char** argv) {
   const std::string sections = absl::GetFlag(FLAGS_sections);
   const double load_start = e::LoadAverage();
   std::printf(
-      "engine_bench: %d OpenMP threads, %ld online cores, 1-min load average %.2f at "
-      "start (timings are noisy when other processes use the cores)\n",
-      threads, ::sysconf(_SC_NPROCESSORS_ONLN), load_start);
-  std::string json = absl::StrCat("{\"load_average_start\":", e::Num(load_start), ",");
+      "engine_bench: %d OpenMP threads, %ld online cores, OpenBLAS kernels %s, 1-min load "
+      "average %.2f at start (timings are noisy when other processes use the cores)\n",
+      threads, ::sysconf(_SC_NPROCESSORS_ONLN),
+      chunkflow::kernels::cpu::BlasCoreName().c_str(), load_start);
+  std::string json = absl::StrCat("{\"blas_core\":\"", chunkflow::kernels::cpu::BlasCoreName(),
+                                  "\",\"load_average_start\":", e::Num(load_start), ",");
   for (absl::string_view s : absl::StrSplit(sections, ',', absl::SkipEmpty())) {
     absl::Status st;
     if (s == "throughput") {
