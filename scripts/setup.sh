@@ -12,6 +12,7 @@ PACKAGES=(
   nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenblas-openmp-dev libopenblas0-openmp  # GEMMs of kernels/cpu
+  libgloo-dev librocksdb-dev prometheus-cpp-dev prometheus  # the cluster
 )
 
 missing=()
