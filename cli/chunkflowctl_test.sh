@@ -36,6 +36,11 @@ check train-progress 0 "step 2/2  loss" "$BIN" train --dataset="$TMP/t.jsonl" --
   --global_batch=2 --chunk_size=2
 check train-resume 0 "resuming the optimizer at step 2" "$BIN" train --model_dir="$TMP/ck" \
   --dataset="$TMP/t.jsonl" --steps=1 --global_batch=3 --chunk_size=3
+check train-resume-cursor 0 "resuming the dataset cursor at batch 2" "$BIN" train \
+  --model_dir="$TMP/ck" --dataset="$TMP/t.jsonl" --steps=1 --global_batch=3 --chunk_size=3
+check train-resume-other-batch 1 "--global_batch is 2 but the checkpoint's cursor" "$BIN" train \
+  --model_dir="$TMP/ck" --dataset="$TMP/t.jsonl" --steps=1 --global_batch=2
+check train-zero-chunk-size 1 "--chunk_size must be >= 1, got 0" "$BIN" train --chunk_size=0
 check eval-json 0 '"mean_loss"' "$BIN" eval --model_dir="$TMP/ck" --dataset="$TMP/t.jsonl" \
   --format=json --chunk_size=2
 check eval-table 0 "perplexity" "$BIN" eval --model_dir="$TMP/ck" --dataset="$TMP/t.jsonl"

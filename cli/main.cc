@@ -29,12 +29,12 @@ ABSL_FLAG(std::string, dataset, "",
           "synthetic:<mix>:n=<count>,seed=<s>,max=<tokens> (mixes: paper-eval, lmsys, uniform); "
           "default: plan synthetic:paper-eval:n=20000,seed=1, train/eval "
           "synthetic:lmsys:n=2000,seed=1,max=2048");
-ABSL_FLAG(int64_t, global_batch, 0, "plan/train: sequences per step (default: plan 256, train 16)");
-ABSL_FLAG(int64_t, steps, 0,
+ABSL_FLAG(int64_t, global_batch, -1, "plan/train: sequences per step (default: plan 256, train 16)");
+ABSL_FLAG(int64_t, steps, -1,
           "plan/train: steps, from the start of the seeded cursor (default: plan 4, train 10)");
 ABSL_FLAG(uint64_t, seed, 1,
           "plan/train/eval: seed of the dataset cursor's shuffle and of random weights");
-ABSL_FLAG(int64_t, chunk_size, 0,
+ABSL_FLAG(int64_t, chunk_size, -1,
           "plan/train/eval: ChunkSize, tokens per chunk (default: plan and eval 8192, train 1024)");
 ABSL_FLAG(int32_t, k, 1, "plan/train: chunks of one sequence that keep activations at once");
 ABSL_FLAG(int32_t, dp, 2, "plan: data-parallel ranks");
@@ -103,10 +103,10 @@ int Fail(const absl::Status& s) {
   return 1;
 }
 
-// A flag left at its "command default" value (0 or empty) takes `fallback`.
-template <typename T>
-T Or(T value, T fallback) {
-  return value == T{} ? fallback : value;
+// A flag left at its "command default" value (-1, or empty) takes `fallback`.
+int64_t Or(int64_t value, int64_t fallback) { return value == -1 ? fallback : value; }
+std::string Or(const std::string& value, const std::string& fallback) {
+  return value.empty() ? fallback : value;
 }
 
 chunkflow::cli::ModelSource ModelFlags() {

@@ -3,6 +3,8 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <fstream>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -63,20 +65,66 @@ absl::StatusOr<std::unique_ptr<Engine>> LoadModel(const ModelSource& m, std::ost
   return e;
 }
 
-// The documents of a global batch as engine sequences; a document repeated
-// in one batch (a batch larger than the dataset) gets a fresh sequence id.
+// The documents of a global batch as engine sequences (id = document).
 absl::StatusOr<engine::StepData> BatchData(const dataset::TokenSource& src,
                                            const std::vector<int64_t>& docs) {
   engine::StepData data;
-  const int64_t n = src.num_documents();
   for (int64_t doc : docs) {
     engine::SequenceData s;
-    s.id = doc;
-    while (data.sequences.count(s.id)) s.id += n;
+    s.id = doc;  // the cursor never repeats a document within a batch
     if (absl::Status st = src.Read(doc, &s.tokens, &s.labels); !st.ok()) return st;
     data.sequences[s.id] = std::move(s);
   }
   return data;
+}
+
+// trainer_state.json beside a checkpoint: where the dataset cursor stands and
+// what it was built from, so a resumed run continues with the next batch.
+constexpr char kTrainerState[] = "trainer_state.json";
+
+absl::Status WriteTrainerState(const std::string& dir, const TrainCommandOptions& o,
+                               int64_t next_batch) {
+  nlohmann::json j;
+  j["format_version"] = 1;
+  j["next_batch"] = next_batch;
+  j["dataset"] = o.dataset;
+  j["seed"] = o.seed;
+  j["global_batch"] = o.global_batch;
+  const std::string path = dir + "/" + kTrainerState;
+  std::ofstream out(path + ".tmp");
+  out << j.dump(2) << "\n";
+  out.close();
+  if (!out || std::rename((path + ".tmp").c_str(), path.c_str()) != 0) {
+    return absl::UnavailableError(absl::StrCat("cannot write ", path));
+  }
+  return absl::OkStatus();
+}
+
+// The batch a resumed run starts at: 0 without a trainer state; an error if
+// the state was written for another dataset, seed or global batch.
+absl::StatusOr<int64_t> ResumeBatch(const TrainCommandOptions& o) {
+  if (o.model.model_dir.empty()) return 0;
+  const std::string path = o.model.model_dir + "/" + kTrainerState;
+  std::ifstream in(path);
+  if (!in) return 0;
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.contains("next_batch") || !j["next_batch"].is_number_integer()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a trainer state (next_batch)"));
+  }
+  auto mismatch = [&](const char* field, const std::string& saved, const std::string& now) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", field, " is ", now, " but the checkpoint's cursor (", path, ") was built with ", saved,
+        "; resume with the same value or start from a copy without ", kTrainerState));
+  };
+  const std::string dataset = j.value("dataset", std::string());
+  if (dataset != o.dataset) return mismatch("dataset", dataset, o.dataset);
+  const uint64_t seed = j.value("seed", uint64_t{0});
+  if (seed != o.seed) return mismatch("seed", std::to_string(seed), std::to_string(o.seed));
+  const int64_t batch = j.value("global_batch", int64_t{0});
+  if (batch != o.global_batch) {
+    return mismatch("global_batch", std::to_string(batch), std::to_string(o.global_batch));
+  }
+  return j["next_batch"].get<int64_t>();
 }
 
 }  // namespace
@@ -108,6 +156,9 @@ absl::Status RunTrainCommand(const TrainCommandOptions& o, std::ostream& out,
   absl::StatusOr<std::unique_ptr<dataset::TokenSource>> src =
       dataset::TokenSource::Open(o.dataset, (*e)->config().vocab_size);
   if (!src.ok()) return src.status();
+  absl::StatusOr<int64_t> start = ResumeBatch(o);
+  if (!start.ok()) return start.status();
+  if (*start > 0) progress << "resuming the dataset cursor at batch " << *start << "\n";
   absl::StatusOr<DatasetCursor> cursor =
       DatasetCursor::Create((*src)->num_documents(), o.seed, o.global_batch);
   if (!cursor.ok()) return cursor.status();
@@ -120,7 +171,7 @@ absl::Status RunTrainCommand(const TrainCommandOptions& o, std::ostream& out,
   double first_loss = 0, last_loss = 0, seconds = 0;
   int64_t tokens = 0, peak = 0;
   for (int64_t step = 0; step < o.steps; ++step) {
-    absl::StatusOr<std::vector<int64_t>> docs = cursor->Batch(step);
+    absl::StatusOr<std::vector<int64_t>> docs = cursor->Batch(*start + step);
     if (!docs.ok()) return docs.status();
     absl::StatusOr<engine::StepData> data = BatchData(**src, *docs);
     if (!data.ok()) return data.status();
@@ -143,6 +194,7 @@ absl::Status RunTrainCommand(const TrainCommandOptions& o, std::ostream& out,
   }
   if (!o.output_dir.empty()) {
     if (absl::Status s = (*e)->Save(o.output_dir); !s.ok()) return s;
+    if (absl::Status s = WriteTrainerState(o.output_dir, o, *start + o.steps); !s.ok()) return s;
   }
   out << absl::StrFormat(
       "trained %d steps, %d tokens in %.2f s (%.0f tokens/s); loss %.4f -> %.4f; peak %.1f MiB\n",
@@ -191,8 +243,12 @@ absl::Status RunEvalCommand(const EvalCommandOptions& o, std::ostream& out,
     count += l.count;
     const int64_t len = (*src)->lengths()[doc];
     if (o.format == "table") {
-      out << absl::StrFormat("%10d %10d %10d %12.4f %12.2f\n", doc, len, l.count, mean,
-                             std::exp(mean));
+      if (l.count > 0) {
+        out << absl::StrFormat("%10d %10d %10d %12.4f %12.2f\n", doc, len, l.count, mean,
+                               std::exp(mean));
+      } else {
+        out << absl::StrFormat("%10d %10d %10d %12s %12s\n", doc, len, l.count, "-", "-");
+      }
     } else {
       docs.push_back({{"document", doc}, {"tokens", len}, {"targets", l.count}, {"mean_loss", mean}});
     }

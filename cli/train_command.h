@@ -3,7 +3,9 @@
 // train: takes global batches from the seeded dataset cursor, trains each with
 // ChunkFlow (chunks of --chunk_size, K, `stages` pipeline stages in this
 // process), prints a progress line per step and writes a Hugging Face
-// checkpoint (config.json, model.safetensors, optimizer.safetensors).
+// checkpoint (config.json, model.safetensors, optimizer.safetensors) plus
+// trainer_state.json (the cursor's next batch, dataset, seed, global batch):
+// training again from that folder continues with the next batch.
 // eval: the mean loss of each document, chunk by chunk, no gradients.
 //
 //   TrainCommandOptions o;

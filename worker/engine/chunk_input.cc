@@ -42,7 +42,7 @@ absl::StatusOr<ChunkInput> MakeChunkInput(const planner::Chunk& chunk, const Ste
                                                      " labels for ", len, " tokens"));
     }
     const std::vector<int32_t>& labels = s.labels.empty() ? s.tokens : s.labels;
-    in.pieces.push_back(PieceRows{p.seq, p.offset, p.length, in.rows});
+    in.pieces.push_back(PieceRows{p.seq, p.offset, p.length, in.rows, len});
     for (int64_t i = p.offset; i < p.offset + p.length; ++i) {
       const int32_t tok = s.tokens[i];
       if (tok < 0 || tok >= vocab) {

@@ -44,6 +44,7 @@ struct PieceRows {
   int64_t offset = 0;   // position of the first row in its sequence
   int64_t length = 0;
   int64_t row = 0;      // first row in the chunk
+  int64_t seq_length = 0;  // tokens of the whole sequence
 };
 
 struct ChunkInput {

@@ -119,8 +119,9 @@ absl::Status Engine::LoadOptimizer(const std::string& path) {
   int64_t step = 0;
   auto it = reader->metadata().find("step");
   if (it == reader->metadata().end() || !absl::SimpleAtoi(it->second, &step) || step < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": metadata 'step' is missing or not a count"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": metadata 'step' must be a count >= 0, got '",
+        it == reader->metadata().end() ? "(missing)" : it->second, "'"));
   }
   std::vector<std::vector<float>> m(params_.size()), v(params_.size());
   for (size_t s = 0; s < params_.size(); ++s) {
@@ -270,6 +271,17 @@ absl::StatusOr<StepResult> Engine::TrainStep(const StepData& data, const TrainOp
   }
   if (!(options.clip >= 0)) {
     return absl::InvalidArgumentError(absl::StrCat("clip must be >= 0, got ", options.clip));
+  }
+  if (!(options.beta1 >= 0 && options.beta1 < 1) || !(options.beta2 >= 0 && options.beta2 < 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("beta1 and beta2 must be in [0, 1), got ",
+                                                   options.beta1, " and ", options.beta2));
+  }
+  if (!(options.eps > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("eps must be > 0, got ", options.eps));
+  }
+  if (!(options.weight_decay >= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight_decay must be >= 0, got ", options.weight_decay));
   }
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<StepResult> r = ComputeGradients(data, options.chunk_size, options.k);

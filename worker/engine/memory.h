@@ -1,9 +1,10 @@
 // Byte accounting of the engine: what activations and the state store hold,
 // as the peak a worker reports to the coordinator.
 //
-// The engine counts the bytes it asks for (logical sizes of its fp32
-// buffers), not what malloc keeps: the number that follows ChunkSize and K,
-// and the one the CUDA engine's caching allocator will report exactly.
+// The engine counts the bytes its fp32 buffers hold allocated (their
+// capacity), not what malloc keeps around after a free: the number that
+// follows ChunkSize and K, and the one the CUDA engine's caching allocator
+// will report exactly.
 //
 //   MemoryTracker mem;
 //   TrackedBuffer acts(&mem, MemoryTracker::kActivations);
@@ -68,21 +69,36 @@ class TrackedBuffer {
   TrackedBuffer& operator=(const TrackedBuffer&) = delete;
   ~TrackedBuffer() { Release(); }
 
-  // New elements are zero.
+  // New elements are zero. Shrinking keeps the allocation (capacity() is
+  // what the tracker counts); Release() frees it.
   void Resize(int64_t n) {
-    const int64_t old = static_cast<int64_t>(data_.size());
+    const int64_t before = capacity();
     data_.resize(static_cast<size_t>(n), 0.0f);
-    if (n < old) data_.shrink_to_fit();
-    if (tracker_) tracker_->Add(kind_, (n - old) * static_cast<int64_t>(sizeof(float)));
+    Account(before);
   }
-  void Release() { Resize(0); }
+  // Allocates room for n elements without changing size().
+  void Reserve(int64_t n) {
+    const int64_t before = capacity();
+    data_.reserve(static_cast<size_t>(n));
+    Account(before);
+  }
+  void Release() {
+    const int64_t before = capacity();
+    std::vector<float>().swap(data_);
+    Account(before);
+  }
   void Zero() { std::fill(data_.begin(), data_.end(), 0.0f); }
 
   float* data() { return data_.data(); }
   const float* data() const { return data_.data(); }
   int64_t size() const { return static_cast<int64_t>(data_.size()); }
+  int64_t capacity() const { return static_cast<int64_t>(data_.capacity()); }
 
  private:
+  void Account(int64_t before) {
+    if (tracker_) tracker_->Add(kind_, (capacity() - before) * static_cast<int64_t>(sizeof(float)));
+  }
+
   MemoryTracker* tracker_ = nullptr;
   MemoryTracker::Kind kind_ = MemoryTracker::kScratch;
   std::vector<float> data_;

@@ -72,7 +72,28 @@ absl::Status LocalPipeline::Run(const std::vector<std::vector<planner::Op>>& ops
       }
       done = done && next[s] == ops[s].size();
     }
-    if (done) return absl::OkStatus();
+    if (done) {
+      // Every message sent was consumed: the lists match each other.
+      for (size_t s = 0; s < pp; ++s) {
+        for (const auto* box : {&mail_fwd[s], &mail_bwd[s]}) {
+          if (!box->empty()) {
+            return absl::FailedPreconditionError(absl::StrCat(
+                "stage ", s, " never used the ", box == &mail_fwd[s] ? "activation" : "gradient",
+                " of chunk ", box->begin()->first, " that a neighbouring stage sent"));
+          }
+        }
+      }
+      // A list that forgot a backward would leave partial gradients.
+      for (size_t s = 0; s < pp; ++s) {
+        if (stages_[s]->live_chunks() != 0 || stages_[s]->state().sequences() != 0) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "stage ", s, " ended the step with ", stages_[s]->live_chunks(),
+              " chunk(s) not backwarded and ", stages_[s]->state().sequences(),
+              " sequence(s) in the state store: the op list lacks backwards"));
+        }
+      }
+      return absl::OkStatus();
+    }
     if (!progress) {
       std::vector<std::string> blocked;
       for (size_t s = 0; s < pp; ++s) {

@@ -39,7 +39,8 @@ class LocalPipeline {
   // ops[s] is stage s's op list; `chunks` holds every chunk those ops name.
   // Errors: the first stage error (with the stage and op); NOT_FOUND for an
   // op naming an unknown chunk; FAILED_PRECONDITION when no stage can run its
-  // next op (the lists deadlock), naming each blocked op.
+  // next op (the lists deadlock), naming each blocked op, or when a stage
+  // never consumed what its neighbour sent.
   absl::Status Run(const std::vector<std::vector<planner::Op>>& ops,
                    const std::map<int32_t, ChunkInput>& chunks);
 

@@ -83,7 +83,19 @@ absl::Status Stage::Forward(const ChunkInput& in, const float* x, float* y, Forw
         absl::StrCat("chunk ", in.id, " forwarded twice before its backward"));
   }
   if (kind != ForwardKind::kRecompute) {
-    for (const PieceRows& p : in.pieces) state_.Grow(p.seq, p.offset + p.length);
+    // A first forward continues its sequence exactly where the state ends:
+    // the earlier chunks are forwarded, the later ones are not.
+    for (const PieceRows& p : in.pieces) {
+      if (state_.rows(p.seq) != p.offset) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "chunk ", in.id, ": sequence ", p.seq, " piece at position ", p.offset,
+            " but the state store holds ", state_.rows(p.seq),
+            " rows: forward the sequence's chunks in order, each once"));
+      }
+    }
+    for (const PieceRows& p : in.pieces) {
+      state_.Grow(p.seq, p.offset + p.length, p.seq_length, kind != ForwardKind::kInference);
+    }
   }
   const bool keep = kind == ForwardKind::kKeep || kind == ForwardKind::kRecompute;
   ChunkActs local;
@@ -113,7 +125,15 @@ absl::Status Stage::Forward(const ChunkInput& in, const float* x, float* y, Forw
   }
   if (r.last) {
     TrackedBuffer rstd = Buf(keep ? MemoryTracker::kActivations : MemoryTracker::kScratch, t);
-    HeadLoss(in, cur.data(), rstd.data(), kind != ForwardKind::kRecompute);
+    if (kind == ForwardKind::kRecompute) {
+      // The loss was counted by the first forward; the backward evaluates the
+      // head again anyway: only the final norm's statistics are needed.
+      TrackedBuffer hf = Buf(MemoryTracker::kScratch, t * c_);
+      k::rmsnorm_forward(hf.data(), rstd.data(), cur.data(), params_->weights().final_norm, t, c_,
+                         static_cast<float>(params_->config().rms_norm_eps));
+    } else {
+      HeadLoss(in, cur.data(), rstd.data());
+    }
     if (keep) {
       ca.xfinal = Buf(MemoryTracker::kActivations, t * c_);
       Copy(ca.xfinal.data(), cur.data(), t * c_);
@@ -195,7 +215,7 @@ void Stage::LayerForward(int64_t l, const ChunkInput& in, bool write_kv, MemoryT
   AddTo(inout, tmp.data(), t * c_);
 }
 
-void Stage::HeadLoss(const ChunkInput& in, const float* xfinal, float* rstdf, bool count) {
+void Stage::HeadLoss(const ChunkInput& in, const float* xfinal, float* rstdf) {
   const StageView w = params_->weights();
   const int64_t t = in.rows;
   TrackedBuffer hf = Buf(MemoryTracker::kScratch, t * c_);
@@ -209,7 +229,6 @@ void Stage::HeadLoss(const ChunkInput& in, const float* xfinal, float* rstdf, bo
     k::cross_entropy_forward(losses.data() + r0, logits.data(), in.targets.data() + r0, n, vocab_);
     if (logits_sink_) logits_sink_->insert(logits_sink_->end(), logits.data(), logits.data() + n * vocab_);
   }
-  if (!count) return;
   for (const PieceRows& p : in.pieces) {
     SequenceLoss& sl = losses_[p.seq];
     for (int64_t i = p.row; i < p.row + p.length; ++i) {

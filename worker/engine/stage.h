@@ -103,7 +103,7 @@ class Stage {
   void LayerForward(int64_t l, const ChunkInput& in, bool write_kv, MemoryTracker::Kind kind,
                     LayerActs& a, float* inout);
   void LayerBackward(int64_t l, const ChunkInput& in, const LayerActs& a, float* dx);
-  void HeadLoss(const ChunkInput& in, const float* xfinal, float* rstdf, bool count);
+  void HeadLoss(const ChunkInput& in, const float* xfinal, float* rstdf);
   void HeadBackward(const ChunkInput& in, const float* xfinal, const float* rstdf, float* dx);
 
   StageParams* params_;

@@ -1,21 +1,36 @@
 #include "worker/engine/state_store.h"
 
+#include <algorithm>
+
 namespace chunkflow::engine {
 
 void StateStore::Resize(Seq& s, int64_t rows) {
   for (Layer& l : s.layers) {
-    for (TrackedBuffer* b : {&l.k, &l.v, &l.dk, &l.dv}) b->Resize(rows * kv_dim_);
+    l.k.Resize(rows * kv_dim_);
+    l.v.Resize(rows * kv_dim_);
+    if (s.grads) {
+      l.dk.Resize(rows * kv_dim_);
+      l.dv.Resize(rows * kv_dim_);
+    }
   }
   s.rows = rows;
 }
 
-void StateStore::Grow(int64_t seq, int64_t rows) {
+void StateStore::Grow(int64_t seq, int64_t rows, int64_t seq_length, bool grads) {
   auto [it, inserted] = seqs_.try_emplace(seq);
   Seq& s = it->second;
   if (inserted) {
+    s.grads = grads;
+    const int64_t reserve = std::max(rows, seq_length) * kv_dim_;
     for (int64_t l = 0; l < layers_; ++l) {
       Layer layer{TrackedBuffer(mem_, MemoryTracker::kState), TrackedBuffer(mem_, MemoryTracker::kState),
                   TrackedBuffer(mem_, MemoryTracker::kState), TrackedBuffer(mem_, MemoryTracker::kState)};
+      layer.k.Reserve(reserve);
+      layer.v.Reserve(reserve);
+      if (grads) {
+        layer.dk.Reserve(reserve);
+        layer.dv.Reserve(reserve);
+      }
       s.layers.push_back(std::move(layer));
     }
   }

@@ -11,7 +11,7 @@
 // them; the chain's first chunk frees the sequence.
 //
 //   StateStore store(layers, kv_dim, &mem);
-//   store.Grow(seq, offset + length);       // new rows zero
+//   store.Grow(seq, offset + length, seq_length, /*grads=*/true);  // new rows zero
 //   float* k = store.k(seq, layer);          // (rows, kv_dim)
 //   ...
 //   store.Truncate(seq, offset);             // after the chunk's backward
@@ -32,9 +32,12 @@ class StateStore {
   StateStore(int64_t layers, int64_t kv_dim, MemoryTracker* mem)
       : layers_(layers), kv_dim_(kv_dim), mem_(mem) {}
 
-  // Makes rows [0, rows) of `seq` exist at every layer (never shrinks).
-  void Grow(int64_t seq, int64_t rows);
-  // Drops rows >= rows of `seq`; rows == 0 forgets the sequence.
+  // Makes rows [0, rows) of `seq` exist at every layer (never shrinks). The
+  // first call allocates `seq_length` rows at once (the sequence's length),
+  // so later chunks never reallocate; without `grads` (inference) no dK/dV.
+  void Grow(int64_t seq, int64_t rows, int64_t seq_length, bool grads);
+  // Drops rows >= rows of `seq` (their memory stays allocated until the
+  // sequence is forgotten); rows == 0 forgets the sequence.
   void Truncate(int64_t seq, int64_t rows);
   void Clear() { seqs_.clear(); }
 
@@ -54,6 +57,7 @@ class StateStore {
   };
   struct Seq {
     int64_t rows = 0;
+    bool grads = true;
     std::vector<Layer> layers;
   };
   Layer& Get(int64_t seq, int64_t layer) { return seqs_.at(seq).layers[layer]; }

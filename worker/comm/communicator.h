@@ -1,0 +1,92 @@
+// Communicator: the worker's view of one group of ranks (point-to-point
+// between pipeline stages, all-reduce of gradients over data-parallel ranks).
+//
+// In the cluster every pipeline stage pair (stage s <-> stage s+1 of one dp
+// replica) and every data-parallel group (the same stage across dp replicas)
+// gets its own communicator: its own rank set, numbered 0..size-1 inside the
+// group, and its own key prefix in the coordinator's key-value store (for
+// example "job7/pp/dp0/s1-s2" and "job7/dp/stage1"). Two communicators never
+// share a prefix. Implementations: Gloo over TCP on CPUs
+// (gloo_communicator.h), NCCL on GPUs (nccl_communicator.h, data pointers are
+// device memory there).
+//
+// Usage (a 2-stage pipeline, one dp replica, in-process store):
+//   InMemoryKeyValueStore store;
+//   GlooOptions opts;
+//   opts.rank = stage; opts.size = 2; opts.prefix = "job7/pp/dp0/s0-s1";
+//   absl::StatusOr<std::unique_ptr<Communicator>> comm =
+//       CreateGlooCommunicator(opts, &store);
+//   if (!comm.ok()) return comm.status();
+//   if (stage == 0) {
+//     RETURN_IF_ERROR((*comm)->Send(act.data(), act.size(), /*peer=*/1,
+//                                   /*tag=*/chunk_id));
+//   } else {
+//     RETURN_IF_ERROR((*comm)->Recv(act.data(), act.size(), /*peer=*/0,
+//                                   /*tag=*/chunk_id));
+//   }
+//   RETURN_IF_ERROR((*comm)->AllReduceSum(grads.data(), grads.size()));
+//
+// Semantics shared by every implementation:
+//  - Send blocks until the peer has posted the matching Recv and the data has
+//    left (both Gloo and NCCL rendezvous before moving data). Two ranks that
+//    both Send to each other first wait for each other until the timeout:
+//    order the calls (even ranks send first) or Send and Recv from two
+//    threads.
+//  - Both sides of a Send/Recv pass the same n.
+//  - Collectives (AllReduceSum, Barrier) are called by every rank of the
+//    group, in the same order, with the same n.
+//  - After any error other than INVALID_ARGUMENT the communicator is broken
+//    (the transport has torn down its connections); every later call returns
+//    FAILED_PRECONDITION carrying the first error. Create a new one.
+#ifndef CHUNKFLOW_WORKER_COMM_COMMUNICATOR_H_
+#define CHUNKFLOW_WORKER_COMM_COMMUNICATOR_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+
+namespace chunkflow::comm {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  // This process's rank in the group, in [0, size()).
+  virtual int rank() const = 0;
+  // Number of ranks in the group.
+  virtual int size() const = 0;
+
+  // Sends n floats from `data` to rank `peer`. Messages to one peer with the
+  // same tag arrive in the order they were sent; with Gloo a message only
+  // matches a Recv with the same (sender, tag), with NCCL Sends and Recvs of
+  // a pair match in issue order whatever the tag (see nccl_communicator.h).
+  // Errors: INVALID_ARGUMENT (n < 0, data null with n > 0, peer == rank() or
+  // outside [0, size())); DEADLINE_EXCEEDED (the peer did not receive within
+  // the communicator's timeout); UNAVAILABLE (connection to the peer lost);
+  // INTERNAL (transport error); FAILED_PRECONDITION (broken by an earlier
+  // error).
+  virtual absl::Status Send(const float* data, int64_t n, int peer,
+                            uint32_t tag) = 0;
+
+  // Receives n floats from rank `peer` into `data`, blocking until they have
+  // arrived.
+  // Errors: as Send; DEADLINE_EXCEEDED when the peer did not send in time.
+  virtual absl::Status Recv(float* data, int64_t n, int peer,
+                            uint32_t tag) = 0;
+
+  // In place: afterwards data[i] on every rank is the sum over ranks of
+  // data[i], bit-for-bit identical on every rank and deterministic for given
+  // inputs (each element is reduced once, in a fixed order, then copied).
+  // Errors: INVALID_ARGUMENT (n < 0, data null with n > 0);
+  // DEADLINE_EXCEEDED, UNAVAILABLE, INTERNAL, FAILED_PRECONDITION as Send.
+  virtual absl::Status AllReduceSum(float* data, int64_t n) = 0;
+
+  // Returns once every rank of the group has entered Barrier.
+  // Errors: DEADLINE_EXCEEDED, UNAVAILABLE, INTERNAL, FAILED_PRECONDITION as
+  // Send.
+  virtual absl::Status Barrier() = 0;
+};
+
+}  // namespace chunkflow::comm
+
+#endif  // CHUNKFLOW_WORKER_COMM_COMMUNICATOR_H_

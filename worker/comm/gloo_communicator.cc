@@ -1,0 +1,403 @@
+#include "worker/comm/gloo_communicator.h"
+
+#include <net/if.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <limits>
+#include <memory>
+#include <string>
+#include <string_view>
+#include "absl/strings/string_view.h"
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "gloo/allreduce.h"
+#include "gloo/barrier.h"
+#include "gloo/common/error.h"
+#include "gloo/common/logging.h"
+#include "gloo/rendezvous/context.h"
+#include "gloo/rendezvous/store.h"
+#include "gloo/transport/tcp/attr.h"
+#include "gloo/transport/tcp/device.h"
+#include "gloo/transport/unbound_buffer.h"
+#include "gloo/types.h"
+
+namespace chunkflow::comm {
+namespace {
+
+// Slot prefix of point-to-point messages. Gloo's collectives use prefixes
+// 0x01..0x08 (gloo/types.h: Slot::build(prefix, tag) = prefix << 56 |
+// tag << 24), so a Send/Recv tag never collides with a collective.
+constexpr uint8_t kP2pSlotPrefix = 0x20;
+
+std::chrono::milliseconds ToChronoMs(absl::Duration d) {
+  return std::max(absl::ToChronoMilliseconds(d), std::chrono::milliseconds(1));
+}
+
+// ---------------------------------------------------------------------------
+// Exceptions -> Status (the only place Gloo's exceptions are caught)
+// ---------------------------------------------------------------------------
+
+// Thrown by the store adapter through Gloo's rendezvous code, caught again in
+// CreateGlooCommunicator, so the store's own Status comes out unchanged.
+class StoreError : public gloo::IoException {
+ public:
+  explicit StoreError(absl::Status status)
+      : gloo::IoException(std::string(status.message())),
+        status_(std::move(status)) {}
+  const absl::Status& status() const { return status_; }
+
+ private:
+  absl::Status status_;
+};
+
+bool IsTimeoutMessage(absl::string_view message) {
+  const std::string lower = absl::AsciiStrToLower(message);
+  return absl::StrContains(lower, "timeout") ||
+         absl::StrContains(lower, "timed out");
+}
+
+// Runs `fn`, turning whatever Gloo throws into a Status that starts with
+// `what` (the operation, this rank and the peer).
+template <typename Fn>
+absl::Status GuardGloo(absl::string_view what, Fn&& fn) {
+  try {
+    fn();
+    return absl::OkStatus();
+  } catch (const StoreError& e) {
+    return e.status();
+  } catch (const gloo::IoException& e) {
+    const std::string msg = absl::StrCat(what, ": Gloo I/O error: ", e.what());
+    return IsTimeoutMessage(e.what()) ? absl::DeadlineExceededError(msg)
+                                      : absl::UnavailableError(msg);
+  } catch (const gloo::Exception& e) {
+    return absl::InternalError(absl::StrCat(what, ": Gloo error: ", e.what()));
+  } catch (const gloo::EnforceNotMet& e) {
+    return absl::InternalError(
+        absl::StrCat(what, ": Gloo check failed: ", e.what()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(what, ": ", e.what()));
+  } catch (...) {
+    return absl::InternalError(
+        absl::StrCat(what, ": unknown exception from Gloo"));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// gloo::rendezvous::Store over KeyValueStore
+// ---------------------------------------------------------------------------
+
+// Gloo's connectFullMesh publishes one key per rank (its addresses for every
+// peer) and waits for everyone else's. Keys live under "<prefix>/".
+class StoreAdapter final : public gloo::rendezvous::Store {
+ public:
+  StoreAdapter(KeyValueStore* store, const GlooOptions& options)
+      : store_(store), options_(options) {}
+
+  void set(const std::string& key, const std::vector<char>& data) override {
+    absl::Status status =
+        store_->Set(FullKey(key), std::string_view(data.data(), data.size()));
+    if (!status.ok()) throw StoreError(Annotate(key, status));
+  }
+
+  std::vector<char> get(const std::string& key) override {
+    absl::StatusOr<std::string> value =
+        store_->Get(FullKey(key), options_.timeout);
+    if (!value.ok()) throw StoreError(Annotate(key, value.status()));
+    return std::vector<char>(value->begin(), value->end());
+  }
+
+  void wait(const std::vector<std::string>& keys) override {
+    wait(keys, ToChronoMs(options_.timeout));
+  }
+
+  void wait(const std::vector<std::string>& keys,
+            const std::chrono::milliseconds& timeout) override {
+    const absl::Time deadline = absl::Now() + absl::FromChrono(timeout);
+    for (const std::string& key : keys) {
+      absl::StatusOr<std::string> value =
+          store_->Get(FullKey(key), deadline - absl::Now());
+      if (!value.ok()) throw StoreError(Annotate(key, value.status()));
+    }
+  }
+
+ private:
+  std::string FullKey(absl::string_view key) const {
+    return absl::StrCat(options_.prefix, "/", key);
+  }
+
+  // Gloo's keys end in the publishing rank ("3", "rank_3"): name it.
+  absl::Status Annotate(absl::string_view key, const absl::Status& status) {
+    absl::string_view digits = key;
+    while (!digits.empty() && !absl::ascii_isdigit(digits.front())) {
+      digits.remove_prefix(1);
+    }
+    int publisher = -1;
+    std::string who = "a rank";
+    if (absl::SimpleAtoi(digits, &publisher)) {
+      who = absl::StrCat("rank ", publisher);
+    }
+    std::string msg = absl::StrCat(
+        "Gloo rendezvous '", options_.prefix, "' on rank ", options_.rank,
+        " of ", options_.size, ": ", who, " did not publish its address (key '",
+        FullKey(key), "'); check that ", who,
+        " started with the same prefix, size and store: ", status.message());
+    return absl::Status(status.code(), msg);
+  }
+
+  KeyValueStore* const store_;
+  const GlooOptions options_;
+};
+
+// ---------------------------------------------------------------------------
+// The communicator
+// ---------------------------------------------------------------------------
+
+class GlooCommunicator final : public Communicator {
+ public:
+  GlooCommunicator(const GlooOptions& options,
+                   std::shared_ptr<gloo::transport::Device> device,
+                   std::shared_ptr<gloo::Context> context)
+      : options_(options),
+        timeout_(ToChronoMs(options.timeout)),
+        device_(std::move(device)),
+        context_(std::move(context)) {}
+
+  ~GlooCommunicator() override {
+    // Closing may throw on an already broken pair; nothing to report to.
+    try {
+      context_.reset();
+      device_.reset();
+    } catch (...) {
+    }
+  }
+
+  int rank() const override { return options_.rank; }
+  int size() const override { return options_.size; }
+
+  absl::Status Send(const float* data, int64_t n, int peer,
+                    uint32_t tag) override {
+    const std::string what = absl::StrCat("Send(n=", n, ", peer=", peer,
+                                          ", tag=", tag, ")", Where());
+    if (absl::Status s = ValidateP2p(what, data, n, peer); !s.ok()) return s;
+    if (absl::Status s = CheckUsable(what); !s.ok()) return s;
+    float scratch = 0.0f;
+    return Record(GuardGloo(what, [&] {
+      // Gloo only reads a buffer it sends from.
+      auto buffer = context_->createUnboundBuffer(
+          n > 0 ? const_cast<float*>(data) : &scratch, Bytes(n));
+      buffer->send(peer, gloo::Slot::build(kP2pSlotPrefix, tag));
+      buffer->waitSend(timeout_);
+    }));
+  }
+
+  absl::Status Recv(float* data, int64_t n, int peer, uint32_t tag) override {
+    const std::string what = absl::StrCat("Recv(n=", n, ", peer=", peer,
+                                          ", tag=", tag, ")", Where());
+    if (absl::Status s = ValidateP2p(what, data, n, peer); !s.ok()) return s;
+    if (absl::Status s = CheckUsable(what); !s.ok()) return s;
+    float scratch = 0.0f;
+    return Record(GuardGloo(what, [&] {
+      auto buffer =
+          context_->createUnboundBuffer(n > 0 ? data : &scratch, Bytes(n));
+      buffer->recv(peer, gloo::Slot::build(kP2pSlotPrefix, tag));
+      buffer->waitRecv(timeout_);
+    }));
+  }
+
+  absl::Status AllReduceSum(float* data, int64_t n) override {
+    const std::string what =
+        absl::StrCat("AllReduceSum(n=", n, ")", Where());
+    if (absl::Status s = ValidateBuffer(what, data, n); !s.ok()) return s;
+    if (absl::Status s = CheckUsable(what); !s.ok()) return s;
+    if (n == 0 || options_.size == 1) return absl::OkStatus();
+    absl::MutexLock lock(&collective_mu_);
+    const uint32_t tag = next_collective_tag_++;
+    return Record(GuardGloo(what, [&] {
+      gloo::AllreduceOptions opts(context_);
+      opts.setOutput(data, static_cast<size_t>(n));
+      opts.setAlgorithm(gloo::AllreduceOptions::Algorithm::RING);
+      // Ring all-reduce: each element is summed on exactly one rank (in
+      // ring order) and then copied to the others, hence bit-identical.
+      opts.setReduceFunction(
+          [](void* c, const void* a, const void* b, size_t count) {
+            float* out = static_cast<float*>(c);
+            const float* x = static_cast<const float*>(a);
+            const float* y = static_cast<const float*>(b);
+            for (size_t i = 0; i < count; ++i) out[i] = x[i] + y[i];
+          });
+      opts.setTag(tag);
+      opts.setTimeout(timeout_);
+      gloo::allreduce(opts);
+    }));
+  }
+
+  absl::Status Barrier() override {
+    const std::string what = absl::StrCat("Barrier()", Where());
+    if (absl::Status s = CheckUsable(what); !s.ok()) return s;
+    if (options_.size == 1) return absl::OkStatus();
+    absl::MutexLock lock(&collective_mu_);
+    const uint32_t tag = next_collective_tag_++;
+    return Record(GuardGloo(what, [&] {
+      gloo::BarrierOptions opts(context_);
+      opts.setTag(tag);
+      opts.setTimeout(timeout_);
+      (void)opts;
+    }));
+  }
+
+ private:
+  static size_t Bytes(int64_t n) {
+    return static_cast<size_t>(n) * sizeof(float);
+  }
+
+  // " on rank 2 of 4 of Gloo communicator 'job7/dp/stage0'"
+  std::string Where() const {
+    return absl::StrCat(" on rank ", options_.rank, " of ", options_.size,
+                        " of Gloo communicator '", options_.prefix, "'");
+  }
+
+  absl::Status ValidateBuffer(absl::string_view what, const float* data,
+                              int64_t n) const {
+    if (n < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": n must be >= 0, got ", n));
+    }
+    if (static_cast<uint64_t>(n) >
+        std::numeric_limits<size_t>::max() / sizeof(float)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": n=", n, " floats do not fit in memory"));
+    }
+    if (n > 0 && data == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": data is null with n=", n));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ValidateP2p(absl::string_view what, const float* data,
+                           int64_t n, int peer) const {
+    if (absl::Status s = ValidateBuffer(what, data, n); !s.ok()) return s;
+    if (peer < 0 || peer >= options_.size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": peer ", peer, " is outside [0, ", options_.size, ")"));
+    }
+    if (peer == options_.rank) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": peer ", peer, " is this rank; send to another rank"));
+    }
+    return absl::OkStatus();
+  }
+
+  // The first transport error wins; after it Gloo has torn the pairs down.
+  absl::Status CheckUsable(absl::string_view what) const {
+    absl::MutexLock lock(&error_mu_);
+    if (first_error_.ok()) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, ": communicator is unusable after an earlier error (create a "
+              "new one): ",
+        first_error_.ToString()));
+  }
+
+  absl::Status Record(absl::Status status) {
+    if (!status.ok()) {
+      absl::MutexLock lock(&error_mu_);
+      if (first_error_.ok()) first_error_ = status;
+    }
+    return status;
+  }
+
+  const GlooOptions options_;
+  const std::chrono::milliseconds timeout_;
+  std::shared_ptr<gloo::transport::Device> device_;
+  std::shared_ptr<gloo::Context> context_;
+
+  absl::Mutex collective_mu_;
+  uint32_t next_collective_tag_ ABSL_GUARDED_BY(collective_mu_) = 0;
+
+  mutable absl::Mutex error_mu_;
+  absl::Status first_error_ ABSL_GUARDED_BY(error_mu_);
+};
+
+absl::Status ValidateOptions(const GlooOptions& o, const KeyValueStore* store) {
+  if (store == nullptr) {
+    return absl::InvalidArgumentError(
+        "CreateGlooCommunicator: store is null; pass the key-value store used "
+        "for rendezvous");
+  }
+  if (o.size < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CreateGlooCommunicator: size must be >= 1, got ", o.size));
+  }
+  if (o.rank < 0 || o.rank >= o.size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CreateGlooCommunicator: rank ", o.rank,
+                     " is outside [0, ", o.size, ") for size ", o.size));
+  }
+  if (o.prefix.empty()) {
+    return absl::InvalidArgumentError(
+        "CreateGlooCommunicator: prefix is empty; give each communicator its "
+        "own key namespace");
+  }
+  if (o.timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CreateGlooCommunicator: timeout must be > 0, got ",
+                     absl::FormatDuration(o.timeout)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicator(
+    const GlooOptions& options, KeyValueStore* store) {
+  if (absl::Status s = ValidateOptions(options, store); !s.ok()) return s;
+
+  std::shared_ptr<gloo::transport::Device> device;
+  const std::string listen_what =
+      absl::StrCat("CreateGlooCommunicator: listen on '", options.hostname,
+                   "' (rank ", options.rank, " of '", options.prefix, "')");
+  absl::Status status = GuardGloo(listen_what, [&] {
+    gloo::transport::tcp::attr attr;
+    if (if_nametoindex(options.hostname.c_str()) != 0) {
+      attr.iface = options.hostname;
+    } else {
+      attr.hostname = options.hostname;
+    }
+    device = gloo::transport::tcp::CreateDevice(attr);
+  });
+  if (!status.ok()) {
+    if (status.code() == absl::StatusCode::kInternal) {
+      // An unresolvable name surfaces as a Gloo check failure.
+      return absl::UnavailableError(status.message());
+    }
+    return status;
+  }
+
+  auto context =
+      std::make_shared<gloo::rendezvous::Context>(options.rank, options.size);
+  StoreAdapter adapter(store, options);
+  status = GuardGloo(
+      absl::StrCat("CreateGlooCommunicator: rendezvous of rank ", options.rank,
+                   " of ", options.size, " in '", options.prefix, "'"),
+      [&] {
+        context->setTimeout(ToChronoMs(options.timeout));
+        context->connectFullMesh(adapter, device);
+      });
+  if (!status.ok()) return status;
+  return std::unique_ptr<Communicator>(
+      new GlooCommunicator(options, std::move(device), std::move(context)));
+}
+
+}  // namespace chunkflow::comm

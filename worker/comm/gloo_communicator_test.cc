@@ -1,0 +1,312 @@
+#include "worker/comm/gloo_communicator.h"
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <iostream>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "worker/comm/communicator.h"
+#include "worker/comm/kv_store.h"
+
+namespace chunkflow::comm {
+namespace {
+
+using ::testing::HasSubstr;
+
+// ---------------------------------------------------------------------------
+// Helpers: one thread per rank
+// ---------------------------------------------------------------------------
+
+void RunOnRanks(int size, const std::function<void(int)>& fn) {
+  std::vector<std::thread> threads;
+  for (int r = 0; r < size; ++r) threads.emplace_back(fn, r);
+  for (std::thread& t : threads) t.join();
+}
+
+GlooOptions Options(int rank, int size, const std::string& prefix,
+                    absl::Duration timeout) {
+  GlooOptions o;
+  o.rank = rank;
+  o.size = size;
+  o.prefix = prefix;
+  o.timeout = timeout;
+  return o;
+}
+
+// Rendezvous of ranks 0..size-1 (except `absent`), each on its own thread.
+std::vector<absl::StatusOr<std::unique_ptr<Communicator>>> TryConnect(
+    int size, const std::string& prefix, KeyValueStore* store,
+    absl::Duration timeout, int absent = -1) {
+  std::vector<absl::StatusOr<std::unique_ptr<Communicator>>> out;
+  for (int r = 0; r < size; ++r) out.emplace_back(absl::UnknownError("not run"));
+  RunOnRanks(size, [&](int r) {
+    if (r == absent) return;
+    out[r] = CreateGlooCommunicator(Options(r, size, prefix, timeout), store);
+  });
+  return out;
+}
+
+// All ranks connected; empty (and a test failure) otherwise.
+std::vector<std::unique_ptr<Communicator>> Connect(
+    int size, const std::string& prefix, KeyValueStore* store,
+    absl::Duration timeout = absl::Seconds(60)) {
+  auto results = TryConnect(size, prefix, store, timeout);
+  std::vector<std::unique_ptr<Communicator>> comms;
+  for (int r = 0; r < size; ++r) {
+    EXPECT_TRUE(results[r].ok()) << "rank " << r << ": " << results[r].status();
+    if (!results[r].ok()) return {};
+    comms.push_back(std::move(*results[r]));
+  }
+  return comms;
+}
+
+// ---------------------------------------------------------------------------
+// AllReduceSum
+// ---------------------------------------------------------------------------
+
+TEST(GlooCommunicatorTest,
+     AllReduceSum_DistinctRandomVectors_MatchesDoubleSumBitIdenticalOnAllRanks) {
+  constexpr int kSize = 4;
+  InMemoryKeyValueStore store;
+  auto comms = Connect(kSize, "test/allreduce", &store);
+  ASSERT_EQ(comms.size(), kSize);
+  for (int64_t n : {int64_t{1}, int64_t{1000}, int64_t{1000000}}) {
+    std::vector<std::vector<float>> data(kSize, std::vector<float>(n));
+    std::vector<double> exact(n, 0.0), magnitude(n, 0.0);
+    for (int r = 0; r < kSize; ++r) {
+      std::mt19937 rng(1000 * r + static_cast<uint32_t>(n));
+      std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+      for (int64_t i = 0; i < n; ++i) {
+        data[r][i] = dist(rng);
+        exact[i] += data[r][i];
+        magnitude[i] += std::fabs(data[r][i]);
+      }
+    }
+    std::vector<absl::Status> status(kSize);
+    RunOnRanks(kSize, [&](int r) {
+      status[r] = comms[r]->AllReduceSum(data[r].data(), n);
+    });
+    for (int r = 0; r < kSize; ++r) {
+      ASSERT_TRUE(status[r].ok()) << "n=" << n << " rank " << r << ": "
+                                  << status[r];
+    }
+    // Relative to sum(|x_r|): mixed signs can cancel the sum itself to ~0.
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (std::fabs(data[0][i] - exact[i]) > 1e-6 * magnitude[i]) ++bad;
+    }
+    EXPECT_EQ(bad, 0) << "n=" << n << ": elements off the double sum";
+    for (int r = 1; r < kSize; ++r) {
+      EXPECT_EQ(std::memcmp(data[r].data(), data[0].data(), n * sizeof(float)),
+                0)
+          << "n=" << n << ": rank " << r << " differs from rank 0";
+    }
+  }
+}
+
+TEST(GlooCommunicatorTest, AllReduceSumAndBarrier_SingleRank_IdentityAndOk) {
+  InMemoryKeyValueStore store;
+  auto comms = Connect(1, "test/single", &store);
+  ASSERT_EQ(comms.size(), 1u);
+  std::vector<float> v = {1.5f, -2.0f, 3.25f};
+  ASSERT_TRUE(comms[0]->AllReduceSum(v.data(), v.size()).ok());
+  EXPECT_EQ(v, (std::vector<float>{1.5f, -2.0f, 3.25f}));
+  EXPECT_TRUE(comms[0]->Barrier().ok());
+}
+
+// ---------------------------------------------------------------------------
+// Send / Recv
+// ---------------------------------------------------------------------------
+
+// Payload of message `seq` on `tag` from `src`: exact small integers.
+float Payload(int src, uint32_t tag, int seq, int64_t i) {
+  return static_cast<float>(src * 10000 + (tag & 1) * 1000 + seq * 100 +
+                            i % 97);
+}
+
+TEST(GlooCommunicatorTest,
+     SendRecv_RingWithTwoInterleavedTags_ArriveInOrderOnTheirTag) {
+  constexpr int kSize = 4;
+  constexpr uint32_t kTagA = 6;           // even
+  constexpr uint32_t kTagB = 0xFFFFFFFF;  // odd, largest tag
+  const std::vector<int64_t> sizes = {0, 1, 100000};
+  InMemoryKeyValueStore store;
+  auto comms = Connect(kSize, "test/ring", &store);
+  ASSERT_EQ(comms.size(), kSize);
+
+  // Each rank: one sender thread (A0, B0, A1, B1 to rank+1 per size) and one
+  // receiver thread per tag (from rank-1), so a Recv on B is posted while A's
+  // message is in flight.
+  RunOnRanks(kSize, [&](int r) {
+    Communicator& comm = *comms[r];
+    const int next = (r + 1) % kSize;
+    const int prev = (r + kSize - 1) % kSize;
+    auto receive = [&](uint32_t tag) {
+      for (int64_t n : sizes) {
+        for (int seq = 0; seq < 2; ++seq) {
+          std::vector<float> got(n, -1.0f);
+          absl::Status s = comm.Recv(got.data(), n, prev, tag);
+          ASSERT_TRUE(s.ok()) << s;
+          int64_t bad = 0;
+          for (int64_t i = 0; i < n; ++i) {
+            if (got[i] != Payload(prev, tag, seq, i)) ++bad;
+          }
+          EXPECT_EQ(bad, 0) << "rank " << r << " tag " << tag << " n=" << n
+                            << " seq " << seq;
+        }
+      }
+    };
+    std::thread recv_a(receive, kTagA);
+    std::thread recv_b(receive, kTagB);
+    for (int64_t n : sizes) {
+      for (int seq = 0; seq < 2; ++seq) {
+        for (uint32_t tag : {kTagA, kTagB}) {
+          std::vector<float> msg(n);
+          for (int64_t i = 0; i < n; ++i) msg[i] = Payload(r, tag, seq, i);
+          absl::Status s = comm.Send(msg.data(), n, next, tag);
+          EXPECT_TRUE(s.ok()) << s;
+        }
+      }
+    }
+    recv_a.join();
+    recv_b.join();
+  });
+}
+
+TEST(GlooCommunicatorTest, Recv_PeerNeverSends_DeadlineExceededWithinTimeout) {
+  InMemoryKeyValueStore store;
+  auto comms = Connect(2, "test/recv_timeout", &store, absl::Milliseconds(500));
+  ASSERT_EQ(comms.size(), 2u);
+  std::vector<float> buf(4);
+  const absl::Time start = absl::Now();
+  absl::Status s = comms[0]->Recv(buf.data(), buf.size(), /*peer=*/1, 9);
+  const absl::Duration elapsed = absl::Now() - start;
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("Recv(n=4, peer=1, tag=9) on rank 0"));
+  std::cout << "MSG " << s << std::endl;
+  EXPECT_GE(elapsed, absl::Milliseconds(450));
+  EXPECT_LT(elapsed, absl::Seconds(10));
+  // The transport is torn down after a timeout: later calls say so.
+  absl::Status again = comms[0]->Barrier();
+  EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition) << again;
+  EXPECT_THAT(std::string(again.message()), HasSubstr("earlier error"));
+}
+
+// ---------------------------------------------------------------------------
+// Barrier
+// ---------------------------------------------------------------------------
+
+TEST(GlooCommunicatorTest, Barrier_FourRanks_NoRankLeavesBeforeAllArrive) {
+  constexpr int kSize = 4;
+  constexpr int kRounds = 3;
+  InMemoryKeyValueStore store;
+  auto comms = Connect(kSize, "test/barrier", &store);
+  ASSERT_EQ(comms.size(), kSize);
+  std::atomic<int> arrived[kRounds] = {};
+  RunOnRanks(kSize, [&](int r) {
+    for (int round = 0; round < kRounds; ++round) {
+      arrived[round].fetch_add(1);
+      absl::Status s = comms[r]->Barrier();
+      ASSERT_TRUE(s.ok()) << s;
+      EXPECT_EQ(arrived[round].load(), kSize)
+          << "rank " << r << " left round " << round << " early";
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Arguments and rendezvous failures
+// ---------------------------------------------------------------------------
+
+TEST(GlooCommunicatorTest, Create_InvalidOptions_InvalidArgumentNamingValue) {
+  InMemoryKeyValueStore store;
+  struct Case {
+    GlooOptions options;
+    KeyValueStore* store;
+    std::string expected;
+  };
+  GlooOptions empty_prefix = Options(0, 2, "", absl::Seconds(1));
+  std::vector<Case> cases = {
+      {Options(4, 4, "p", absl::Seconds(1)), &store, "rank 4"},
+      {Options(-1, 4, "p", absl::Seconds(1)), &store, "rank -1"},
+      {Options(0, 0, "p", absl::Seconds(1)), &store, "size must be >= 1, got 0"},
+      {empty_prefix, &store, "prefix is empty"},
+      {Options(0, 2, "p", absl::ZeroDuration()), &store, "timeout"},
+      {Options(0, 2, "p", absl::Seconds(1)), nullptr, "store is null"},
+  };
+  for (const Case& c : cases) {
+    auto comm = CreateGlooCommunicator(c.options, c.store);
+    EXPECT_EQ(comm.status().code(), absl::StatusCode::kInvalidArgument)
+        << c.expected;
+    EXPECT_THAT(std::string(comm.status().message()), HasSubstr(c.expected));
+  }
+}
+
+TEST(GlooCommunicatorTest, SendRecvAllReduce_InvalidArguments_InvalidArgument) {
+  InMemoryKeyValueStore store;
+  auto comms = Connect(2, "test/args", &store);
+  ASSERT_EQ(comms.size(), 2u);
+  Communicator& c = *comms[0];
+  std::vector<float> buf(3);
+  struct Case {
+    absl::Status status;
+    std::string expected;
+  };
+  std::vector<Case> cases = {
+      {c.Send(buf.data(), -1, 1, 0), "n must be >= 0, got -1"},
+      {c.Recv(buf.data(), -7, 1, 0), "got -7"},
+      {c.Send(buf.data(), 3, 0, 0), "peer 0 is this rank"},
+      {c.Recv(buf.data(), 3, 2, 0), "peer 2 is outside [0, 2)"},
+      {c.Send(buf.data(), 3, -1, 0), "peer -1 is outside"},
+      {c.Send(nullptr, 3, 1, 0), "data is null with n=3"},
+      {c.AllReduceSum(buf.data(), -5), "got -5"},
+      {c.AllReduceSum(nullptr, 2), "data is null with n=2"},
+  };
+  for (const Case& k : cases) {
+    EXPECT_EQ(k.status.code(), absl::StatusCode::kInvalidArgument)
+        << k.expected << ": " << k.status;
+    EXPECT_THAT(std::string(k.status.message()), HasSubstr(k.expected));
+  }
+  // Rejected calls leave the communicator usable.
+  std::vector<std::vector<float>> v = {{1.0f, 2.0f}, {10.0f, 20.0f}};
+  std::vector<absl::Status> status(2);
+  RunOnRanks(2, [&](int r) { status[r] = comms[r]->AllReduceSum(v[r].data(), 2); });
+  ASSERT_TRUE(status[0].ok()) << status[0];
+  ASSERT_TRUE(status[1].ok()) << status[1];
+  EXPECT_EQ(v[0], (std::vector<float>{11.0f, 22.0f}));
+  EXPECT_EQ(v[1], v[0]);
+}
+
+TEST(GlooCommunicatorTest,
+     Create_OneRankNeverShowsUp_DeadlineExceededNamingMissingRank) {
+  constexpr int kSize = 4;
+  constexpr int kAbsent = 3;
+  InMemoryKeyValueStore store;
+  auto results = TryConnect(kSize, "test/missing", &store,
+                            absl::Milliseconds(500), kAbsent);
+  for (int r = 0; r < kSize; ++r) {
+    if (r == kAbsent) continue;
+    const absl::Status& s = results[r].status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded)
+        << "rank " << r << ": " << s;
+    std::cout << "MSG " << s << std::endl;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("rank 3 did not publish"));
+    EXPECT_THAT(std::string(s.message()), HasSubstr("'test/missing/"));
+  }
+}
+
+}  // namespace
+}  // namespace chunkflow::comm
