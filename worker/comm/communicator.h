@@ -32,7 +32,10 @@
 //    both Send to each other first wait for each other until the timeout:
 //    order the calls (even ranks send first) or Send and Recv from two
 //    threads.
-//  - Both sides of a Send/Recv pass the same n.
+//  - Both sides of a Send/Recv pass the same n (Gloo checks it: the Recv
+//    returns INVALID_ARGUMENT and drops the message; NCCL does not).
+//  - One thread at a time per (peer, tag) and direction; Sends to different
+//    peers or tags, and Recvs, may run on different threads.
 //  - Collectives (AllReduceSum, Barrier) are called by every rank of the
 //    group, in the same order, with the same n.
 //  - After any error other than INVALID_ARGUMENT the communicator is broken
@@ -71,8 +74,7 @@ class Communicator {
   // Receives n floats from rank `peer` into `data`, blocking until they have
   // arrived.
   // Errors: as Send; DEADLINE_EXCEEDED when the peer did not send in time.
-  virtual absl::Status Recv(float* data, int64_t n, int peer,
-                            uint32_t tag) = 0;
+  virtual absl::Status Recv(float* data, int64_t n, int peer, uint32_t tag) = 0;
 
   // In place: afterwards data[i] on every rank is the sum over ranks of
   // data[i], bit-for-bit identical on every rank and deterministic for given

@@ -1,17 +1,18 @@
 #include "worker/comm/gloo_communicator.h"
 
 #include <net/if.h>
+#include <netdb.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <exception>
-#include <limits>
 #include <memory>
 #include <string>
 #include <string_view>
-#include "absl/strings/string_view.h"
 #include <utility>
 #include <vector>
 
@@ -21,6 +22,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "gloo/allreduce.h"
 #include "gloo/barrier.h"
@@ -32,17 +34,24 @@
 #include "gloo/transport/tcp/device.h"
 #include "gloo/transport/unbound_buffer.h"
 #include "gloo/types.h"
+#include "worker/comm/validate.h"
 
 namespace chunkflow::comm {
 namespace {
 
-// Slot prefix of point-to-point messages. Gloo's collectives use prefixes
+// Slot prefixes of point-to-point messages. Gloo's collectives use prefixes
 // 0x01..0x08 (gloo/types.h: Slot::build(prefix, tag) = prefix << 56 |
 // tag << 24), so a Send/Recv tag never collides with a collective.
-constexpr uint8_t kP2pSlotPrefix = 0x20;
+constexpr uint8_t kHeaderSlotPrefix = 0x20;
+constexpr uint8_t kPayloadSlotPrefix = 0x21;
 
 std::chrono::milliseconds ToChronoMs(absl::Duration d) {
   return std::max(absl::ToChronoMilliseconds(d), std::chrono::milliseconds(1));
+}
+
+// Time left until `deadline`, at least 1ms (Gloo reads 0 as "no timeout").
+std::chrono::milliseconds Remaining(absl::Time deadline) {
+  return ToChronoMs(deadline - absl::Now());
 }
 
 // ---------------------------------------------------------------------------
@@ -137,23 +146,28 @@ class StoreAdapter final : public gloo::rendezvous::Store {
     return absl::StrCat(options_.prefix, "/", key);
   }
 
-  // Gloo's keys end in the publishing rank ("3", "rank_3"): name it.
+  // Gloo's keys are the publishing rank ("3"): name it.
   absl::Status Annotate(absl::string_view key, const absl::Status& status) {
     absl::string_view digits = key;
     while (!digits.empty() && !absl::ascii_isdigit(digits.front())) {
       digits.remove_prefix(1);
     }
     int publisher = -1;
-    std::string who = "a rank";
-    if (absl::SimpleAtoi(digits, &publisher)) {
-      who = absl::StrCat("rank ", publisher);
+    const std::string who = absl::SimpleAtoi(digits, &publisher)
+                                ? absl::StrCat("rank ", publisher)
+                                : std::string("a rank");
+    const std::string where =
+        absl::StrCat("Gloo rendezvous '", options_.prefix, "' on rank ",
+                     options_.rank, " of ", options_.size, ": ");
+    if (status.code() == absl::StatusCode::kDeadlineExceeded) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          where, who, " did not publish its address (key '", FullKey(key),
+          "') within ", absl::FormatDuration(options_.timeout), "; check that ",
+          who, " started with the same prefix, size and store"));
     }
-    std::string msg = absl::StrCat(
-        "Gloo rendezvous '", options_.prefix, "' on rank ", options_.rank,
-        " of ", options_.size, ": ", who, " did not publish its address (key '",
-        FullKey(key), "'); check that ", who,
-        " started with the same prefix, size and store: ", status.message());
-    return absl::Status(status.code(), msg);
+    return absl::Status(
+        status.code(),
+        absl::StrCat(where, "key '", FullKey(key), "': ", status.message()));
   }
 
   KeyValueStore* const store_;
@@ -186,19 +200,31 @@ class GlooCommunicator final : public Communicator {
   int rank() const override { return options_.rank; }
   int size() const override { return options_.size; }
 
+  // A message is a header (the float count, on its own slot) and, for n > 0,
+  // the payload. The receiver posts the payload buffer only once the header
+  // matches: Gloo aborts the process (a check in its I/O thread) when more
+  // bytes arrive than were posted, and silently accepts fewer.
   absl::Status Send(const float* data, int64_t n, int peer,
                     uint32_t tag) override {
     const std::string what = absl::StrCat("Send(n=", n, ", peer=", peer,
                                           ", tag=", tag, ")", Where());
     if (absl::Status s = ValidateP2p(what, data, n, peer); !s.ok()) return s;
     if (absl::Status s = CheckUsable(what); !s.ok()) return s;
-    float scratch = 0.0f;
+    const absl::Time deadline = absl::Now() + options_.timeout;
+    int64_t header = n;
     return Record(GuardGloo(what, [&] {
-      // Gloo only reads a buffer it sends from.
-      auto buffer = context_->createUnboundBuffer(
-          n > 0 ? const_cast<float*>(data) : &scratch, Bytes(n));
-      buffer->send(peer, gloo::Slot::build(kP2pSlotPrefix, tag));
-      buffer->waitSend(timeout_);
+      auto header_buffer =
+          context_->createUnboundBuffer(&header, sizeof(header));
+      header_buffer->send(peer, gloo::Slot::build(kHeaderSlotPrefix, tag));
+      std::unique_ptr<gloo::transport::UnboundBuffer> payload;
+      if (n > 0) {
+        // Gloo only reads a buffer it sends from.
+        payload =
+            context_->createUnboundBuffer(const_cast<float*>(data), Bytes(n));
+        payload->send(peer, gloo::Slot::build(kPayloadSlotPrefix, tag));
+      }
+      header_buffer->waitSend(Remaining(deadline));
+      if (payload) payload->waitSend(Remaining(deadline));
     }));
   }
 
@@ -207,19 +233,34 @@ class GlooCommunicator final : public Communicator {
                                           ", tag=", tag, ")", Where());
     if (absl::Status s = ValidateP2p(what, data, n, peer); !s.ok()) return s;
     if (absl::Status s = CheckUsable(what); !s.ok()) return s;
-    float scratch = 0.0f;
-    return Record(GuardGloo(what, [&] {
-      auto buffer =
-          context_->createUnboundBuffer(n > 0 ? data : &scratch, Bytes(n));
-      buffer->recv(peer, gloo::Slot::build(kP2pSlotPrefix, tag));
-      buffer->waitRecv(timeout_);
+    const absl::Time deadline = absl::Now() + options_.timeout;
+    int64_t sent = -1;
+    absl::Status status = Record(GuardGloo(what, [&] {
+      auto header_buffer = context_->createUnboundBuffer(&sent, sizeof(sent));
+      header_buffer->recv(peer, gloo::Slot::build(kHeaderSlotPrefix, tag));
+      header_buffer->waitRecv(Remaining(deadline));
+      if (sent <= 0) return;
+      // On a size mismatch, drain the message so the stream stays in step.
+      std::vector<float> drain(sent == n ? 0 : sent);
+      auto payload = context_->createUnboundBuffer(
+          sent == n ? data : drain.data(), Bytes(sent));
+      payload->recv(peer, gloo::Slot::build(kPayloadSlotPrefix, tag));
+      payload->waitRecv(Remaining(deadline));
     }));
+    if (status.ok() && sent != n) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": peer ", peer, " sent n=", sent,
+          " floats, this Recv expects n=", n,
+          "; the message was dropped. Both sides must pass the same n"));
+    }
+    return status;
   }
 
   absl::Status AllReduceSum(float* data, int64_t n) override {
-    const std::string what =
-        absl::StrCat("AllReduceSum(n=", n, ")", Where());
-    if (absl::Status s = ValidateBuffer(what, data, n); !s.ok()) return s;
+    const std::string what = absl::StrCat("AllReduceSum(n=", n, ")", Where());
+    if (absl::Status s = internal::ValidateBuffer(what, data, n); !s.ok()) {
+      return s;
+    }
     if (absl::Status s = CheckUsable(what); !s.ok()) return s;
     if (n == 0 || options_.size == 1) return absl::OkStatus();
     absl::MutexLock lock(&collective_mu_);
@@ -253,7 +294,7 @@ class GlooCommunicator final : public Communicator {
       gloo::BarrierOptions opts(context_);
       opts.setTag(tag);
       opts.setTimeout(timeout_);
-      (void)opts;
+      gloo::barrier(opts);
     }));
   }
 
@@ -268,36 +309,12 @@ class GlooCommunicator final : public Communicator {
                         " of Gloo communicator '", options_.prefix, "'");
   }
 
-  absl::Status ValidateBuffer(absl::string_view what, const float* data,
-                              int64_t n) const {
-    if (n < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ": n must be >= 0, got ", n));
+  absl::Status ValidateP2p(absl::string_view what, const float* data, int64_t n,
+                           int peer) const {
+    if (absl::Status s = internal::ValidateBuffer(what, data, n); !s.ok()) {
+      return s;
     }
-    if (static_cast<uint64_t>(n) >
-        std::numeric_limits<size_t>::max() / sizeof(float)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ": n=", n, " floats do not fit in memory"));
-    }
-    if (n > 0 && data == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ": data is null with n=", n));
-    }
-    return absl::OkStatus();
-  }
-
-  absl::Status ValidateP2p(absl::string_view what, const float* data,
-                           int64_t n, int peer) const {
-    if (absl::Status s = ValidateBuffer(what, data, n); !s.ok()) return s;
-    if (peer < 0 || peer >= options_.size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, ": peer ", peer, " is outside [0, ", options_.size, ")"));
-    }
-    if (peer == options_.rank) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, ": peer ", peer, " is this rank; send to another rank"));
-    }
-    return absl::OkStatus();
+    return internal::ValidatePeer(what, peer, options_.rank, options_.size);
   }
 
   // The first transport error wins; after it Gloo has torn the pairs down.
@@ -305,8 +322,9 @@ class GlooCommunicator final : public Communicator {
     absl::MutexLock lock(&error_mu_);
     if (first_error_.ok()) return absl::OkStatus();
     return absl::FailedPreconditionError(absl::StrCat(
-        what, ": communicator is unusable after an earlier error (create a "
-              "new one): ",
+        what,
+        ": communicator is unusable after an earlier error (create a "
+        "new one): ",
         first_error_.ToString()));
   }
 
@@ -330,31 +348,23 @@ class GlooCommunicator final : public Communicator {
   absl::Status first_error_ ABSL_GUARDED_BY(error_mu_);
 };
 
-absl::Status ValidateOptions(const GlooOptions& o, const KeyValueStore* store) {
-  if (store == nullptr) {
-    return absl::InvalidArgumentError(
-        "CreateGlooCommunicator: store is null; pass the key-value store used "
-        "for rendezvous");
+// Gloo's tcp::CreateDevice checks getaddrinfo() only for -1 and then walks
+// an uninitialized result list when the name does not resolve (EAI_NONAME is
+// -2): it crashes. So the name is resolved here first.
+absl::Status CheckResolves(absl::string_view what, const std::string& host) {
+  struct addrinfo hints;
+  std::memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  struct addrinfo* result = nullptr;
+  const int rv = getaddrinfo(host.c_str(), nullptr, &hints, &result);
+  if (rv != 0 || result == nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat(what, ": cannot resolve '", host,
+                     "': ", rv != 0 ? gai_strerror(rv) : "no addresses",
+                     "; pass an interface name or an address of this host"));
   }
-  if (o.size < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("CreateGlooCommunicator: size must be >= 1, got ", o.size));
-  }
-  if (o.rank < 0 || o.rank >= o.size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("CreateGlooCommunicator: rank ", o.rank,
-                     " is outside [0, ", o.size, ") for size ", o.size));
-  }
-  if (o.prefix.empty()) {
-    return absl::InvalidArgumentError(
-        "CreateGlooCommunicator: prefix is empty; give each communicator its "
-        "own key namespace");
-  }
-  if (o.timeout <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("CreateGlooCommunicator: timeout must be > 0, got ",
-                     absl::FormatDuration(o.timeout)));
-  }
+  freeaddrinfo(result);
   return absl::OkStatus();
 }
 
@@ -362,15 +372,27 @@ absl::Status ValidateOptions(const GlooOptions& o, const KeyValueStore* store) {
 
 absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicator(
     const GlooOptions& options, KeyValueStore* store) {
-  if (absl::Status s = ValidateOptions(options, store); !s.ok()) return s;
+  if (absl::Status s = internal::ValidateGroup(
+          "CreateGlooCommunicator", options.rank, options.size, options.prefix,
+          store, options.timeout);
+      !s.ok()) {
+    return s;
+  }
 
-  std::shared_ptr<gloo::transport::Device> device;
   const std::string listen_what =
       absl::StrCat("CreateGlooCommunicator: listen on '", options.hostname,
                    "' (rank ", options.rank, " of '", options.prefix, "')");
+  const bool is_interface = if_nametoindex(options.hostname.c_str()) != 0;
+  if (!is_interface) {
+    if (absl::Status s = CheckResolves(listen_what, options.hostname);
+        !s.ok()) {
+      return s;
+    }
+  }
+  std::shared_ptr<gloo::transport::Device> device;
   absl::Status status = GuardGloo(listen_what, [&] {
     gloo::transport::tcp::attr attr;
-    if (if_nametoindex(options.hostname.c_str()) != 0) {
+    if (is_interface) {
       attr.iface = options.hostname;
     } else {
       attr.hostname = options.hostname;
@@ -379,7 +401,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicator(
   });
   if (!status.ok()) {
     if (status.code() == absl::StatusCode::kInternal) {
-      // An unresolvable name surfaces as a Gloo check failure.
+      // An interface without an address surfaces as a Gloo check failure.
       return absl::UnavailableError(status.message());
     }
     return status;

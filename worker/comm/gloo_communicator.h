@@ -53,8 +53,8 @@ struct GlooOptions {
 // Errors: INVALID_ARGUMENT (null store, size < 1, rank outside [0, size),
 // empty prefix, timeout <= 0); DEADLINE_EXCEEDED (a rank did not publish its
 // address or connect within the timeout: the message names the rank and the
-// key); UNAVAILABLE (cannot listen on `hostname`, connection refused/lost, or
-// the store is unreachable); INTERNAL (other Gloo errors).
+// key); UNAVAILABLE (cannot resolve or listen on `hostname`, connection lost,
+// or the store is unreachable); INTERNAL (other Gloo errors).
 absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicator(
     const GlooOptions& options, KeyValueStore* store);
 

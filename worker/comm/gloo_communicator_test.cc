@@ -10,7 +10,6 @@
 #include <random>
 #include <string>
 #include <thread>
-#include <iostream>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -51,7 +50,8 @@ std::vector<absl::StatusOr<std::unique_ptr<Communicator>>> TryConnect(
     int size, const std::string& prefix, KeyValueStore* store,
     absl::Duration timeout, int absent = -1) {
   std::vector<absl::StatusOr<std::unique_ptr<Communicator>>> out;
-  for (int r = 0; r < size; ++r) out.emplace_back(absl::UnknownError("not run"));
+  for (int r = 0; r < size; ++r)
+    out.emplace_back(absl::UnknownError("not run"));
   RunOnRanks(size, [&](int r) {
     if (r == absent) return;
     out[r] = CreateGlooCommunicator(Options(r, size, prefix, timeout), store);
@@ -77,8 +77,9 @@ std::vector<std::unique_ptr<Communicator>> Connect(
 // AllReduceSum
 // ---------------------------------------------------------------------------
 
-TEST(GlooCommunicatorTest,
-     AllReduceSum_DistinctRandomVectors_MatchesDoubleSumBitIdenticalOnAllRanks) {
+TEST(
+    GlooCommunicatorTest,
+    AllReduceSum_DistinctRandomVectors_MatchesDoubleSumBitIdenticalOnAllRanks) {
   constexpr int kSize = 4;
   InMemoryKeyValueStore store;
   auto comms = Connect(kSize, "test/allreduce", &store);
@@ -100,8 +101,8 @@ TEST(GlooCommunicatorTest,
       status[r] = comms[r]->AllReduceSum(data[r].data(), n);
     });
     for (int r = 0; r < kSize; ++r) {
-      ASSERT_TRUE(status[r].ok()) << "n=" << n << " rank " << r << ": "
-                                  << status[r];
+      ASSERT_TRUE(status[r].ok())
+          << "n=" << n << " rank " << r << ": " << status[r];
     }
     // Relative to sum(|x_r|): mixed signs can cancel the sum itself to ~0.
     int64_t bad = 0;
@@ -164,8 +165,8 @@ TEST(GlooCommunicatorTest,
           for (int64_t i = 0; i < n; ++i) {
             if (got[i] != Payload(prev, tag, seq, i)) ++bad;
           }
-          EXPECT_EQ(bad, 0) << "rank " << r << " tag " << tag << " n=" << n
-                            << " seq " << seq;
+          EXPECT_EQ(bad, 0)
+              << "rank " << r << " tag " << tag << " n=" << n << " seq " << seq;
         }
       }
     };
@@ -195,14 +196,43 @@ TEST(GlooCommunicatorTest, Recv_PeerNeverSends_DeadlineExceededWithinTimeout) {
   absl::Status s = comms[0]->Recv(buf.data(), buf.size(), /*peer=*/1, 9);
   const absl::Duration elapsed = absl::Now() - start;
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
-  EXPECT_THAT(std::string(s.message()), HasSubstr("Recv(n=4, peer=1, tag=9) on rank 0"));
-  std::cout << "MSG " << s << std::endl;
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("Recv(n=4, peer=1, tag=9) on rank 0"));
   EXPECT_GE(elapsed, absl::Milliseconds(450));
   EXPECT_LT(elapsed, absl::Seconds(10));
   // The transport is torn down after a timeout: later calls say so.
   absl::Status again = comms[0]->Barrier();
   EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition) << again;
   EXPECT_THAT(std::string(again.message()), HasSubstr("earlier error"));
+}
+
+TEST(GlooCommunicatorTest,
+     Recv_CountDiffersFromSend_InvalidArgumentAndStreamStaysInStep) {
+  InMemoryKeyValueStore store;
+  auto comms = Connect(2, "test/mismatch", &store);
+  ASSERT_EQ(comms.size(), 2u);
+  absl::Status send_status, recv_status, send2, recv2;
+  std::vector<float> got(3, 0.0f), got2(2, 0.0f);
+  RunOnRanks(2, [&](int r) {
+    if (r == 1) {
+      std::vector<float> five(5, 1.0f), two = {7.0f, 8.0f};
+      send_status = comms[1]->Send(five.data(), 5, /*peer=*/0, /*tag=*/4);
+      send2 = comms[1]->Send(two.data(), 2, /*peer=*/0, /*tag=*/4);
+    } else {
+      recv_status = comms[0]->Recv(got.data(), 3, /*peer=*/1, /*tag=*/4);
+      recv2 = comms[0]->Recv(got2.data(), 2, /*peer=*/1, /*tag=*/4);
+    }
+  });
+  EXPECT_TRUE(send_status.ok()) << send_status;
+  EXPECT_EQ(recv_status.code(), absl::StatusCode::kInvalidArgument)
+      << recv_status;
+  EXPECT_THAT(std::string(recv_status.message()),
+              HasSubstr("peer 1 sent n=5 floats, this Recv expects n=3"));
+  EXPECT_EQ(got, (std::vector<float>{0.0f, 0.0f, 0.0f}));
+  // The next message on the same tag is intact.
+  ASSERT_TRUE(send2.ok()) << send2;
+  ASSERT_TRUE(recv2.ok()) << recv2;
+  EXPECT_EQ(got2, (std::vector<float>{7.0f, 8.0f}));
 }
 
 // ---------------------------------------------------------------------------
@@ -242,7 +272,8 @@ TEST(GlooCommunicatorTest, Create_InvalidOptions_InvalidArgumentNamingValue) {
   std::vector<Case> cases = {
       {Options(4, 4, "p", absl::Seconds(1)), &store, "rank 4"},
       {Options(-1, 4, "p", absl::Seconds(1)), &store, "rank -1"},
-      {Options(0, 0, "p", absl::Seconds(1)), &store, "size must be >= 1, got 0"},
+      {Options(0, 0, "p", absl::Seconds(1)), &store,
+       "size must be >= 1, got 0"},
       {empty_prefix, &store, "prefix is empty"},
       {Options(0, 2, "p", absl::ZeroDuration()), &store, "timeout"},
       {Options(0, 2, "p", absl::Seconds(1)), nullptr, "store is null"},
@@ -283,11 +314,40 @@ TEST(GlooCommunicatorTest, SendRecvAllReduce_InvalidArguments_InvalidArgument) {
   // Rejected calls leave the communicator usable.
   std::vector<std::vector<float>> v = {{1.0f, 2.0f}, {10.0f, 20.0f}};
   std::vector<absl::Status> status(2);
-  RunOnRanks(2, [&](int r) { status[r] = comms[r]->AllReduceSum(v[r].data(), 2); });
+  RunOnRanks(
+      2, [&](int r) { status[r] = comms[r]->AllReduceSum(v[r].data(), 2); });
   ASSERT_TRUE(status[0].ok()) << status[0];
   ASSERT_TRUE(status[1].ok()) << status[1];
   EXPECT_EQ(v[0], (std::vector<float>{11.0f, 22.0f}));
   EXPECT_EQ(v[1], v[0]);
+}
+
+TEST(GlooCommunicatorTest, Create_InterfaceNameAsHostname_ConnectsOnIt) {
+  InMemoryKeyValueStore store;
+  std::vector<absl::StatusOr<std::unique_ptr<Communicator>>> comms;
+  for (int r = 0; r < 2; ++r) comms.emplace_back(absl::UnknownError("not run"));
+  RunOnRanks(2, [&](int r) {
+    GlooOptions o = Options(r, 2, "test/iface", absl::Seconds(60));
+    o.hostname = "lo";  // loopback interface, by name
+    comms[r] = CreateGlooCommunicator(o, &store);
+  });
+  ASSERT_TRUE(comms[0].ok()) << comms[0].status();
+  ASSERT_TRUE(comms[1].ok()) << comms[1].status();
+  std::vector<absl::Status> status(2);
+  RunOnRanks(2, [&](int r) { status[r] = (*comms[r])->Barrier(); });
+  EXPECT_TRUE(status[0].ok()) << status[0];
+  EXPECT_TRUE(status[1].ok()) << status[1];
+}
+
+TEST(GlooCommunicatorTest, Create_UnresolvableHostname_UnavailableNamingIt) {
+  InMemoryKeyValueStore store;
+  GlooOptions o = Options(0, 2, "test/badhost", absl::Seconds(1));
+  o.hostname = "no-such-host.invalid";
+  auto comm = CreateGlooCommunicator(o, &store);
+  EXPECT_EQ(comm.status().code(), absl::StatusCode::kUnavailable)
+      << comm.status();
+  EXPECT_THAT(std::string(comm.status().message()),
+              HasSubstr("'no-such-host.invalid'"));
 }
 
 TEST(GlooCommunicatorTest,
@@ -302,9 +362,9 @@ TEST(GlooCommunicatorTest,
     const absl::Status& s = results[r].status();
     EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded)
         << "rank " << r << ": " << s;
-    std::cout << "MSG " << s << std::endl;
-    EXPECT_THAT(std::string(s.message()), HasSubstr("rank 3 did not publish"));
-    EXPECT_THAT(std::string(s.message()), HasSubstr("'test/missing/"));
+    EXPECT_THAT(std::string(s.message()),
+                HasSubstr("rank 3 did not publish its address (key "
+                          "'test/missing/3')"));
   }
 }
 

@@ -31,8 +31,7 @@ absl::StatusOr<std::string> InMemoryKeyValueStore::Get(std::string_view key,
   };
   if (!has_key()) {
     ++waiters_;
-    const bool found =
-        mu_.AwaitWithTimeout(absl::Condition(&has_key), timeout);
+    const bool found = mu_.AwaitWithTimeout(absl::Condition(&has_key), timeout);
     --waiters_;
     if (!found) {
       return absl::DeadlineExceededError(absl::StrCat(

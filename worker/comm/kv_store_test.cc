@@ -28,7 +28,8 @@ TEST(InMemoryKeyValueStoreTest, Set_Twice_LastValueWins) {
   EXPECT_EQ(store.Get("k", absl::ZeroDuration()).value(), "2");
 }
 
-TEST(InMemoryKeyValueStoreTest, Get_KeySetLaterByAnotherThread_WaitsAndReturns) {
+TEST(InMemoryKeyValueStoreTest,
+     Get_KeySetLaterByAnotherThread_WaitsAndReturns) {
   InMemoryKeyValueStore store;
   std::thread setter([&store] {
     // Set only once the Get below is blocked (no sleeping).
@@ -48,7 +49,8 @@ TEST(InMemoryKeyValueStoreTest, Get_KeyNeverSet_DeadlineExceededNamingKey) {
   absl::StatusOr<std::string> value =
       store.Get("missing/key", absl::Milliseconds(20));
   EXPECT_EQ(value.status().code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_THAT(std::string(value.status().message()), HasSubstr("'missing/key'"));
+  EXPECT_THAT(std::string(value.status().message()),
+              HasSubstr("'missing/key'"));
   EXPECT_EQ(store.NumWaiters(), 0);
 }
 

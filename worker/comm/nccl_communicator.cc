@@ -1,0 +1,446 @@
+#include "worker/comm/nccl_communicator.h"
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "worker/comm/validate.h"
+
+namespace chunkflow::comm {
+namespace {
+
+constexpr char kUniqueIdKey[] = "nccl_unique_id";
+
+// ---------------------------------------------------------------------------
+// CUDA / NCCL results -> Status (every call is checked and named)
+// ---------------------------------------------------------------------------
+
+absl::Status CudaStatus(cudaError_t err, absl::string_view call,
+                        absl::string_view where) {
+  if (err == cudaSuccess) return absl::OkStatus();
+  cudaGetLastError();  // clear a non-sticky error so later calls start clean
+  const std::string msg =
+      absl::StrCat(where, ": ", call, " failed: ", cudaGetErrorName(err), " (",
+                   cudaGetErrorString(err), ")");
+  if (err == cudaErrorNoDevice || err == cudaErrorInsufficientDriver) {
+    return absl::UnavailableError(msg);
+  }
+  return absl::InternalError(msg);
+}
+
+absl::Status NcclStatus(ncclResult_t result, absl::string_view call,
+                        absl::string_view where, ncclComm_t comm) {
+  if (result == ncclSuccess) return absl::OkStatus();
+  const char* last = ncclGetLastError(comm);
+  const std::string msg = absl::StrCat(
+      where, ": ", call, " failed: ", ncclGetErrorString(result),
+      (last != nullptr && last[0] != '\0') ? absl::StrCat(" (", last, ")")
+                                           : std::string());
+  if (result == ncclSystemError || result == ncclRemoteError) {
+    return absl::UnavailableError(msg);
+  }
+  return absl::InternalError(msg);
+}
+
+#define CF_RETURN_IF_CUDA_ERROR(where, expr)                              \
+  do {                                                                    \
+    if (absl::Status s_ = CudaStatus((expr), #expr, (where)); !s_.ok()) { \
+      return s_;                                                          \
+    }                                                                     \
+  } while (false)
+
+// Polling pause: spin briefly (latency of small ops), then sleep a little
+// (a long pipeline wait should not burn a core).
+void PollPause(int iteration) {
+  if (iteration < 200) {
+    std::this_thread::yield();
+  } else {
+    absl::SleepFor(absl::Microseconds(50));
+  }
+}
+
+// Waits until the non-blocking communicator has left ncclInProgress (init
+// done, or an enqueue accepted).
+absl::Status WaitForComm(ncclComm_t comm, absl::string_view call,
+                         absl::string_view where, absl::Time deadline,
+                         absl::Duration timeout, absl::string_view hint) {
+  for (int i = 0;; ++i) {
+    ncclResult_t state = ncclSuccess;
+    if (absl::Status s = NcclStatus(ncclCommGetAsyncError(comm, &state),
+                                    "ncclCommGetAsyncError", where, comm);
+        !s.ok()) {
+      return s;
+    }
+    if (state == ncclSuccess) return absl::OkStatus();
+    if (state != ncclInProgress) return NcclStatus(state, call, where, comm);
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat(where, ": ", call, " still in progress after ",
+                       absl::FormatDuration(timeout), "; ", hint));
+    }
+    PollPause(i);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The communicator
+// ---------------------------------------------------------------------------
+
+class NcclCommunicator final : public Communicator {
+ public:
+  NcclCommunicator(int rank, int size, std::string_view prefix, int device,
+                   absl::Duration timeout)
+      : rank_(rank),
+        size_(size),
+        prefix_(prefix),
+        device_(device),
+        timeout_(timeout) {}
+
+  NcclCommunicator(const NcclCommunicator&) = delete;
+  NcclCommunicator& operator=(const NcclCommunicator&) = delete;
+
+  ~NcclCommunicator() override {
+    absl::MutexLock lock(&mu_);
+    cudaSetDevice(device_);
+    if (comm_ != nullptr) {
+      // Flush and free; if that does not finish in time, abort.
+      const absl::Time deadline = absl::Now() + timeout_;
+      const ncclResult_t r = ncclCommFinalize(comm_);
+      const bool flushed =
+          (r == ncclSuccess || r == ncclInProgress) &&
+          WaitForComm(comm_, "ncclCommFinalize", Where("~Communicator"),
+                      deadline, timeout_, "peers did not finalize")
+              .ok();
+      if (flushed) {
+        ncclCommDestroy(comm_);
+      } else {
+        ncclCommAbort(comm_);
+      }
+      comm_ = nullptr;
+    }
+    if (scratch_ != nullptr) cudaFree(scratch_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  // Stream, barrier scratch and ncclCommInitRankConfig (non-blocking, polled
+  // until `deadline`).
+  absl::Status Init(const ncclUniqueId& id, absl::Time deadline) {
+    absl::MutexLock lock(&mu_);
+    const std::string where = Where("CreateNcclCommunicator");
+    CF_RETURN_IF_CUDA_ERROR(where, cudaSetDevice(device_));
+    // A blocking stream: it waits for work issued before on the legacy
+    // default stream (other streams are the caller's to synchronize).
+    CF_RETURN_IF_CUDA_ERROR(
+        where, cudaStreamCreateWithFlags(&stream_, cudaStreamDefault));
+    CF_RETURN_IF_CUDA_ERROR(
+        where, cudaMalloc(reinterpret_cast<void**>(&scratch_), sizeof(float)));
+    CF_RETURN_IF_CUDA_ERROR(
+        where, cudaMemsetAsync(scratch_, 0, sizeof(float), stream_));
+    CF_RETURN_IF_CUDA_ERROR(where, cudaStreamSynchronize(stream_));
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    config.commName = prefix_.c_str();  // names it in NCCL's logs
+    const ncclResult_t r =
+        ncclCommInitRankConfig(&comm_, size_, id, rank_, &config);
+    absl::Status status =
+        (r == ncclSuccess || r == ncclInProgress)
+            ? WaitForComm(comm_, "ncclCommInitRankConfig", where, deadline,
+                          timeout_,
+                          absl::StrCat("not all ", size_,
+                                       " ranks joined; check that every rank "
+                                       "started with the same prefix"))
+            : NcclStatus(r, "ncclCommInitRankConfig", where, comm_);
+    if (!status.ok() && comm_ != nullptr) {
+      ncclCommAbort(comm_);
+      comm_ = nullptr;
+    }
+    return status;
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  absl::Status Send(const float* data, int64_t n, int peer,
+                    uint32_t tag) override {
+    const std::string what =
+        Where(absl::StrCat("Send(n=", n, ", peer=", peer, ", tag=", tag, ")"));
+    if (absl::Status s = ValidateP2p(what, data, n, peer); !s.ok()) return s;
+    if (n == 0) return CheckUsable(what);
+    return Run(what, "ncclSend", [&] {
+      return ncclSend(data, static_cast<size_t>(n), ncclFloat, peer, comm_,
+                      stream_);
+    });
+  }
+
+  absl::Status Recv(float* data, int64_t n, int peer, uint32_t tag) override {
+    const std::string what =
+        Where(absl::StrCat("Recv(n=", n, ", peer=", peer, ", tag=", tag, ")"));
+    if (absl::Status s = ValidateP2p(what, data, n, peer); !s.ok()) return s;
+    if (n == 0) return CheckUsable(what);
+    return Run(what, "ncclRecv", [&] {
+      return ncclRecv(data, static_cast<size_t>(n), ncclFloat, peer, comm_,
+                      stream_);
+    });
+  }
+
+  absl::Status AllReduceSum(float* data, int64_t n) override {
+    const std::string what = Where(absl::StrCat("AllReduceSum(n=", n, ")"));
+    if (absl::Status s = internal::ValidateBuffer(what, data, n); !s.ok()) {
+      return s;
+    }
+    if (n == 0) return CheckUsable(what);
+    if (absl::Status s = CheckDevicePointer(what, data); !s.ok()) return s;
+    return Run(what, "ncclAllReduce", [&] {
+      return ncclAllReduce(data, data, static_cast<size_t>(n), ncclFloat,
+                           ncclSum, comm_, stream_);
+    });
+  }
+
+  absl::Status Barrier() override {
+    const std::string what = Where("Barrier()");
+    return Run(what, "ncclAllReduce (barrier)", [&] {
+      return ncclAllReduce(scratch_, scratch_, 1, ncclFloat, ncclSum, comm_,
+                           stream_);
+    });
+  }
+
+ private:
+  std::string Where(absl::string_view op) const {
+    return absl::StrCat(op, " on rank ", rank_, " of ", size_,
+                        " of NCCL communicator '", prefix_, "' (CUDA device ",
+                        device_, ")");
+  }
+
+  absl::Status ValidateP2p(absl::string_view what, const float* data, int64_t n,
+                           int peer) const {
+    if (absl::Status s = internal::ValidateBuffer(what, data, n); !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = internal::ValidatePeer(what, peer, rank_, size_);
+        !s.ok()) {
+      return s;
+    }
+    return n > 0 ? CheckDevicePointer(what, data) : absl::OkStatus();
+  }
+
+  // Errors: INVALID_ARGUMENT (host memory, or another device's memory).
+  absl::Status CheckDevicePointer(absl::string_view what,
+                                  const void* data) const {
+    cudaPointerAttributes attr;
+    std::memset(&attr, 0, sizeof(attr));
+    const cudaError_t err = cudaPointerGetAttributes(&attr, data);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": data is not a CUDA pointer (cudaPointerGetAttributes: ",
+          cudaGetErrorString(err), "); pass device memory"));
+    }
+    if (attr.type == cudaMemoryTypeManaged) return absl::OkStatus();
+    if (attr.type != cudaMemoryTypeDevice) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": data is host memory (cudaMemoryType ",
+          static_cast<int>(attr.type), "); NCCL needs device memory"));
+    }
+    if (attr.device != device_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": data lives on CUDA device ", attr.device,
+                       ", this communicator uses device ", device_));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status CheckUsable(absl::string_view what) const {
+    absl::MutexLock lock(&mu_);
+    return CheckUsableLocked(what);
+  }
+
+  absl::Status CheckUsableLocked(absl::string_view what) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (first_error_.ok()) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(
+        what,
+        ": communicator was aborted after an earlier error (create a "
+        "new one): ",
+        first_error_.ToString()));
+  }
+
+  // Enqueues one NCCL operation and waits (polling, bounded by the timeout)
+  // for the GPU to finish it. The first failure aborts the communicator.
+  absl::Status Run(absl::string_view what, absl::string_view call,
+                   absl::FunctionRef<ncclResult_t()> enqueue) {
+    absl::MutexLock lock(&mu_);
+    if (absl::Status s = CheckUsableLocked(what); !s.ok()) return s;
+    absl::Status status = RunLocked(what, call, enqueue);
+    if (!status.ok()) {
+      first_error_ = status;
+      if (comm_ != nullptr) ncclCommAbort(comm_);
+      comm_ = nullptr;
+    }
+    return status;
+  }
+
+  absl::Status RunLocked(absl::string_view what, absl::string_view call,
+                         absl::FunctionRef<ncclResult_t()> enqueue)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const absl::Time deadline = absl::Now() + timeout_;
+    CF_RETURN_IF_CUDA_ERROR(what, cudaSetDevice(device_));
+    const ncclResult_t r = enqueue();
+    if (r != ncclSuccess && r != ncclInProgress) {
+      return NcclStatus(r, call, what, comm_);
+    }
+    if (absl::Status s = WaitForComm(comm_, call, what, deadline, timeout_,
+                                     "the enqueue did not complete");
+        !s.ok()) {
+      return s;
+    }
+    for (int i = 0;; ++i) {
+      const cudaError_t q = cudaStreamQuery(stream_);
+      if (q == cudaSuccess) break;
+      if (q != cudaErrorNotReady) return CudaStatus(q, "cudaStreamQuery", what);
+      ncclResult_t async = ncclSuccess;
+      if (absl::Status s = NcclStatus(ncclCommGetAsyncError(comm_, &async),
+                                      "ncclCommGetAsyncError", what, comm_);
+          !s.ok()) {
+        return s;
+      }
+      if (async != ncclSuccess && async != ncclInProgress) {
+        return NcclStatus(async, absl::StrCat(call, " (async)"), what, comm_);
+      }
+      if (absl::Now() >= deadline) {
+        return absl::DeadlineExceededError(
+            absl::StrCat(what, ": ", call, " did not complete within ",
+                         absl::FormatDuration(timeout_),
+                         "; check that the peer(s) issued the matching call"));
+      }
+      PollPause(i);
+    }
+    // Async error watch: a failure NCCL noticed after the kernels finished.
+    ncclResult_t async = ncclSuccess;
+    if (absl::Status s = NcclStatus(ncclCommGetAsyncError(comm_, &async),
+                                    "ncclCommGetAsyncError", what, comm_);
+        !s.ok()) {
+      return s;
+    }
+    return NcclStatus(async, absl::StrCat(call, " (async)"), what, comm_);
+  }
+
+  const int rank_;
+  const int size_;
+  const std::string prefix_;
+  const int device_;
+  const absl::Duration timeout_;
+
+  mutable absl::Mutex mu_;  // one NCCL operation at a time
+  ncclComm_t comm_ ABSL_GUARDED_BY(mu_) = nullptr;
+  cudaStream_t stream_ ABSL_GUARDED_BY(mu_) = nullptr;
+  float* scratch_ ABSL_GUARDED_BY(mu_) = nullptr;  // device, barrier operand
+  absl::Status first_error_ ABSL_GUARDED_BY(mu_);
+};
+
+// Rank 0 publishes the unique id, the others wait for it.
+absl::Status ExchangeUniqueId(int rank, absl::string_view prefix,
+                              KeyValueStore* store, absl::Duration timeout,
+                              absl::string_view where, ncclUniqueId* id) {
+  const std::string key = absl::StrCat(prefix, "/", kUniqueIdKey);
+  if (rank == 0) {
+    if (absl::Status s =
+            NcclStatus(ncclGetUniqueId(id), "ncclGetUniqueId", where, nullptr);
+        !s.ok()) {
+      return s;
+    }
+    absl::Status s =
+        store->Set(key, std::string_view(id->internal, sizeof(id->internal)));
+    if (!s.ok()) {
+      return absl::Status(s.code(), absl::StrCat(where, ": publishing key '",
+                                                 key, "': ", s.message()));
+    }
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::string> bytes = store->Get(key, timeout);
+  if (!bytes.ok()) {
+    if (bytes.status().code() == absl::StatusCode::kDeadlineExceeded) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          where, ": rank 0 did not publish the NCCL unique id (key '", key,
+          "') within ", absl::FormatDuration(timeout),
+          "; check that rank 0 started with the same prefix and store"));
+    }
+    return absl::Status(bytes.status().code(),
+                        absl::StrCat(where, ": reading key '", key,
+                                     "': ", bytes.status().message()));
+  }
+  if (bytes->size() != sizeof(id->internal)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": key '", key, "' holds ", bytes->size(),
+                     " bytes, an ncclUniqueId has ", sizeof(id->internal),
+                     "; is another communicator using the same prefix?"));
+  }
+  std::memcpy(id->internal, bytes->data(), sizeof(id->internal));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
+    int rank, int size, std::string_view prefix, KeyValueStore* store,
+    int cuda_device, absl::Duration timeout) {
+  const absl::string_view prefix_view(prefix.data(), prefix.size());
+  if (absl::Status s = internal::ValidateGroup(
+          "CreateNcclCommunicator", rank, size, prefix_view, store, timeout);
+      !s.ok()) {
+    return s;
+  }
+  const std::string where =
+      absl::StrCat("CreateNcclCommunicator(rank ", rank, " of ", size, ", '",
+                   prefix_view, "', CUDA device ", cuda_device, ")");
+  if (cuda_device < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": CUDA device ", cuda_device, " is negative"));
+  }
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess || count == 0) {
+    const std::string why = err != cudaSuccess
+                                ? absl::StrCat(cudaGetErrorName(err), " (",
+                                               cudaGetErrorString(err), ")")
+                                : std::string("0 devices");
+    cudaGetLastError();
+    return absl::UnavailableError(
+        absl::StrCat(where, ": no CUDA device: cudaGetDeviceCount: ", why,
+                     "; run on a GPU host or use the Gloo communicator"));
+  }
+  if (cuda_device >= count) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": CUDA device ", cuda_device, " is outside [0, ", count, ")"));
+  }
+  CF_RETURN_IF_CUDA_ERROR(where, cudaSetDevice(cuda_device));
+
+  const absl::Time deadline = absl::Now() + timeout;
+  ncclUniqueId id;
+  std::memset(&id, 0, sizeof(id));
+  if (absl::Status s =
+          ExchangeUniqueId(rank, prefix_view, store, timeout, where, &id);
+      !s.ok()) {
+    return s;
+  }
+  auto comm = std::make_unique<NcclCommunicator>(rank, size, prefix,
+                                                 cuda_device, timeout);
+  if (absl::Status s = comm->Init(id, deadline); !s.ok()) return s;
+  return std::unique_ptr<Communicator>(std::move(comm));
+}
+
+}  // namespace chunkflow::comm
