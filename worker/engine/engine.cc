@@ -231,41 +231,47 @@ void Engine::SumTiedGradients() {
   for (int64_t i = 0; i < a->numel; ++i) gb[i] = ga[i] = ga[i] + gb[i];
 }
 
-double Engine::GradNorm() const {
+double StageGradSquares(const StageParams& p) {
   double sq = 0;
-  for (size_t s = 0; s < params_.size(); ++s) {
-    for (const ParamTensor& t : params_[s]->tensors()) {
-      if (s > 0 && t.name == kEmbed) continue;  // the tied copy counts once
-      sq += kernels::cpu::sum_of_squares(params_[s]->grads().data() + t.offset, t.numel);
-    }
+  const bool tied_copy = !p.range().first && p.range().last && p.config().tie_word_embeddings;
+  for (const ParamTensor& t : p.tensors()) {
+    if (tied_copy && t.name == kEmbed) continue;  // the first stage's copy counts
+    sq += kernels::cpu::sum_of_squares(p.grads().data() + t.offset, t.numel);
   }
-  return std::sqrt(sq);
+  return sq;
 }
 
-void Engine::ApplyOptimizer(const TrainOptions& o) {
-  ++step_;
+void ApplyUpdate(StageParams& p, std::vector<float>& m, std::vector<float>& v, int64_t step,
+                 const TrainOptions& o) {
   kernels::cpu::AdamWConfig cfg;
   cfg.lr = o.lr;
   cfg.beta1 = o.beta1;
   cfg.beta2 = o.beta2;
   cfg.eps = o.eps;
-  for (size_t s = 0; s < params_.size(); ++s) {
-    StageParams& p = *params_[s];
-    for (const ParamTensor& t : p.tensors()) {
-      float* w = p.values().data() + t.offset;
-      const float* g = p.grads().data() + t.offset;
-      if (o.optimizer == OptimizerKind::kSgd) {
-        kernels::cpu::sgd_update(w, g, t.numel, o.lr);
-        continue;
-      }
-      cfg.weight_decay = Decayed(t) ? o.weight_decay : 0.0f;
-      kernels::cpu::adamw_update(w, g, m_[s].data() + t.offset, v_[s].data() + t.offset, t.numel,
-                                 step_, cfg);
+  for (const ParamTensor& t : p.tensors()) {
+    float* w = p.values().data() + t.offset;
+    const float* g = p.grads().data() + t.offset;
+    if (o.optimizer == OptimizerKind::kSgd) {
+      kernels::cpu::sgd_update(w, g, t.numel, o.lr);
+      continue;
     }
+    cfg.weight_decay = Decayed(t) ? o.weight_decay : 0.0f;
+    kernels::cpu::adamw_update(w, g, m.data() + t.offset, v.data() + t.offset, t.numel, step, cfg);
   }
 }
 
-absl::StatusOr<StepResult> Engine::TrainStep(const StepData& data, const TrainOptions& options) {
+double Engine::GradNorm() const {
+  double sq = 0;
+  for (const auto& p : params_) sq += StageGradSquares(*p);
+  return std::sqrt(sq);
+}
+
+void Engine::ApplyOptimizer(const TrainOptions& o) {
+  ++step_;
+  for (size_t s = 0; s < params_.size(); ++s) ApplyUpdate(*params_[s], m_[s], v_[s], step_, o);
+}
+
+absl::Status ValidateTrainOptions(const TrainOptions& options) {
   if (!(options.lr >= 0) || !std::isfinite(options.lr)) {
     return absl::InvalidArgumentError(absl::StrCat("lr must be finite and >= 0, got ", options.lr));
   }
@@ -283,6 +289,16 @@ absl::StatusOr<StepResult> Engine::TrainStep(const StepData& data, const TrainOp
     return absl::InvalidArgumentError(
         absl::StrCat("weight_decay must be >= 0, got ", options.weight_decay));
   }
+  return absl::OkStatus();
+}
+
+float ClipCoefficient(double grad_norm, float clip) {
+  // torch.nn.utils.clip_grad_norm_: coefficient max_norm / (norm + 1e-6).
+  return clip > 0 && grad_norm > clip ? static_cast<float>(clip / (grad_norm + 1e-6)) : 1.0f;
+}
+
+absl::StatusOr<StepResult> Engine::TrainStep(const StepData& data, const TrainOptions& options) {
+  if (absl::Status s = ValidateTrainOptions(options); !s.ok()) return s;
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<StepResult> r = ComputeGradients(data, options.chunk_size, options.k);
   if (!r.ok()) return r;
@@ -290,9 +306,7 @@ absl::StatusOr<StepResult> Engine::TrainStep(const StepData& data, const TrainOp
     return absl::InternalError(absl::StrCat("gradient norm is ", r->grad_norm,
                                             " (loss ", r->loss, "); the update was skipped"));
   }
-  if (options.clip > 0 && r->grad_norm > options.clip) {
-    // torch.nn.utils.clip_grad_norm_: coefficient max_norm / (norm + 1e-6).
-    const float coef = static_cast<float>(options.clip / (r->grad_norm + 1e-6));
+  if (const float coef = ClipCoefficient(r->grad_norm, options.clip); coef != 1.0f) {
     for (auto& p : params_) kernels::cpu::scale(p->grads().data(), p->numel(), coef);
   }
   ApplyOptimizer(options);

@@ -62,6 +62,18 @@ struct StepResult {
   std::map<int64_t, SequenceLoss> losses;  // by sequence
 };
 
+// Building blocks shared with the distributed step runner (worker/agent).
+// INVALID_ARGUMENT naming the option (lr, clip, betas, eps, weight_decay).
+absl::Status ValidateTrainOptions(const TrainOptions& options);
+// Sum of squared gradients of one stage (a tied embedding's copy on a last
+// stage that is not also the first is left out: the first stage counts it).
+double StageGradSquares(const StageParams& params);
+// The factor torch's clip_grad_norm_ applies (1 when no clipping happens).
+float ClipCoefficient(double grad_norm, float clip);
+// One optimizer update of a stage; `step` is 1-based (AdamW bias correction).
+void ApplyUpdate(StageParams& params, std::vector<float>& m, std::vector<float>& v, int64_t step,
+                 const TrainOptions& options);
+
 class Engine {
  public:
   // Errors: INVALID_ARGUMENT for a bad config (ValidateModelConfig) or pp
