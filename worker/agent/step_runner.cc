@@ -1,0 +1,224 @@
+#include "worker/agent/step_runner.h"
+
+#include <chrono>
+#include <cmath>
+#include <deque>
+#include <map>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "kernels/cpu/optimizer.h"
+#include "worker/engine/pipeline.h"
+
+namespace chunkflow::worker {
+namespace {
+
+// Sends of one link on their own thread, in the order they were queued.
+class Sender {
+ public:
+  explicit Sender(comm::Communicator* link) : link_(link) {
+    if (link_ != nullptr) thread_ = std::thread([this] { Loop(); });
+  }
+  ~Sender() { (void)Finish(); }
+
+  void Send(std::vector<float> data, uint32_t tag) {
+    absl::MutexLock lock(&mu_);
+    queue_.emplace_back(std::move(data), tag);
+  }
+
+  // Waits for every queued send; the first error, if any.
+  absl::Status Finish() {
+    {
+      absl::MutexLock lock(&mu_);
+      closed_ = true;
+    }
+    if (thread_.joinable()) thread_.join();
+    absl::MutexLock lock(&mu_);
+    return status_;
+  }
+
+ private:
+  void Loop() {
+    for (;;) {
+      std::pair<std::vector<float>, uint32_t> item;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(
+            +[](Sender* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
+              return s->closed_ || !s->queue_.empty();
+            },
+            this));
+        if (queue_.empty()) return;  // closed and drained
+        item = std::move(queue_.front());
+        queue_.pop_front();
+        if (!status_.ok()) continue;  // drop the rest after an error
+      }
+      absl::Status s = link_->Send(item.first.data(), static_cast<int64_t>(item.first.size()),
+                                   /*peer=*/1, item.second);
+      if (!s.ok()) {
+        absl::MutexLock lock(&mu_);
+        if (status_.ok()) status_ = s;
+      }
+    }
+  }
+
+  comm::Communicator* link_;
+  std::thread thread_;
+  absl::Mutex mu_;
+  std::deque<std::pair<std::vector<float>, uint32_t>> queue_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
+};
+
+absl::Status Annotate(const absl::Status& s, const std::string& what) {
+  return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
+}
+
+}  // namespace
+
+StepRunner::StepRunner(const engine::ModelConfig& config, engine::StageRange range,
+                       const StageLinks* links)
+    : params_(config, range),
+      stage_(&params_, &mem_),
+      links_(links),
+      m_(static_cast<size_t>(params_.numel()), 0.0f),
+      v_(static_cast<size_t>(params_.numel()), 0.0f) {}
+
+absl::StatusOr<WorkerStepResult> StepRunner::RunStep(const planner::Plan& plan, int32_t dp,
+                                                     const engine::StepData& data,
+                                                     int64_t global_targets,
+                                                     const engine::TrainOptions& options) {
+  if (absl::Status s = engine::ValidateTrainOptions(options); !s.ok()) return s;
+  WorkerStepResult result;
+  params_.ZeroGrads();
+  stage_.Reset();
+  stage_.ClearLosses();
+  stage_.set_loss_scale(global_targets > 0 ? 1.0f / static_cast<float>(global_targets) : 0.0f);
+  mem_.ResetPeak();
+  if (absl::Status s = RunOps(plan, dp, data, &result); !s.ok()) {
+    stage_.Reset();
+    return s;
+  }
+  for (const auto& [seq, l] : stage_.losses()) {
+    result.loss_sum += l.sum;
+    result.loss_count += l.count;
+  }
+  result.peak_bytes = mem_.peak();
+  if (absl::Status s = ReduceAndUpdate(options, &result); !s.ok()) return s;
+  return result;
+}
+
+absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
+                                const engine::StepData& data, WorkerStepResult* result) {
+  const engine::StageRange& r = params_.range();
+  const int32_t pp = plan.pp;
+  int32_t stage = 0;
+  for (int32_t s = 0; s < pp; ++s) {
+    // This worker's stage: the one whose layer range it holds.
+    if (s == 0 ? r.first : (s == pp - 1 ? r.last && !r.first : !r.first && !r.last)) stage = s;
+  }
+  if (dp < 0 || dp >= plan.dp || static_cast<size_t>(dp * pp + stage) >= plan.stage_ops.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("the plan has no op list for dp ", dp,
+                                                   ", stage ", stage));
+  }
+  const int64_t c = params_.config().hidden_size;
+  const int64_t vocab = params_.config().vocab_size;
+  std::map<int32_t, engine::ChunkInput> chunks;
+  Sender act_out(links_->act_out), grad_out(links_->grad_out);
+  std::vector<float> in, out;
+  const std::vector<planner::Op>& ops = plan.ops(dp, stage).ops;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const planner::Op& op = ops[i];
+    auto it = chunks.find(op.chunk);
+    if (it == chunks.end()) {
+      if (op.chunk < 0 || op.chunk >= static_cast<int32_t>(plan.chunks.size())) {
+        return absl::InvalidArgumentError(absl::StrCat("op ", i, " names chunk ", op.chunk,
+                                                       ", not in the plan"));
+      }
+      absl::StatusOr<engine::ChunkInput> ci = engine::MakeChunkInput(plan.chunks[op.chunk], data, vocab);
+      if (!ci.ok()) return ci.status();
+      it = chunks.emplace(op.chunk, std::move(*ci)).first;
+    }
+    const engine::ChunkInput& chunk = it->second;
+    const int64_t n = chunk.rows * c;
+    const bool backward = op.type == planner::OpType::kBackward;
+    comm::Communicator* recv_link = backward ? links_->grad_in : links_->act_in;
+    const bool receives = recv_link != nullptr && (backward || !op.recompute);
+    const bool sends = backward ? links_->grad_out != nullptr
+                                : links_->act_out != nullptr && !op.recompute;
+    const auto start = std::chrono::steady_clock::now();
+    if (receives) {
+      in.assign(static_cast<size_t>(n), 0.0f);
+      if (absl::Status s = recv_link->Recv(in.data(), n, /*peer=*/0, static_cast<uint32_t>(op.chunk));
+          !s.ok()) {
+        return Annotate(s, absl::StrCat("op ", i, " receiving chunk ", op.chunk));
+      }
+    }
+    out.assign(static_cast<size_t>(n), 0.0f);
+    if (absl::Status s = engine::RunOp(stage_, op, chunk, receives ? in.data() : nullptr, out.data());
+        !s.ok()) {
+      return Annotate(s, absl::StrCat("op ", i));
+    }
+    if (sends) (backward ? grad_out : act_out).Send(std::move(out), static_cast<uint32_t>(op.chunk));
+    out = {};
+    if (backward) chunks.erase(op.chunk);
+    result->op_seconds.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  for (Sender* s : {&act_out, &grad_out}) {
+    if (absl::Status st = s->Finish(); !st.ok()) return Annotate(st, "sending");
+  }
+  if (stage_.live_chunks() != 0 || stage_.state().sequences() != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the op list left ", stage_.live_chunks(), " chunk(s) without a backward and ",
+        stage_.state().sequences(), " sequence(s) in the state store"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StepRunner::ReduceAndUpdate(const engine::TrainOptions& options,
+                                         WorkerStepResult* result) {
+  std::vector<float>& g = params_.grads();
+  const int64_t numel = params_.numel();
+  if (links_->dp_group != nullptr) {
+    if (absl::Status s = links_->dp_group->AllReduceSum(g.data(), numel); !s.ok()) {
+      return Annotate(s, "all-reduce of gradients over dp");
+    }
+  }
+  if (links_->tied != nullptr) {
+    const engine::ParamTensor* t = params_.Find("model.embed_tokens.weight");
+    if (t == nullptr) return absl::InternalError("a tied link on a stage without the embedding");
+    if (absl::Status s = links_->tied->AllReduceSum(g.data() + t->offset, t->numel); !s.ok()) {
+      return Annotate(s, "summing the tied embedding's gradients");
+    }
+  }
+  // Global norm: every stage's squares once (dp rank 0 contributes), as a
+  // float pair so the sum keeps double precision.
+  double sq = engine::StageGradSquares(params_);
+  if (links_->world != nullptr) {
+    const bool counts = links_->dp_group == nullptr || links_->dp_group->rank() == 0;
+    const double mine = counts ? sq : 0.0;
+    float pair[2] = {static_cast<float>(mine), 0.0f};
+    pair[1] = static_cast<float>(mine - static_cast<double>(pair[0]));
+    if (absl::Status s = links_->world->AllReduceSum(pair, 2); !s.ok()) {
+      return Annotate(s, "all-reduce of the gradient norm");
+    }
+    sq = static_cast<double>(pair[0]) + static_cast<double>(pair[1]);
+  }
+  result->grad_norm = std::sqrt(sq);
+  if (!std::isfinite(result->grad_norm)) {
+    return absl::InternalError(
+        absl::StrCat("gradient norm is ", result->grad_norm, "; the update was skipped"));
+  }
+  if (const float coef = engine::ClipCoefficient(result->grad_norm, options.clip); coef != 1.0f) {
+    kernels::cpu::scale(g.data(), numel, coef);
+  }
+  ++step_;
+  engine::ApplyUpdate(params_, m_, v_, step_, options);
+  return absl::OkStatus();
+}
+
+}  // namespace chunkflow::worker

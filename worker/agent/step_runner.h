@@ -1,0 +1,88 @@
+// Runs one worker's share of a training step: the op list of one (dp rank,
+// pipeline stage), with activations and gradients moving to the neighbouring
+// stages and gradients summed over the data-parallel group through
+// communicators — what LocalPipeline does in one process, across processes.
+//
+// Sends go through a sender thread per outgoing link, so two neighbouring
+// stages that both send at once (1F1B's steady state: one forwards, the other
+// backwards) never wait on each other; each link carries one direction.
+// After the op list: dp all-reduce of the stage's gradients, the tied
+// embedding's two copies summed (first and last stage), the global gradient
+// norm over every rank, clipping and the optimizer update — the same update
+// as Engine::TrainStep on one process.
+//
+//   StageLinks links;                      // communicators, see below
+//   StepRunner runner(config, range, &links);
+//   runner.params().InitRandom(seed);      // or Load
+//   absl::StatusOr<WorkerStepResult> r = runner.RunStep(plan, dp, data, targets, options);
+
+#ifndef CHUNKFLOW_WORKER_AGENT_STEP_RUNNER_H_
+#define CHUNKFLOW_WORKER_AGENT_STEP_RUNNER_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "coordinator/planner/plan.h"
+#include "worker/comm/communicator.h"
+#include "worker/engine/chunk_input.h"
+#include "worker/engine/engine.h"
+#include "worker/engine/memory.h"
+#include "worker/engine/params.h"
+#include "worker/engine/stage.h"
+
+namespace chunkflow::worker {
+
+// The communicators of one (dp, stage). A link between stages s and s+1 is a
+// 2-rank communicator: rank 0 the sender, rank 1 the receiver. Null where the
+// stage has no such neighbour or group.
+struct StageLinks {
+  comm::Communicator* act_out = nullptr;   // activations to stage + 1 (we are rank 0)
+  comm::Communicator* act_in = nullptr;    // activations from stage - 1 (we are rank 1)
+  comm::Communicator* grad_out = nullptr;  // input gradients to stage - 1 (we are rank 0)
+  comm::Communicator* grad_in = nullptr;   // output gradients from stage + 1 (we are rank 1)
+  comm::Communicator* dp_group = nullptr;  // this stage's dp ranks (size dp; null if dp == 1)
+  comm::Communicator* tied = nullptr;      // first and last stage of this dp rank (tied, pp > 1)
+  comm::Communicator* world = nullptr;     // every rank (null if dp * pp == 1)
+};
+
+struct WorkerStepResult {
+  double loss_sum = 0;      // last stage: summed loss of its rows with targets
+  int64_t loss_count = 0;
+  double grad_norm = 0;     // global, before clipping
+  int64_t peak_bytes = 0;
+  std::vector<double> op_seconds;  // per op of the list, for the cost model
+};
+
+class StepRunner {
+ public:
+  StepRunner(const engine::ModelConfig& config, engine::StageRange range, const StageLinks* links);
+
+  engine::StageParams& params() { return params_; }
+
+  // `data` holds (at least) the sequences of this rank's chunks;
+  // `global_targets` is the step's loss denominator (StepPlan.loss_tokens).
+  // Errors: the engine's (bad data, op order), the communicators' (UNAVAILABLE,
+  // DEADLINE_EXCEEDED, ...), INVALID_ARGUMENT for options or a plan that
+  // does not have this (dp, stage).
+  absl::StatusOr<WorkerStepResult> RunStep(const planner::Plan& plan, int32_t dp,
+                                           const engine::StepData& data, int64_t global_targets,
+                                           const engine::TrainOptions& options);
+
+ private:
+  absl::Status RunOps(const planner::Plan& plan, int32_t dp, const engine::StepData& data,
+                      WorkerStepResult* result);
+  absl::Status ReduceAndUpdate(const engine::TrainOptions& options, WorkerStepResult* result);
+
+  engine::StageParams params_;
+  engine::MemoryTracker mem_;
+  engine::Stage stage_;
+  const StageLinks* links_;
+  std::vector<float> m_, v_;
+  int64_t step_ = 0;
+};
+
+}  // namespace chunkflow::worker
+
+#endif  // CHUNKFLOW_WORKER_AGENT_STEP_RUNNER_H_

@@ -1,0 +1,196 @@
+// pp=2 x dp=2 over Gloo on loopback (four ranks in four threads) trains the
+// same weights as the single-process engine.
+//
+// Tolerance: the distributed step sums the same per-token gradients in a
+// different order (per dp rank, then across ranks) and clips with a norm
+// all-reduced as a float pair, so results differ from one process by fp32
+// rounding only. After 3 SGD steps each tensor must agree to 1e-5 relative
+// (L2). AdamW divides by sqrt(v): for elements whose gradient is ~0 the
+// rounding noise is all there is, so those updates can differ by up to lr;
+// its bound is per-element |diff| <= 2 * lr * steps, and 1e-4 relative per tensor.
+
+#include "worker/agent/step_runner.h"
+
+#include <cmath>
+#include <random>
+#include <thread>
+
+#include "coordinator/planner/cost_model.h"
+#include "coordinator/planner/planner.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/test_util.h"
+#include "worker/comm/gloo_communicator.h"
+#include "worker/comm/kv_store.h"
+
+namespace chunkflow::worker {
+namespace {
+
+constexpr int32_t kDp = 2, kPp = 2;
+
+engine::StepData Batch(int64_t step, int64_t vocab) {
+  std::mt19937_64 rng(100 + step);
+  engine::StepData d;
+  const int64_t lengths[] = {70, 13, 31, 5, 44, 9};
+  for (int i = 0; i < 6; ++i) {
+    engine::SequenceData s;
+    s.id = step * 10 + i;
+    for (int64_t p = 0; p < lengths[i]; ++p) s.tokens.push_back(static_cast<int32_t>(rng() % vocab));
+    d.sequences[s.id] = s;
+  }
+  return d;
+}
+
+planner::Plan PlanOf(const engine::StepData& d, const engine::ModelConfig& c, int32_t dp,
+                     int32_t pp) {
+  planner::PlanRequest req;
+  for (const auto& [id, s] : d.sequences) {
+    req.sequences.push_back({id, static_cast<int64_t>(s.tokens.size())});
+  }
+  req.chunk_size = 16;
+  req.k = 1;
+  req.dp = dp;
+  req.pp = pp;
+  planner::ModelShape m;
+  m.hidden = c.hidden_size;
+  m.intermediate = c.intermediate_size;
+  m.layers = c.num_hidden_layers;
+  m.heads = c.num_attention_heads;
+  m.kv_heads = c.num_key_value_heads;
+  m.vocab = c.vocab_size;
+  m.tied_embeddings = c.tie_word_embeddings;
+  req.cost = planner::CostModelFromShape(m, pp, planner::DeviceModel{});
+  return *planner::BuildPlan(req);
+}
+
+struct Rank {
+  int32_t dp, stage;
+  std::vector<std::unique_ptr<comm::Communicator>> owned;
+  StageLinks links;
+  std::unique_ptr<StepRunner> runner;
+  absl::Status status;
+};
+
+comm::Communicator* Connect(comm::KeyValueStore* store, Rank& r, const std::string& prefix, int rank,
+                            int size) {
+  comm::GlooOptions o;
+  o.rank = rank;
+  o.size = size;
+  o.prefix = prefix;
+  o.timeout = absl::Seconds(60);
+  absl::StatusOr<std::unique_ptr<comm::Communicator>> c = comm::CreateGlooCommunicator(o, store);
+  if (!c.ok()) {
+    r.status = c.status();
+    return nullptr;
+  }
+  r.owned.push_back(std::move(*c));
+  return r.owned.back().get();
+}
+
+// Trains `steps` steps distributed; returns each stage's tensors by name.
+std::map<std::string, std::vector<float>> TrainDistributed(const engine::ModelConfig& c,
+                                                           const engine::TrainOptions& o,
+                                                           int steps) {
+  comm::InMemoryKeyValueStore store;
+  const std::vector<engine::StageRange> ranges = *engine::PartitionStages(c.num_hidden_layers, kPp);
+  std::vector<Rank> ranks(kDp * kPp);
+  std::vector<std::thread> threads;
+  for (int32_t d = 0; d < kDp; ++d) {
+    for (int32_t s = 0; s < kPp; ++s) {
+      Rank& r = ranks[d * kPp + s];
+      r.dp = d;
+      r.stage = s;
+      threads.emplace_back([&, d, s] {
+        const std::string ds = std::to_string(d);
+        // Every rank connects in the same order, so rendezvous cannot cross.
+        if (s == 0) {
+          r.links.act_out = Connect(&store, r, "act/" + ds, 0, 2);
+          r.links.grad_in = Connect(&store, r, "grad/" + ds, 1, 2);
+        } else {
+          r.links.act_in = Connect(&store, r, "act/" + ds, 1, 2);
+          r.links.grad_out = Connect(&store, r, "grad/" + ds, 0, 2);
+        }
+        r.links.dp_group = Connect(&store, r, "dp/" + std::to_string(s), d, kDp);
+        if (c.tie_word_embeddings) r.links.tied = Connect(&store, r, "tied/" + ds, s, 2);
+        r.links.world = Connect(&store, r, "world", d * kPp + s, kDp * kPp);
+        if (!r.status.ok()) return;
+        r.runner = std::make_unique<StepRunner>(c, ranges[s], &r.links);
+        r.runner->params().InitRandom(5);
+        for (int step = 0; step < steps && r.status.ok(); ++step) {
+          const engine::StepData data = Batch(step, c.vocab_size);
+          const planner::Plan plan = PlanOf(data, c, kDp, kPp);
+          absl::StatusOr<WorkerStepResult> res =
+              r.runner->RunStep(plan, d, data, data.TargetCount(), o);
+          if (!res.ok()) r.status = res.status();
+        }
+      });
+    }
+  }
+  for (std::thread& t : threads) t.join();
+  std::map<std::string, std::vector<float>> out;
+  for (Rank& r : ranks) {
+    EXPECT_TRUE(r.status.ok()) << "dp " << r.dp << " stage " << r.stage << ": " << r.status;
+    if (!r.runner) continue;
+    const engine::StageParams& p = r.runner->params();
+    for (const engine::ParamTensor& t : p.tensors()) {
+      std::vector<float> v(p.values().begin() + t.offset, p.values().begin() + t.offset + t.numel);
+      auto [it, inserted] = out.emplace(t.name, v);
+      // Every dp replica, and both copies of a tied embedding, hold the same.
+      if (!inserted) EXPECT_EQ(it->second, v) << t.name << " differs between ranks";
+    }
+  }
+  return out;
+}
+
+void ExpectMatchesOneProcess(const engine::ModelConfig& c, const engine::TrainOptions& o,
+                             double tol) {
+  const int steps = 3;
+  const auto dist = TrainDistributed(c, o, steps);
+  std::unique_ptr<engine::Engine> e = *engine::Engine::Create(c, 1);
+  e->InitRandom(5);
+  for (int step = 0; step < steps; ++step) {
+    engine::TrainOptions one = o;
+    one.chunk_size = 1000;  // whole sequences: the reference is unchunked
+    one.k = 1000;
+    ASSERT_TRUE(e->TrainStep(Batch(step, c.vocab_size), one).ok());
+  }
+  ASSERT_EQ(dist.size(), engine::ModelTensorNames(c).size());
+  for (const std::string& name : engine::ModelTensorNames(c)) {
+    const std::vector<float> want = *e->Value(name);
+    const std::vector<float>& got = dist.at(name);
+    std::vector<float> dw(want.size()), dg(want.size());
+    const std::vector<float> init = [&] {
+      std::unique_ptr<engine::Engine> fresh = *engine::Engine::Create(c, 1);
+      fresh->InitRandom(5);
+      return *fresh->Value(name);
+    }();
+    // Compare the updates (weights minus their initial values): that is
+    // what training changed.
+    for (size_t i = 0; i < want.size(); ++i) {
+      dw[i] = want[i] - init[i];
+      dg[i] = got[i] - init[i];
+    }
+    EXPECT_LT(kernels::cpu::testing::RelativeError(dg.data(), dw.data(), static_cast<int64_t>(dw.size())),
+              tol)
+        << name;
+  }
+}
+
+TEST(StepRunner, TwoStagesTwoDpRanksSgd_MatchOneProcess) {
+  engine::TrainOptions o;
+  o.optimizer = engine::OptimizerKind::kSgd;
+  o.lr = 0.5f;
+  o.clip = 0.3f;
+  o.chunk_size = 16;
+  ExpectMatchesOneProcess(engine::TinyQwen2Config(), o, 1e-5);
+}
+
+TEST(StepRunner, TwoStagesTwoDpRanksAdamWUntied_MatchOneProcess) {
+  engine::TrainOptions o;
+  o.lr = 1e-3f;
+  o.weight_decay = 0.01f;
+  o.chunk_size = 16;
+  ExpectMatchesOneProcess(engine::TinyLlamaConfig(), o, 1e-4);
+}
+
+}  // namespace
+}  // namespace chunkflow::worker
