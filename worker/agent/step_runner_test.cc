@@ -50,15 +50,7 @@ planner::Plan PlanOf(const engine::StepData& d, const engine::ModelConfig& c, in
   req.k = 1;
   req.dp = dp;
   req.pp = pp;
-  planner::ModelShape m;
-  m.hidden = c.hidden_size;
-  m.intermediate = c.intermediate_size;
-  m.layers = c.num_hidden_layers;
-  m.heads = c.num_attention_heads;
-  m.kv_heads = c.num_key_value_heads;
-  m.vocab = c.vocab_size;
-  m.tied_embeddings = c.tie_word_embeddings;
-  req.cost = planner::CostModelFromShape(m, pp, planner::DeviceModel{});
+  req.cost = planner::CostModelFromShape(engine::ShapeOf(c), pp, planner::DeviceModel{});
   return *planner::BuildPlan(req);
 }
 

@@ -23,19 +23,6 @@ namespace {
 
 constexpr char kEmbed[] = "model.embed_tokens.weight";
 
-planner::ModelShape ShapeOf(const ModelConfig& c) {
-  planner::ModelShape m;
-  m.name = "engine";
-  m.hidden = c.hidden_size;
-  m.intermediate = c.intermediate_size;
-  m.layers = c.num_hidden_layers;
-  m.heads = c.num_attention_heads;
-  m.kv_heads = c.num_key_value_heads;
-  m.vocab = c.vocab_size;
-  m.tied_embeddings = c.tie_word_embeddings;
-  return m;
-}
-
 // Biases and norm weights are not decayed.
 bool Decayed(const ParamTensor& t) { return t.shape.size() == 2; }
 
@@ -269,6 +256,19 @@ double Engine::GradNorm() const {
 void Engine::ApplyOptimizer(const TrainOptions& o) {
   ++step_;
   for (size_t s = 0; s < params_.size(); ++s) ApplyUpdate(*params_[s], m_[s], v_[s], step_, o);
+}
+
+planner::ModelShape ShapeOf(const ModelConfig& c) {
+  planner::ModelShape m;
+  m.name = "engine";
+  m.hidden = c.hidden_size;
+  m.intermediate = c.intermediate_size;
+  m.layers = c.num_hidden_layers;
+  m.heads = c.num_attention_heads;
+  m.kv_heads = c.num_key_value_heads;
+  m.vocab = c.vocab_size;
+  m.tied_embeddings = c.tie_word_embeddings;
+  return m;
 }
 
 absl::Status ValidateTrainOptions(const TrainOptions& options) {

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "coordinator/planner/cost_model.h"
 #include "kernels/cpu/optimizer.h"
 #include "worker/engine/chunk_input.h"
 #include "worker/engine/memory.h"
@@ -61,6 +62,9 @@ struct StepResult {
   double seconds = 0;
   std::map<int64_t, SequenceLoss> losses;  // by sequence
 };
+
+// The planner's view of a model (for its cost model).
+planner::ModelShape ShapeOf(const ModelConfig& config);
 
 // Building blocks shared with the distributed step runner (worker/agent).
 // INVALID_ARGUMENT naming the option (lr, clip, betas, eps, weight_decay).
