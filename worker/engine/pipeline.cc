@@ -54,10 +54,10 @@ absl::Status LocalPipeline::Run(const std::vector<std::vector<planner::Op>>& ops
         auto msg = box.find(op.chunk);
         if (receives && msg == box.end()) break;  // wait for the neighbour
         const bool sends = backward ? s > 0 : s + 1 < pp && !op.recompute;
-        out.assign(sends || (!backward && s + 1 < pp) ? ci->second.rows *
-                                                            stages_[s]->hidden_size()
-                                                      : 0,
-                   0.0f);
+        // A stage writes an output wherever it has a neighbour that way (a
+        // recompute's is not sent).
+        const bool writes = backward ? s > 0 : s + 1 < pp;
+        out.assign(writes ? ci->second.rows * stages_[s]->hidden_size() : 0, 0.0f);
         absl::Status st = RunOp(*stages_[s], op, ci->second, receives ? msg->second.data() : nullptr,
                                 out.data());
         if (!st.ok()) {

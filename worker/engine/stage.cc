@@ -124,20 +124,12 @@ absl::Status Stage::Forward(const ChunkInput& in, const float* x, float* y, Forw
                  keep ? ca.layers[l] : scratch, cur.data());
   }
   if (r.last) {
-    TrackedBuffer rstd = Buf(keep ? MemoryTracker::kActivations : MemoryTracker::kScratch, t);
-    if (kind == ForwardKind::kRecompute) {
-      // The loss was counted by the first forward; the backward evaluates the
-      // head again anyway: only the final norm's statistics are needed.
-      TrackedBuffer hf = Buf(MemoryTracker::kScratch, t * c_);
-      k::rmsnorm_forward(hf.data(), rstd.data(), cur.data(), params_->weights().final_norm, t, c_,
-                         static_cast<float>(params_->config().rms_norm_eps));
-    } else {
-      HeadLoss(in, cur.data(), rstd.data());
-    }
+    // The loss is counted by the first forward; a recompute only keeps the
+    // final hidden state (the backward evaluates the head from it).
+    if (kind != ForwardKind::kRecompute) HeadLoss(in, cur.data());
     if (keep) {
       ca.xfinal = Buf(MemoryTracker::kActivations, t * c_);
       Copy(ca.xfinal.data(), cur.data(), t * c_);
-      ca.rstdf = std::move(rstd);
     }
   } else {
     Copy(y, cur.data(), t * c_);
@@ -215,11 +207,12 @@ void Stage::LayerForward(int64_t l, const ChunkInput& in, bool write_kv, MemoryT
   AddTo(inout, tmp.data(), t * c_);
 }
 
-void Stage::HeadLoss(const ChunkInput& in, const float* xfinal, float* rstdf) {
+void Stage::HeadLoss(const ChunkInput& in, const float* xfinal) {
   const StageView w = params_->weights();
   const int64_t t = in.rows;
   TrackedBuffer hf = Buf(MemoryTracker::kScratch, t * c_);
-  k::rmsnorm_forward(hf.data(), rstdf, xfinal, w.final_norm, t, c_,
+  TrackedBuffer rstd = Buf(MemoryTracker::kScratch, t);
+  k::rmsnorm_forward(hf.data(), rstd.data(), xfinal, w.final_norm, t, c_,
                      static_cast<float>(params_->config().rms_norm_eps));
   TrackedBuffer logits = Buf(MemoryTracker::kScratch, std::min(t, kHeadRows) * vocab_);
   std::vector<float> losses(static_cast<size_t>(t));
@@ -256,9 +249,8 @@ absl::Status Stage::Backward(const ChunkInput& in, const float* dy, float* dx) {
   ChunkActs& ca = it->second;
   TrackedBuffer dcur = Buf(MemoryTracker::kScratch, t * c_);
   if (r.last) {
-    HeadBackward(in, ca.xfinal.data(), ca.rstdf.data(), dcur.data());
+    HeadBackward(in, ca.xfinal.data(), dcur.data());
     ca.xfinal.Release();
-    ca.rstdf.Release();
   } else {
     Copy(dcur.data(), dy, t * c_);
   }
@@ -278,8 +270,7 @@ absl::Status Stage::Backward(const ChunkInput& in, const float* dy, float* dx) {
   return absl::OkStatus();
 }
 
-void Stage::HeadBackward(const ChunkInput& in, const float* xfinal, const float* rstdf,
-                         float* dx) {
+void Stage::HeadBackward(const ChunkInput& in, const float* xfinal, float* dx) {
   const StageView w = params_->weights();
   const StageView g = params_->grad_view();
   const int64_t t = in.rows;
@@ -301,7 +292,7 @@ void Stage::HeadBackward(const ChunkInput& in, const float* xfinal, const float*
     k::linear_backward(dhf.data() + r0 * c_, g.head, nullptr, dlogits.data(), hf.data() + r0 * c_,
                        w.head, n, c_, vocab_);
   }
-  k::rmsnorm_backward(dx, g.final_norm, dhf.data(), xfinal, w.final_norm, rstdf, t, c_);
+  k::rmsnorm_backward(dx, g.final_norm, dhf.data(), xfinal, w.final_norm, rstd.data(), t, c_);
 }
 
 void Stage::LayerBackward(int64_t l, const ChunkInput& in, const LayerActs& a, float* dx) {

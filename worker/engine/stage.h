@@ -93,7 +93,7 @@ class Stage {
   struct ChunkActs {
     TrackedBuffer input;  // dropped forward on a stage > 0
     std::vector<LayerActs> layers;
-    TrackedBuffer xfinal, rstdf;  // last stage
+    TrackedBuffer xfinal;  // last stage: the final norm and head are recomputed from it
     bool has_activations = false;
   };
 
@@ -103,8 +103,8 @@ class Stage {
   void LayerForward(int64_t l, const ChunkInput& in, bool write_kv, MemoryTracker::Kind kind,
                     LayerActs& a, float* inout);
   void LayerBackward(int64_t l, const ChunkInput& in, const LayerActs& a, float* dx);
-  void HeadLoss(const ChunkInput& in, const float* xfinal, float* rstdf);
-  void HeadBackward(const ChunkInput& in, const float* xfinal, const float* rstdf, float* dx);
+  void HeadLoss(const ChunkInput& in, const float* xfinal);
+  void HeadBackward(const ChunkInput& in, const float* xfinal, float* dx);
 
   StageParams* params_;
   MemoryTracker* mem_;
