@@ -115,14 +115,19 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
                                 const engine::StepData& data, WorkerStepResult* result) {
   const engine::StageRange& r = params_.range();
   const int32_t pp = plan.pp;
-  int32_t stage = 0;
+  // This worker's stage: the one of the plan's partition whose layers it holds.
+  absl::StatusOr<std::vector<engine::StageRange>> parts =
+      engine::PartitionStages(params_.config().num_hidden_layers, pp);
+  if (!parts.ok()) return parts.status();
+  int32_t stage = -1;
   for (int32_t s = 0; s < pp; ++s) {
-    // This worker's stage: the one whose layer range it holds.
-    if (s == 0 ? r.first : (s == pp - 1 ? r.last && !r.first : !r.first && !r.last)) stage = s;
+    if ((*parts)[s].first_layer == r.first_layer && (*parts)[s].end_layer == r.end_layer) stage = s;
   }
-  if (dp < 0 || dp >= plan.dp || static_cast<size_t>(dp * pp + stage) >= plan.stage_ops.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("the plan has no op list for dp ", dp,
-                                                   ", stage ", stage));
+  if (stage < 0 || dp < 0 || dp >= plan.dp ||
+      static_cast<size_t>(dp * pp + stage) >= plan.stage_ops.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the plan (dp ", plan.dp, ", pp ", pp, ") has no op list for dp ", dp, " and layers [",
+        r.first_layer, ", ", r.end_layer, ")"));
   }
   const int64_t c = params_.config().hidden_size;
   const int64_t vocab = params_.config().vocab_size;
