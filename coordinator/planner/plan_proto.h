@@ -26,6 +26,20 @@ chunkflow::v1::StepPlan ToStepPlanProto(const Plan& plan, const SimResult* sim);
 absl::StatusOr<chunkflow::v1::StepPlanForWorker> ToWorkerPlanProto(const Plan& plan, int32_t dp,
                                                                    int32_t stage);
 
+// The inverse of ToStepPlanProto (the simulator's numbers are not read back):
+// what a restarted coordinator rebuilds from its step log. Errors:
+// INVALID_ARGUMENT naming the first inconsistency (chunk ids not 0..n-1, an op
+// naming a missing chunk, a chain link out of range, dp x pp op lists missing).
+absl::StatusOr<Plan> FromStepPlanProto(const chunkflow::v1::StepPlan& msg);
+
+// The plan a worker runs, rebuilt from its slice: the chunks of its dp rank at
+// their ids (ids of other ranks' chunks hold empty placeholders with dp -1)
+// and its own op list at (ops.dp, ops.stage) of a dp x pp plan (the other op
+// lists are empty). Errors: INVALID_ARGUMENT as above, or (ops.dp, ops.stage)
+// outside dp x pp.
+absl::StatusOr<Plan> FromWorkerPlanProto(const chunkflow::v1::StepPlanForWorker& msg, int32_t dp,
+                                         int32_t pp);
+
 }  // namespace chunkflow::planner
 
 #endif  // CHUNKFLOW_COORDINATOR_PLANNER_PLAN_PROTO_H_

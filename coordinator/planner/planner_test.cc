@@ -210,5 +210,79 @@ TEST(BuildPlan, ToWorkerPlan_HasOnlyItsRank) {
   for (const auto& c : w.chunks()) EXPECT_EQ(c.dp(), 1);
 }
 
+void ExpectSameChunk(const Chunk& a, const Chunk& b) {
+  EXPECT_EQ(a.id, b.id);
+  EXPECT_EQ(a.dp, b.dp);
+  EXPECT_EQ(a.chain_index, b.chain_index);
+  EXPECT_EQ(a.chain_length, b.chain_length);
+  EXPECT_EQ(a.prev, b.prev);
+  EXPECT_EQ(a.next, b.next) << "chunk " << a.id;
+  EXPECT_EQ(a.tokens, b.tokens);
+  EXPECT_EQ(a.compute_tokens, b.compute_tokens);
+  EXPECT_EQ(a.compute_pairs, b.compute_pairs);
+  ASSERT_EQ(a.pieces.size(), b.pieces.size());
+  for (size_t i = 0; i < a.pieces.size(); ++i) {
+    EXPECT_EQ(a.pieces[i].seq, b.pieces[i].seq);
+    EXPECT_EQ(a.pieces[i].offset, b.pieces[i].offset);
+    EXPECT_EQ(a.pieces[i].length, b.pieces[i].length);
+  }
+}
+
+TEST(BuildPlan, ProtoRoundTrip_RebuildsThePlanAndEveryWorkerSlice) {
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    PlanRequest req;
+    req.sequences = RandomBatch(seed, 40, 4000);
+    req.chunk_size = 300;
+    req.k = 2;
+    req.dp = 2;
+    req.pp = 3;
+    req.cost = UniformCost(3, 1e-6, 1e-9);
+    const Plan plan = *BuildPlan(req);
+    absl::StatusOr<Plan> back = FromStepPlanProto(ToStepPlanProto(plan, nullptr));
+    ASSERT_TRUE(back.ok()) << back.status();
+    ASSERT_EQ(back->chunks.size(), plan.chunks.size());
+    for (size_t i = 0; i < plan.chunks.size(); ++i) ExpectSameChunk(back->chunks[i], plan.chunks[i]);
+    ASSERT_EQ(back->stage_ops.size(), plan.stage_ops.size());
+    for (size_t i = 0; i < plan.stage_ops.size(); ++i) {
+      EXPECT_EQ(back->stage_ops[i].ops, plan.stage_ops[i].ops);
+    }
+    ExpectOrderRules(*back);
+    for (int32_t d = 0; d < 2; ++d) {
+      for (int32_t s = 0; s < 3; ++s) {
+        absl::StatusOr<Plan> w = FromWorkerPlanProto(*ToWorkerPlanProto(plan, d, s), 2, 3);
+        ASSERT_TRUE(w.ok()) << w.status();
+        EXPECT_EQ(w->ops(d, s).ops, plan.ops(d, s).ops);
+        for (const Chunk& c : plan.chunks) {
+          if (c.dp == d) ExpectSameChunk(w->chunks[c.id], c);
+        }
+      }
+    }
+  }
+}
+
+TEST(BuildPlan, ProtoWithBadReferences_IsRejected) {
+  PlanRequest req;
+  req.sequences = RandomBatch(3, 10, 2000);
+  req.chunk_size = 256;
+  req.dp = 1;
+  req.pp = 2;
+  req.cost = UniformCost(2, 1e-6, 1e-9);
+  const Plan plan = *BuildPlan(req);
+  chunkflow::v1::StepPlan msg = ToStepPlanProto(plan, nullptr);
+  chunkflow::v1::StepPlan bad = msg;
+  bad.mutable_stage_ops(0)->mutable_ops(0)->set_chunk(999);
+  EXPECT_NE(FromStepPlanProto(bad).status().message().find("chunk 999"), std::string::npos);
+  bad = msg;
+  bad.mutable_chunks(0)->set_prev_chunk(77);
+  EXPECT_EQ(FromStepPlanProto(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = msg;
+  bad.mutable_stage_ops()->RemoveLast();
+  EXPECT_NE(FromStepPlanProto(bad).status().message().find("op lists"), std::string::npos);
+  chunkflow::v1::StepPlanForWorker w = *ToWorkerPlanProto(plan, 0, 1);
+  EXPECT_EQ(FromWorkerPlanProto(w, 1, 1).status().code(), absl::StatusCode::kInvalidArgument);
+  w.mutable_chunks()->RemoveLast();
+  EXPECT_EQ(FromWorkerPlanProto(w, 1, 2).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace chunkflow::planner

@@ -403,6 +403,36 @@ absl::Status Store::CommitStep(std::string_view job_id, int64_t step, const Step
   return s.ok() ? absl::OkStatus() : FromRocks(s, "commit batch", commit_key, dir_);
 }
 
+absl::Status Store::RewindTo(std::string_view job_id, int64_t step) {
+  if (absl::Status s = ValidateId("job id", job_id); !s.ok()) return s;
+  if (step < -1) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("cannot rewind job %s to step %d (the lowest is -1)", job_id, step));
+  }
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<int64_t> last = LastCommittedStepLocked(job_id);
+  if (!last.ok()) return last.status();
+  if (step > *last) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "cannot rewind job %s to step %d: the last committed step is %d", job_id, step, *last));
+  }
+  rocksdb::WriteBatch batch;
+  rocksdb::Status s;
+  // Steps after `last` + 1 are never planned (PutPlannedStep's rule).
+  for (int64_t t = step + 1; s.ok() && t <= *last + 1; ++t) {
+    s = batch.Delete(PlanKey(job_id, t));
+    if (s.ok()) s = batch.Delete(CommitKey(job_id, t));
+  }
+  pb::Counter committed;
+  committed.set_value(step);
+  if (s.ok()) {
+    s = step >= 0 ? batch.Put(CommittedKey(job_id), Serialize(committed))
+                  : batch.Delete(CommittedKey(job_id));
+  }
+  if (s.ok()) s = db_->Write(SyncWrite(), &batch);
+  return s.ok() ? absl::OkStatus() : FromRocks(s, "rewind batch", CommittedKey(job_id), dir_);
+}
+
 absl::StatusOr<StepRecord> Store::GetStep(std::string_view job_id, int64_t step) const {
   if (absl::Status s = ValidateId("job id", job_id); !s.ok()) return s;
   if (absl::Status s = ValidateStep(job_id, step); !s.ok()) return s;

@@ -153,6 +153,15 @@ class Store {
   // is already committed; INVALID_ARGUMENT; DATA_LOSS.
   absl::Status CommitStep(std::string_view job_id, int64_t step, const StepCommit& commit);
 
+  // Forgets every step after `step` (committed or only planned) and makes
+  // `step` the last committed one, in one synced batch: what the coordinator
+  // does when a lost worker forces the job back to the checkpoint taken after
+  // `step` (-1: back to the start). The steps after it will be planned again
+  // from the cursor recorded with `step`. Errors: FAILED_PRECONDITION when
+  // `step` is above LastCommittedStep(); INVALID_ARGUMENT (bad id, step < -1);
+  // DATA_LOSS.
+  absl::Status RewindTo(std::string_view job_id, int64_t step);
+
   // The plan, cursor and (if committed) commit of `step`. Errors: NOT_FOUND
   // naming job and step when it was never planned; INVALID_ARGUMENT; DATA_LOSS.
   absl::StatusOr<StepRecord> GetStep(std::string_view job_id, int64_t step) const;

@@ -317,6 +317,32 @@ TEST_F(StoreTest, Reopen_AfterCrashMidStep_ResendsPlannedStep) {
   EXPECT_EQ(*store_->LastCommittedStep("job-000001"), 1);
 }
 
+// A lost worker sends the job back to the checkpoint after step 0: steps 1
+// (committed) and 2 (planned) are forgotten and planned again, from the
+// cursor recorded with step 0, even after a reopen.
+TEST_F(StoreTest, RewindTo_ForgetsLaterSteps_AndPlansThemAgain) {
+  for (int64_t step = 0; step < 3; ++step) {
+    ASSERT_TRUE(store_->PutPlannedStep("j", MakePlan("j", step, {step}),
+                                       CursorState{step + 1, 7, 1}).ok());
+    if (step < 2) ASSERT_TRUE(store_->CommitStep("j", step, StepCommit{}).ok());
+  }
+  EXPECT_THAT(store_->RewindTo("j", 2), StatusIs(absl::StatusCode::kFailedPrecondition,
+                                                 "the last committed step is 1"));
+  EXPECT_THAT(store_->RewindTo("j", -2), StatusIs(absl::StatusCode::kInvalidArgument, "-2"));
+  ASSERT_TRUE(store_->RewindTo("j", 0).ok());
+  Reopen();
+  EXPECT_EQ(*store_->LastCommittedStep("j"), 0);
+  EXPECT_FALSE(store_->PlannedUncommitted("j")->has_value());
+  EXPECT_EQ(store_->GetStep("j", 1).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetStep("j", 2).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetStep("j", 0)->cursor.next_step, 1);
+  // A different plan for step 1 is accepted now (it conflicted before).
+  ASSERT_TRUE(store_->PutPlannedStep("j", MakePlan("j", 1, {9}), CursorState{2, 7, 1}).ok());
+  ASSERT_TRUE(store_->RewindTo("j", -1).ok());
+  EXPECT_EQ(*store_->LastCommittedStep("j"), -1);
+  EXPECT_EQ(store_->GetStep("j", 0).status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST_F(StoreTest, CommitStep_BeforePlan_FailedPrecondition) {
   EXPECT_THAT(
       store_->CommitStep("j", 0, StepCommit{}),
