@@ -1,0 +1,481 @@
+// The coordinator's logic with fake workers (sinks that record what they are
+// sent) and a fake clock: job lifecycle, rank assignment, the write-ahead step
+// loop, heartbeat timeouts, checkpoint rewinds, restarts from the store,
+// memory-driven replanning and bad admin input.
+
+#include "coordinator/core/coordinator.h"
+
+#include <cstdlib>
+#include <deque>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "absl/strings/match.h"
+#include "gtest/gtest.h"
+
+namespace chunkflow::coordinator {
+namespace {
+namespace v1 = ::chunkflow::v1;
+
+class FakeClock final : public Clock {
+ public:
+  absl::Time Now() override { return now_; }
+  void Advance(absl::Duration d) { now_ += d; }
+
+ private:
+  absl::Time now_ = absl::FromUnixSeconds(1'800'000'000);
+};
+
+class FakeSink final : public WorkerSink {
+ public:
+  void Send(const v1::CoordinatorMessage& msg) override { inbox.push_back(msg); }
+  void Close(const absl::Status& status) override { closed = status; }
+  std::deque<v1::CoordinatorMessage> inbox;
+  std::optional<absl::Status> closed;
+};
+
+class EventSink final : public JobEventSink {
+ public:
+  void Send(const v1::JobEvent& e) override { events.push_back(e); }
+  void Close(const absl::Status&) override { closed = true; }
+  std::vector<v1::JobEvent> events;
+  bool closed = false;
+};
+
+// A worker as the coordinator sees it: registers, connects, answers plans
+// with reports (it keeps its rank and last applied step like the daemon).
+struct FakeWorker {
+  std::string id;
+  uint64_t incarnation = 0;
+  std::shared_ptr<FakeSink> sink = std::make_shared<FakeSink>();
+  v1::RankAssignment assignment;
+  bool assigned = false;
+  int64_t last_step = -1;
+  int64_t peak = 1000;
+  std::vector<v1::StepPlanForWorker> plans;  // every plan it ran
+
+  void Join(Coordinator* c, const std::string& name, uint64_t inc) {
+    incarnation = inc;
+    v1::RegisterRequest r;
+    r.set_worker_name(name);
+    r.set_incarnation(inc);
+    r.mutable_device()->set_kind(v1::DEVICE_KIND_CPU);
+    absl::StatusOr<v1::RegisterResponse> resp = c->Register(r);
+    ASSERT_TRUE(resp.ok()) << resp.status();
+    id = resp->worker_id();
+    Reconnect(c);
+  }
+
+  void Reconnect(Coordinator* c) {
+    sink = std::make_shared<FakeSink>();
+    v1::Hello h;
+    h.set_worker_id(id);
+    h.set_incarnation(incarnation);
+    if (assigned) {
+      h.set_job_id(assignment.job_id());
+      h.set_stage(assignment.stage());
+      h.set_dp_index(assignment.dp_index());
+      h.set_generation(assignment.generation());
+      h.set_last_step(last_step);
+    }
+    ASSERT_TRUE(c->Connect(h, sink).ok());
+  }
+
+  // Handles every queued message; answers step plans with a report.
+  // Handles the messages queued now (not the ones its answers cause).
+  void Pump(Coordinator* c, size_t max = SIZE_MAX) {
+    for (size_t n = std::min(max, sink->inbox.size()); n > 0 && !sink->inbox.empty(); --n) {
+      v1::CoordinatorMessage m = sink->inbox.front();
+      sink->inbox.pop_front();
+      if (m.has_assignment()) {
+        assignment = m.assignment();
+        assigned = true;
+        last_step = assignment.checkpoint_step();
+      } else if (m.has_control()) {
+        assigned = false;
+      } else if (m.has_step()) {
+        const v1::StepPlanForWorker& p = m.step();
+        ASSERT_TRUE(assigned);
+        ASSERT_EQ(p.ops().stage(), assignment.stage());
+        ASSERT_EQ(p.ops().dp(), assignment.dp_index());
+        if (p.step() > last_step) {
+          ASSERT_EQ(p.step(), last_step + 1) << id << " was sent a step out of order";
+          plans.push_back(p);
+          last_step = p.step();
+        }
+        v1::WorkerMessage out;
+        if (p.checkpoint_after()) {
+          v1::CheckpointDone* d = out.mutable_checkpoint_done();
+          d->set_job_id(p.job_id());
+          d->set_step(p.step());
+          d->set_path(p.checkpoint_path());
+          ASSERT_TRUE(c->OnMessage(id, out).ok());
+        }
+        v1::StepReport* r = out.mutable_step_report();
+        r->set_job_id(p.job_id());
+        r->set_step(p.step());
+        r->set_dp(assignment.dp_index());
+        r->set_stage(assignment.stage());
+        r->set_peak_memory_bytes(peak);
+        r->set_step_seconds(0.5);
+        int64_t tokens = 0;
+        for (const v1::Chunk& ch : p.chunks()) {
+          for (const v1::Piece& pc : ch.pieces()) tokens += pc.length();
+        }
+        if (assignment.stage() + 1 == assignment.pp()) {
+          r->set_loss_sum(2.0 * static_cast<double>(tokens));
+        }
+        for (int i = 0; i < p.ops().ops_size(); ++i) {
+          v1::OpTiming* t = r->add_timings();
+          t->set_op_index(i);
+          t->set_type(p.ops().ops(i).type());
+          int64_t n = 0;
+          for (const v1::Chunk& ch : p.chunks()) {
+            if (ch.id() != p.ops().ops(i).chunk()) continue;
+            for (const v1::Piece& pc : ch.pieces()) n += pc.length();
+          }
+          t->set_tokens(n);
+          t->set_attention_pairs(n * n / 2);
+          t->set_seconds(1e-4 * n + 1e-8 * n * n / 2);
+        }
+        ASSERT_TRUE(c->OnMessage(id, out).ok());
+      }
+    }
+  }
+
+  void Heartbeat(Coordinator* c) {
+    v1::WorkerMessage m;
+    m.mutable_heartbeat()->set_state(v1::WORKER_STATE_IDLE);
+    ASSERT_TRUE(c->OnMessage(id, m).ok());
+  }
+};
+
+class CoordinatorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* tmp = std::getenv("TEST_TMPDIR");
+    ASSERT_NE(tmp, nullptr);
+    dir_ = std::string(tmp) + "/" + ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::filesystem::remove_all(dir_);
+    OpenCoordinator();
+  }
+
+  void OpenCoordinator() {
+    coordinator_.reset();
+    store_.reset();
+    store_ = *Store::Open(dir_ + "/db");
+    CoordinatorOptions o;
+    o.store = store_.get();
+    o.clock = &clock_;
+    o.heartbeat_interval = absl::Seconds(1);
+    o.heartbeat_timeout = absl::Seconds(5);
+    absl::StatusOr<std::unique_ptr<Coordinator>> c = Coordinator::Create(o);
+    ASSERT_TRUE(c.ok()) << c.status();
+    coordinator_ = std::move(*c);
+  }
+
+  v1::JobSpec Spec(int32_t dp, int32_t pp, int64_t steps) {
+    v1::JobSpec s;
+    s.set_name("test");
+    s.set_dp(dp);
+    s.set_pp(pp);
+    s.set_steps(steps);
+    s.set_global_batch(6);
+    s.mutable_dataset()->set_path("synthetic:lmsys:n=40,seed=3,max=700");
+    s.mutable_schedule()->set_chunk_size(256);
+    s.mutable_schedule()->set_k(2);
+    s.set_seed(11);
+    s.set_checkpoint_dir(dir_ + "/ckpt");
+    return s;
+  }
+
+  // Pumps every worker until nothing moves.
+  void PumpAll(std::vector<FakeWorker>& ws) {
+    for (int round = 0; round < 1000; ++round) {
+      bool any = false;
+      for (FakeWorker& w : ws) {
+        any = any || !w.sink->inbox.empty();
+        w.Pump(coordinator_.get());
+      }
+      if (!any) return;
+    }
+    FAIL() << "messages keep flowing";
+  }
+
+  // The documents of every committed step, from the step log.
+  std::vector<int64_t> LoggedSamples(const std::string& job) {
+    std::vector<int64_t> out;
+    const int64_t last = *store_->LastCommittedStep(job);
+    for (int64_t s = 0; s <= last; ++s) {
+      absl::StatusOr<StepRecord> r = store_->GetStep(job, s);
+      EXPECT_TRUE(r.ok() && r->commit.has_value()) << "step " << s;
+      if (r.ok()) out.insert(out.end(), r->plan.samples().begin(), r->plan.samples().end());
+    }
+    return out;
+  }
+
+  // What the cursor yields for steps [0, steps).
+  std::vector<int64_t> CursorSamples(int64_t steps) {
+    DatasetCursor cursor = *DatasetCursor::Create(40, 11, 6);
+    std::vector<int64_t> out;
+    for (int64_t s = 0; s < steps; ++s) {
+      std::vector<int64_t> b = *cursor.Batch(s);
+      out.insert(out.end(), b.begin(), b.end());
+    }
+    return out;
+  }
+
+  std::string dir_;
+  FakeClock clock_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<Coordinator> coordinator_;
+};
+
+TEST_F(CoordinatorTest, JobRunsToCompletion_OnceDpTimesPpWorkersRegister) {
+  absl::StatusOr<v1::Job> job = coordinator_->SubmitJob(Spec(2, 2, 4));
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->state(), v1::JOB_STATE_PENDING);
+  auto watcher = std::make_shared<EventSink>();
+  ASSERT_TRUE(coordinator_->WatchJob(job->id(), watcher).ok());
+
+  std::vector<FakeWorker> ws(4);
+  for (int i = 0; i < 3; ++i) ws[i].Join(coordinator_.get(), "w" + std::to_string(i), 100 + i);
+  EXPECT_EQ(coordinator_->GetJob(job->id())->state(), v1::JOB_STATE_PENDING) << "3 of 4 workers";
+  ws[3].Join(coordinator_.get(), "w3", 103);
+  EXPECT_EQ(coordinator_->GetJob(job->id())->state(), v1::JOB_STATE_RUNNING);
+
+  PumpAll(ws);
+  const v1::Job done = *coordinator_->GetJob(job->id());
+  EXPECT_EQ(done.state(), v1::JOB_STATE_COMPLETED) << done.DebugString();
+  EXPECT_EQ(done.steps_committed(), 4);
+  EXPECT_NEAR(done.last_loss(), 2.0 * 1.0, 0.2);  // loss_sum = 2 x tokens, tokens ~ targets
+  // Every rank ran every step once, in order; the ranks are distinct.
+  std::set<std::pair<int, int>> ranks;
+  for (const FakeWorker& w : ws) {
+    ASSERT_EQ(w.plans.size(), 4u) << w.id;
+    ranks.insert({w.assignment.stage(), w.assignment.dp_index()});
+    EXPECT_EQ(w.assignment.comm_timeout_s(), 60);
+    EXPECT_FALSE(w.assigned) << "released at the end";
+  }
+  EXPECT_EQ(ranks.size(), 4u);
+  // The step log holds the cursor's batches exactly, and the final checkpoint.
+  EXPECT_EQ(LoggedSamples(job->id()), CursorSamples(4));
+  absl::StatusOr<std::optional<CheckpointRecord>> ckpt = store_->LatestCheckpoint(job->id());
+  ASSERT_TRUE(ckpt.ok() && ckpt->has_value());
+  EXPECT_EQ((*ckpt)->step, 3);
+  // The cost model was refitted from the reported op times.
+  EXPECT_EQ(done.fitted_cost_model().stages_size(), 2);
+  EXPECT_NEAR(done.fitted_cost_model().stages(0).linear_s_per_token(), 1e-4, 2e-5);
+  // The watcher saw each committed step and the end.
+  int steps = 0;
+  for (const v1::JobEvent& e : watcher->events) steps += e.step_seconds() > 0;
+  EXPECT_EQ(steps, 4);
+  EXPECT_TRUE(watcher->closed);
+  for (const v1::Worker& w : coordinator_->ListWorkers()) {
+    EXPECT_EQ(w.state(), v1::WORKER_STATE_IDLE) << w.id();
+  }
+}
+
+TEST_F(CoordinatorTest, SilentWorker_TimesOut_JobRewindsToCheckpoint_AndResumesWithANewWorker) {
+  v1::JobSpec spec = Spec(1, 2, 6);
+  spec.set_checkpoint_every(2);
+  const std::string id = coordinator_->SubmitJob(spec)->id();
+  std::vector<FakeWorker> ws(2);
+  ws[0].Join(coordinator_.get(), "a", 1);
+  ws[1].Join(coordinator_.get(), "b", 2);
+  // Run 3 steps (checkpoint after step 1), then worker b stops answering
+  // in the middle of step 3.
+  for (int s = 0; s < 3; ++s) {
+    ws[0].Pump(coordinator_.get());
+    ws[1].Pump(coordinator_.get());
+  }
+  ASSERT_EQ(coordinator_->GetJob(id)->steps_committed(), 3);
+  clock_.Advance(absl::Seconds(3));
+  ws[0].Heartbeat(coordinator_.get());
+  coordinator_->Tick();
+  EXPECT_EQ(coordinator_->GetJob(id)->state(), v1::JOB_STATE_RUNNING) << "3 s < 5 s timeout";
+  clock_.Advance(absl::Seconds(3));
+  ws[0].Heartbeat(coordinator_.get());
+  coordinator_->Tick();
+  v1::Job job = *coordinator_->GetJob(id);
+  EXPECT_EQ(job.state(), v1::JOB_STATE_PENDING);
+  EXPECT_EQ(job.steps_committed(), 2) << "back to the checkpoint after step 1";
+  EXPECT_TRUE(absl::StrContains(job.events(job.events_size() - 1), "worker b (stage 1, dp 0) lost"))
+      << job.events(job.events_size() - 1);
+  ASSERT_TRUE(ws[1].sink->closed.has_value());
+  // a was told to abort; a new worker takes b's place and both load the checkpoint.
+  ws[0].Pump(coordinator_.get());
+  EXPECT_FALSE(ws[0].assigned);
+  FakeWorker c;
+  c.Join(coordinator_.get(), "c", 3);
+  ws.push_back(c);
+  ASSERT_TRUE(ws[0].sink->inbox.front().has_assignment());
+  EXPECT_EQ(ws[0].sink->inbox.front().assignment().checkpoint_step(), 1);
+  EXPECT_TRUE(absl::StrContains(ws[0].sink->inbox.front().assignment().checkpoint_path(),
+                                "step-000001"));
+  EXPECT_EQ(ws[0].sink->inbox.front().assignment().generation(), 2);
+  ws[1].sink->inbox.clear();
+  std::vector<FakeWorker> live = {ws[0], ws[2]};
+  PumpAll(live);
+  EXPECT_EQ(coordinator_->GetJob(id)->state(), v1::JOB_STATE_COMPLETED);
+  // Steps 2.. were planned again: the log still holds each batch once.
+  EXPECT_EQ(LoggedSamples(id), CursorSamples(6));
+}
+
+TEST_F(CoordinatorTest, CoordinatorRestart_ResendsThePlannedStep_NoSampleTwice) {
+  const std::string id = coordinator_->SubmitJob(Spec(2, 1, 5))->id();
+  std::vector<FakeWorker> ws(2);
+  ws[0].Join(coordinator_.get(), "a", 1);
+  ws[1].Join(coordinator_.get(), "b", 2);
+  ws[0].Pump(coordinator_.get());  // a ran step 0, b has not answered yet
+  ASSERT_EQ(coordinator_->GetJob(id)->steps_committed(), 0);
+  ws[1].Pump(coordinator_.get(), 2);  // b took its assignment and bootstrap,
+  ASSERT_TRUE(ws[1].sink->inbox.front().has_step());
+  ws[1].sink->inbox.clear();       // ...and the coordinator dies before b's plan arrives
+  OpenCoordinator();               // restart from RocksDB
+  EXPECT_EQ(coordinator_->GetJob(id)->state(), v1::JOB_STATE_RUNNING);
+  // b does not know step 0 yet: it ran nothing. Both reconnect with their ranks.
+  ws[0].Reconnect(coordinator_.get());
+  EXPECT_TRUE(ws[0].sink->inbox.empty()) << "waits for every rank";
+  ws[1].Reconnect(coordinator_.get());
+  PumpAll(ws);
+  v1::Job job = *coordinator_->GetJob(id);
+  EXPECT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.DebugString();
+  EXPECT_EQ(ws[0].plans.size(), 5u) << "step 0 was not run twice";
+  EXPECT_EQ(ws[1].plans.size(), 5u);
+  EXPECT_EQ(LoggedSamples(id), CursorSamples(5));
+  const std::vector<int64_t> s = LoggedSamples(id);
+  EXPECT_EQ(std::set<int64_t>(s.begin(), s.end()).size(), s.size()) << "a sample twice";
+}
+
+TEST_F(CoordinatorTest, RestartedWorker_NewIncarnation_ResetsTheJob) {
+  const std::string id = coordinator_->SubmitJob(Spec(1, 2, 3))->id();
+  std::vector<FakeWorker> ws(2);
+  ws[0].Join(coordinator_.get(), "a", 1);
+  ws[1].Join(coordinator_.get(), "b", 2);
+  ws[0].Pump(coordinator_.get());
+  FakeWorker b2;
+  b2.Join(coordinator_.get(), "b", 99);  // b's process restarted
+  v1::Job job = *coordinator_->GetJob(id);
+  EXPECT_TRUE(absl::StrContains(job.events(job.events_size() - 2), "restarted (new incarnation)"))
+      << job.DebugString();
+  std::vector<FakeWorker> live = {ws[0], b2};
+  PumpAll(live);
+  EXPECT_EQ(coordinator_->GetJob(id)->state(), v1::JOB_STATE_COMPLETED);
+}
+
+TEST_F(CoordinatorTest, MemoryOverBudget_LowersKThenChunkSize_WithEvents) {
+  v1::JobSpec spec = Spec(1, 1, 4);
+  spec.set_memory_budget_bytes(500);
+  spec.mutable_schedule()->set_k(2);
+  const std::string id = coordinator_->SubmitJob(spec)->id();
+  std::vector<FakeWorker> ws(1);
+  ws[0].peak = 800;
+  ws[0].Join(coordinator_.get(), "a", 1);
+  PumpAll(ws);
+  v1::Job job = *coordinator_->GetJob(id);
+  EXPECT_EQ(job.current_schedule().k(), 1);
+  EXPECT_EQ(job.current_schedule().chunk_size(), 64);  // 256 -> 128 -> 64
+  std::string all;
+  for (const std::string& e : job.events()) all += e + "\n";
+  EXPECT_TRUE(absl::StrContains(all, "over the budget 0.0 MiB: K 2 -> 1 from step 1")) << all;
+  EXPECT_TRUE(absl::StrContains(all, "ChunkSize 256 -> 128 from step 2")) << all;
+  EXPECT_TRUE(absl::StrContains(all, "nothing left to lower")) << all;
+  // The plans followed the new parameters.
+  EXPECT_EQ(ws[0].plans[0].params().k(), 2);
+  EXPECT_EQ(ws[0].plans[1].params().k(), 1);
+  EXPECT_EQ(ws[0].plans[3].params().chunk_size(), 64);
+}
+
+TEST_F(CoordinatorTest, WorkerError_ResetsThenFailsAfterRepeatedErrors) {
+  const std::string id = coordinator_->SubmitJob(Spec(1, 1, 3))->id();
+  FakeWorker w;
+  w.Join(coordinator_.get(), "a", 1);
+  for (int i = 0; i < Coordinator::kMaxConsecutiveResets; ++i) {
+    v1::WorkerMessage m;
+    m.mutable_error()->set_job_id(id);
+    m.mutable_error()->set_message("tokens out of the vocabulary");
+    ASSERT_TRUE(coordinator_->OnMessage(w.id, m).ok());
+  }
+  v1::Job job = *coordinator_->GetJob(id);
+  EXPECT_EQ(job.state(), v1::JOB_STATE_FAILED);
+  EXPECT_TRUE(absl::StrContains(job.error(), "tokens out of the vocabulary")) << job.error();
+}
+
+TEST_F(CoordinatorTest, BadAdminInput_NamesTheField) {
+  struct Case {
+    std::function<void(v1::JobSpec*)> edit;
+    absl::StatusCode code;
+    std::string text;
+  };
+  const std::vector<Case> cases = {
+      {[](v1::JobSpec* s) { s->mutable_schedule()->set_chunk_size(-1); },
+       absl::StatusCode::kInvalidArgument, "spec.schedule.chunk_size"},
+      {[](v1::JobSpec* s) { s->mutable_schedule()->set_k(-2); },
+       absl::StatusCode::kInvalidArgument, "spec.schedule.k"},
+      {[](v1::JobSpec* s) { s->set_dp(-1); }, absl::StatusCode::kInvalidArgument, "spec.dp"},
+      {[](v1::JobSpec* s) { s->set_pp(-1); }, absl::StatusCode::kInvalidArgument, "spec.pp"},
+      {[](v1::JobSpec* s) { s->set_pp(3); }, absl::StatusCode::kInvalidArgument,
+       "spec.pp is 3 but the model has 2 layers"},
+      {[](v1::JobSpec* s) { s->mutable_dataset()->set_path("/nonexistent/data"); },
+       absl::StatusCode::kNotFound, "spec.dataset.path"},
+      {[](v1::JobSpec* s) { s->mutable_model()->set_path("/nonexistent/model"); },
+       absl::StatusCode::kNotFound, "spec.model.path"},
+      {[](v1::JobSpec* s) { s->set_global_batch(41); }, absl::StatusCode::kInvalidArgument,
+       "spec.global_batch is 41"},
+      {[](v1::JobSpec* s) { s->set_steps(0); }, absl::StatusCode::kInvalidArgument, "spec.steps"},
+      {[](v1::JobSpec* s) { s->mutable_optimizer()->set_name("lion"); },
+       absl::StatusCode::kInvalidArgument, "spec.optimizer.name"},
+  };
+  for (const Case& c : cases) {
+    v1::JobSpec spec = Spec(1, 1, 2);
+    c.edit(&spec);
+    absl::StatusOr<v1::Job> r = coordinator_->SubmitJob(spec);
+    EXPECT_EQ(r.status().code(), c.code) << c.text << ": " << r.status();
+    EXPECT_TRUE(absl::StrContains(r.status().message(), c.text)) << r.status();
+  }
+  EXPECT_TRUE(coordinator_->ListJobs()->empty()) << "nothing was created";
+  EXPECT_EQ(coordinator_->GetJob("job-424242").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(coordinator_->CancelJob("nope", "").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(coordinator_->DrainWorker("nope").status().code(), absl::StatusCode::kNotFound);
+  const std::string id = coordinator_->SubmitJob(Spec(1, 1, 2))->id();
+  v1::ScheduleParams bad;
+  bad.set_k(-1);
+  EXPECT_TRUE(absl::StrContains(coordinator_->UpdateSchedule(id, bad).status().message(),
+                                "schedule.k"));
+  ASSERT_TRUE(coordinator_->CancelJob(id, "").ok());
+  EXPECT_EQ(coordinator_->CancelJob(id, "").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  v1::ScheduleParams good;
+  good.set_k(3);
+  EXPECT_EQ(coordinator_->UpdateSchedule(id, good).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  v1::RegisterRequest r;
+  r.set_incarnation(1);
+  EXPECT_TRUE(absl::StrContains(coordinator_->Register(r).status().message(), "device.kind"));
+  r.mutable_device()->set_kind(v1::DEVICE_KIND_CPU);
+  r.set_worker_name("bad name");
+  EXPECT_EQ(coordinator_->Register(r).status().code(), absl::StatusCode::kInvalidArgument);
+  v1::Hello h;
+  h.set_worker_id("ghost");
+  EXPECT_EQ(coordinator_->Connect(h, std::make_shared<FakeSink>()).code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(CoordinatorTest, UpdateSchedule_AppliesFromTheNextStep) {
+  const std::string id = coordinator_->SubmitJob(Spec(1, 1, 3))->id();
+  FakeWorker w;
+  w.Join(coordinator_.get(), "a", 1);
+  v1::ScheduleParams p;
+  p.set_chunk_size(128);
+  ASSERT_TRUE(coordinator_->UpdateSchedule(id, p).ok());
+  std::vector<FakeWorker> ws = {w};
+  PumpAll(ws);
+  ASSERT_EQ(ws[0].plans.size(), 3u);
+  EXPECT_EQ(ws[0].plans[0].params().chunk_size(), 256) << "step 0 was already planned";
+  EXPECT_EQ(ws[0].plans[1].params().chunk_size(), 128);
+}
+
+}  // namespace
+}  // namespace chunkflow::coordinator
