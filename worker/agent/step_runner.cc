@@ -1,6 +1,11 @@
 #include "worker/agent/step_runner.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <chrono>
+#include <cstring>
+#include <fstream>
 #include <cmath>
 #include <deque>
 #include <map>
@@ -10,7 +15,12 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
 #include "kernels/cpu/optimizer.h"
+#include "nlohmann/json.hpp"
+#include "worker/engine/model_config.h"
+#include "worker/engine/safetensors.h"
 #include "worker/engine/pipeline.h"
 
 namespace chunkflow::worker {
@@ -223,6 +233,112 @@ absl::Status StepRunner::ReduceAndUpdate(const engine::TrainOptions& options,
   }
   ++step_;
   engine::ApplyUpdate(params_, m_, v_, step_, options);
+  return absl::OkStatus();
+}
+
+namespace {
+
+constexpr char kEmbedName[] = "model.embed_tokens.weight";
+
+std::string ShardFile(int32_t stage, int32_t pp) {
+  return absl::StrFormat("model-%05d-of-%05d.safetensors", stage + 1, pp);
+}
+
+absl::Status MakeDirs(const std::string& dir) {
+  for (size_t i = 1; i <= dir.size(); ++i) {
+    if (i < dir.size() && dir[i] != '/') continue;
+    const std::string prefix = dir.substr(0, i);
+    if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot create ", prefix, ": ", std::strerror(errno)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WriteFileAtomically(const std::string& path, const std::string& text) {
+  std::ofstream out(path + ".tmp");
+  out << text;
+  out.close();
+  if (!out || std::rename((path + ".tmp").c_str(), path.c_str()) != 0) {
+    return absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status StepRunner::SaveShard(const std::string& dir, int32_t stage, int32_t pp) const {
+  if (absl::Status s = MakeDirs(dir); !s.ok()) return s;
+  std::vector<engine::TensorToWrite> weights, moments;
+  for (const engine::ParamTensor& t : params_.tensors()) {
+    const bool tied_copy = stage > 0 && t.name == kEmbedName;
+    if (!tied_copy) {
+      weights.push_back({t.name, engine::DType::kF32, t.shape, params_.values().data() + t.offset});
+    }
+    moments.push_back({"exp_avg." + t.name, engine::DType::kF32, t.shape, m_.data() + t.offset});
+    moments.push_back({"exp_avg_sq." + t.name, engine::DType::kF32, t.shape, v_.data() + t.offset});
+  }
+  if (absl::Status s = engine::WriteSafetensors(dir + "/" + ShardFile(stage, pp), weights,
+                                                {{"format", "pt"}});
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = engine::WriteSafetensors(
+          absl::StrFormat("%s/optimizer-stage-%d.safetensors", dir, stage), moments,
+          {{"step", std::to_string(step_)}});
+      !s.ok()) {
+    return s;
+  }
+  if (stage != 0) return absl::OkStatus();
+  // The index: which stage's file holds each tensor.
+  const engine::ModelConfig& c = params_.config();
+  absl::StatusOr<std::vector<engine::StageRange>> ranges =
+      engine::PartitionStages(c.num_hidden_layers, pp);
+  if (!ranges.ok()) return ranges.status();
+  nlohmann::json map = nlohmann::json::object();
+  for (int32_t s = 0; s < pp; ++s) {
+    engine::StageParams p(c, (*ranges)[s]);
+    for (const engine::ParamTensor& t : p.tensors()) {
+      if (s > 0 && t.name == kEmbedName) continue;
+      map[t.name] = ShardFile(s, pp);
+    }
+  }
+  nlohmann::json index;
+  index["metadata"] = nlohmann::json::object();
+  index["weight_map"] = map;
+  if (absl::Status s = WriteFileAtomically(dir + "/model.safetensors.index.json", index.dump(2));
+      !s.ok()) {
+    return s;
+  }
+  return WriteFileAtomically(dir + "/config.json", engine::ToHfConfigJson(c));
+}
+
+absl::Status StepRunner::LoadShard(const std::string& dir, int32_t stage) {
+  absl::StatusOr<engine::SafetensorsReader> model = engine::SafetensorsReader::Open(dir);
+  if (!model.ok()) return model.status();
+  const std::string opt_path = absl::StrFormat("%s/optimizer-stage-%d.safetensors", dir, stage);
+  absl::StatusOr<engine::SafetensorsReader> opt = engine::SafetensorsReader::Open(opt_path);
+  if (!opt.ok()) return opt.status();
+  int64_t step = 0;
+  auto it = opt->metadata().find("step");
+  if (it == opt->metadata().end() || !absl::SimpleAtoi(it->second, &step) || step < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(opt_path, ": metadata 'step' is missing or bad"));
+  }
+  std::vector<float> m(m_.size()), v(v_.size());
+  for (const engine::ParamTensor& t : params_.tensors()) {
+    if (absl::Status s = opt->ReadF32("exp_avg." + t.name, t.shape, m.data() + t.offset); !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = opt->ReadF32("exp_avg_sq." + t.name, t.shape, v.data() + t.offset);
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (absl::Status s = params_.Load(*model); !s.ok()) return s;
+  m_.swap(m);
+  v_.swap(v);
+  step_ = step;
   return absl::OkStatus();
 }
 

@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -60,6 +61,20 @@ class StepRunner {
   StepRunner(const engine::ModelConfig& config, engine::StageRange range, const StageLinks* links);
 
   engine::StageParams& params() { return params_; }
+  int64_t optimizer_step() const { return step_; }
+
+  // Checkpoint shards in the Hugging Face sharded layout, one file per stage:
+  // `dir`/model-0000(s+1)-of-0000(pp).safetensors with this stage's weights (a
+  // tied embedding only in stage 0's file) and `dir`/optimizer-stage-s.safetensors
+  // with its AdamW moments and step. Stage 0 also writes config.json and
+  // model.safetensors.index.json naming every tensor's file, so the directory
+  // loads in transformers once every stage has saved. Creates `dir`.
+  // Errors: UNAVAILABLE (cannot write), naming the path.
+  absl::Status SaveShard(const std::string& dir, int32_t stage, int32_t pp) const;
+  // Loads this stage's weights (through the index) and its optimizer shard.
+  // On error nothing changed. Errors: NOT_FOUND / INVALID_ARGUMENT naming the
+  // file or tensor.
+  absl::Status LoadShard(const std::string& dir, int32_t stage);
 
   // `data` holds (at least) the sequences of this rank's chunks;
   // `global_targets` is the step's loss denominator (StepPlan.loss_tokens).

@@ -205,5 +205,37 @@ TEST(StepRunner, ThreeAndFourStagesTiedSgd_MatchOneProcess) {
   ExpectMatchesOneProcess(c, o, 1e-4, /*dp=*/1, /*pp=*/4, o.chunk_size);
 }
 
+// Shards of 3 stages form a Hugging Face sharded checkpoint: the one-process
+// engine loads it whole, and each stage loads its shard back exactly.
+TEST(StepRunner, SaveShard_LoadsWholeAndPerStage) {
+  engine::ModelConfig c = engine::TinyQwen2Config();
+  c.num_hidden_layers = 3;
+  const std::vector<engine::StageRange> ranges = *engine::PartitionStages(3, 3);
+  const std::string dir = std::string(std::getenv("TEST_TMPDIR")) + "/shards/step-000004";
+  StageLinks none;
+  std::vector<std::unique_ptr<StepRunner>> runners;
+  for (int s = 0; s < 3; ++s) {
+    runners.push_back(std::make_unique<StepRunner>(c, ranges[s], &none));
+    runners.back()->params().InitRandom(9);
+    ASSERT_TRUE(runners.back()->SaveShard(dir, s, 3).ok());
+  }
+  std::unique_ptr<engine::Engine> whole = *engine::Engine::Create(c, 1);
+  absl::Status loaded = whole->LoadWeights(dir);
+  ASSERT_TRUE(loaded.ok()) << loaded;
+  for (int s = 0; s < 3; ++s) {
+    StepRunner back(c, ranges[s], &none);
+    absl::Status st = back.LoadShard(dir, s);
+    ASSERT_TRUE(st.ok()) << st;
+    EXPECT_EQ(back.params().values(), runners[s]->params().values()) << "stage " << s;
+    for (const engine::ParamTensor& t : runners[s]->params().tensors()) {
+      std::vector<float> mine(runners[s]->params().values().begin() + t.offset,
+                              runners[s]->params().values().begin() + t.offset + t.numel);
+      EXPECT_EQ(*whole->Value(t.name), mine) << t.name;
+    }
+  }
+  StepRunner missing(c, ranges[1], &none);
+  EXPECT_EQ(missing.LoadShard(dir + "-nope", 1).code(), absl::StatusCode::kNotFound);
+}
+
 }  // namespace
 }  // namespace chunkflow::worker
