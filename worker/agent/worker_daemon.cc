@@ -1,0 +1,655 @@
+#include "worker/agent/worker_daemon.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <random>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "coordinator/planner/plan_proto.h"
+#include "dataset/tokens.h"
+#include "grpcpp/grpcpp.h"
+#include "metrics/metrics.h"
+#include "proto/chunkflow.grpc.pb.h"
+#include "worker/agent/step_runner.h"
+#include "worker/comm/gloo_communicator.h"
+#include "worker/engine/model_config.h"
+#include "worker/engine/params.h"
+#include "worker/engine/safetensors.h"
+
+namespace chunkflow::worker {
+namespace v1 = ::chunkflow::v1;
+namespace {
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+class RemoteKeyValueStore final : public comm::KeyValueStore {
+ public:
+  explicit RemoteKeyValueStore(const std::string& target)
+      : target_(target), stub_(v1::WorkerService::NewStub(MakeChannel(target))) {}
+
+  absl::Status Set(std::string_view key, std::string_view value) override {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::KvSetRequest req;
+    req.set_key(std::string(key));
+    req.set_value(std::string(value));
+    v1::KvSetResponse resp;
+    absl::Status s = FromGrpc(stub_->KvSet(&ctx, req, &resp));
+    if (!s.ok() && s.code() != absl::StatusCode::kInvalidArgument) {
+      return absl::UnavailableError(absl::StrCat("key-value store at ", target_, ": ", s.message()));
+    }
+    return s;
+  }
+
+  absl::StatusOr<std::string> Get(std::string_view key, absl::Duration timeout) override {
+    const absl::Time deadline = absl::Now() + timeout;
+    absl::Duration wait = absl::Milliseconds(5);
+    while (true) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      v1::KvGetRequest req;
+      req.set_key(std::string(key));
+      v1::KvGetResponse resp;
+      absl::Status s = FromGrpc(stub_->KvGet(&ctx, req, &resp));
+      if (s.ok()) return resp.value();
+      if (s.code() == absl::StatusCode::kInvalidArgument) return s;
+      if (s.code() != absl::StatusCode::kNotFound) {
+        return absl::UnavailableError(
+            absl::StrCat("key-value store at ", target_, ": ", s.message()));
+      }
+      if (absl::Now() + wait > deadline) {
+        return absl::DeadlineExceededError(absl::StrCat("key '", std::string(key), "' still unset after ",
+                                                        absl::FormatDuration(timeout)));
+      }
+      absl::SleepFor(wait);
+      wait = std::min(wait * 2, absl::Milliseconds(100));
+    }
+  }
+
+ private:
+  std::string target_;
+  std::unique_ptr<v1::WorkerService::Stub> stub_;
+};
+
+int64_t ResidentBytes() {
+  std::ifstream in("/proc/self/statm");
+  int64_t pages = 0, resident = 0;
+  in >> pages >> resident;
+  return resident * ::sysconf(_SC_PAGESIZE);
+}
+
+// Everything one rank of one job holds.
+struct JobState {
+  v1::RankAssignment a;
+  engine::ModelConfig config;
+  std::unique_ptr<dataset::TokenSource> data;
+  std::unique_ptr<comm::KeyValueStore> kv;
+  std::vector<std::unique_ptr<comm::Communicator>> comms;
+  StageLinks links;
+  std::unique_ptr<StepRunner> runner;
+  std::optional<v1::StepReport> last_report;
+};
+
+class Daemon final : public WorkerDaemon {
+ public:
+  explicit Daemon(const WorkerDaemonOptions& o) : options_(o) {
+    std::random_device rd;
+    while (incarnation_ == 0) incarnation_ = (static_cast<uint64_t>(rd()) << 32) | rd();
+    stub_ = v1::WorkerService::NewStub(MakeChannel(o.coordinator));
+  }
+
+  absl::Status Init() {
+    registry_ = std::make_shared<prometheus::Registry>();
+    absl::StatusOr<std::unique_ptr<metrics::WorkerMetrics>> m =
+        metrics::WorkerMetrics::Create(registry_);
+    if (!m.ok()) return m.status();
+    metrics_ = std::move(*m);
+    if (!options_.metrics_listen.empty()) {
+      absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> s =
+          metrics::MetricsServer::Start(options_.metrics_listen, registry_);
+      if (!s.ok()) return s.status();
+      metrics_server_ = std::move(*s);
+    }
+    return absl::OkStatus();
+  }
+
+  ~Daemon() override {
+    Stop();
+    if (job_thread_.joinable()) job_thread_.join();
+  }
+
+  int metrics_port() const override { return metrics_server_ ? metrics_server_->port() : 0; }
+
+  void Stop() override {
+    stopping_ = true;
+    {
+      absl::MutexLock lock(&stream_mu_);
+      if (ctx_ != nullptr) ctx_->TryCancel();
+    }
+    absl::MutexLock lock(&q_mu_);
+    q_cv_.SignalAll();
+  }
+
+  absl::Status Run() override {
+    job_thread_ = std::thread([this] { JobLoop(); });
+    absl::Status result;
+    absl::Time last_contact = absl::Now();
+    int failures = 0;
+    while (!stopping_) {
+      absl::Status s = Session(&last_contact);
+      if (stopping_) break;
+      ++failures;
+      if (failures == 1 || failures % 20 == 0) {
+        Log(absl::StrCat("coordinator ", options_.coordinator, ": ", s.ToString(),
+                         "; retrying"));
+      }
+      if (options_.give_up_after > absl::ZeroDuration() &&
+          absl::Now() - last_contact > options_.give_up_after) {
+        result = absl::UnavailableError(
+            absl::StrCat("coordinator ", options_.coordinator, " unreachable for ",
+                         absl::FormatDuration(options_.give_up_after), ": ", s.message()));
+        break;
+      }
+      absl::SleepFor(absl::Milliseconds(std::min(2000, 100 * failures)));
+      if (s.ok()) failures = 0;
+    }
+    stopping_ = true;
+    {
+      absl::MutexLock lock(&q_mu_);
+      q_cv_.SignalAll();
+    }
+    if (job_thread_.joinable()) job_thread_.join();
+    return result;
+  }
+
+ private:
+  void Log(const std::string& line) {
+    absl::MutexLock lock(&log_mu_);
+    *options_.log << "[worker " << (worker_id_.empty() ? options_.name : worker_id_) << "] "
+                  << line << std::endl;
+  }
+
+  // One Register + Connect stream, until it ends. OK when it ended after
+  // having been established.
+  absl::Status Session(absl::Time* last_contact) {
+    v1::RegisterRequest req;
+    req.set_worker_name(options_.name);
+    req.set_host(options_.host);
+    req.set_incarnation(incarnation_);
+    req.set_peer_address(options_.host);
+    req.set_version("chunkflow v1");
+    v1::DeviceFacts* d = req.mutable_device();
+    d->set_kind(v1::DEVICE_KIND_CPU);
+    d->set_name("cpu");
+    d->set_memory_bytes(static_cast<int64_t>(::sysconf(_SC_PHYS_PAGES)) * ::sysconf(_SC_PAGESIZE));
+    d->set_cpu_threads(static_cast<int32_t>(std::thread::hardware_concurrency()));
+    v1::RegisterResponse resp;
+    {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      absl::Status s = FromGrpc(stub_->Register(&ctx, req, &resp));
+      if (!s.ok()) return s;
+    }
+    *last_contact = absl::Now();
+    if (worker_id_.empty()) {
+      worker_id_ = resp.worker_id();
+      Log(absl::StrCat("registered with ", options_.coordinator, " (incarnation ", incarnation_,
+                       ")"));
+    }
+    grpc::ClientContext ctx;
+    {
+      absl::MutexLock lock(&stream_mu_);
+      if (stopping_) return absl::CancelledError("stopping");
+      ctx_ = &ctx;
+      stream_ = stub_->Connect(&ctx);
+    }
+    v1::WorkerMessage hello;
+    {
+      absl::MutexLock lock(&state_mu_);
+      v1::Hello* h = hello.mutable_hello();
+      h->set_worker_id(worker_id_);
+      h->set_incarnation(incarnation_);
+      if (!held_job_.empty()) {
+        h->set_job_id(held_job_);
+        h->set_stage(held_stage_);
+        h->set_dp_index(held_dp_);
+        h->set_generation(held_generation_);
+        h->set_last_step(held_last_step_);
+      }
+    }
+    Send(hello);
+    const absl::Duration interval =
+        absl::Seconds(resp.heartbeat_interval_s() > 0 ? resp.heartbeat_interval_s() : 1.0);
+    absl::Notification hb_stop;
+    std::thread heartbeat([&] {
+      while (!hb_stop.WaitForNotificationWithTimeout(interval)) {
+        v1::WorkerMessage m;
+        m.mutable_heartbeat()->set_sent_unix_nanos(absl::ToUnixNanos(absl::Now()));
+        m.mutable_heartbeat()->set_current_memory_bytes(ResidentBytes());
+        m.mutable_heartbeat()->set_state(state_.load());
+        Send(m);
+        metrics_->OnHeartbeat();
+      }
+    });
+    v1::CoordinatorMessage msg;
+    while (stream_->Read(&msg)) {
+      *last_contact = absl::Now();
+      if (msg.has_control() && msg.control().action() == v1::Control::ACTION_SHUTDOWN) {
+        Log("shutdown requested by the coordinator");
+        stopping_ = true;
+        ctx.TryCancel();
+        break;
+      }
+      absl::MutexLock lock(&q_mu_);
+      queue_.push_back(std::move(msg));
+      q_cv_.Signal();
+    }
+    hb_stop.Notify();
+    heartbeat.join();
+    absl::Status s;
+    {
+      absl::MutexLock lock(&stream_mu_);
+      s = FromGrpc(stream_->Finish());
+      stream_.reset();
+      ctx_ = nullptr;
+    }
+    if (s.ok()) return absl::UnavailableError("the coordinator ended the stream");
+    return s;
+  }
+
+  void Send(const v1::WorkerMessage& m) {
+    absl::MutexLock lock(&stream_mu_);
+    if (stream_) stream_->Write(m);  // a broken stream drops it; reports are kept for resends
+  }
+
+  void SendError(const std::string& job, int64_t step, const absl::Status& s) {
+    Log(absl::StrCat("job ", job, " step ", step, ": ", s.ToString()));
+    v1::WorkerMessage m;
+    v1::WorkerError* e = m.mutable_error();
+    e->set_job_id(job);
+    e->set_step(step);
+    e->set_code(static_cast<int32_t>(s.code()));
+    e->set_message(std::string(s.message()));
+    Send(m);
+  }
+
+  void SetHeld(const JobState* j, int64_t last_step) {
+    absl::MutexLock lock(&state_mu_);
+    if (j == nullptr) {
+      held_job_.clear();
+      held_last_step_ = -1;
+      return;
+    }
+    held_job_ = j->a.job_id();
+    held_stage_ = j->a.stage();
+    held_dp_ = j->a.dp_index();
+    held_generation_ = j->a.generation();
+    held_last_step_ = last_step;
+  }
+
+  void Teardown() {
+    if (job_) Log(absl::StrCat("dropping job ", job_->a.job_id()));
+    job_.reset();
+    pending_.reset();
+    SetHeld(nullptr, -1);
+    state_ = v1::WORKER_STATE_IDLE;
+  }
+
+  void JobLoop() {
+    while (true) {
+      v1::CoordinatorMessage m;
+      {
+        absl::MutexLock lock(&q_mu_);
+        while (queue_.empty() && !stopping_) q_cv_.Wait(&q_mu_);
+        if (stopping_) break;
+        m = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      if (m.has_assignment()) {
+        Teardown();
+        pending_ = m.assignment();
+      } else if (m.has_bootstrap()) {
+        if (!pending_) {
+          SendError("", -1, absl::FailedPreconditionError("CommBootstrap before RankAssignment"));
+          continue;
+        }
+        const v1::RankAssignment a = *pending_;
+        pending_.reset();
+        absl::Status s = Setup(a, m.bootstrap());
+        if (!s.ok()) {
+          job_.reset();
+          SendError(a.job_id(), -1, s);
+          SetHeld(nullptr, -1);
+          state_ = v1::WORKER_STATE_IDLE;
+        }
+      } else if (m.has_step()) {
+        RunStep(m.step());
+      } else if (m.has_control()) {
+        const v1::Control& c = m.control();
+        switch (c.action()) {
+          case v1::Control::ACTION_ABORT:
+          case v1::Control::ACTION_RELEASE:
+            Log(absl::StrCat(c.action() == v1::Control::ACTION_ABORT ? "abort" : "release",
+                             " job ", c.job_id(), ": ", c.reason()));
+            Teardown();
+            break;
+          case v1::Control::ACTION_DRAIN:
+            Log(absl::StrCat("draining: ", c.reason()));
+            break;
+          default:
+            break;
+        }
+      }
+    }
+    job_.reset();
+  }
+
+  absl::Status Connect(JobState* j, const std::string& prefix, int rank, int size,
+                       comm::Communicator** out) {
+    comm::GlooOptions o;
+    o.hostname = options_.host;
+    o.rank = rank;
+    o.size = size;
+    o.prefix = prefix;
+    o.timeout = absl::Seconds(j->a.comm_timeout_s() > 0 ? j->a.comm_timeout_s() : 60);
+    absl::StatusOr<std::unique_ptr<comm::Communicator>> c =
+        comm::CreateGlooCommunicator(o, j->kv.get());
+    if (!c.ok()) {
+      return absl::Status(c.status().code(),
+                          absl::StrCat("communicator ", prefix, ": ", c.status().message()));
+    }
+    j->comms.push_back(std::move(*c));
+    *out = j->comms.back().get();
+    return absl::OkStatus();
+  }
+
+  absl::Status Setup(const v1::RankAssignment& a, const v1::CommBootstrap& boot) {
+    auto j = std::make_unique<JobState>();
+    j->a = a;
+    absl::StatusOr<engine::ModelConfig> config =
+        engine::ParseHfConfig(a.model_config_json(), "RankAssignment.model_config_json");
+    if (!config.ok()) return config.status();
+    j->config = *config;
+    absl::StatusOr<std::vector<engine::StageRange>> ranges =
+        engine::PartitionStages(j->config.num_hidden_layers, a.pp());
+    if (!ranges.ok()) return ranges.status();
+    if (a.stage() < 0 || a.stage() >= a.pp() || a.dp_index() < 0 || a.dp_index() >= a.dp()) {
+      return absl::InvalidArgumentError(absl::StrCat("rank stage ", a.stage(), " dp ",
+                                                     a.dp_index(), " outside ", a.dp(), " x ",
+                                                     a.pp()));
+    }
+    const engine::StageRange range = (*ranges)[a.stage()];
+    if (range.first_layer != a.first_layer() || range.end_layer != a.end_layer()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the coordinator assigned layers [", a.first_layer(), ", ", a.end_layer(),
+          ") but this worker partitions stage ", a.stage(), " as [", range.first_layer, ", ",
+          range.end_layer, ")"));
+    }
+    absl::StatusOr<std::unique_ptr<dataset::TokenSource>> data =
+        dataset::TokenSource::Open(a.dataset_path(), j->config.vocab_size);
+    if (!data.ok()) return data.status();
+    j->data = std::move(*data);
+    j->kv = CreateRemoteKeyValueStore(options_.coordinator);
+    const std::string p = boot.store_prefix();
+    const std::string ds = std::to_string(a.dp_index());
+    const int32_t s = a.stage(), pp = a.pp(), dp = a.dp();
+    Log(absl::StrFormat("job %s: stage %d of %d, dp %d of %d, layers [%d, %d), generation %d; "
+                        "connecting",
+                        a.job_id(), s, pp, a.dp_index(), dp, a.first_layer(), a.end_layer(),
+                        a.generation()));
+    // Left links first, then right ones: the rendezvous chain along the
+    // pipeline cannot cross (as in step_runner_test).
+    if (s > 0) {
+      const std::string link = ds + "/" + std::to_string(s - 1);
+      if (absl::Status st = Connect(j.get(), p + "/act/" + link, 1, 2, &j->links.act_in); !st.ok()) return st;
+      if (absl::Status st = Connect(j.get(), p + "/grad/" + link, 0, 2, &j->links.grad_out); !st.ok()) return st;
+    }
+    if (s + 1 < pp) {
+      const std::string link = ds + "/" + std::to_string(s);
+      if (absl::Status st = Connect(j.get(), p + "/act/" + link, 0, 2, &j->links.act_out); !st.ok()) return st;
+      if (absl::Status st = Connect(j.get(), p + "/grad/" + link, 1, 2, &j->links.grad_in); !st.ok()) return st;
+    }
+    if (dp > 1) {
+      if (absl::Status st = Connect(j.get(), p + "/dp/" + std::to_string(s), a.dp_index(), dp,
+                                    &j->links.dp_group);
+          !st.ok()) {
+        return st;
+      }
+    }
+    if (j->config.tie_word_embeddings && pp > 1 && (s == 0 || s == pp - 1)) {
+      if (absl::Status st = Connect(j.get(), p + "/tied/" + ds, s == 0 ? 0 : 1, 2, &j->links.tied);
+          !st.ok()) {
+        return st;
+      }
+    }
+    if (dp * pp > 1) {
+      if (absl::Status st = Connect(j.get(), p + "/world", a.dp_index() * pp + s, dp * pp,
+                                    &j->links.world);
+          !st.ok()) {
+        return st;
+      }
+    }
+    j->runner = std::make_unique<StepRunner>(j->config, range, &j->links);
+    int64_t last_step = -1;
+    if (!a.checkpoint_path().empty()) {
+      if (absl::Status st = j->runner->LoadShard(a.checkpoint_path(), s); !st.ok()) return st;
+      last_step = a.checkpoint_step();
+      Log(absl::StrCat("loaded the checkpoint after step ", last_step, " from ",
+                       a.checkpoint_path()));
+    } else if (!a.model_path().empty()) {
+      absl::StatusOr<engine::SafetensorsReader> reader =
+          engine::SafetensorsReader::Open(a.model_path());
+      if (reader.ok()) {
+        if (absl::Status st = j->runner->params().Load(*reader); !st.ok()) return st;
+      } else if (absl::IsNotFound(reader.status())) {
+        j->runner->params().InitRandom(static_cast<uint64_t>(a.seed()));
+      } else {
+        return reader.status();
+      }
+    } else {
+      j->runner->params().InitRandom(static_cast<uint64_t>(a.seed()));
+    }
+    job_ = std::move(j);
+    SetHeld(job_.get(), last_step);
+    last_step_ = last_step;
+    state_ = v1::WORKER_STATE_ASSIGNED;
+    return absl::OkStatus();
+  }
+
+  void RunStep(const v1::StepPlanForWorker& p) {
+    if (!job_ || job_->a.job_id() != p.job_id()) {
+      SendError(p.job_id(), p.step(),
+                absl::FailedPreconditionError(absl::StrCat(
+                    "a plan for job ", p.job_id(), " but this worker holds ",
+                    job_ ? job_->a.job_id() : std::string("no job"))));
+      return;
+    }
+    if (p.step() <= last_step_) {
+      // Resent after a coordinator restart: answer with the kept report.
+      if (job_->last_report && job_->last_report->step() == p.step()) {
+        v1::WorkerMessage m;
+        *m.mutable_step_report() = *job_->last_report;
+        Send(m);
+      }
+      return;
+    }
+    if (p.step() != last_step_ + 1) {
+      SendError(p.job_id(), p.step(),
+                absl::FailedPreconditionError(absl::StrCat("step ", p.step(), " after step ",
+                                                           last_step_, ": a step is missing")));
+      Teardown();
+      return;
+    }
+    const v1::RankAssignment& a = job_->a;
+    absl::StatusOr<planner::Plan> plan = planner::FromWorkerPlanProto(p, a.dp(), a.pp());
+    if (!plan.ok()) {
+      SendError(p.job_id(), p.step(), plan.status());
+      Teardown();
+      return;
+    }
+    engine::StepData data;
+    for (const v1::Chunk& c : p.chunks()) {
+      for (const v1::Piece& piece : c.pieces()) {
+        if (data.sequences.count(piece.seq())) continue;
+        engine::SequenceData sd;
+        sd.id = piece.seq();
+        if (absl::Status s = job_->data->Read(piece.seq(), &sd.tokens, &sd.labels); !s.ok()) {
+          SendError(p.job_id(), p.step(), s);
+          Teardown();
+          return;
+        }
+        data.sequences[sd.id] = std::move(sd);
+      }
+    }
+    engine::TrainOptions o;
+    o.chunk_size = p.params().chunk_size();
+    o.k = p.params().k();
+    o.optimizer = a.optimizer().name() == "sgd" ? engine::OptimizerKind::kSgd
+                                                 : engine::OptimizerKind::kAdamW;
+    o.lr = static_cast<float>(a.optimizer().lr());
+    o.beta1 = static_cast<float>(a.optimizer().beta1());
+    o.beta2 = static_cast<float>(a.optimizer().beta2());
+    o.eps = static_cast<float>(a.optimizer().eps());
+    o.weight_decay = static_cast<float>(a.optimizer().weight_decay());
+    o.clip = static_cast<float>(a.optimizer().clip_norm());
+    state_ = v1::WORKER_STATE_TRAINING;
+    const absl::Time t0 = absl::Now();
+    absl::StatusOr<WorkerStepResult> r =
+        job_->runner->RunStep(*plan, a.dp_index(), data, p.loss_tokens(), o);
+    const double seconds = absl::ToDoubleSeconds(absl::Now() - t0);
+    if (!r.ok()) {
+      SendError(p.job_id(), p.step(), r.status());
+      Teardown();  // the communicators are broken after an error
+      return;
+    }
+    if (p.checkpoint_after() && a.dp_index() == 0) {
+      if (absl::Status s = job_->runner->SaveShard(p.checkpoint_path(), a.stage(), a.pp());
+          !s.ok()) {
+        SendError(p.job_id(), p.step(), s);
+        Teardown();
+        return;
+      }
+      v1::WorkerMessage m;
+      v1::CheckpointDone* d = m.mutable_checkpoint_done();
+      d->set_job_id(p.job_id());
+      d->set_step(p.step());
+      d->set_path(p.checkpoint_path());
+      Send(m);
+    }
+    v1::StepReport rep;
+    rep.set_job_id(p.job_id());
+    rep.set_step(p.step());
+    rep.set_dp(a.dp_index());
+    rep.set_stage(a.stage());
+    rep.set_peak_memory_bytes(r->peak_bytes);
+    rep.set_loss_sum(r->loss_sum);
+    rep.set_loss_tokens(r->loss_count);
+    rep.set_step_seconds(seconds);
+    rep.set_grad_norm(r->grad_norm);
+    int64_t tokens = 0;
+    const std::vector<planner::Op>& ops = plan->ops(a.dp_index(), a.stage()).ops;
+    for (size_t i = 0; i < ops.size() && i < r->op_seconds.size(); ++i) {
+      const planner::Chunk& c = plan->chunks[ops[i].chunk];
+      v1::OpTiming* t = rep.add_timings();
+      t->set_op_index(static_cast<int32_t>(i));
+      t->set_seconds(r->op_seconds[i]);
+      t->set_tokens(c.compute_tokens);
+      t->set_attention_pairs(c.compute_pairs);
+      t->set_type(ops[i].type == planner::OpType::kForward ? v1::OP_TYPE_FORWARD
+                                                           : v1::OP_TYPE_BACKWARD);
+      t->set_recompute(ops[i].recompute);
+      const char* name = ops[i].type == planner::OpType::kBackward ? "backward"
+                         : ops[i].recompute                        ? "recompute"
+                                                                   : "forward";
+      (void)metrics_->OnOp(name, a.stage(), r->op_seconds[i]);
+      if (ops[i].type == planner::OpType::kForward && !ops[i].recompute) tokens += c.tokens;
+    }
+    rep.set_tokens(tokens);
+    metrics::MemorySample mem;
+    mem.peak_bytes = r->peak_bytes;
+    (void)metrics_->SetMemory(mem);
+    last_step_ = p.step();
+    SetHeld(job_.get(), last_step_);
+    job_->last_report = rep;
+    state_ = v1::WORKER_STATE_ASSIGNED;
+    v1::WorkerMessage m;
+    *m.mutable_step_report() = std::move(rep);
+    Send(m);
+  }
+
+  const WorkerDaemonOptions options_;
+  uint64_t incarnation_ = 0;
+  std::unique_ptr<v1::WorkerService::Stub> stub_;
+  std::string worker_id_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<v1::WorkerState> state_{v1::WORKER_STATE_IDLE};
+  absl::Mutex log_mu_;
+
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<metrics::WorkerMetrics> metrics_;
+  std::unique_ptr<metrics::MetricsServer> metrics_server_;
+
+  absl::Mutex stream_mu_;
+  grpc::ClientContext* ctx_ ABSL_GUARDED_BY(stream_mu_) = nullptr;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::WorkerMessage, v1::CoordinatorMessage>> stream_
+      ABSL_GUARDED_BY(stream_mu_);
+
+  // What Hello claims on a reconnect.
+  absl::Mutex state_mu_;
+  std::string held_job_ ABSL_GUARDED_BY(state_mu_);
+  int32_t held_stage_ ABSL_GUARDED_BY(state_mu_) = -1;
+  int32_t held_dp_ ABSL_GUARDED_BY(state_mu_) = -1;
+  int64_t held_generation_ ABSL_GUARDED_BY(state_mu_) = 0;
+  int64_t held_last_step_ ABSL_GUARDED_BY(state_mu_) = -1;
+
+  absl::Mutex q_mu_;
+  absl::CondVar q_cv_;
+  std::deque<v1::CoordinatorMessage> queue_ ABSL_GUARDED_BY(q_mu_);
+  std::thread job_thread_;
+
+  // Job thread only.
+  std::unique_ptr<JobState> job_;
+  std::optional<v1::RankAssignment> pending_;
+  int64_t last_step_ = -1;
+};
+
+}  // namespace
+
+std::unique_ptr<comm::KeyValueStore> CreateRemoteKeyValueStore(const std::string& coordinator) {
+  return std::make_unique<RemoteKeyValueStore>(coordinator);
+}
+
+absl::StatusOr<std::unique_ptr<WorkerDaemon>> WorkerDaemon::Create(
+    const WorkerDaemonOptions& options) {
+  if (options.coordinator.empty()) {
+    return absl::InvalidArgumentError("--coordinator is empty (host:port of the coordinator)");
+  }
+  auto d = std::make_unique<Daemon>(options);
+  if (absl::Status s = d->Init(); !s.ok()) return s;
+  return std::unique_ptr<WorkerDaemon>(std::move(d));
+}
+
+}  // namespace chunkflow::worker

@@ -1,0 +1,69 @@
+// The worker daemon: one process per device. Registers with the coordinator,
+// keeps a Connect stream open (reconnecting with the same incarnation when it
+// breaks, so a restarted coordinator finds it again), sends heartbeats, and
+// runs what the coordinator sends, in order, on one job thread:
+//
+//   RankAssignment + CommBootstrap  ->  communicators (Gloo over the
+//       coordinator's key-value store), StepRunner for the stage, weights
+//       from the checkpoint / model directory / seeded init
+//   StepPlanForWorker               ->  StepRunner::RunStep, checkpoint shard
+//       (dp rank 0) when asked, StepReport with per-op times and peak memory
+//   Control ABORT / RELEASE         ->  drop the job's state, become idle
+//   Control SHUTDOWN                ->  Run() returns
+//
+// A plan for a step it already applied (resent after a coordinator restart)
+// is answered with the report it kept; a step error is reported as a
+// WorkerError and the job state is dropped (the communicators are broken).
+//
+//   WorkerDaemonOptions o;  o.coordinator = "127.0.0.1:50051";
+//   absl::StatusOr<std::unique_ptr<WorkerDaemon>> w = WorkerDaemon::Create(o);
+//   absl::Status s = (*w)->Run();   // until Stop() or a SHUTDOWN control
+
+#ifndef CHUNKFLOW_WORKER_AGENT_WORKER_DAEMON_H_
+#define CHUNKFLOW_WORKER_AGENT_WORKER_DAEMON_H_
+
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "worker/comm/kv_store.h"
+
+namespace chunkflow::worker {
+
+struct WorkerDaemonOptions {
+  std::string coordinator = "127.0.0.1:50051";  // host:port of WorkerService
+  std::string name;  // stable worker name (pod name); empty: the coordinator picks
+  // Address Gloo listens on for peer connections (an interface name or a
+  // local address).
+  std::string host = "127.0.0.1";
+  // Prometheus /metrics; empty: none.
+  std::string metrics_listen;
+  std::ostream* log = &std::cerr;
+  // Stop after this long without reaching the coordinator (0: retry forever).
+  absl::Duration give_up_after = absl::ZeroDuration();
+};
+
+class WorkerDaemon {
+ public:
+  // Errors: INVALID_ARGUMENT (empty coordinator address); the metrics
+  // server's errors.
+  static absl::StatusOr<std::unique_ptr<WorkerDaemon>> Create(const WorkerDaemonOptions& options);
+  virtual ~WorkerDaemon() = default;
+
+  // Serves until Stop() or a SHUTDOWN control (OK), or until the coordinator
+  // stayed unreachable for give_up_after (UNAVAILABLE).
+  virtual absl::Status Run() = 0;
+  virtual void Stop() = 0;
+  virtual int metrics_port() const = 0;
+};
+
+// The coordinator's key-value store over gRPC (WorkerService.KvSet/KvGet):
+// Get polls (5 ms growing to 100 ms) until the key is set or `timeout`.
+std::unique_ptr<comm::KeyValueStore> CreateRemoteKeyValueStore(const std::string& coordinator);
+
+}  // namespace chunkflow::worker
+
+#endif  // CHUNKFLOW_WORKER_AGENT_WORKER_DAEMON_H_
