@@ -489,7 +489,7 @@ absl::Status Coordinator::OnMessage(const std::string& worker_id, const v1::Work
         const v1::WorkerError& e = msg.error();
         auto j = jobs_.find(w->info.job_id());
         if (j != jobs_.end() && !Finished(j->second->job.state()) && e.job_id() == j->first &&
-            !j->second->ranks.empty()) {
+            !j->second->ranks.empty() && e.generation() == j->second->job.generation()) {
           ResetJobLocked(j->second.get(),
                          absl::StrFormat("worker %s (stage %d, dp %d) failed step %d: %s",
                                          worker_id, w->info.stage(), w->info.dp_index(), e.step(),
@@ -793,7 +793,7 @@ void Coordinator::OnReportLocked(WorkerEntry* w, const v1::StepReport& r, Outbox
   if (it == jobs_.end() || w->info.job_id() != r.job_id()) return;  // stale: an old assignment
   JobEntry* job = it->second.get();
   if (!job->in_flight || r.step() != job->plan.step() || r.stage() != w->info.stage() ||
-      r.dp() != w->info.dp_index()) {
+      r.dp() != w->info.dp_index() || r.generation() != job->job.generation()) {
     return;  // a resent report of a committed step, or of an older generation
   }
   w->info.set_peak_memory_bytes(r.peak_memory_bytes());

@@ -118,6 +118,7 @@ struct FakeWorker {
         r->set_dp(assignment.dp_index());
         r->set_stage(assignment.stage());
         r->set_peak_memory_bytes(peak);
+        r->set_generation(assignment.generation());
         r->set_step_seconds(0.5);
         int64_t tokens = 0;
         for (const v1::Chunk& ch : p.chunks()) {
@@ -392,10 +393,16 @@ TEST_F(CoordinatorTest, WorkerError_ResetsThenFailsAfterRepeatedErrors) {
   const std::string id = coordinator_->SubmitJob(Spec(1, 1, 3))->id();
   FakeWorker w;
   w.Join(coordinator_.get(), "a", 1);
+  v1::WorkerMessage stale;
+  stale.mutable_error()->set_job_id(id);
+  stale.mutable_error()->set_generation(0);  // an older assignment's error
+  ASSERT_TRUE(coordinator_->OnMessage(w.id, stale).ok());
+  EXPECT_EQ(coordinator_->GetJob(id)->generation(), 1) << "ignored: no reset";
   for (int i = 0; i < Coordinator::kMaxConsecutiveResets; ++i) {
     v1::WorkerMessage m;
     m.mutable_error()->set_job_id(id);
     m.mutable_error()->set_message("tokens out of the vocabulary");
+    m.mutable_error()->set_generation(coordinator_->GetJob(id)->generation());
     ASSERT_TRUE(coordinator_->OnMessage(w.id, m).ok());
   }
   v1::Job job = *coordinator_->GetJob(id);

@@ -285,10 +285,12 @@ class Daemon final : public WorkerDaemon {
     if (stream_) stream_->Write(m);  // a broken stream drops it; reports are kept for resends
   }
 
-  void SendError(const std::string& job, int64_t step, const absl::Status& s) {
+  void SendError(const std::string& job, int64_t step, const absl::Status& s,
+                 int64_t generation = -1) {
     Log(absl::StrCat("job ", job, " step ", step, ": ", s.ToString()));
     v1::WorkerMessage m;
     v1::WorkerError* e = m.mutable_error();
+    e->set_generation(generation >= 0 ? generation : job_ ? job_->a.generation() : 0);
     e->set_job_id(job);
     e->set_step(step);
     e->set_code(static_cast<int32_t>(s.code()));
@@ -341,7 +343,7 @@ class Daemon final : public WorkerDaemon {
         absl::Status s = Setup(a, m.bootstrap());
         if (!s.ok()) {
           job_.reset();
-          SendError(a.job_id(), -1, s);
+          SendError(a.job_id(), -1, s, a.generation());
           SetHeld(nullptr, -1);
           state_ = v1::WORKER_STATE_IDLE;
         }
@@ -569,6 +571,7 @@ class Daemon final : public WorkerDaemon {
     rep.set_loss_tokens(r->loss_count);
     rep.set_step_seconds(seconds);
     rep.set_grad_norm(r->grad_norm);
+    rep.set_generation(a.generation());
     int64_t tokens = 0;
     const std::vector<planner::Op>& ops = plan->ops(a.dp_index(), a.stage()).ops;
     for (size_t i = 0; i < ops.size() && i < r->op_seconds.size(); ++i) {
