@@ -1,5 +1,8 @@
 // chunkflowctl: the ChunkFlow admin client.
 //
+//   chunkflowctl local [flags]     the main job: a whole cluster on this machine
+//   chunkflowctl coordinator|worker [flags]   the daemons
+//   chunkflowctl submit|get-job|list-jobs|cancel|list-workers|drain|update-schedule|watch
 //   chunkflowctl plan [flags]      plan a dataset offline and compare strategies
 //   chunkflowctl convert [flags]   JSONL with input_ids -> Megatron .bin/.idx
 //
@@ -19,6 +22,7 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "cli/cluster_command.h"
 #include "cli/plan_command.h"
 #include "cli/train_command.h"
 #include "dataset/indexed_dataset.h"
@@ -36,15 +40,19 @@ ABSL_FLAG(uint64_t, seed, 1,
           "plan/train/eval: seed of the dataset cursor's shuffle and of random weights");
 ABSL_FLAG(int64_t, chunk_size, -1,
           "plan/train/eval: ChunkSize, tokens per chunk (default: plan and eval 8192, train 1024)");
-ABSL_FLAG(int32_t, k, 1, "plan/train: chunks of one sequence that keep activations at once");
-ABSL_FLAG(int32_t, dp, 2, "plan: data-parallel ranks");
-ABSL_FLAG(int32_t, pp, 4, "plan: pipeline stages");
+ABSL_FLAG(int32_t, k, -1,
+          "plan/train/submit/local/update-schedule: K, chunks of one sequence that keep "
+          "activations at once (default 1; update-schedule: keep the job's)");
+ABSL_FLAG(int32_t, dp, -1, "plan/submit/local: data-parallel ranks (default: plan 2, submit 1, local 2)");
+ABSL_FLAG(int32_t, pp, -1, "plan/submit/local: pipeline stages (default: plan 4, submit 1, local 2)");
 ABSL_FLAG(std::string, model, "qwen2.5-7b",
           "plan: model preset (tiny, qwen2.5-0.5b, qwen2.5-7b, qwen2.5-14b, llama3-8b)");
 ABSL_FLAG(std::string, model_config, "",
           "plan: Hugging Face config.json (or its folder); overrides --model");
 ABSL_FLAG(double, device_tflops, 400, "plan: effective TFLOP/s per device for the cost model");
-ABSL_FLAG(double, memory_budget_gib, 80, "plan: device memory budget per stage, GiB");
+ABSL_FLAG(double, memory_budget_gib, -1,
+          "plan/submit/local: device memory budget per stage, GiB (default: plan 80; submit and "
+          "local 0 = none). Over it, the coordinator lowers K, then ChunkSize, for the next step");
 ABSL_FLAG(int64_t, max_length, 0,
           "plan: packing length of the baselines; 0 = the dataset's longest document");
 ABSL_FLAG(bool, sweep, false,
@@ -67,6 +75,39 @@ ABSL_FLAG(std::string, output_dir, "",
           "train: write the checkpoint here (config.json, model.safetensors, "
           "optimizer.safetensors)");
 ABSL_FLAG(int64_t, max_documents, 0, "eval: documents to evaluate from the start; 0 = all");
+ABSL_FLAG(std::string, coordinator, "127.0.0.1:50051",
+          "worker and admin commands: host:port of the coordinator");
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "coordinator: host:port to serve gRPC on");
+ABSL_FLAG(std::string, db, "", "coordinator: RocksDB directory (jobs, step log, workers)");
+ABSL_FLAG(std::string, port_file, "", "coordinator: write the bound port here once listening");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "coordinator/worker: host:port for Prometheus /metrics (port 0: a free one); empty: none");
+ABSL_FLAG(double, heartbeat_timeout_s, 10,
+          "coordinator: a worker silent this long is lost (its job goes back to a checkpoint)");
+ABSL_FLAG(double, comm_timeout_s, 60,
+          "coordinator: bound on every worker communicator operation (a dead peer surfaces "
+          "after this long)");
+ABSL_FLAG(std::string, name, "", "worker: stable worker name (e.g. the pod name); submit: job name");
+ABSL_FLAG(std::string, host, "127.0.0.1",
+          "worker: address or interface Gloo listens on for its peers");
+ABSL_FLAG(double, give_up_after_s, 0,
+          "worker: exit after this long without reaching the coordinator; 0 = retry forever");
+ABSL_FLAG(std::string, job, "", "get-job/cancel/update-schedule/watch: the job id");
+ABSL_FLAG(std::string, worker, "", "drain: the worker id");
+ABSL_FLAG(std::string, reason, "", "cancel: why (recorded in the job's events)");
+ABSL_FLAG(bool, watch, false, "submit: watch the job's progress after submitting it");
+ABSL_FLAG(std::string, checkpoint_dir, "",
+          "submit/local: where workers write checkpoints (local: <workdir>/<run>/checkpoints)");
+ABSL_FLAG(int64_t, checkpoint_every, -1,
+          "submit/local: checkpoint every N steps (and after the last); default: local 5, submit 0 "
+          "= only after the last");
+ABSL_FLAG(std::string, workdir, "/tmp/chunkflow-local",
+          "local: each run gets a folder here with db/, checkpoints/ and logs/");
+ABSL_FLAG(int32_t, port, 0, "local: coordinator port (0: a free one)");
+ABSL_FLAG(int32_t, metrics_port, -1,
+          "local: coordinator /metrics port, workers on the next dp x pp ports (-1: none)");
+ABSL_FLAG(bool, keep_running, false,
+          "local: keep the cluster up after the job (Ctrl-C stops it), e.g. for a Prometheus scrape");
 
 namespace {
 
@@ -82,6 +123,25 @@ Commands:
                   --chunk_size=16384 --k=2
               chunkflowctl plan --dataset=/data/corpus_text_document --sweep
               chunkflowctl plan --format=json --output=plan.json
+  local     The main job: start a coordinator and dp x pp workers as processes
+            on this machine, submit a job (default: a 3.5 M-parameter Qwen2-style
+            model, 20 steps of 16 documents from a synthetic long-tailed dataset,
+            ChunkSize 512, dp 2 x pp 2), print one progress line per step, stop
+            everything at the end or on Ctrl-C.
+              chunkflowctl local
+              chunkflowctl local --dp=1 --pp=4 --steps=50 --chunk_size=256 --k=2
+  coordinator  Run the coordinator daemon (gRPC, RocksDB, /metrics).
+              chunkflowctl coordinator --listen=0.0.0.0:50051 --db=/var/lib/chunkflow \
+                  --metrics_listen=0.0.0.0:9090
+  worker    Run a worker daemon for one device.
+              chunkflowctl worker --coordinator=coord:50051 --name=$POD_NAME --host=eth0
+  submit | get-job | list-jobs | cancel | list-workers | drain | update-schedule | watch
+            The AdminService calls (--format=json for machine output).
+              chunkflowctl submit --coordinator=coord:50051 --dataset=/data/corpus \
+                  --model_dir=/models/Qwen2.5-0.5B --dp=4 --pp=2 --steps=1000 \
+                  --global_batch=64 --chunk_size=8192 --k=2 --checkpoint_dir=/ckpt --watch
+              chunkflowctl watch --job=job-000001
+              chunkflowctl update-schedule --job=job-000001 --chunk_size=4096
   train     Train a model in this process with ChunkFlow: global batches from
             the seeded cursor, chunks of --chunk_size, K, --stages pipeline
             stages; one progress line per step (loss, tokens/s, peak memory);
@@ -126,7 +186,7 @@ int RunTrain() {
   o.global_batch = Or(absl::GetFlag(FLAGS_global_batch), o.global_batch);
   o.seed = absl::GetFlag(FLAGS_seed);
   o.train.chunk_size = Or(absl::GetFlag(FLAGS_chunk_size), int64_t{1024});
-  o.train.k = absl::GetFlag(FLAGS_k);
+  o.train.k = static_cast<int32_t>(Or(absl::GetFlag(FLAGS_k), 1));
   const std::string opt = absl::GetFlag(FLAGS_optimizer);
   if (opt == "adamw") {
     o.train.optimizer = chunkflow::engine::OptimizerKind::kAdamW;
@@ -155,6 +215,104 @@ int RunEval() {
   return s.ok() ? 0 : Fail(s);
 }
 
+// The job spec of submit and local from the flags.
+absl::StatusOr<chunkflow::v1::JobSpec> SpecFromFlags(bool local) {
+  chunkflow::v1::JobSpec spec;
+  spec.set_name(absl::GetFlag(FLAGS_name));
+  spec.set_dp(static_cast<int32_t>(Or(absl::GetFlag(FLAGS_dp), local ? 2 : 1)));
+  spec.set_pp(static_cast<int32_t>(Or(absl::GetFlag(FLAGS_pp), local ? 2 : 1)));
+  spec.set_steps(Or(absl::GetFlag(FLAGS_steps), local ? 20 : 10));
+  spec.set_global_batch(Or(absl::GetFlag(FLAGS_global_batch), 16));
+  spec.set_seed(static_cast<int64_t>(absl::GetFlag(FLAGS_seed)));
+  spec.mutable_dataset()->set_path(
+      Or(absl::GetFlag(FLAGS_dataset), std::string("synthetic:lmsys:n=2000,seed=1,max=2048")));
+  spec.mutable_schedule()->set_chunk_size(Or(absl::GetFlag(FLAGS_chunk_size), local ? 512 : 4096));
+  spec.mutable_schedule()->set_k(static_cast<int32_t>(Or(absl::GetFlag(FLAGS_k), 1)));
+  chunkflow::v1::OptimizerConfig* opt = spec.mutable_optimizer();
+  opt->set_name(absl::GetFlag(FLAGS_optimizer));
+  opt->set_lr(absl::GetFlag(FLAGS_lr));
+  opt->set_weight_decay(absl::GetFlag(FLAGS_weight_decay));
+  opt->set_clip_norm(absl::GetFlag(FLAGS_clip));
+  const double budget = absl::GetFlag(FLAGS_memory_budget_gib);
+  if (budget > 0) spec.set_memory_budget_bytes(static_cast<int64_t>(budget * (1LL << 30)));
+  spec.set_checkpoint_dir(absl::GetFlag(FLAGS_checkpoint_dir));
+  spec.set_checkpoint_every(Or(absl::GetFlag(FLAGS_checkpoint_every), local ? 5 : 0));
+  const std::string model_dir = absl::GetFlag(FLAGS_model_dir);
+  const std::string model_config = absl::GetFlag(FLAGS_model_config);
+  if (!model_dir.empty() && !model_config.empty()) {
+    return absl::InvalidArgumentError("pass --model_dir or --model_config, not both");
+  }
+  if (!model_dir.empty()) {
+    spec.mutable_model()->set_path(model_dir);
+  } else if (!model_config.empty()) {
+    std::ifstream in(model_config);
+    std::stringstream text;
+    if (!(text << in.rdbuf())) {
+      return absl::NotFoundError(absl::StrCat("--model_config: cannot read ", model_config));
+    }
+    spec.mutable_model()->set_config_json(text.str());
+  } else if (local) {
+    spec.mutable_model()->set_config_json(chunkflow::cli::SmallModelConfigJson());
+  }
+  return spec;
+}
+
+int RunCluster(const std::string& command) {
+  if (command == "coordinator") {
+    chunkflow::cli::CoordinatorCommandOptions o;
+    o.listen = absl::GetFlag(FLAGS_listen);
+    o.db_dir = absl::GetFlag(FLAGS_db);
+    o.port_file = absl::GetFlag(FLAGS_port_file);
+    o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+    o.heartbeat_timeout = absl::Seconds(absl::GetFlag(FLAGS_heartbeat_timeout_s));
+    o.comm_timeout = absl::Seconds(absl::GetFlag(FLAGS_comm_timeout_s));
+    absl::Status s = chunkflow::cli::RunCoordinatorCommand(o, std::cerr);
+    return s.ok() ? 0 : Fail(s);
+  }
+  if (command == "worker") {
+    chunkflow::cli::WorkerCommandOptions o;
+    o.coordinator = absl::GetFlag(FLAGS_coordinator);
+    o.name = absl::GetFlag(FLAGS_name);
+    o.host = absl::GetFlag(FLAGS_host);
+    o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+    o.give_up_after = absl::Seconds(absl::GetFlag(FLAGS_give_up_after_s));
+    absl::Status s = chunkflow::cli::RunWorkerCommand(o, std::cerr);
+    return s.ok() ? 0 : Fail(s);
+  }
+  if (command == "local") {
+    absl::StatusOr<chunkflow::v1::JobSpec> spec = SpecFromFlags(true);
+    if (!spec.ok()) return Fail(spec.status());
+    chunkflow::cli::LocalCommandOptions o;
+    o.spec = *spec;
+    o.workdir = absl::GetFlag(FLAGS_workdir);
+    o.port = absl::GetFlag(FLAGS_port);
+    o.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+    o.keep_running = absl::GetFlag(FLAGS_keep_running);
+    absl::Status s = chunkflow::cli::RunLocalCommand(o, std::cout, std::cerr);
+    return s.ok() ? 0 : Fail(s);
+  }
+  chunkflow::cli::AdminCommandOptions o;
+  o.coordinator = absl::GetFlag(FLAGS_coordinator);
+  o.command = command;
+  o.format = absl::GetFlag(FLAGS_format);
+  o.job_id = absl::GetFlag(FLAGS_job);
+  o.worker_id = absl::GetFlag(FLAGS_worker);
+  o.reason = absl::GetFlag(FLAGS_reason);
+  o.watch_after_submit = absl::GetFlag(FLAGS_watch);
+  if (command == "submit") {
+    absl::StatusOr<chunkflow::v1::JobSpec> spec = SpecFromFlags(false);
+    if (!spec.ok()) return Fail(spec.status());
+    o.spec = *spec;
+  }
+  if (command == "update-schedule") {
+    // Flags left at their defaults keep the job's value (0 = keep).
+    o.schedule.set_chunk_size(Or(absl::GetFlag(FLAGS_chunk_size), 0));
+    o.schedule.set_k(static_cast<int32_t>(Or(absl::GetFlag(FLAGS_k), 0)));
+  }
+  absl::Status s = chunkflow::cli::RunAdminCommand(o, std::cout, std::cerr);
+  return s.ok() ? 0 : Fail(s);
+}
+
 int RunPlan() {
   chunkflow::cli::PlanOptions o;
   o.dataset = Or(absl::GetFlag(FLAGS_dataset), std::string("synthetic:paper-eval:n=20000,seed=1"));
@@ -162,13 +320,15 @@ int RunPlan() {
   o.steps = Or(absl::GetFlag(FLAGS_steps), int64_t{4});
   o.seed = absl::GetFlag(FLAGS_seed);
   o.chunk_size = Or(absl::GetFlag(FLAGS_chunk_size), int64_t{8192});
-  o.k = absl::GetFlag(FLAGS_k);
-  o.dp = absl::GetFlag(FLAGS_dp);
-  o.pp = absl::GetFlag(FLAGS_pp);
+  o.k = static_cast<int32_t>(Or(absl::GetFlag(FLAGS_k), 1));
+  o.dp = static_cast<int32_t>(Or(absl::GetFlag(FLAGS_dp), 2));
+  o.pp = static_cast<int32_t>(Or(absl::GetFlag(FLAGS_pp), 4));
   o.model = absl::GetFlag(FLAGS_model);
   o.model_config = absl::GetFlag(FLAGS_model_config);
   o.device_tflops = absl::GetFlag(FLAGS_device_tflops);
-  o.memory_budget_gib = absl::GetFlag(FLAGS_memory_budget_gib);
+  o.memory_budget_gib = absl::GetFlag(FLAGS_memory_budget_gib) < 0
+                            ? 80.0
+                            : absl::GetFlag(FLAGS_memory_budget_gib);
   o.max_length = absl::GetFlag(FLAGS_max_length);
   o.sweep = absl::GetFlag(FLAGS_sweep);
   o.format = absl::GetFlag(FLAGS_format);
@@ -232,7 +392,12 @@ int main(int argc, char** argv) {
   if (command == "convert") return RunConvert();
   if (command == "train") return RunTrain();
   if (command == "eval") return RunEval();
+  for (const char* c : {"coordinator", "worker", "local", "submit", "get-job", "list-jobs", "cancel",
+                        "list-workers", "drain", "update-schedule", "watch"}) {
+    if (command == c) return RunCluster(command);
+  }
   std::cerr << "chunkflowctl: unknown command '" << command
-            << "'; commands: plan, train, eval, convert\n";
+            << "'; commands: local, coordinator, worker, submit, get-job, list-jobs, cancel, "
+               "list-workers, drain, update-schedule, watch, plan, train, eval, convert\n";
   return 2;
 }

@@ -678,7 +678,7 @@ void Coordinator::StartStepLocked(JobEntry* job, Outbox* out) {
   }
   if (*last + 1 >= spec.steps()) {
     FinishJobLocked(job, v1::JOB_STATE_COMPLETED,
-                    absl::StrCat("completed ", spec.steps(), " steps; final loss ",
+                    absl::StrCat(spec.steps(), " steps; final loss ",
                                  absl::StrFormat("%.4f", job->job.last_loss())),
                     out);
     return;
