@@ -1,5 +1,6 @@
 #include "coordinator/cursor.h"
 
+#include <algorithm>
 #include <random>
 #include <utility>
 
@@ -46,12 +47,10 @@ const std::vector<int64_t>& DatasetCursor::Order(int64_t epoch) {
 
 absl::StatusOr<std::vector<int64_t>> DatasetCursor::Batch(int64_t step) {
   if (step < 0) return absl::InvalidArgumentError(absl::StrCat("step must be >= 0, got ", step));
-  std::vector<int64_t> docs;
-  docs.reserve(batch_);
-  for (int64_t pos = step * batch_; pos < (step + 1) * batch_; ++pos) {
-    docs.push_back(Order(pos / num_documents_)[pos % num_documents_]);
-  }
-  return docs;
+  const std::vector<int64_t>& order = Order(EpochOf(step));
+  const int64_t first = (step % StepsPerEpoch()) * batch_;
+  const int64_t end = std::min(first + batch_, num_documents_);
+  return std::vector<int64_t>(order.begin() + first, order.begin() + end);
 }
 
 }  // namespace chunkflow

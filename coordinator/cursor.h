@@ -4,9 +4,14 @@
 // epochs; epoch e is a Fisher-Yates shuffle of [0, n) driven by
 // std::mt19937_64 (its output is fixed by the C++ standard; the bounded draw is
 // ours, since the standard distributions differ between library
-// implementations). Step s takes stream positions [s * batch, (s + 1) * batch),
-// so a batch may straddle an epoch boundary and every document is consumed
-// exactly once per epoch: nothing is dropped at an epoch's end.
+// implementations). Batches never straddle an epoch: epoch e has
+// ceil(n / batch) steps, step i of it takes positions [i * batch, (i + 1) *
+// batch) of epoch e's order, and the epoch's last step takes what is left
+// (n mod batch documents, when that is not 0). So every document is consumed
+// exactly once per epoch, nothing is dropped, and no batch holds a document
+// twice (a straddling batch could: the tail of epoch e and the head of e + 1
+// may share one, and two copies of a sequence in one step would share its
+// state store on the worker).
 //
 //   absl::StatusOr<DatasetCursor> cursor =
 //       DatasetCursor::Create(/*num_documents=*/lengths.size(), /*seed=*/1, /*batch=*/256);
@@ -32,12 +37,14 @@ class DatasetCursor {
   static absl::StatusOr<DatasetCursor> Create(int64_t num_documents, uint64_t seed,
                                               int64_t batch);
 
-  // Documents of global step `step` (counting across epochs), in stream order.
+  // Documents of global step `step` (counting across epochs), in stream order:
+  // `batch` of them, fewer for the last step of an epoch.
   // Errors: INVALID_ARGUMENT for step < 0.
   absl::StatusOr<std::vector<int64_t>> Batch(int64_t step);
 
   // The epoch the first document of `step` belongs to.
-  int64_t EpochOf(int64_t step) const { return step * batch_ / num_documents_; }
+  int64_t EpochOf(int64_t step) const { return step / StepsPerEpoch(); }
+  int64_t StepsPerEpoch() const { return (num_documents_ + batch_ - 1) / batch_; }
 
  private:
   DatasetCursor(int64_t num_documents, uint64_t seed, int64_t batch)

@@ -19,22 +19,31 @@ TEST(EpochOrder, IsPermutation_DeterministicPerSeedAndEpoch) {
   EXPECT_NE(a, EpochOrder(1000, 7, 1));
 }
 
-// 103 documents in batches of 10: epoch boundaries fall inside batches, and
-// each epoch still consumes every document exactly once.
-TEST(DatasetCursor, EveryEpoch_ConsumesEveryDocumentOnce) {
+// 103 documents in batches of 10: 11 steps per epoch, the last one holding
+// the epoch's 3 remaining documents; each epoch consumes every document
+// exactly once and no batch holds a document twice.
+TEST(DatasetCursor, EveryEpoch_ConsumesEveryDocumentOnce_NoBatchStraddles) {
   DatasetCursor cursor = *DatasetCursor::Create(103, 1, 10);
+  EXPECT_EQ(cursor.StepsPerEpoch(), 11);
   std::vector<int64_t> stream;
-  for (int64_t step = 0; step < 31; ++step) {  // 310 documents: 3 epochs + 1
+  for (int64_t step = 0; step < 33; ++step) {  // 3 epochs
     std::vector<int64_t> batch = *cursor.Batch(step);
-    ASSERT_EQ(batch.size(), 10u);
+    ASSERT_EQ(batch.size(), step % 11 == 10 ? 3u : 10u) << "step " << step;
+    std::vector<int64_t> sorted = batch;
+    std::sort(sorted.begin(), sorted.end());
+    EXPECT_EQ(std::unique(sorted.begin(), sorted.end()), sorted.end()) << "step " << step;
     stream.insert(stream.end(), batch.begin(), batch.end());
   }
+  ASSERT_EQ(stream.size(), 3u * 103);
   for (int epoch = 0; epoch < 3; ++epoch) {
     std::vector<int64_t> part(stream.begin() + epoch * 103, stream.begin() + (epoch + 1) * 103);
     EXPECT_EQ(part, EpochOrder(103, 1, epoch)) << "epoch " << epoch;
   }
-  EXPECT_EQ(cursor.EpochOf(10), 0);  // positions 100..109 start in epoch 0
+  EXPECT_EQ(cursor.EpochOf(10), 0);  // the short last step of epoch 0
   EXPECT_EQ(cursor.EpochOf(11), 1);
+  // A batch equal to the dataset: one step per epoch, each a full permutation.
+  DatasetCursor whole = *DatasetCursor::Create(7, 2, 7);
+  EXPECT_EQ(*whole.Batch(3), EpochOrder(7, 2, 3));
 }
 
 TEST(DatasetCursor, Replay_GivesTheSameBatches) {

@@ -230,13 +230,10 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* ctx, const v1::ListJobsRequest*,
                                      v1::ListJobsResponse* resp) override {
     absl::StatusOr<std::vector<v1::Job>> jobs = core_->ListJobs();
-    absl::StatusOr<v1::ListJobsResponse> out = jobs.status();
-    if (jobs.ok()) {
-      v1::ListJobsResponse r;
-      for (v1::Job& j : *jobs) *r.add_jobs() = std::move(j);
-      out = std::move(r);
-    }
-    return Reply(ctx, std::move(out), resp);
+    if (!jobs.ok()) return Reply(ctx, absl::StatusOr<v1::ListJobsResponse>(jobs.status()), resp);
+    v1::ListJobsResponse r;
+    for (v1::Job& j : *jobs) *r.add_jobs() = std::move(j);
+    return Reply(ctx, absl::StatusOr<v1::ListJobsResponse>(std::move(r)), resp);
   }
   grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* ctx,
                                       const v1::CancelJobRequest* req, v1::Job* resp) override {

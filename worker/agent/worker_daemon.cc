@@ -42,6 +42,12 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
+  // gRPC's default reconnect backoff grows to minutes; a worker must find a
+  // restarted coordinator well within its heartbeat timeout.
+  // (The "min" backoff is also the connect timeout of one attempt.)
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 1000);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
   return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
 }
 
@@ -173,7 +179,7 @@ class Daemon final : public WorkerDaemon {
                          absl::FormatDuration(options_.give_up_after), ": ", s.message()));
         break;
       }
-      absl::SleepFor(absl::Milliseconds(std::min(2000, 100 * failures)));
+      absl::SleepFor(absl::Milliseconds(std::min(500, 50 * failures)));
       if (s.ok()) failures = 0;
     }
     stopping_ = true;
@@ -188,7 +194,8 @@ class Daemon final : public WorkerDaemon {
  private:
   void Log(const std::string& line) {
     absl::MutexLock lock(&log_mu_);
-    *options_.log << "[worker " << (worker_id_.empty() ? options_.name : worker_id_) << "] "
+    *options_.log << absl::FormatTime("%H:%M:%E3S ", absl::Now(), absl::LocalTimeZone())
+                  << "[worker " << (worker_id_.empty() ? options_.name : worker_id_) << "] "
                   << line << std::endl;
   }
 
@@ -209,7 +216,8 @@ class Daemon final : public WorkerDaemon {
     v1::RegisterResponse resp;
     {
       grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+      ctx.set_wait_for_ready(true);  // wait for the channel instead of failing fast
       absl::Status s = FromGrpc(stub_->Register(&ctx, req, &resp));
       if (!s.ok()) return s;
     }
