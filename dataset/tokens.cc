@@ -1,5 +1,7 @@
 #include "dataset/tokens.h"
 
+#include <algorithm>
+
 #include <limits>
 
 #include "absl/strings/match.h"
@@ -45,6 +47,10 @@ class SyntheticSource : public TokenSource {
     labels->clear();
     return Narrow(t, doc, "token", tokens);
   }
+  absl::StatusOr<int64_t> CountTargets(int64_t doc) const override {
+    if (absl::Status s = CheckDoc(doc, num_documents()); !s.ok()) return s;
+    return std::max<int64_t>(0, lengths_[doc] - 1);  // no labels: every next token
+  }
 
  private:
   SyntheticSpec spec_;
@@ -88,6 +94,11 @@ class IndexedSource : public TokenSource {
     if (absl::Status s = labels_->ReadDocument(doc, &t); !s.ok()) return s;
     return Narrow(t, doc, "label", labels);
   }
+  absl::StatusOr<int64_t> CountTargets(int64_t doc) const override {
+    if (labels_) return TokenSource::CountTargets(doc);
+    if (absl::Status s = CheckDoc(doc, num_documents()); !s.ok()) return s;
+    return std::max<int64_t>(0, lengths_[doc] - 1);
+  }
 
  private:
   std::unique_ptr<IndexedDataset> tokens_, labels_;
@@ -95,6 +106,15 @@ class IndexedSource : public TokenSource {
 };
 
 }  // namespace
+
+absl::StatusOr<int64_t> TokenSource::CountTargets(int64_t doc) const {
+  std::vector<int32_t> tokens, labels;
+  if (absl::Status s = Read(doc, &tokens, &labels); !s.ok()) return s;
+  const std::vector<int32_t>& l = labels.empty() ? tokens : labels;
+  int64_t n = 0;
+  for (size_t p = 1; p < l.size(); ++p) n += l[p] != -100;  // kIgnoreIndex
+  return n;
+}
 
 absl::StatusOr<std::unique_ptr<TokenSource>> TokenSource::Open(absl::string_view spec,
                                                                int64_t vocab_size) {

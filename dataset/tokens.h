@@ -39,6 +39,13 @@ class TokenSource {
   // for a token id that does not fit int32; read errors of the files.
   virtual absl::Status Read(int64_t doc, std::vector<int32_t>* tokens,
                             std::vector<int32_t>* labels) const = 0;
+
+  // Positions of `doc` that carry a loss, as the engine counts them
+  // (StepData::TargetCount): labels[p] != -100 for p >= 1, where labels are
+  // the tokens when the dataset has none. Sources without labels answer from
+  // the length alone (length - 1) without reading tokens: the coordinator
+  // calls this for every document of every step. Errors: as Read.
+  virtual absl::StatusOr<int64_t> CountTargets(int64_t doc) const;
 };
 
 }  // namespace chunkflow::dataset

@@ -56,6 +56,29 @@ TEST(TokenSource, JsonlAndConvertedIndexed_SameTokensAndLabels) {
   EXPECT_EQ(l, (std::vector<int32_t>{8, 9}));  // the converter's labels file repeats them
 }
 
+// CountTargets agrees with the engine's rule (labels[p] != -100 for p >= 1,
+// tokens when there are no labels) on every kind of source.
+TEST(TokenSource, CountTargets_MatchesTheEngineRule) {
+  const std::string path = Tmp("targets.jsonl");
+  std::ofstream(path) << "{\"input_ids\": [5, 6, 7, 8], \"labels\": [-100, -100, 7, 8]}\n"
+                      << "{\"input_ids\": [8, 9, 3]}\n"
+                      << "{\"input_ids\": [4]}\n";
+  std::unique_ptr<TokenSource> j = *TokenSource::Open(path, 0);
+  EXPECT_EQ(*j->CountTargets(0), 2);
+  EXPECT_EQ(*j->CountTargets(1), 2);
+  EXPECT_EQ(*j->CountTargets(2), 0);
+  ASSERT_TRUE(ConvertJsonlToIndexed(path, Tmp("targets"), std::nullopt).ok());
+  std::unique_ptr<TokenSource> m = *TokenSource::Open(Tmp("targets"), 0);
+  for (int64_t d = 0; d < 3; ++d) EXPECT_EQ(*m->CountTargets(d), *j->CountTargets(d)) << d;
+  std::unique_ptr<TokenSource> syn = *TokenSource::Open("synthetic:lmsys:n=20,seed=2,max=900", 50);
+  for (int64_t d = 0; d < 20; ++d) {
+    std::vector<int32_t> t, l;
+    ASSERT_TRUE(syn->Read(d, &t, &l).ok());
+    EXPECT_EQ(*syn->CountTargets(d), static_cast<int64_t>(t.size()) - 1) << d;
+  }
+  EXPECT_EQ(syn->CountTargets(20).status().code(), absl::StatusCode::kOutOfRange);
+}
+
 TEST(TokenSource, MissingPath_NotFound) {
   EXPECT_EQ(TokenSource::Open("/no/such/prefix", 0).status().code(), absl::StatusCode::kNotFound);
 }

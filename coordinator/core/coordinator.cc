@@ -13,7 +13,6 @@
 #include "coordinator/planner/planner.h"
 #include "coordinator/planner/simulator.h"
 #include "nlohmann/json.hpp"
-#include "worker/engine/chunk_input.h"
 #include "worker/engine/params.h"
 
 namespace chunkflow::coordinator {
@@ -704,17 +703,16 @@ void Coordinator::StartStepLocked(JobEntry* job, Outbox* out) {
     return;
   }
   planner::PlanRequest req;
-  engine::StepData targets;
+  int64_t loss_tokens = 0;
   for (int64_t doc : *docs) {
     req.sequences.push_back({doc, job->resolved->data->lengths()[doc]});
-    engine::SequenceData s;
-    s.id = doc;
-    if (absl::Status st = job->resolved->data->Read(doc, &s.tokens, &s.labels); !st.ok()) {
+    absl::StatusOr<int64_t> n = job->resolved->data->CountTargets(doc);
+    if (!n.ok()) {
       FinishJobLocked(job, v1::JOB_STATE_FAILED,
-                      absl::StrCat("cannot read document ", doc, ": ", st.message()), out);
+                      absl::StrCat("cannot read document ", doc, ": ", n.status().message()), out);
       return;
     }
-    targets.sequences[doc] = std::move(s);
+    loss_tokens += *n;
   }
   const v1::ScheduleParams& sched = job->job.current_schedule();
   req.chunk_size = sched.chunk_size();
@@ -736,7 +734,7 @@ void Coordinator::StartStepLocked(JobEntry* job, Outbox* out) {
   msg.set_step(step);
   msg.mutable_params()->set_balance(sched.balance());
   for (int64_t doc : *docs) msg.add_samples(doc);
-  msg.set_loss_tokens(targets.TargetCount());
+  msg.set_loss_tokens(loss_tokens);
   const CursorState cursor{step + 1, static_cast<uint64_t>(spec.seed()), spec.global_batch()};
   if (absl::Status s = options_.store->PutPlannedStep(id, msg, cursor); !s.ok()) {
     FinishJobLocked(job, v1::JOB_STATE_FAILED,
