@@ -24,6 +24,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "coordinator/service/service.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
@@ -203,15 +204,18 @@ absl::Status RunCoordinatorCommand(const CoordinatorCommandOptions& o, std::ostr
   so.heartbeat_timeout = o.heartbeat_timeout;
   so.heartbeat_interval = std::min(absl::Seconds(1), o.heartbeat_timeout / 4);
   so.comm_timeout = o.comm_timeout;
-  std::unique_ptr<coordinator::CoordinatorServer> server;
+  // The signal thread only notifies; this thread shuts the server down (a
+  // signal during Start is kept until then).
+  absl::Notification stop;
   SignalWatcher signals([&](int sig) {
+    if (stop.HasBeenNotified()) return;
     out << "coordinator: signal " << sig << ", shutting down" << std::endl;
-    if (server) server->Shutdown();
+    stop.Notify();
   });
   absl::StatusOr<std::unique_ptr<coordinator::CoordinatorServer>> s =
       coordinator::CoordinatorServer::Start(so);
   if (!s.ok()) return s.status();
-  server = std::move(*s);
+  std::unique_ptr<coordinator::CoordinatorServer> server = std::move(*s);
   if (!o.port_file.empty()) {
     const std::string tmp = o.port_file + ".tmp";
     std::ofstream f(tmp);
@@ -224,7 +228,8 @@ absl::Status RunCoordinatorCommand(const CoordinatorCommandOptions& o, std::ostr
   out << "coordinator listening on port " << server->port() << " (database " << o.db_dir;
   if (server->metrics_port() > 0) out << ", /metrics on port " << server->metrics_port();
   out << ")" << std::endl;
-  server->Wait();
+  stop.WaitForNotification();
+  server->Shutdown();
   server.reset();
   return absl::OkStatus();
 }
@@ -440,6 +445,23 @@ absl::Status Spawn(const std::string& self, Child* c, const std::map<std::string
   if (fd < 0) return absl::UnavailableError(absl::StrCat("cannot open ", c->log, ": ", std::strerror(errno)));
   std::vector<std::string> argv = {self};
   argv.insert(argv.end(), c->args.begin(), c->args.end());
+  // Everything the child needs is built before fork: after it, in a
+  // multi-threaded parent, the child may only call async-signal-safe functions.
+  std::vector<char*> raw;
+  for (std::string& a : argv) raw.push_back(a.data());
+  raw.push_back(nullptr);
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string entry(*e);
+    const std::string key = entry.substr(0, entry.find('='));
+    if (env.count(key) == 0) env_strings.push_back(entry);
+  }
+  for (const auto& [k, v] : env) env_strings.push_back(k + "=" + v);
+  std::vector<char*> envp;
+  for (std::string& e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  sigset_t all;
+  sigfillset(&all);
   const pid_t pid = ::fork();
   if (pid < 0) {
     ::close(fd);
@@ -447,16 +469,10 @@ absl::Status Spawn(const std::string& self, Child* c, const std::map<std::string
   }
   if (pid == 0) {
     // The child: signals unblocked, output to its log, its own environment.
-    sigset_t all;
-    sigfillset(&all);
     pthread_sigmask(SIG_UNBLOCK, &all, nullptr);
     ::dup2(fd, 1);
     ::dup2(fd, 2);
-    for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
-    std::vector<char*> raw;
-    for (std::string& a : argv) raw.push_back(a.data());
-    raw.push_back(nullptr);
-    ::execv(self.c_str(), raw.data());
+    ::execve(raw[0], raw.data(), envp.data());
     _exit(127);
   }
   ::close(fd);

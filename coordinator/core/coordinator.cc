@@ -148,6 +148,27 @@ struct Coordinator::JobEntry {
   int32_t world() const { return dp() * pp(); }
 };
 
+// Holds mu_ for its scope. On leaving, it takes deliver_mu_ before releasing
+// mu_ and delivers the outbox after: outboxes reach the sinks in the order
+// they were filled, so a worker never sees a newer assignment's messages
+// before an older step's. The sinks only queue, so delivery is quick.
+class Coordinator::Section {
+ public:
+  Section(Coordinator* c, Outbox* out) ABSL_NO_THREAD_SAFETY_ANALYSIS : c_(c), out_(out) {
+    c_->mu_.Lock();
+  }
+  ~Section() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    c_->deliver_mu_.Lock();
+    c_->mu_.Unlock();
+    out_->Deliver();
+    c_->deliver_mu_.Unlock();
+  }
+
+ private:
+  Coordinator* c_;
+  Outbox* out_;
+};
+
 void Coordinator::Outbox::Deliver() {
   for (auto& [sink, msg] : to_workers) sink->Send(msg);
   for (auto& [sink, status] : close_workers) sink->Close(status);
@@ -179,10 +200,13 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
 // Restart
 // ---------------------------------------------------------------------------
 
-absl::Status Coordinator::OpenJobLocked(JobEntry* job) {
-  absl::StatusOr<ResolvedJob> r = ResolveJobSpec(job->job.spec());
-  if (!r.ok()) return r.status();
-  job->resolved = std::make_unique<ResolvedJob>(std::move(*r));
+absl::Status Coordinator::OpenJob(JobEntry* job, std::unique_ptr<ResolvedJob> resolved) {
+  if (resolved == nullptr) {
+    absl::StatusOr<ResolvedJob> r = ResolveJobSpec(job->job.spec());
+    if (!r.ok()) return r.status();
+    resolved = std::make_unique<ResolvedJob>(std::move(*r));
+  }
+  job->resolved = std::move(resolved);
   absl::StatusOr<DatasetCursor> cursor =
       DatasetCursor::Create(job->resolved->data->num_documents(),
                             static_cast<uint64_t>(job->job.spec().seed()),
@@ -223,7 +247,7 @@ absl::Status Coordinator::Load() {
     JobEntry* job = e.get();
     jobs_[j.id()] = std::move(e);
     if (Finished(j.state())) continue;
-    if (absl::Status s = OpenJobLocked(job); !s.ok()) {
+    if (absl::Status s = OpenJob(job, nullptr); !s.ok()) {
       FinishJobLocked(job, v1::JOB_STATE_FAILED,
                       absl::StrCat("cannot reopen the job after a coordinator restart: ", s.message()),
                       &ignored);
@@ -248,6 +272,25 @@ absl::Status Coordinator::Load() {
       EventLocked(job, "coordinator restarted: waiting for the job's workers to reconnect",
                   &ignored);
     }
+  }
+  // A worker record naming a rank that is not one of a running job's current
+  // ranks (an older generation, a crash inside AssignLocked, a finished job)
+  // holds nothing: it gets a fresh assignment when it reconnects.
+  for (auto& [id, w] : workers_) {
+    v1::Worker& i = w->info;
+    if (i.job_id().empty()) continue;
+    auto j = jobs_.find(i.job_id());
+    const bool current = j != jobs_.end() && !j->second->ranks.empty() &&
+                         i.generation() == j->second->job.generation() && i.stage() >= 0 &&
+                         i.dp_index() >= 0 &&
+                         i.dp_index() * j->second->pp() + i.stage() < j->second->world() &&
+                         j->second->ranks[i.dp_index() * j->second->pp() + i.stage()] == id;
+    if (current) continue;
+    i.clear_job_id();
+    i.set_stage(-1);
+    i.set_dp_index(-1);
+    if (i.state() != v1::WORKER_STATE_DEAD) i.set_state(v1::WORKER_STATE_IDLE);
+    SaveWorkerLocked(w.get());
   }
   UpdateGaugesLocked();
   return absl::OkStatus();
@@ -289,7 +332,13 @@ void Coordinator::EventLocked(JobEntry* job, const std::string& message, Outbox*
   }
   v1::JobEvent e = BaseEventLocked(*job);
   e.set_message(message);
+  PruneWatchersLocked(job);
   for (auto& sink : job->watchers) out->events.emplace_back(sink, e);
+}
+
+void Coordinator::PruneWatchersLocked(JobEntry* job) {
+  auto& w = job->watchers;
+  w.erase(std::remove_if(w.begin(), w.end(), [](const auto& s) { return s->Closed(); }), w.end());
 }
 
 void Coordinator::UpdateGaugesLocked() {
@@ -324,7 +373,7 @@ absl::StatusOr<v1::RegisterResponse> Coordinator::Register(const v1::RegisterReq
   Outbox out;
   v1::RegisterResponse response;
   {
-    absl::MutexLock lock(&mu_);
+    Section section(this, &out);  // delivers `out` in order on leaving
     std::string id = request.worker_name();
     if (id.empty()) {
       absl::StatusOr<int64_t> n = options_.store->NextSequence("worker");
@@ -334,10 +383,8 @@ absl::StatusOr<v1::RegisterResponse> Coordinator::Register(const v1::RegisterReq
     auto it = workers_.find(id);
     if (it != workers_.end()) {
       WorkerEntry* w = it->second.get();
-      if (w->info.incarnation() == request.incarnation() && w->connected()) {
-        return absl::AlreadyExistsError(absl::StrCat(
-            "worker ", id, " with incarnation ", request.incarnation(), " is already connected"));
-      }
+      // Same incarnation while still "connected": a fast reconnect before the
+      // old stream's end was noticed; the next Connect replaces that stream.
       if (w->info.incarnation() != request.incarnation()) {
         if (!w->info.job_id().empty()) {
           WorkerLostLocked(w, "restarted (new incarnation)", &out);
@@ -368,14 +415,13 @@ absl::StatusOr<v1::RegisterResponse> Coordinator::Register(const v1::RegisterReq
     response.set_heartbeat_timeout_s(absl::ToDoubleSeconds(options_.heartbeat_timeout));
     ScheduleLocked(&out);
   }
-  out.Deliver();
   return response;
 }
 
 absl::Status Coordinator::Connect(const v1::Hello& hello, std::shared_ptr<WorkerSink> sink) {
   Outbox out;
   {
-    absl::MutexLock lock(&mu_);
+    Section section(this, &out);  // delivers `out` in order on leaving
     auto it = workers_.find(hello.worker_id());
     if (it == workers_.end()) {
       return absl::NotFoundError(
@@ -421,7 +467,18 @@ absl::Status Coordinator::Connect(const v1::Hello& hello, std::shared_ptr<Worker
         out.to_workers.emplace_back(w->sink, m);
       }
       if (holds_rank) {
-        WorkerLostLocked(w, "reconnected without its rank's state", &out);
+        // It lost its rank's state (or never got it): the job's ranks are
+        // broken. Reset the job; this worker stays connected and idle.
+        auto j = jobs_.find(w->info.job_id());
+        const std::string why =
+            absl::StrFormat("worker %s (stage %d, dp %d) reconnected without its rank's state",
+                            w->info.id(), w->info.stage(), w->info.dp_index());
+        if (j != jobs_.end() && w->info.generation() == j->second->job.generation()) {
+          ResetJobLocked(j->second.get(), why, &out);
+        }
+        w->info.clear_job_id();
+        w->info.set_stage(-1);
+        w->info.set_dp_index(-1);
         w->info.set_state(w->draining ? v1::WORKER_STATE_DRAINING : v1::WORKER_STATE_IDLE);
       }
     }
@@ -429,7 +486,6 @@ absl::Status Coordinator::Connect(const v1::Hello& hello, std::shared_ptr<Worker
     UpdateGaugesLocked();
     ScheduleLocked(&out);
   }
-  out.Deliver();
   return absl::OkStatus();
 }
 
@@ -464,7 +520,7 @@ absl::Status Coordinator::OnMessage(const std::string& worker_id, const v1::Work
   Outbox out;
   absl::Status result;
   {
-    absl::MutexLock lock(&mu_);
+    Section section(this, &out);  // delivers `out` in order on leaving
     auto it = workers_.find(worker_id);
     if (it == workers_.end()) return absl::NotFoundError(absl::StrCat("no worker '", worker_id, "'"));
     WorkerEntry* w = it->second.get();
@@ -476,14 +532,8 @@ absl::Status Coordinator::OnMessage(const std::string& worker_id, const v1::Work
       case v1::WorkerMessage::kStepReport:
         OnReportLocked(w, msg.step_report(), &out);
         break;
-      case v1::WorkerMessage::kCheckpointDone: {
-        auto j = jobs_.find(msg.checkpoint_done().job_id());
-        if (j != jobs_.end() && j->second->in_flight && w->info.job_id() == j->first &&
-            msg.checkpoint_done().step() == j->second->plan.step()) {
-          j->second->checkpoint_stages.insert(w->info.stage());
-        }
-        break;
-      }
+      case v1::WorkerMessage::kCheckpointDone:
+        break;  // informational: the step report carries checkpoint_saved
       case v1::WorkerMessage::kError: {
         const v1::WorkerError& e = msg.error();
         auto j = jobs_.find(w->info.job_id());
@@ -508,15 +558,21 @@ absl::Status Coordinator::OnMessage(const std::string& worker_id, const v1::Work
     UpdateGaugesLocked();
     ScheduleLocked(&out);
   }
-  out.Deliver();
   return result;
 }
 
 void Coordinator::Tick() {
   Outbox out;
   {
-    absl::MutexLock lock(&mu_);
+    Section section(this, &out);  // delivers `out` in order on leaving
     const absl::Time now = clock_->Now();
+    // If the coordinator itself stalled (a slow disk under the lock), the
+    // heartbeats that queued meanwhile are not the workers' fault.
+    const absl::Duration stall = now - last_tick_ - 2 * options_.heartbeat_interval;
+    if (last_tick_ != absl::InfinitePast() && stall > absl::ZeroDuration()) {
+      for (auto& [id, w] : workers_) w->last_seen += stall;
+    }
+    last_tick_ = now;
     for (auto& [id, w] : workers_) {
       if (w->info.state() == v1::WORKER_STATE_DEAD) continue;
       if (now - w->last_seen > options_.heartbeat_timeout) {
@@ -530,7 +586,6 @@ void Coordinator::Tick() {
     UpdateGaugesLocked();
     ScheduleLocked(&out);
   }
-  out.Deliver();
 }
 
 // ---------------------------------------------------------------------------
@@ -587,17 +642,24 @@ void Coordinator::AssignLocked(JobEntry* job, std::vector<WorkerEntry*> workers,
                     out);
     return;
   }
-  // Resetting rewound the log to the checkpoint, so they agree; a job that
-  // has committed steps but no checkpoint restarts from its first step.
-  const bool from_checkpoint = ckpt->has_value() && (*ckpt)->step == *last;
-  if (!from_checkpoint && *last >= 0) {
-    if (absl::Status s = options_.store->RewindTo(job->job.id(), -1); !s.ok()) {
+  // Resetting rewound the log to the checkpoint, so they agree; otherwise
+  // (committed steps after the newest checkpoint, or none) the job goes back
+  // to that checkpoint, or to its first step.
+  const int64_t target = ckpt->has_value() && (*ckpt)->step <= *last ? (*ckpt)->step : -1;
+  const bool from_checkpoint = target >= 0;
+  if (target != *last) {
+    if (absl::Status s = options_.store->RewindTo(job->job.id(), target); !s.ok()) {
       FinishJobLocked(job, v1::JOB_STATE_FAILED, absl::StrCat("cannot rewind: ", s.message()), out);
       return;
     }
-    job->job.set_steps_committed(0);
+    job->job.set_steps_committed(target + 1);
   }
+  // The job record (with the new generation) is written before any worker
+  // record: a crash in between leaves workers of an older generation, which
+  // Load() releases.
   job->job.set_generation(job->job.generation() + 1);
+  job->job.set_state(v1::JOB_STATE_RUNNING);
+  SaveJobLocked(job);
   job->ranks.assign(job->world(), "");
   const std::string config_json = engine::ToHfConfigJson(job->resolved->config);
   std::vector<std::string> names;
@@ -632,7 +694,7 @@ void Coordinator::AssignLocked(JobEntry* job, std::vector<WorkerEntry*> workers,
       a->set_generation(job->job.generation());
       if (from_checkpoint) {
         a->set_checkpoint_path((*ckpt)->path);
-        a->set_checkpoint_step((*ckpt)->step);
+        a->set_checkpoint_step(target);
       } else {
         a->set_checkpoint_step(-1);
       }
@@ -648,7 +710,6 @@ void Coordinator::AssignLocked(JobEntry* job, std::vector<WorkerEntry*> workers,
       names.push_back(absl::StrFormat("stage %d dp %d = %s", s, d, w->info.id()));
     }
   }
-  job->job.set_state(v1::JOB_STATE_RUNNING);
   job->run_started = clock_->Now();
   job->steps_at_run_start = job->job.steps_committed();
   EventLocked(job,
@@ -776,6 +837,7 @@ bool Coordinator::SendStepToRankLocked(JobEntry* job, int32_t rank, Outbox* out)
   w->set_loss_tokens(job->plan.loss_tokens());
   w->set_checkpoint_after(checkpoint);
   if (checkpoint) w->set_checkpoint_path(CheckpointPath(spec, job->job.id(), step));
+  w->set_generation(job->job.generation());
   auto it = workers_.find(job->ranks[rank]);
   if (it == workers_.end()) return true;
   it->second->info.set_state(v1::WORKER_STATE_TRAINING);
@@ -796,6 +858,7 @@ void Coordinator::OnReportLocked(WorkerEntry* w, const v1::StepReport& r, Outbox
   }
   w->info.set_peak_memory_bytes(r.peak_memory_bytes());
   w->info.set_state(v1::WORKER_STATE_ASSIGNED);
+  if (r.checkpoint_saved() && r.dp() == 0) job->checkpoint_stages.insert(r.stage());
   job->reports[r.dp() * job->pp() + r.stage()] = r;
   if (static_cast<int32_t>(job->reports.size()) == job->world()) CommitLocked(job, out);
 }
@@ -911,6 +974,7 @@ void Coordinator::CommitLocked(JobEntry* job, Outbox* out) {
     const double per_step = absl::ToDoubleSeconds(clock_->Now() - job->run_started) / done;
     e.set_eta_seconds(per_step * static_cast<double>(spec.steps() - job->job.steps_committed()));
   }
+  PruneWatchersLocked(job);
   for (auto& sink : job->watchers) out->events.emplace_back(sink, e);
   SaveJobLocked(job);
   StartStepLocked(job, out);
@@ -932,6 +996,7 @@ void Coordinator::ReleaseRanksLocked(JobEntry* job, v1::Control::Action action,
       m.mutable_control()->set_action(action);
       m.mutable_control()->set_job_id(job->job.id());
       m.mutable_control()->set_reason(why);
+      m.mutable_control()->set_generation(job->job.generation());
       out->to_workers.emplace_back(w->sink, m);
     }
     w->info.clear_job_id();
@@ -960,7 +1025,14 @@ void Coordinator::ResetJobLocked(JobEntry* job, const std::string& why, Outbox* 
   ReleaseRanksLocked(job, v1::Control::ACTION_ABORT, why, out);
   absl::StatusOr<std::optional<CheckpointRecord>> ckpt =
       options_.store->LatestCheckpoint(job->job.id());
-  const int64_t target = ckpt.ok() && ckpt->has_value() ? (*ckpt)->step : -1;
+  if (!ckpt.ok()) {
+    FinishJobLocked(job, v1::JOB_STATE_FAILED,
+                    absl::StrCat(why, "; cannot read the checkpoint records: ",
+                                 ckpt.status().message()),
+                    out);
+    return;
+  }
+  const int64_t target = ckpt->has_value() ? (*ckpt)->step : -1;
   if (absl::Status s = options_.store->RewindTo(job->job.id(), target); !s.ok()) {
     FinishJobLocked(job, v1::JOB_STATE_FAILED,
                     absl::StrCat(why, "; cannot rewind the step log: ", s.message()), out);
@@ -985,6 +1057,11 @@ void Coordinator::FinishJobLocked(JobEntry* job, v1::JobState state, const std::
                      why, out);
   job->job.set_state(state);
   if (state == v1::JOB_STATE_FAILED) job->job.set_error(why);
+  // A finished job keeps its record only: no open dataset, no samples.
+  job->resolved.reset();
+  job->cursor.reset();
+  job->samples.clear();
+  job->samples.shrink_to_fit();
   EventLocked(job, absl::StrCat(StateName(state), ": ", why), out);
   for (auto& sink : job->watchers) out->close_watchers.push_back(sink);
   job->watchers.clear();
@@ -1017,20 +1094,23 @@ void Coordinator::WorkerLostLocked(WorkerEntry* w, const std::string& why, Outbo
 absl::StatusOr<v1::Job> Coordinator::SubmitJob(const v1::JobSpec& spec) {
   absl::StatusOr<ResolvedJob> resolved = ResolveJobSpec(spec);
   if (!resolved.ok()) return resolved.status();
+  // Opening the dataset and building the cost prior happen outside the lock.
+  auto e = std::make_unique<JobEntry>();
+  JobEntry* job = e.get();
+  *job->job.mutable_spec() = resolved->spec;
+  *job->job.mutable_current_schedule() = resolved->spec.schedule();
+  job->job.set_state(v1::JOB_STATE_PENDING);
+  if (absl::Status s = OpenJob(job, std::make_unique<ResolvedJob>(std::move(*resolved))); !s.ok()) {
+    return s;
+  }
   Outbox out;
   v1::Job result;
   {
-    absl::MutexLock lock(&mu_);
+    Section section(this, &out);  // delivers `out` in order on leaving
     absl::StatusOr<int64_t> n = options_.store->NextSequence("job");
     if (!n.ok()) return n.status();
-    auto e = std::make_unique<JobEntry>();
-    JobEntry* job = e.get();
     job->job.set_id(absl::StrFormat("job-%06d", *n));
-    *job->job.mutable_spec() = resolved->spec;
-    *job->job.mutable_current_schedule() = resolved->spec.schedule();
-    job->job.set_state(v1::JOB_STATE_PENDING);
     job->job.set_created_unix_nanos(Nanos(clock_->Now()));
-    if (absl::Status s = OpenJobLocked(job); !s.ok()) return s;
     const v1::JobSpec& sp = job->job.spec();
     EventLocked(job,
                 absl::StrFormat("submitted: %d steps of %d documents, dp %d x pp %d, ChunkSize %d, "
@@ -1045,7 +1125,6 @@ absl::StatusOr<v1::Job> Coordinator::SubmitJob(const v1::JobSpec& spec) {
     ScheduleLocked(&out);
     result = job->job;
   }
-  out.Deliver();
   return result;
 }
 
@@ -1067,7 +1146,7 @@ absl::StatusOr<v1::Job> Coordinator::CancelJob(const std::string& job_id, const 
   Outbox out;
   v1::Job result;
   {
-    absl::MutexLock lock(&mu_);
+    Section section(this, &out);  // delivers `out` in order on leaving
     absl::StatusOr<JobEntry*> job = FindJobLocked(job_id);
     if (!job.ok()) return job.status();
     if (Finished((*job)->job.state())) {
@@ -1079,7 +1158,6 @@ absl::StatusOr<v1::Job> Coordinator::CancelJob(const std::string& job_id, const 
     ScheduleLocked(&out);
     result = (*job)->job;
   }
-  out.Deliver();
   return result;
 }
 
@@ -1094,7 +1172,7 @@ absl::StatusOr<v1::Worker> Coordinator::DrainWorker(const std::string& worker_id
   Outbox out;
   v1::Worker result;
   {
-    absl::MutexLock lock(&mu_);
+    Section section(this, &out);  // delivers `out` in order on leaving
     auto it = workers_.find(worker_id);
     if (it == workers_.end()) {
       return absl::NotFoundError(absl::StrCat("worker_id: no worker '", worker_id, "'"));
@@ -1114,7 +1192,6 @@ absl::StatusOr<v1::Worker> Coordinator::DrainWorker(const std::string& worker_id
     UpdateGaugesLocked();
     result = w->info;
   }
-  out.Deliver();
   return result;
 }
 
@@ -1131,7 +1208,7 @@ absl::StatusOr<v1::Job> Coordinator::UpdateSchedule(const std::string& job_id,
   Outbox out;
   v1::Job result;
   {
-    absl::MutexLock lock(&mu_);
+    Section section(this, &out);  // delivers `out` in order on leaving
     absl::StatusOr<JobEntry*> job = FindJobLocked(job_id);
     if (!job.ok()) return job.status();
     if (Finished((*job)->job.state())) {
@@ -1163,14 +1240,13 @@ absl::StatusOr<v1::Job> Coordinator::UpdateSchedule(const std::string& job_id,
     }
     result = (*job)->job;
   }
-  out.Deliver();
   return result;
 }
 
 absl::Status Coordinator::WatchJob(const std::string& job_id, std::shared_ptr<JobEventSink> sink) {
   Outbox out;
   {
-    absl::MutexLock lock(&mu_);
+    Section section(this, &out);  // delivers `out` in order on leaving
     absl::StatusOr<JobEntry*> job = FindJobLocked(job_id);
     if (!job.ok()) return job.status();
     v1::JobEvent e = BaseEventLocked(**job);
@@ -1184,7 +1260,6 @@ absl::Status Coordinator::WatchJob(const std::string& job_id, std::shared_ptr<Jo
       (*job)->watchers.push_back(sink);
     }
   }
-  out.Deliver();
   return absl::OkStatus();
 }
 

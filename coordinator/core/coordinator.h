@@ -69,6 +69,8 @@ class JobEventSink {
   virtual ~JobEventSink() = default;
   virtual void Send(const chunkflow::v1::JobEvent& event) = 0;
   virtual void Close(const absl::Status& status) = 0;
+  // True once the watcher went away (the coordinator then forgets the sink).
+  virtual bool Closed() const { return false; }
 };
 
 class Clock {
@@ -149,6 +151,7 @@ class Coordinator {
     void Deliver();
   };
 
+  class Section;
   explicit Coordinator(const CoordinatorOptions& options);
   absl::Status Load();
 
@@ -179,13 +182,18 @@ class Coordinator {
   void UpdateGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   chunkflow::v1::JobEvent BaseEventLocked(const JobEntry& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<JobEntry*> FindJobLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status OpenJobLocked(JobEntry* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Opens the dataset, cursor and cost prior of `job` (resolving its spec
+  // unless `resolved` is given). Touches only `job`: no lock needed.
+  absl::Status OpenJob(JobEntry* job, std::unique_ptr<ResolvedJob> resolved);
+  void PruneWatchersLocked(JobEntry* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const CoordinatorOptions options_;
   Clock* const clock_;
   absl::Mutex mu_;
+  absl::Mutex deliver_mu_ ABSL_ACQUIRED_AFTER(mu_);
   std::map<std::string, std::unique_ptr<JobEntry>> jobs_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<WorkerEntry>> workers_ ABSL_GUARDED_BY(mu_);
+  absl::Time last_tick_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::Mutex kv_mu_;
   absl::flat_hash_map<std::string, std::string> kv_ ABSL_GUARDED_BY(kv_mu_);
 };

@@ -30,9 +30,19 @@ class StreamQueue {
  public:
   explicit StreamQueue(Reactor* r) : reactor_(r) {}
 
+  // A client that stops reading is cut off rather than buffered forever.
+  static constexpr size_t kMaxQueued = 4096;
+
   void Push(const Msg& msg) {
     absl::MutexLock lock(&mu_);
     if (reactor_ == nullptr || finish_requested_) return;
+    if (queue_.size() >= kMaxQueued) {
+      finish_requested_ = true;
+      status_ = absl::ResourceExhaustedError(
+          absl::StrCat(kMaxQueued, " messages queued: the client is not reading"));
+      if (!writing_) FinishLocked();
+      return;
+    }
     queue_.push_back(msg);
     if (!writing_) {
       writing_ = true;
@@ -63,6 +73,11 @@ class StreamQueue {
   void Detach() {
     absl::MutexLock lock(&mu_);
     reactor_ = nullptr;
+  }
+
+  bool Done() {
+    absl::MutexLock lock(&mu_);
+    return reactor_ == nullptr || finish_requested_;
   }
 
  private:
@@ -184,6 +199,7 @@ class WatchSink final : public JobEventSink {
   explicit WatchSink(WatchReactor* r) : queue_(r) {}
   void Send(const v1::JobEvent& e) override { queue_.Push(e); }
   void Close(const absl::Status& status) override { queue_.Finish(status); }
+  bool Closed() const override { return const_cast<WatchSink*>(this)->queue_.Done(); }
   StreamQueue<WatchReactor, v1::JobEvent>& queue() { return queue_; }
 
  private:

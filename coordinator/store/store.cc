@@ -422,6 +422,8 @@ absl::Status Store::RewindTo(std::string_view job_id, int64_t step) {
   for (int64_t t = step + 1; s.ok() && t <= *last + 1; ++t) {
     s = batch.Delete(PlanKey(job_id, t));
     if (s.ok()) s = batch.Delete(CommitKey(job_id, t));
+    // A checkpoint of a forgotten step describes a state that no longer exists.
+    if (s.ok()) s = batch.Delete(CheckpointKey(job_id, t));
   }
   pb::Counter committed;
   committed.set_value(step);

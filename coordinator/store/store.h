@@ -153,7 +153,8 @@ class Store {
   // is already committed; INVALID_ARGUMENT; DATA_LOSS.
   absl::Status CommitStep(std::string_view job_id, int64_t step, const StepCommit& commit);
 
-  // Forgets every step after `step` (committed or only planned) and makes
+  // Forgets every step after `step` (committed or only planned, and their
+  // checkpoint records) and makes
   // `step` the last committed one, in one synced batch: what the coordinator
   // does when a lost worker forces the job back to the checkpoint taken after
   // `step` (-1: back to the start). The steps after it will be planned again

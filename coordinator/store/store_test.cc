@@ -329,8 +329,10 @@ TEST_F(StoreTest, RewindTo_ForgetsLaterSteps_AndPlansThemAgain) {
   EXPECT_THAT(store_->RewindTo("j", 2), StatusIs(absl::StatusCode::kFailedPrecondition,
                                                  "the last committed step is 1"));
   EXPECT_THAT(store_->RewindTo("j", -2), StatusIs(absl::StatusCode::kInvalidArgument, "-2"));
+  ASSERT_TRUE(store_->PutCheckpoint("j", 1, "/ckpt/1").ok());
   ASSERT_TRUE(store_->RewindTo("j", 0).ok());
   Reopen();
+  EXPECT_FALSE(store_->LatestCheckpoint("j")->has_value()) << "the checkpoint of step 1 is gone";
   EXPECT_EQ(*store_->LastCommittedStep("j"), 0);
   EXPECT_FALSE(store_->PlannedUncommitted("j")->has_value());
   EXPECT_EQ(store_->GetStep("j", 1).status().code(), absl::StatusCode::kNotFound);

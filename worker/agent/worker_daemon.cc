@@ -165,8 +165,10 @@ class Daemon final : public WorkerDaemon {
     absl::Time last_contact = absl::Now();
     int failures = 0;
     while (!stopping_) {
-      absl::Status s = Session(&last_contact);
+      bool established = false;
+      absl::Status s = Session(&last_contact, &established);
       if (stopping_) break;
+      if (established) failures = 0;
       ++failures;
       if (failures == 1 || failures % 20 == 0) {
         Log(absl::StrCat("coordinator ", options_.coordinator, ": ", s.ToString(),
@@ -180,7 +182,6 @@ class Daemon final : public WorkerDaemon {
         break;
       }
       absl::SleepFor(absl::Milliseconds(std::min(500, 50 * failures)));
-      if (s.ok()) failures = 0;
     }
     stopping_ = true;
     {
@@ -201,9 +202,11 @@ class Daemon final : public WorkerDaemon {
 
   // One Register + Connect stream, until it ends. OK when it ended after
   // having been established.
-  absl::Status Session(absl::Time* last_contact) {
+  absl::Status Session(absl::Time* last_contact, bool* established) {
     v1::RegisterRequest req;
-    req.set_worker_name(options_.name);
+    // After the first registration: the id the coordinator gave (a worker
+    // without a name would otherwise get a new id on every reconnect).
+    req.set_worker_name(worker_id_.empty() ? options_.name : worker_id_);
     req.set_host(options_.host);
     req.set_incarnation(incarnation_);
     req.set_peer_address(options_.host);
@@ -222,6 +225,7 @@ class Daemon final : public WorkerDaemon {
       if (!s.ok()) return s;
     }
     *last_contact = absl::Now();
+    *established = true;
     if (worker_id_.empty()) {
       worker_id_ = resp.worker_id();
       Log(absl::StrCat("registered with ", options_.coordinator, " (incarnation ", incarnation_,
@@ -275,6 +279,7 @@ class Daemon final : public WorkerDaemon {
       queue_.push_back(std::move(msg));
       q_cv_.Signal();
     }
+    *last_contact = absl::Now();  // the coordinator was there until now
     hb_stop.Notify();
     heartbeat.join();
     absl::Status s;
@@ -307,16 +312,19 @@ class Daemon final : public WorkerDaemon {
   }
 
   void SetHeld(const JobState* j, int64_t last_step) {
-    absl::MutexLock lock(&state_mu_);
     if (j == nullptr) {
-      held_job_.clear();
-      held_last_step_ = -1;
-      return;
+      SetHeld("", -1, -1, 0, -1);
+    } else {
+      SetHeld(j->a.job_id(), j->a.stage(), j->a.dp_index(), j->a.generation(), last_step);
     }
-    held_job_ = j->a.job_id();
-    held_stage_ = j->a.stage();
-    held_dp_ = j->a.dp_index();
-    held_generation_ = j->a.generation();
+  }
+  void SetHeld(const std::string& job, int32_t stage, int32_t dp, int64_t generation,
+               int64_t last_step) {
+    absl::MutexLock lock(&state_mu_);
+    held_job_ = job;
+    held_stage_ = stage;
+    held_dp_ = dp;
+    held_generation_ = generation;
     held_last_step_ = last_step;
   }
 
@@ -341,6 +349,10 @@ class Daemon final : public WorkerDaemon {
       if (m.has_assignment()) {
         Teardown();
         pending_ = m.assignment();
+        // Claimed from now on: a reconnect while the communicators connect
+        // must not look like a worker that lost its rank.
+        SetHeld(pending_->job_id(), pending_->stage(), pending_->dp_index(),
+                pending_->generation(), pending_->checkpoint_step());
       } else if (m.has_bootstrap()) {
         if (!pending_) {
           SendError("", -1, absl::FailedPreconditionError("CommBootstrap before RankAssignment"));
@@ -361,11 +373,15 @@ class Daemon final : public WorkerDaemon {
         const v1::Control& c = m.control();
         switch (c.action()) {
           case v1::Control::ACTION_ABORT:
-          case v1::Control::ACTION_RELEASE:
+          case v1::Control::ACTION_RELEASE: {
+            // Ignore the end of an older assignment than the one held now.
+            const int64_t held = job_ ? job_->a.generation() : pending_ ? pending_->generation() : 0;
+            if (c.generation() != 0 && held > c.generation()) break;
             Log(absl::StrCat(c.action() == v1::Control::ACTION_ABORT ? "abort" : "release",
                              " job ", c.job_id(), ": ", c.reason()));
             Teardown();
             break;
+          }
           case v1::Control::ACTION_DRAIN:
             Log(absl::StrCat("draining: ", c.reason()));
             break;
@@ -490,11 +506,11 @@ class Daemon final : public WorkerDaemon {
   }
 
   void RunStep(const v1::StepPlanForWorker& p) {
-    if (!job_ || job_->a.job_id() != p.job_id()) {
-      SendError(p.job_id(), p.step(),
-                absl::FailedPreconditionError(absl::StrCat(
-                    "a plan for job ", p.job_id(), " but this worker holds ",
-                    job_ ? job_->a.job_id() : std::string("no job"))));
+    if (!job_ || job_->a.job_id() != p.job_id() || job_->a.generation() != p.generation()) {
+      // A plan of an assignment that is gone (it was on its way when the job
+      // was reset): the coordinator no longer waits for it.
+      Log(absl::StrCat("ignoring step ", p.step(), " of job ", p.job_id(), " generation ",
+                       p.generation(), ": not the assignment held"));
       return;
     }
     if (p.step() <= last_step_) {
@@ -555,6 +571,7 @@ class Daemon final : public WorkerDaemon {
       Teardown();  // the communicators are broken after an error
       return;
     }
+    bool checkpoint_saved = false;
     if (p.checkpoint_after() && a.dp_index() == 0) {
       if (absl::Status s = job_->runner->SaveShard(p.checkpoint_path(), a.stage(), a.pp());
           !s.ok()) {
@@ -562,6 +579,7 @@ class Daemon final : public WorkerDaemon {
         Teardown();
         return;
       }
+      checkpoint_saved = true;
       v1::WorkerMessage m;
       v1::CheckpointDone* d = m.mutable_checkpoint_done();
       d->set_job_id(p.job_id());
@@ -580,6 +598,8 @@ class Daemon final : public WorkerDaemon {
     rep.set_step_seconds(seconds);
     rep.set_grad_norm(r->grad_norm);
     rep.set_generation(a.generation());
+    rep.set_checkpoint_saved(checkpoint_saved);
+    if (checkpoint_saved) rep.set_checkpoint_path(p.checkpoint_path());
     int64_t tokens = 0;
     const std::vector<planner::Op>& ops = plan->ops(a.dp_index(), a.stage()).ops;
     for (size_t i = 0; i < ops.size() && i < r->op_seconds.size(); ++i) {
