@@ -49,6 +49,7 @@ ABSL_FLAG(std::string, workers, "16,64,256", "comma-separated worker counts (dp 
 ABSL_FLAG(int64_t, steps, 40, "measured steps per row (after 3 warm-up steps)");
 ABSL_FLAG(int64_t, docs_per_rank, 8, "documents per dp rank in each global batch");
 ABSL_FLAG(std::string, json, "", "also write the table as JSON here");
+ABSL_FLAG(std::string, serve, "", "internal: run the coordinator on this database directory");
 
 namespace {
 namespace v1 = ::chunkflow::v1;
@@ -74,33 +75,44 @@ double CpuSeconds(pid_t pid) {
   return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
-// The coordinator in a child process; returns its pid and port.
+// --serve: the coordinator process. Prints its port, serves until killed.
+int Serve(const std::string& db) {
+  chunkflow::coordinator::ServerOptions o;
+  o.db_dir = db;
+  o.heartbeat_interval = absl::Seconds(1);
+  o.heartbeat_timeout = absl::Seconds(60);
+  absl::StatusOr<std::unique_ptr<chunkflow::coordinator::CoordinatorServer>> s =
+      chunkflow::coordinator::CoordinatorServer::Start(o);
+  if (!s.ok()) {
+    std::cerr << s.status() << "\n";
+    return 1;
+  }
+  std::cout << (*s)->port() << std::endl;
+  (*s)->Wait();
+  return 0;
+}
+
+// The coordinator in a child process (fork + exec: the parent already runs
+// gRPC threads, which a bare fork would not carry over); its pid and port.
 std::pair<pid_t, int> StartCoordinator(const std::string& db) {
   int fds[2];
   if (pipe(fds) != 0) return {-1, 0};
+  std::string self = "/proc/self/exe", flag = "--serve=" + db;
+  char* argv[] = {self.data(), flag.data(), nullptr};
   const pid_t pid = fork();
   if (pid == 0) {
+    dup2(fds[1], 1);
     close(fds[0]);
-    chunkflow::coordinator::ServerOptions o;
-    o.db_dir = db;
-    o.heartbeat_interval = absl::Seconds(1);
-    o.heartbeat_timeout = absl::Seconds(60);
-    absl::StatusOr<std::unique_ptr<chunkflow::coordinator::CoordinatorServer>> s =
-        chunkflow::coordinator::CoordinatorServer::Start(o);
-    if (!s.ok()) {
-      std::cerr << s.status() << "\n";
-      _exit(1);
-    }
-    const int port = (*s)->port();
-    (void)!write(fds[1], &port, sizeof(port));
-    close(fds[1]);
-    (*s)->Wait();  // until SIGTERM kills the process
-    _exit(0);
+    execv(argv[0], argv);
+    _exit(127);
   }
   close(fds[1]);
-  int port = 0;
-  if (read(fds[0], &port, sizeof(port)) != sizeof(port)) port = 0;
+  std::string line;
+  char c;
+  while (read(fds[0], &c, 1) == 1 && c != '\n') line += c;
   close(fds[0]);
+  int port = 0;
+  if (!absl::SimpleAtoi(line, &port)) port = 0;
   return {pid, port};
 }
 
@@ -287,6 +299,7 @@ absl::StatusOr<Row> RunRow(int n_workers, int64_t steps, int64_t docs_per_rank) 
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  if (!absl::GetFlag(FLAGS_serve).empty()) return Serve(absl::GetFlag(FLAGS_serve));
   std::vector<Row> rows;
   std::cout << absl::StrFormat("%8s %8s %6s %10s %10s %10s %14s %12s\n", "workers", "dp x pp",
                                "steps", "p50 ms", "p99 ms", "max ms", "coord CPU ms", "plan KiB")
