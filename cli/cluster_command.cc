@@ -70,6 +70,7 @@ std::string Json(const google::protobuf::Message& m) {
   google::protobuf::util::JsonPrintOptions o;
   o.add_whitespace = true;
   o.preserve_proto_field_names = true;
+  o.always_print_primitive_fields = true;  // step 0, loss 0, ... are printed too
   (void)google::protobuf::util::MessageToJsonString(m, &out, o);
   return out;
 }
@@ -402,6 +403,31 @@ absl::Status RunAdminCommand(const AdminCommandOptions& o, std::ostream& out,
     } else {
       out << job.id() << ": ChunkSize " << job.current_schedule().chunk_size() << ", K "
           << job.current_schedule().k() << " from the next planned step\n";
+    }
+    return absl::OkStatus();
+  }
+  if (c == "steps") {
+    if (absl::Status s = need(o.job_id, "--job"); !s.ok()) return s;
+    v1::ListStepsRequest req;
+    req.set_job_id(o.job_id);
+    v1::ListStepsResponse resp;
+    if (absl::Status s = Rpc(stub->ListSteps(Context(o.timeout).get(), req, &resp), o.coordinator);
+        !s.ok()) {
+      return s;
+    }
+    if (json) {
+      out << Json(resp) << "\n";
+      return absl::OkStatus();
+    }
+    out << absl::StrFormat("%6s %-9s %10s %9s %8s %7s %10s %3s  %s\n", "STEP", "STATE", "LOSS",
+                           "TOKENS", "SECONDS", "CHUNKS", "CHUNKSIZE", "K", "DOCUMENTS");
+    for (const v1::StepSummary& s : resp.steps()) {
+      std::vector<int64_t> docs(s.samples().begin(), s.samples().end());
+      std::string list = absl::StrJoin(docs.begin(), docs.begin() + std::min<size_t>(docs.size(), 8), ",");
+      if (docs.size() > 8) absl::StrAppend(&list, ",... (", docs.size(), ")");
+      out << absl::StrFormat("%6d %-9s %10.4f %9d %8.2f %7d %10d %3d  %s\n", s.step(),
+                             s.committed() ? "committed" : "planned", s.loss(), s.tokens(),
+                             s.step_seconds(), s.chunks(), s.chunk_size(), s.k(), list);
     }
     return absl::OkStatus();
   }

@@ -37,7 +37,7 @@ struct WorkerCommandOptions {
 absl::Status RunWorkerCommand(const WorkerCommandOptions& o, std::ostream& out);
 
 // One AdminService call. `command`: submit, get-job, list-jobs, cancel,
-// list-workers, drain, update-schedule, watch. `format`: table or json.
+// list-workers, drain, update-schedule, watch, steps. `format`: table or json.
 struct AdminCommandOptions {
   std::string coordinator = "127.0.0.1:50051";
   std::string command;

@@ -70,7 +70,7 @@ check update-unknown 1 "NOT_FOUND" "$BIN" update-schedule $C --job=nope --chunk_
 check drain-unknown 1 "NOT_FOUND: worker_id" "$BIN" drain $C --worker=nope
 check bad-format 1 "--format must be" "$BIN" list-jobs $C --format=xml
 check no-jobs 0 "JOB" "$BIN" list-jobs $C
-[[ "$("$BIN" list-jobs $C --format=json)" == "{}" ]] || { echo "FAIL: bad input created a job"; fail=1; }
+[[ "$("$BIN" list-jobs $C --format=json | tr -d ' \n')" == '{"jobs":[]}' ]] || { echo "FAIL: bad input created a job"; fail=1; }
 check unreachable 1 "cannot reach the coordinator at 127.0.0.1:1" "$BIN" list-jobs --coordinator=127.0.0.1:1
 
 for w in w0 w1 w2 w3; do start_worker $w; done
@@ -95,6 +95,27 @@ check worker-kill-watch 0 "$JOB2 completed: 6/6 steps" "$BIN" watch $C --job="$J
 check worker-kill-events 0 "loading the checkpoint after step" "$BIN" get-job $C --job="$JOB2"
 check drain 0 "w4 draining" "$BIN" drain $C --worker=w4
 check cancel-finished 1 "FAILED_PRECONDITION: job $JOB1 is already completed" "$BIN" cancel $C --job="$JOB1"
+
+# The step logs: every document exactly once in epoch 0 (steps 0-4), the
+# first batch of epoch 1 (step 5) without repeats; nothing twice, nothing
+# skipped, across the coordinator restart and the worker's death.
+for job in "$JOB1" "$JOB2"; do
+  check "steps-$job" 0 "committed" "$BIN" steps $C --job="$job"
+  "$BIN" steps $C --job="$job" --format=json > "$TMP/$job.steps.json"
+  if python3 - "$TMP/$job.steps.json" <<'PY'
+import json, sys
+steps = json.load(open(sys.argv[1]))["steps"]
+assert [int(s["step"]) for s in steps] == list(range(6)), [s["step"] for s in steps]
+assert all(s.get("committed") for s in steps), "uncommitted step"
+epoch0 = [int(d) for s in steps[:5] for d in s["samples"]]
+assert sorted(epoch0) == list(range(40)), f"epoch 0 is not every document once: {sorted(epoch0)}"
+first = [int(d) for d in steps[5]["samples"]]
+assert len(first) == 8 and len(set(first)) == 8, first
+print("6 steps; epoch 0 = each of 40 documents once; step 5 = 8 distinct documents")
+PY
+  then echo "ok   $job step log: no sample twice, none skipped"; else echo "FAIL $job step log"; fail=1; fi
+done
+check steps-unknown 1 "NOT_FOUND" "$BIN" steps $C --job=job-424242
 
 # The reference: one process, unchunked, the same batches and updates.
 check reference 0 "trained 6 steps" "$BIN" train --dataset="$DATA" --steps=6 --global_batch=8 \

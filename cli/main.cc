@@ -92,7 +92,7 @@ ABSL_FLAG(std::string, host, "127.0.0.1",
           "worker: address or interface Gloo listens on for its peers");
 ABSL_FLAG(double, give_up_after_s, 0,
           "worker: exit after this long without reaching the coordinator; 0 = retry forever");
-ABSL_FLAG(std::string, job, "", "get-job/cancel/update-schedule/watch: the job id");
+ABSL_FLAG(std::string, job, "", "get-job/cancel/update-schedule/watch/steps: the job id");
 ABSL_FLAG(std::string, worker, "", "drain: the worker id");
 ABSL_FLAG(std::string, reason, "", "cancel: why (recorded in the job's events)");
 ABSL_FLAG(bool, watch, false, "submit: watch the job's progress after submitting it");
@@ -135,8 +135,9 @@ Commands:
                   --metrics_listen=0.0.0.0:9090
   worker    Run a worker daemon for one device.
               chunkflowctl worker --coordinator=coord:50051 --name=$POD_NAME --host=eth0
-  submit | get-job | list-jobs | cancel | list-workers | drain | update-schedule | watch
-            The AdminService calls (--format=json for machine output).
+  submit | get-job | list-jobs | cancel | list-workers | drain | update-schedule | watch | steps
+            The AdminService calls (--format=json for machine output); steps
+            lists a job's step log (documents, loss, tokens per step).
               chunkflowctl submit --coordinator=coord:50051 --dataset=/data/corpus \
                   --model_dir=/models/Qwen2.5-0.5B --dp=4 --pp=2 --steps=1000 \
                   --global_batch=64 --chunk_size=8192 --k=2 --checkpoint_dir=/ckpt --watch
@@ -393,11 +394,11 @@ int main(int argc, char** argv) {
   if (command == "train") return RunTrain();
   if (command == "eval") return RunEval();
   for (const char* c : {"coordinator", "worker", "local", "submit", "get-job", "list-jobs", "cancel",
-                        "list-workers", "drain", "update-schedule", "watch"}) {
+                        "list-workers", "drain", "update-schedule", "watch", "steps"}) {
     if (command == c) return RunCluster(command);
   }
   std::cerr << "chunkflowctl: unknown command '" << command
             << "'; commands: local, coordinator, worker, submit, get-job, list-jobs, cancel, "
-               "list-workers, drain, update-schedule, watch, plan, train, eval, convert\n";
+               "list-workers, drain, update-schedule, watch, steps, plan, train, eval, convert\n";
   return 2;
 }

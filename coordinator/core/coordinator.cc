@@ -1263,4 +1263,34 @@ absl::Status Coordinator::WatchJob(const std::string& job_id, std::shared_ptr<Jo
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<v1::StepSummary>> Coordinator::ListSteps(const std::string& job_id) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (absl::Status s = FindJobLocked(job_id).status(); !s.ok()) return s;
+  }
+  // The store is thread-safe; reading the log needs no coordinator lock.
+  absl::StatusOr<int64_t> last = options_.store->LastCommittedStep(job_id);
+  if (!last.ok()) return last.status();
+  std::vector<v1::StepSummary> out;
+  for (int64_t step = 0; step <= *last + 1; ++step) {
+    absl::StatusOr<StepRecord> r = options_.store->GetStep(job_id, step);
+    if (absl::IsNotFound(r.status()) && step == *last + 1) break;  // nothing planned yet
+    if (!r.ok()) return r.status();
+    v1::StepSummary s;
+    s.set_step(step);
+    *s.mutable_samples() = r->plan.samples();
+    s.set_chunks(r->plan.chunks_size());
+    s.set_chunk_size(r->plan.params().chunk_size());
+    s.set_k(r->plan.params().k());
+    if (r->commit.has_value()) {
+      s.set_committed(true);
+      s.set_loss(r->commit->loss);
+      s.set_tokens(r->commit->tokens);
+      s.set_step_seconds(r->commit->step_seconds);
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
 }  // namespace chunkflow::coordinator

@@ -138,6 +138,9 @@ class Coordinator {
   // Sends the job's current state at once, then one event per committed step
   // and state change; closes the sink when the job ends. Errors: NOT_FOUND.
   absl::Status WatchJob(const std::string& job_id, std::shared_ptr<JobEventSink> sink);
+  // The step log of the job (committed steps, then the planned one if any).
+  // Errors: NOT_FOUND; the store's.
+  absl::StatusOr<std::vector<chunkflow::v1::StepSummary>> ListSteps(const std::string& job_id);
 
  private:
   struct WorkerEntry;

@@ -260,6 +260,16 @@ TEST_F(CoordinatorTest, JobRunsToCompletion_OnceDpTimesPpWorkersRegister) {
   EXPECT_EQ(ranks.size(), 4u);
   // The step log holds the cursor's batches exactly, and the final checkpoint.
   EXPECT_EQ(LoggedSamples(job->id()), CursorSamples(4));
+  absl::StatusOr<std::vector<v1::StepSummary>> steps = coordinator_->ListSteps(job->id());
+  ASSERT_TRUE(steps.ok()) << steps.status();
+  ASSERT_EQ(steps->size(), 4u);
+  std::vector<int64_t> listed;
+  for (const v1::StepSummary& s : *steps) {
+    EXPECT_TRUE(s.committed());
+    listed.insert(listed.end(), s.samples().begin(), s.samples().end());
+  }
+  EXPECT_EQ(listed, CursorSamples(4));
+  EXPECT_EQ(coordinator_->ListSteps("job-999").status().code(), absl::StatusCode::kNotFound);
   absl::StatusOr<std::optional<CheckpointRecord>> ckpt = store_->LatestCheckpoint(job->id());
   ASSERT_TRUE(ckpt.ok() && ckpt->has_value());
   EXPECT_EQ((*ckpt)->step, 3);

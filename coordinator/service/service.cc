@@ -275,6 +275,15 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   WatchReactor* WatchJob(grpc::CallbackServerContext*, const v1::WatchJobRequest* req) override {
     return new WatchStream(core_, req->job_id());
   }
+  grpc::ServerUnaryReactor* ListSteps(grpc::CallbackServerContext* ctx,
+                                      const v1::ListStepsRequest* req,
+                                      v1::ListStepsResponse* resp) override {
+    absl::StatusOr<std::vector<v1::StepSummary>> steps = core_->ListSteps(req->job_id());
+    if (!steps.ok()) return Reply(ctx, absl::StatusOr<v1::ListStepsResponse>(steps.status()), resp);
+    v1::ListStepsResponse r;
+    for (v1::StepSummary& s : *steps) *r.add_steps() = std::move(s);
+    return Reply(ctx, absl::StatusOr<v1::ListStepsResponse>(std::move(r)), resp);
+  }
 
  private:
   Coordinator* core_;
