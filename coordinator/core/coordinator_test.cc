@@ -260,11 +260,11 @@ TEST_F(CoordinatorTest, JobRunsToCompletion_OnceDpTimesPpWorkersRegister) {
   EXPECT_EQ(ranks.size(), 4u);
   // The step log holds the cursor's batches exactly, and the final checkpoint.
   EXPECT_EQ(LoggedSamples(job->id()), CursorSamples(4));
-  absl::StatusOr<std::vector<v1::StepSummary>> steps = coordinator_->ListSteps(job->id());
-  ASSERT_TRUE(steps.ok()) << steps.status();
-  ASSERT_EQ(steps->size(), 4u);
+  absl::StatusOr<std::vector<v1::StepSummary>> log = coordinator_->ListSteps(job->id());
+  ASSERT_TRUE(log.ok()) << log.status();
+  ASSERT_EQ(log->size(), 4u);
   std::vector<int64_t> listed;
-  for (const v1::StepSummary& s : *steps) {
+  for (const v1::StepSummary& s : *log) {
     EXPECT_TRUE(s.committed());
     listed.insert(listed.end(), s.samples().begin(), s.samples().end());
   }
