@@ -6,6 +6,8 @@
 #include <set>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -1011,6 +1013,10 @@ void Coordinator::ReleaseRanksLocked(JobEntry* job, v1::Control::Action action,
   job->ranks.clear();
   job->in_flight = false;
   job->awaiting_rejoin = false;
+  // The rendezvous keys of this generation are done with.
+  const std::string prefix = absl::StrCat(job->job.id(), "/g", job->job.generation(), "/");
+  absl::MutexLock lock(&kv_mu_);
+  absl::erase_if(kv_, [&](const auto& kv) { return absl::StartsWith(kv.first, prefix); });
 }
 
 void Coordinator::ResetJobLocked(JobEntry* job, const std::string& why, Outbox* out) {

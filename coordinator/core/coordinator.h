@@ -197,7 +197,7 @@ class Coordinator {
   std::map<std::string, std::unique_ptr<JobEntry>> jobs_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<WorkerEntry>> workers_ ABSL_GUARDED_BY(mu_);
   absl::Time last_tick_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
-  absl::Mutex kv_mu_;
+  absl::Mutex kv_mu_ ABSL_ACQUIRED_AFTER(mu_);
   absl::flat_hash_map<std::string, std::string> kv_ ABSL_GUARDED_BY(kv_mu_);
 };
 

@@ -243,6 +243,8 @@ TEST_F(CoordinatorTest, JobRunsToCompletion_OnceDpTimesPpWorkersRegister) {
   EXPECT_EQ(coordinator_->GetJob(job->id())->state(), v1::JOB_STATE_PENDING) << "3 of 4 workers";
   ws[3].Join(coordinator_.get(), "w3", 103);
   EXPECT_EQ(coordinator_->GetJob(job->id())->state(), v1::JOB_STATE_RUNNING);
+  ASSERT_TRUE(coordinator_->KvSet(job->id() + "/g1/world/rank_0", "127.0.0.1:1234").ok());
+  EXPECT_EQ(*coordinator_->KvGet(job->id() + "/g1/world/rank_0"), "127.0.0.1:1234");
 
   PumpAll(ws);
   const v1::Job done = *coordinator_->GetJob(job->id());
@@ -270,6 +272,11 @@ TEST_F(CoordinatorTest, JobRunsToCompletion_OnceDpTimesPpWorkersRegister) {
   }
   EXPECT_EQ(listed, CursorSamples(4));
   EXPECT_EQ(coordinator_->ListSteps("job-999").status().code(), absl::StatusCode::kNotFound);
+  // The finished job's rendezvous keys are gone; others stay.
+  ASSERT_TRUE(coordinator_->KvSet("other/key", "v").ok());
+  EXPECT_TRUE(coordinator_->KvGet("other/key").ok());
+  EXPECT_EQ(coordinator_->KvGet(job->id() + "/g1/world/rank_0").status().code(),
+            absl::StatusCode::kNotFound);
   absl::StatusOr<std::optional<CheckpointRecord>> ckpt = store_->LatestCheckpoint(job->id());
   ASSERT_TRUE(ckpt.ok() && ckpt->has_value());
   EXPECT_EQ((*ckpt)->step, 3);
