@@ -236,8 +236,7 @@ absl::Status Coordinator::Load() {
   for (const v1::Worker& w : *workers) {
     auto e = std::make_unique<WorkerEntry>();
     e->info = w;
-    // Everyone gets a full heartbeat timeout to reconnect.
-    e->last_seen = now;
+    e->last_seen = now;  // reset again at the end of Load
     workers_[w.id()] = std::move(e);
   }
   absl::StatusOr<std::vector<v1::Job>> jobs = options_.store->ListJobs();
@@ -275,6 +274,9 @@ absl::Status Coordinator::Load() {
                   &ignored);
     }
   }
+  // Everyone gets a full heartbeat timeout to reconnect, counted from now
+  // (opening the jobs' datasets above may have taken a while).
+  for (auto& [id, w] : workers_) w->last_seen = clock_->Now();
   // A worker record naming a rank that is not one of a running job's current
   // ranks (an older generation, a crash inside AssignLocked, a finished job)
   // holds nothing: it gets a fresh assignment when it reconnects.
@@ -386,7 +388,13 @@ absl::StatusOr<v1::RegisterResponse> Coordinator::Register(const v1::RegisterReq
     if (it != workers_.end()) {
       WorkerEntry* w = it->second.get();
       // Same incarnation while still "connected": a fast reconnect before the
-      // old stream's end was noticed; the next Connect replaces that stream.
+      // old stream's end was noticed. That stream is over: nothing more is
+      // sent down it (the next Connect gets what is missing).
+      if (w->info.incarnation() == request.incarnation() && w->sink) {
+        out.close_workers.emplace_back(w->sink, absl::AbortedError("the worker registered again"));
+        w->sink = nullptr;
+        w->rejoined = false;
+      }
       if (w->info.incarnation() != request.incarnation()) {
         if (!w->info.job_id().empty()) {
           WorkerLostLocked(w, "restarted (new incarnation)", &out);
@@ -572,7 +580,7 @@ void Coordinator::Tick() {
     // heartbeats that queued meanwhile are not the workers' fault.
     const absl::Duration stall = now - last_tick_ - 2 * options_.heartbeat_interval;
     if (last_tick_ != absl::InfinitePast() && stall > absl::ZeroDuration()) {
-      for (auto& [id, w] : workers_) w->last_seen += stall;
+      for (auto& [id, w] : workers_) w->last_seen = std::min(now, w->last_seen + stall);
     }
     last_tick_ = now;
     for (auto& [id, w] : workers_) {
@@ -890,7 +898,11 @@ void Coordinator::CommitLocked(JobEntry* job, Outbox* out) {
   for (const planner::Chunk& c : job->plan_struct.chunks) tokens += c.tokens;
   const double loss =
       job->plan.loss_tokens() > 0 ? loss_sum / static_cast<double>(job->plan.loss_tokens()) : 0.0;
-  StepCommit commit{loss, tokens, step_seconds, summary.dump()};
+  // The checkpoint, once every stage's dp-0 shard is written: recorded in the
+  // commit's batch.
+  const bool checkpointed = static_cast<int32_t>(job->checkpoint_stages.size()) == job->pp();
+  const std::string path = CheckpointPath(spec, id, step);
+  StepCommit commit{loss, tokens, step_seconds, summary.dump(), checkpointed ? path : ""};
   if (absl::Status s = options_.store->CommitStep(id, step, commit); !s.ok()) {
     FinishJobLocked(job, v1::JOB_STATE_FAILED,
                     absl::StrCat("cannot commit step ", step, ": ", s.message()), out);
@@ -908,17 +920,6 @@ void Coordinator::CommitLocked(JobEntry* job, Outbox* out) {
     (void)options_.metrics->OnStepCommitted(step_seconds, tokens, 0, 1);
   }
 
-  // The checkpoint, once every stage's dp-0 shard is written.
-  bool checkpointed = false;
-  const std::string path = CheckpointPath(spec, id, step);
-  if (static_cast<int32_t>(job->checkpoint_stages.size()) == job->pp()) {
-    if (absl::Status s = options_.store->PutCheckpoint(id, step, path); s.ok()) {
-      checkpointed = true;
-    } else {
-      EventLocked(job, absl::StrCat("cannot record the checkpoint of step ", step, ": ", s.message()),
-                  out);
-    }
-  }
 
   // Refit the cost model from the measured op times.
   for (auto& [rank, r] : job->reports) {
@@ -1263,6 +1264,7 @@ absl::Status Coordinator::WatchJob(const std::string& job_id, std::shared_ptr<Jo
     if (Finished((*job)->job.state())) {
       out.close_watchers.push_back(sink);
     } else {
+      PruneWatchersLocked(*job);
       (*job)->watchers.push_back(sink);
     }
   }
@@ -1280,7 +1282,8 @@ absl::StatusOr<std::vector<v1::StepSummary>> Coordinator::ListSteps(const std::s
   std::vector<v1::StepSummary> out;
   for (int64_t step = 0; step <= *last + 1; ++step) {
     absl::StatusOr<StepRecord> r = options_.store->GetStep(job_id, step);
-    if (absl::IsNotFound(r.status()) && step == *last + 1) break;  // nothing planned yet
+    // Past the end: nothing planned yet, or a reset rewound the log meanwhile.
+    if (absl::IsNotFound(r.status())) break;
     if (!r.ok()) return r.status();
     v1::StepSummary s;
     s.set_step(step);

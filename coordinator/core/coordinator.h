@@ -104,8 +104,8 @@ class Coordinator {
 
   // ---- WorkerService -------------------------------------------------------
 
-  // Errors: INVALID_ARGUMENT (no device kind, zero incarnation, bad name);
-  // ALREADY_EXISTS (same name and incarnation still connected).
+  // Errors: INVALID_ARGUMENT (no device kind, zero incarnation, bad name).
+  // The same name and incarnation again is a reconnect: the old stream ends.
   absl::StatusOr<chunkflow::v1::RegisterResponse> Register(
       const chunkflow::v1::RegisterRequest& request);
   // The first message of a Connect stream. Errors: NOT_FOUND (unknown worker

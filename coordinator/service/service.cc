@@ -37,6 +37,8 @@ class StreamQueue {
     absl::MutexLock lock(&mu_);
     if (reactor_ == nullptr || finish_requested_) return;
     if (queue_.size() >= kMaxQueued) {
+      // Keep only the write in flight; the rest is never sent.
+      queue_.erase(queue_.begin() + (writing_ ? 1 : 0), queue_.end());
       finish_requested_ = true;
       status_ = absl::ResourceExhaustedError(
           absl::StrCat(kMaxQueued, " messages queued: the client is not reading"));

@@ -399,6 +399,12 @@ absl::Status Store::CommitStep(std::string_view job_id, int64_t step, const Step
   rocksdb::WriteBatch batch;
   rocksdb::Status s = batch.Put(commit_key, Serialize(rec));
   if (s.ok()) s = batch.Put(CommittedKey(job_id), Serialize(committed));
+  if (s.ok() && !commit.checkpoint_path.empty()) {
+    pb::CheckpointRecordValue ckpt;
+    ckpt.set_step(step);
+    ckpt.set_path(commit.checkpoint_path);
+    s = batch.Put(CheckpointKey(job_id, step), Serialize(ckpt));
+  }
   if (s.ok()) s = db_->Write(SyncWrite(), &batch);
   return s.ok() ? absl::OkStatus() : FromRocks(s, "commit batch", commit_key, dir_);
 }

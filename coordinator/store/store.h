@@ -89,6 +89,10 @@ struct StepCommit {
   int64_t tokens = 0;        // tokens trained
   double step_seconds = 0;   // wall time of the step
   std::string report_bytes;  // per-op timing summary, opaque to the store
+  // Non-empty: the state after this step is saved there; the checkpoint
+  // record is written in the commit's batch (a crash cannot keep one without
+  // the other).
+  std::string checkpoint_path;
 };
 
 struct StepRecord {

@@ -225,7 +225,6 @@ class Daemon final : public WorkerDaemon {
       if (!s.ok()) return s;
     }
     *last_contact = absl::Now();
-    *established = true;
     if (worker_id_.empty()) {
       worker_id_ = resp.worker_id();
       Log(absl::StrCat("registered with ", options_.coordinator, " (incarnation ", incarnation_,
@@ -252,7 +251,8 @@ class Daemon final : public WorkerDaemon {
         h->set_last_step(held_last_step_);
       }
     }
-    Send(hello);
+    if (!Send(hello)) return absl::UnavailableError("the Connect stream broke at once");
+    *established = true;
     const absl::Duration interval =
         absl::Seconds(resp.heartbeat_interval_s() > 0 ? resp.heartbeat_interval_s() : 1.0);
     absl::Notification hb_stop;
@@ -269,6 +269,12 @@ class Daemon final : public WorkerDaemon {
     v1::CoordinatorMessage msg;
     while (stream_->Read(&msg)) {
       *last_contact = absl::Now();
+      if (msg.has_assignment()) {
+        // Claimed from the moment it is read: a reconnect before the job
+        // thread gets to it must not look like a worker that lost its rank.
+        const v1::RankAssignment& a = msg.assignment();
+        SetHeld(a.job_id(), a.stage(), a.dp_index(), a.generation(), a.checkpoint_step());
+      }
       if (msg.has_control() && msg.control().action() == v1::Control::ACTION_SHUTDOWN) {
         Log("shutdown requested by the coordinator");
         stopping_ = true;
@@ -293,9 +299,10 @@ class Daemon final : public WorkerDaemon {
     return s;
   }
 
-  void Send(const v1::WorkerMessage& m) {
+  bool Send(const v1::WorkerMessage& m) {
     absl::MutexLock lock(&stream_mu_);
-    if (stream_) stream_->Write(m);  // a broken stream drops it; reports are kept for resends
+    // A broken stream drops it; reports are kept for resends.
+    return stream_ != nullptr && stream_->Write(m);
   }
 
   void SendError(const std::string& job, int64_t step, const absl::Status& s,
@@ -330,9 +337,20 @@ class Daemon final : public WorkerDaemon {
 
   void Teardown() {
     if (job_) Log(absl::StrCat("dropping job ", job_->a.job_id()));
+    const v1::RankAssignment* a = job_ ? &job_->a : pending_ ? &*pending_ : nullptr;
+    const std::string dropped_job = a != nullptr ? a->job_id() : "";
+    const int64_t dropped = a != nullptr ? a->generation() : 0;
     job_.reset();
     pending_.reset();
-    SetHeld(nullptr, -1);
+    {
+      // Keep a newer claim the stream thread already made for an assignment
+      // still queued behind this teardown (another job, or a later generation).
+      absl::MutexLock lock(&state_mu_);
+      if (held_job_ == dropped_job && held_generation_ <= dropped) {
+        held_job_.clear();
+        held_last_step_ = -1;
+      }
+    }
     state_ = v1::WORKER_STATE_IDLE;
   }
 
@@ -347,10 +365,8 @@ class Daemon final : public WorkerDaemon {
         queue_.pop_front();
       }
       if (m.has_assignment()) {
-        Teardown();
+        Teardown();  // keeps the claim the stream thread made for this assignment
         pending_ = m.assignment();
-        // Claimed from now on: a reconnect while the communicators connect
-        // must not look like a worker that lost its rank.
         SetHeld(pending_->job_id(), pending_->stage(), pending_->dp_index(),
                 pending_->generation(), pending_->checkpoint_step());
       } else if (m.has_bootstrap()) {
@@ -375,8 +391,11 @@ class Daemon final : public WorkerDaemon {
           case v1::Control::ACTION_ABORT:
           case v1::Control::ACTION_RELEASE: {
             // Ignore the end of an older assignment than the one held now.
-            const int64_t held = job_ ? job_->a.generation() : pending_ ? pending_->generation() : 0;
-            if (c.generation() != 0 && held > c.generation()) break;
+            const v1::RankAssignment* holding = job_ ? &job_->a : pending_ ? &*pending_ : nullptr;
+            if (holding != nullptr && c.generation() != 0 &&
+                (holding->job_id() != c.job_id() || holding->generation() > c.generation())) {
+              break;  // the end of an older (or another job's) assignment
+            }
             Log(absl::StrCat(c.action() == v1::Control::ACTION_ABORT ? "abort" : "release",
                              " job ", c.job_id(), ": ", c.reason()));
             Teardown();
