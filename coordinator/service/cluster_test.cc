@@ -127,6 +127,27 @@ class ClusterTest : public ::testing::Test {
     return job;
   }
 
+  // Submits `spec` and starts 4 workers w0..w3; returns the job id.
+  std::string SubmitWithWorkers(const v1::JobSpec& spec) {
+    v1::SubmitJobRequest req;
+    *req.mutable_spec() = spec;
+    absl::StatusOr<v1::Job> job =
+        Call([&](grpc::ClientContext* c, v1::Job* j) { return stub_->SubmitJob(c, req, j); });
+    EXPECT_TRUE(job.ok()) << job.status();
+    for (int i = 0; i < 4; ++i) StartWorker("w" + std::to_string(i));
+    return job.ok() ? job->id() : "";
+  }
+
+  // Waits (up to 20 s) until `n` steps of the job are committed.
+  void WaitCommitted(const std::string& id, int64_t n) {
+    for (int i = 0; i < 2000; ++i) {
+      absl::StatusOr<v1::Job> j = Get(id);
+      if (j.ok() && j->steps_committed() >= n) return;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    ADD_FAILURE() << id << " never committed " << n << " steps";
+  }
+
   std::string dir_;
   int port_ = 0;
   std::stringstream log_;
@@ -187,63 +208,41 @@ void ExpectCheckpointMatches(const std::string& ckpt, int64_t steps, double tol)
 }
 
 TEST_F(ClusterTest, TwoByTwoCluster_TrainsLikeOneProcess) {
-  v1::SubmitJobRequest req;
-  *req.mutable_spec() = Spec(3);
-  absl::StatusOr<v1::Job> job =
-      Call([&](grpc::ClientContext* c, v1::Job* j) { return stub_->SubmitJob(c, req, j); });
-  ASSERT_TRUE(job.ok()) << job.status();
-  for (int i = 0; i < 4; ++i) StartWorker("w" + std::to_string(i));
-  const v1::Job done = WaitFor(job->id(), v1::JOB_STATE_COMPLETED, absl::Seconds(120));
+  const std::string id = SubmitWithWorkers(Spec(3));
+  const v1::Job done = WaitFor(id, v1::JOB_STATE_COMPLETED, absl::Seconds(120));
   EXPECT_EQ(done.steps_committed(), 3);
   EXPECT_GT(done.last_loss(), 0);
   EXPECT_EQ(done.fitted_cost_model().stages_size(), 2);
-  ExpectCheckpointMatches(dir_ + "/ckpt/" + job->id() + "/step-000002", 3, 1e-5);
+  ExpectCheckpointMatches(dir_ + "/ckpt/" + id + "/step-000002", 3, 1e-5);
 }
 
 TEST_F(ClusterTest, CoordinatorRestart_MidJob_ResumesWithoutRepeatingSamples) {
-  v1::SubmitJobRequest req;
-  *req.mutable_spec() = Spec(6);
-  absl::StatusOr<v1::Job> job =
-      Call([&](grpc::ClientContext* c, v1::Job* j) { return stub_->SubmitJob(c, req, j); });
-  ASSERT_TRUE(job.ok()) << job.status();
-  for (int i = 0; i < 4; ++i) StartWorker("w" + std::to_string(i));
+  const std::string id = SubmitWithWorkers(Spec(6));
   // Kill the coordinator once two steps are committed, start a new one on the
   // same port and database: the workers reconnect holding their ranks.
-  for (int i = 0; i < 2000; ++i) {
-    absl::StatusOr<v1::Job> j = Get(job->id());
-    if (j.ok() && j->steps_committed() >= 2) break;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  WaitCommitted(id, 2);
   server_.reset();
   StartCoordinator();
-  const v1::Job done = WaitFor(job->id(), v1::JOB_STATE_COMPLETED, absl::Seconds(120));
+  const v1::Job done = WaitFor(id, v1::JOB_STATE_COMPLETED, absl::Seconds(120));
   std::string events;
   for (const std::string& e : done.events()) events += e + "\n";
   EXPECT_TRUE(absl::StrContains(events, "every rank reconnected; resuming")) << events;
   EXPECT_FALSE(absl::StrContains(events, "lost")) << events;
   // Same weights as one process: nothing trained twice, nothing skipped.
-  ExpectCheckpointMatches(dir_ + "/ckpt/" + job->id() + "/step-000005", 6, 1e-4);
+  ExpectCheckpointMatches(dir_ + "/ckpt/" + id + "/step-000005", 6, 1e-4);
 }
 
 // A worker dies mid-job: the coordinator notices within the heartbeat
 // timeout, sends the job back to its last checkpoint, and resumes once a new
 // worker takes the dead one's place; the result still equals one process.
 TEST_F(ClusterTest, WorkerKilled_JobResumesFromCheckpointWithAReplacement) {
-  v1::SubmitJobRequest req;
-  *req.mutable_spec() = Spec(6);
-  req.mutable_spec()->set_checkpoint_every(2);
-  absl::StatusOr<v1::Job> job =
-      Call([&](grpc::ClientContext* c, v1::Job* j) { return stub_->SubmitJob(c, req, j); });
-  ASSERT_TRUE(job.ok()) << job.status();
-  for (int i = 0; i < 4; ++i) StartWorker("w" + std::to_string(i));
-  for (int i = 0; i < 2000; ++i) {
-    absl::StatusOr<v1::Job> j = Get(job->id());
-    if (j.ok() && j->steps_committed() >= 3) break;
-    absl::SleepFor(absl::Milliseconds(10));
-  }
+  v1::JobSpec spec = Spec(6);
+  spec.set_checkpoint_every(2);
+  const std::string id = SubmitWithWorkers(spec);
+  WaitCommitted(id, 3);
   const absl::Time killed = absl::Now();
   workers_[3]->Stop();  // w3 goes silent (its process would be gone)
-  v1::Job marked = WaitFor(job->id(), v1::JOB_STATE_PENDING, absl::Seconds(30));
+  v1::Job marked = WaitFor(id, v1::JOB_STATE_PENDING, absl::Seconds(30));
   const absl::Duration noticed = absl::Now() - killed;
   EXPECT_LT(noticed, absl::Seconds(2) + absl::Seconds(2)) << "heartbeat timeout is 2 s";
   // Either the heartbeat timeout or a peer's broken connection tells first.
@@ -252,11 +251,11 @@ TEST_F(ClusterTest, WorkerKilled_JobResumesFromCheckpointWithAReplacement) {
               absl::StrContains(why, "Connection closed by peer"))
       << marked.DebugString();
   StartWorker("w4");
-  const v1::Job done = WaitFor(job->id(), v1::JOB_STATE_COMPLETED, absl::Seconds(120));
+  const v1::Job done = WaitFor(id, v1::JOB_STATE_COMPLETED, absl::Seconds(120));
   std::string events;
   for (const std::string& e : done.events()) events += e + "\n";
   EXPECT_TRUE(absl::StrContains(events, "loading the checkpoint after step")) << events;
-  ExpectCheckpointMatches(dir_ + "/ckpt/" + job->id() + "/step-000005", 6, 1e-4);
+  ExpectCheckpointMatches(dir_ + "/ckpt/" + id + "/step-000005", 6, 1e-4);
 }
 
 }  // namespace
