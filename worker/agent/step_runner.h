@@ -62,6 +62,8 @@ class StepRunner {
 
   engine::StageParams& params() { return params_; }
   int64_t optimizer_step() const { return step_; }
+  // Bytes held now by kind, and the step's peak (what the worker reports).
+  const engine::MemoryTracker& memory() const { return mem_; }
 
   // Checkpoint shards in the Hugging Face sharded layout, one file per stage:
   // `dir`/model-0000(s+1)-of-0000(pp).safetensors with this stage's weights (a

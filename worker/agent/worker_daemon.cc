@@ -638,7 +638,11 @@ class Daemon final : public WorkerDaemon {
       if (ops[i].type == planner::OpType::kForward && !ops[i].recompute) tokens += c.tokens;
     }
     rep.set_tokens(tokens);
+    const engine::MemoryTracker& tracker = job_->runner->memory();
     metrics::MemorySample mem;
+    mem.activations_bytes = tracker.current(engine::MemoryTracker::kActivations);
+    mem.state_bytes = tracker.current(engine::MemoryTracker::kState);
+    mem.scratch_bytes = tracker.current(engine::MemoryTracker::kScratch);
     mem.peak_bytes = r->peak_bytes;
     (void)metrics_->SetMemory(mem);
     last_step_ = p.step();
