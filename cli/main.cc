@@ -114,15 +114,6 @@ namespace {
 constexpr char kUsage[] = R"(the ChunkFlow admin client.
 
 Commands:
-  plan      Plan a dataset's global batches with ChunkFlow and the baselines
-            (plain packing; Megatron-style padding and packing, with and without
-            full recompute), simulate them, and print a side-by-side table:
-            chunks per step, dp imbalance, bubble, step time, peak memory per
-            stage, speedup. No cluster needed.
-              chunkflowctl plan --dataset=synthetic:lmsys:n=50000 --dp=4 --pp=4 \
-                  --chunk_size=16384 --k=2
-              chunkflowctl plan --dataset=/data/corpus_text_document --sweep
-              chunkflowctl plan --format=json --output=plan.json
   local     The main job: start a coordinator and dp x pp workers as processes
             on this machine, submit a job (default: a 3.5 M-parameter Qwen2-style
             model, 20 steps of 16 documents from a synthetic long-tailed dataset,
@@ -143,6 +134,15 @@ Commands:
                   --global_batch=64 --chunk_size=8192 --k=2 --checkpoint_dir=/ckpt --watch
               chunkflowctl watch --job=job-000001
               chunkflowctl update-schedule --job=job-000001 --chunk_size=4096
+  plan      Plan a dataset's global batches with ChunkFlow and the baselines
+            (plain packing; Megatron-style padding and packing, with and without
+            full recompute), simulate them, and print a side-by-side table:
+            chunks per step, dp imbalance, bubble, step time, peak memory per
+            stage, speedup. No cluster needed.
+              chunkflowctl plan --dataset=synthetic:lmsys:n=50000 --dp=4 --pp=4 \
+                  --chunk_size=16384 --k=2
+              chunkflowctl plan --dataset=/data/corpus_text_document --sweep
+              chunkflowctl plan --format=json --output=plan.json
   train     Train a model in this process with ChunkFlow: global batches from
             the seeded cursor, chunks of --chunk_size, K, --stages pipeline
             stages; one progress line per step (loss, tokens/s, peak memory);
