@@ -1,0 +1,261 @@
+// Kernels of ops.h. Grid-stride loops; 256 threads per block unless noted.
+#include "kernels/cuda/ops.h"
+
+#include <cmath>
+
+namespace chunkflow::kernels::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+int Blocks(int64_t n) {
+  const int64_t b = (n + kThreads - 1) / kThreads;
+  return static_cast<int>(b < 1 ? 1 : (b > 65535 * 8 ? 65535 * 8 : b));
+}
+
+__global__ void EmbeddingForwardKernel(float* out, const int32_t* tokens, const float* wte,
+                                       int64_t T, int64_t C) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < T * C;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / C, c = i % C;
+    out[i] = wte[static_cast<int64_t>(tokens[t]) * C + c];
+  }
+}
+
+__global__ void EmbeddingBackwardKernel(float* dwte, const float* dout, const int32_t* tokens,
+                                        int64_t T, int64_t C) {
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < C;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    for (int64_t t = 0; t < T; ++t) {
+      dwte[static_cast<int64_t>(tokens[t]) * C + c] += dout[t * C + c];
+    }
+  }
+}
+
+// Block-wide sum of one double per thread, in a fixed tree order.
+__device__ double BlockSum(double v, double* shared) {
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) shared[threadIdx.x] += shared[threadIdx.x + s];
+    __syncthreads();
+  }
+  const double total = shared[0];
+  __syncthreads();
+  return total;
+}
+
+// One block per row.
+__global__ void RmsnormForwardKernel(float* out, float* rstd, const float* inp,
+                                     const float* weight, int64_t C, float eps) {
+  __shared__ double shared[kThreads];
+  const int64_t t = blockIdx.x;
+  const float* x = inp + t * C;
+  float* y = out + t * C;
+  double ss = 0.0;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += static_cast<double>(x[c]) * x[c];
+  ss = BlockSum(ss, shared);
+  const float r = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(C) + eps));
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) y[c] = weight[c] * (x[c] * r);
+  if (threadIdx.x == 0) rstd[t] = r;
+}
+
+__global__ void RmsnormBackwardInputKernel(float* dinp, const float* dout, const float* inp,
+                                           const float* weight, const float* rstd, int64_t C) {
+  __shared__ double shared[kThreads];
+  const int64_t t = blockIdx.x;
+  const float* x = inp + t * C;
+  const float* dy = dout + t * C;
+  float* dx = dinp + t * C;
+  const float r = rstd[t];
+  double dot = 0.0;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    dot += static_cast<double>(dy[c]) * weight[c] * x[c];
+  }
+  dot = BlockSum(dot, shared);
+  const float k = static_cast<float>(dot / static_cast<double>(C)) * r * r;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) dx[c] += r * (dy[c] * weight[c] - x[c] * k);
+}
+
+// One thread per column, rows in order (the CPU twin's order).
+__global__ void RmsnormBackwardWeightKernel(float* dweight, const float* dout, const float* inp,
+                                            const float* rstd, int64_t T, int64_t C) {
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < C;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    double acc = 0.0;
+    for (int64_t t = 0; t < T; ++t) acc += static_cast<double>(dout[t * C + c]) * (inp[t * C + c] * rstd[t]);
+    dweight[c] += static_cast<float>(acc);
+  }
+}
+
+__device__ float Sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+__global__ void SwigluForwardKernel(float* out, const float* gate, const float* up, int64_t N) {
+  for (int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; n < N;
+       n += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = gate[n];
+    out[n] = g * Sigmoid(g) * up[n];
+  }
+}
+
+__global__ void SwigluBackwardKernel(float* dgate, float* dup, const float* dout, const float* gate,
+                                     const float* up, int64_t N) {
+  for (int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; n < N;
+       n += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = gate[n];
+    const float s = Sigmoid(g);
+    const float silu = g * s;
+    const float dsilu = s * (1.0f + g * (1.0f - s));
+    dgate[n] += dout[n] * up[n] * dsilu;
+    dup[n] += dout[n] * silu;
+  }
+}
+
+__device__ float Lerp(float self, float end, float weight) {
+  return weight < 0.5f ? self + weight * (end - self) : end - (end - self) * (1.0f - weight);
+}
+
+__global__ void AdamWKernel(float* params, const float* grads, float* m, float* v, int64_t n,
+                            float decay, float neg_step_size, float bias_correction2_sqrt,
+                            float w1, float b2, float w2, float eps) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = grads[i];
+    float p = params[i] * decay;
+    const float mi = Lerp(m[i], g, w1);
+    const float vi = v[i] * b2 + w2 * g * g;
+    const float denom = sqrtf(vi) / bias_correction2_sqrt + eps;
+    p = p + neg_step_size * mi / denom;
+    params[i] = p;
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
+
+__global__ void SgdKernel(float* params, const float* grads, int64_t n, float neg_lr) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    params[i] = params[i] + neg_lr * grads[i];
+  }
+}
+
+// Partial sums: block b covers a contiguous range of x.
+__global__ void SumOfSquaresPartialKernel(double* partial, const float* x, int64_t n) {
+  __shared__ double shared[kThreads];
+  const int64_t per_block = (n + gridDim.x - 1) / gridDim.x;
+  const int64_t begin = blockIdx.x * per_block;
+  const int64_t end = begin + per_block < n ? begin + per_block : n;
+  double acc = 0.0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    acc += static_cast<double>(x[i]) * x[i];
+  }
+  acc = BlockSum(acc, shared);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+__global__ void SumPartialsKernel(double* out, const double* partial, int count) {
+  __shared__ double shared[kThreads];
+  double acc = 0.0;
+  for (int i = threadIdx.x; i < count; i += blockDim.x) acc += partial[i];
+  acc = BlockSum(acc, shared);
+  if (threadIdx.x == 0) *out = acc;
+}
+
+__global__ void ScaleKernel(float* x, int64_t n, float factor) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    x[i] *= factor;
+  }
+}
+
+cudaError_t Launched() { return cudaGetLastError(); }
+
+}  // namespace
+
+cudaError_t embedding_forward(float* out, const int32_t* tokens, const float* wte, int64_t T,
+                              int64_t C, cudaStream_t stream) {
+  if (T * C == 0) return cudaSuccess;
+  EmbeddingForwardKernel<<<Blocks(T * C), kThreads, 0, stream>>>(out, tokens, wte, T, C);
+  return Launched();
+}
+
+cudaError_t embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int64_t T,
+                               int64_t C, cudaStream_t stream) {
+  if (T * C == 0) return cudaSuccess;
+  EmbeddingBackwardKernel<<<Blocks(C), kThreads, 0, stream>>>(dwte, dout, tokens, T, C);
+  return Launched();
+}
+
+cudaError_t rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight,
+                            int64_t T, int64_t C, float eps, cudaStream_t stream) {
+  if (T == 0) return cudaSuccess;
+  RmsnormForwardKernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(out, rstd, inp, weight,
+                                                                           C, eps);
+  return Launched();
+}
+
+cudaError_t rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp,
+                             const float* weight, const float* rstd, int64_t T, int64_t C,
+                             cudaStream_t stream) {
+  if (T == 0) return cudaSuccess;
+  RmsnormBackwardInputKernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(
+      dinp, dout, inp, weight, rstd, C);
+  if (cudaError_t e = Launched(); e != cudaSuccess) return e;
+  RmsnormBackwardWeightKernel<<<Blocks(C), kThreads, 0, stream>>>(dweight, dout, inp, rstd, T, C);
+  return Launched();
+}
+
+cudaError_t swiglu_forward(float* out, const float* gate, const float* up, int64_t N,
+                           cudaStream_t stream) {
+  if (N == 0) return cudaSuccess;
+  SwigluForwardKernel<<<Blocks(N), kThreads, 0, stream>>>(out, gate, up, N);
+  return Launched();
+}
+
+cudaError_t swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate,
+                            const float* up, int64_t N, cudaStream_t stream) {
+  if (N == 0) return cudaSuccess;
+  SwigluBackwardKernel<<<Blocks(N), kThreads, 0, stream>>>(dgate, dup, dout, gate, up, N);
+  return Launched();
+}
+
+cudaError_t adamw_update(float* params, const float* grads, float* m, float* v, int64_t n,
+                         int64_t step, const AdamWConfig& cfg, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  // The host-side scalars of kernels/cpu/optimizer.cc, in the same order.
+  const double lr = cfg.lr;
+  const double bias_correction1 = 1.0 - std::pow(static_cast<double>(cfg.beta1), step);
+  const double bias_correction2 = 1.0 - std::pow(static_cast<double>(cfg.beta2), step);
+  const float decay = static_cast<float>(1.0 - lr * cfg.weight_decay);
+  const float neg_step_size = static_cast<float>(-(lr / bias_correction1));
+  const float bias_correction2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
+  const float w1 = static_cast<float>(1.0 - static_cast<double>(cfg.beta1));
+  const float w2 = static_cast<float>(1.0 - static_cast<double>(cfg.beta2));
+  AdamWKernel<<<Blocks(n), kThreads, 0, stream>>>(params, grads, m, v, n, decay, neg_step_size,
+                                                  bias_correction2_sqrt, w1, cfg.beta2, w2,
+                                                  cfg.eps);
+  return Launched();
+}
+
+cudaError_t sgd_update(float* params, const float* grads, int64_t n, float lr,
+                       cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  SgdKernel<<<Blocks(n), kThreads, 0, stream>>>(params, grads, n, -lr);
+  return Launched();
+}
+
+cudaError_t sum_of_squares(double* out, const float* x, int64_t n, double* scratch,
+                           cudaStream_t stream) {
+  SumOfSquaresPartialKernel<<<kSumOfSquaresBlocks, kThreads, 0, stream>>>(scratch, x, n);
+  if (cudaError_t e = Launched(); e != cudaSuccess) return e;
+  SumPartialsKernel<<<1, kThreads, 0, stream>>>(out, scratch, kSumOfSquaresBlocks);
+  return Launched();
+}
+
+cudaError_t scale(float* x, int64_t n, float factor, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  ScaleKernel<<<Blocks(n), kThreads, 0, stream>>>(x, n, factor);
+  return Launched();
+}
+
+}  // namespace chunkflow::kernels::cuda

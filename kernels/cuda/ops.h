@@ -1,0 +1,75 @@
+// CUDA twins of the CPU reference ops (kernels/cpu/): same names, same
+// argument order, same gradient contract, plus a trailing cudaStream_t.
+// Every pointer is device memory unless noted.
+//
+// Gradient contract (whole project): every gradient output is ACCUMULATED
+// (+=); forward outputs are overwritten (=). Row-major fp32 (the bf16 paths
+// come with the GEMMs and attention).
+//
+// Each function enqueues its kernel(s) on `stream` and returns the launch
+// status (cudaGetLastError right after the launch): a bad launch
+// configuration is reported here, a fault inside the kernel by the next
+// synchronising call. status.h turns both into absl::Status naming the op.
+//
+// Determinism: the reductions (embedding_backward, rmsnorm's dweight,
+// sum_of_squares) sum in a fixed order on every run - no atomics - and the
+// per-row / per-column sums follow the CPU twin's order where it has one.
+//
+//   cuda::rmsnorm_forward(y, rstd, x, w, T, C, 1e-6f, stream);
+
+#ifndef CHUNKFLOW_KERNELS_CUDA_OPS_H_
+#define CHUNKFLOW_KERNELS_CUDA_OPS_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace chunkflow::kernels::cuda {
+
+// out[t, :] = wte[tokens[t], :].   Preconditions: tokens in [0, V).
+cudaError_t embedding_forward(float* out, const int32_t* tokens, const float* wte, int64_t T,
+                              int64_t C, cudaStream_t stream);
+// dwte[tokens[t], :] += dout[t, :]; one thread per column walks t in order
+// (the CPU twin's order, so the sums are bit-identical to it).
+cudaError_t embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int64_t T,
+                               int64_t C, cudaStream_t stream);
+
+// As kernels/cpu/rmsnorm.h (mean of squares in double, rstd rounded to fp32).
+cudaError_t rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight,
+                            int64_t T, int64_t C, float eps, cudaStream_t stream);
+cudaError_t rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp,
+                             const float* weight, const float* rstd, int64_t T, int64_t C,
+                             cudaStream_t stream);
+
+// out = silu(gate) * up; the backward as kernels/cpu/swiglu.h.
+cudaError_t swiglu_forward(float* out, const float* gate, const float* up, int64_t N,
+                           cudaStream_t stream);
+cudaError_t swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate,
+                            const float* up, int64_t N, cudaStream_t stream);
+
+// torch.optim.AdamW's single-tensor op order, as kernels/cpu/optimizer.h;
+// the scalars are formed on the host in double, as the CPU twin does.
+struct AdamWConfig {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;
+};
+cudaError_t adamw_update(float* params, const float* grads, float* m, float* v, int64_t n,
+                         int64_t step, const AdamWConfig& cfg, cudaStream_t stream);
+cudaError_t sgd_update(float* params, const float* grads, int64_t n, float lr,
+                       cudaStream_t stream);
+
+// *out (device, one double) = sum_i x[i]^2 in double: fixed blocks of
+// partial sums in `scratch` (device, kSumOfSquaresBlocks doubles), then one
+// block adds them in order.
+inline constexpr int kSumOfSquaresBlocks = 256;
+cudaError_t sum_of_squares(double* out, const float* x, int64_t n, double* scratch,
+                           cudaStream_t stream);
+// x[i] *= factor.
+cudaError_t scale(float* x, int64_t n, float factor, cudaStream_t stream);
+
+}  // namespace chunkflow::kernels::cuda
+
+#endif  // CHUNKFLOW_KERNELS_CUDA_OPS_H_
