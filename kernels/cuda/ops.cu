@@ -88,6 +88,36 @@ __global__ void RmsnormBackwardWeightKernel(float* dweight, const float* dout, c
   }
 }
 
+struct InvFreq {
+  float v[kMaxRopeHeadDim / 2];
+};
+
+// One thread per (t, h, i < half): reads both halves before writing (in place).
+template <bool kBackward>
+__global__ void RopeKernel(float* out, const float* inp, const int64_t* positions, int64_t T,
+                           int64_t n_heads, int64_t head_dim, InvFreq inv_freq) {
+  const int64_t half = head_dim / 2;
+  const int64_t total = T * n_heads * half;
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < total;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = k % half;
+    const int64_t th = k / half;  // t * n_heads + h
+    const int64_t t = th / n_heads;
+    const float angle = static_cast<float>(positions[t]) * inv_freq.v[i];
+    const float c = cosf(angle), s = sinf(angle);
+    const float* x = inp + th * head_dim;
+    float* y = out + th * head_dim;
+    const float x1 = x[i], x2 = x[i + half];
+    if (kBackward) {
+      y[i] += x1 * c + x2 * s;
+      y[i + half] += x2 * c - x1 * s;
+    } else {
+      y[i] = x1 * c - x2 * s;
+      y[i + half] = x2 * c + x1 * s;
+    }
+  }
+}
+
 __device__ float Sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 __global__ void SwigluForwardKernel(float* out, const float* gate, const float* up, int64_t N) {
@@ -202,6 +232,40 @@ cudaError_t rmsnorm_backward(float* dinp, float* dweight, const float* dout, con
       dinp, dout, inp, weight, rstd, C);
   if (cudaError_t e = Launched(); e != cudaSuccess) return e;
   RmsnormBackwardWeightKernel<<<Blocks(C), kThreads, 0, stream>>>(dweight, dout, inp, rstd, T, C);
+  return Launched();
+}
+
+namespace {
+
+// The CPU twin's inverse frequencies (kernels/cpu/rope.cc), every step fp32.
+bool HostInvFreq(int64_t head_dim, float theta, InvFreq* f) {
+  if (head_dim <= 0 || head_dim % 2 != 0 || head_dim > kMaxRopeHeadDim) return false;
+  for (int64_t i = 0; i < head_dim / 2; ++i) {
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+    f->v[i] = 1.0f / std::pow(theta, exponent);
+  }
+  return true;
+}
+
+}  // namespace
+
+cudaError_t rope_forward(float* out, const float* inp, const int64_t* positions, int64_t T,
+                         int64_t n_heads, int64_t head_dim, float theta, cudaStream_t stream) {
+  InvFreq f;
+  if (!HostInvFreq(head_dim, theta, &f)) return cudaErrorInvalidValue;
+  if (T * n_heads == 0) return cudaSuccess;
+  RopeKernel<false><<<Blocks(T * n_heads * head_dim / 2), kThreads, 0, stream>>>(
+      out, inp, positions, T, n_heads, head_dim, f);
+  return Launched();
+}
+
+cudaError_t rope_backward(float* dinp, const float* dout, const int64_t* positions, int64_t T,
+                          int64_t n_heads, int64_t head_dim, float theta, cudaStream_t stream) {
+  InvFreq f;
+  if (!HostInvFreq(head_dim, theta, &f)) return cudaErrorInvalidValue;
+  if (T * n_heads == 0) return cudaSuccess;
+  RopeKernel<true><<<Blocks(T * n_heads * head_dim / 2), kThreads, 0, stream>>>(
+      dinp, dout, positions, T, n_heads, head_dim, f);
   return Launched();
 }
 

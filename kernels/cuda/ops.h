@@ -41,6 +41,18 @@ cudaError_t rmsnorm_backward(float* dinp, float* dweight, const float* dout, con
                              const float* weight, const float* rstd, int64_t T, int64_t C,
                              cudaStream_t stream);
 
+// RoPE, HF rotate_half layout, as kernels/cpu/rope.h: inv_freq is computed
+// on the host with the CPU twin's fp32 powf and passed by value (a device
+// powf differs by an ulp, which at position 16K moves the angle by ~1e-3);
+// cos/sin of (float)position * inv_freq[i] on the device (IEEE sinf/cosf, no
+// fast math). out may alias inp; dinp must not alias dout.
+// Preconditions: head_dim even and at most kMaxRopeHeadDim.
+inline constexpr int64_t kMaxRopeHeadDim = 512;
+cudaError_t rope_forward(float* out, const float* inp, const int64_t* positions, int64_t T,
+                         int64_t n_heads, int64_t head_dim, float theta, cudaStream_t stream);
+cudaError_t rope_backward(float* dinp, const float* dout, const int64_t* positions, int64_t T,
+                          int64_t n_heads, int64_t head_dim, float theta, cudaStream_t stream);
+
 // out = silu(gate) * up; the backward as kernels/cpu/swiglu.h.
 cudaError_t swiglu_forward(float* out, const float* gate, const float* up, int64_t N,
                            cudaStream_t stream);

@@ -22,6 +22,7 @@
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/optimizer.h"
 #include "kernels/cpu/rmsnorm.h"
+#include "kernels/cpu/rope.h"
 #include "kernels/cpu/swiglu.h"
 #include "kernels/cpu/test_util.h"
 #include "kernels/cuda/ops.h"
@@ -143,6 +144,44 @@ TEST(CudaOps, Rmsnorm_MatchesCpu) {
     EXPECT_LT(RelativeError(gdx.data(), dx.data(), T * C), 1e-6) << "C " << C;
     EXPECT_LT(RelativeError(gdw.data(), dw.data(), C), 1e-6) << "C " << C;
   }
+}
+
+// Positions up to 16K: where a differently computed inv_freq would show.
+TEST(CudaOps, Rope_MatchesCpu_AtLongPositions) {
+  REQUIRE_GPU();
+  const int64_t T = 64, H = 3, D = 128;
+  std::vector<int64_t> pos(T);
+  for (int64_t t = 0; t < T; ++t) pos[t] = t * 257;  // 0 .. 16191
+  const std::vector<float> x = RandomVector(T * H * D, 50);
+  std::vector<float> y(T * H * D);
+  cpu::rope_forward(y.data(), x.data(), pos.data(), T, H, D, 1e6f);
+  DeviceBuffer<float> d_x(x);
+  DeviceBuffer<int64_t> d_pos(pos);
+  auto d_y = DeviceBuffer<float>::Poisoned(T * H * D);
+  ASSERT_EQ(cuda::rope_forward(d_y.get(), d_x.get(), d_pos.get(), T, H, D, 1e6f, nullptr),
+            cudaSuccess);
+  Sync();
+  const std::vector<float> gy = d_y.Host();
+  EXPECT_LT(RelativeError(gy.data(), y.data(), T * H * D), 1e-6);
+  // In place, as the engine calls it.
+  ASSERT_EQ(cuda::rope_forward(d_x.get(), d_x.get(), d_pos.get(), T, H, D, 1e6f, nullptr),
+            cudaSuccess);
+  Sync();
+  const std::vector<float> in_place = d_x.Host();
+  EXPECT_EQ(in_place, gy);
+
+  const std::vector<float> dy = RandomVector(T * H * D, 51);
+  std::vector<float> dx = RandomVector(T * H * D, 52);
+  DeviceBuffer<float> d_dx(dx), d_dy(dy);
+  cpu::rope_backward(dx.data(), dy.data(), pos.data(), T, H, D, 1e6f);
+  ASSERT_EQ(cuda::rope_backward(d_dx.get(), d_dy.get(), d_pos.get(), T, H, D, 1e6f, nullptr),
+            cudaSuccess);
+  Sync();
+  const std::vector<float> gdx = d_dx.Host();
+  EXPECT_LT(RelativeError(gdx.data(), dx.data(), T * H * D), 1e-6);
+  EXPECT_EQ(cuda::rope_forward(d_y.get(), d_x.get(), d_pos.get(), T, H, 7, 1e6f, nullptr),
+            cudaErrorInvalidValue)
+      << "odd head_dim";
 }
 
 TEST(CudaOps, Swiglu_MatchesCpu) {
