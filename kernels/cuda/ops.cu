@@ -88,6 +88,67 @@ __global__ void RmsnormBackwardWeightKernel(float* dweight, const float* dout, c
   }
 }
 
+__device__ float BlockMax(float v, float* shared) {
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) shared[threadIdx.x] = fmaxf(shared[threadIdx.x], shared[threadIdx.x + s]);
+    __syncthreads();
+  }
+  const float m = shared[0];
+  __syncthreads();
+  return m;
+}
+
+// Row max and sum of exp(x - max) (fp32 expf, double sum), as the CPU twin.
+__device__ void RowStats(const float* x, int64_t V, float* max_out, double* sum_out) {
+  __shared__ float fshared[kThreads];
+  __shared__ double dshared[kThreads];
+  float m = -INFINITY;
+  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) m = fmaxf(m, x[v]);
+  m = BlockMax(m, fshared);
+  double s = 0.0;
+  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) s += static_cast<double>(expf(x[v] - m));
+  *sum_out = BlockSum(s, dshared);
+  *max_out = m;
+}
+
+__global__ void CrossEntropyForwardKernel(float* losses, const float* logits,
+                                          const int32_t* targets, int64_t V) {
+  const int64_t t = blockIdx.x;
+  const int32_t target = targets[t];
+  if (target == kIgnoreIndex) {  // uniform per block: no thread skips a barrier alone
+    if (threadIdx.x == 0) losses[t] = 0.0f;
+    return;
+  }
+  const float* x = logits + t * V;
+  float m;
+  double s;
+  RowStats(x, V, &m, &s);
+  if (threadIdx.x == 0) {
+    losses[t] = static_cast<float>(log(s) + (static_cast<double>(m) - static_cast<double>(x[target])));
+  }
+}
+
+__global__ void CrossEntropyBackwardKernel(float* dlogits, const float* logits,
+                                           const int32_t* targets, const float* dlosses,
+                                           int64_t V) {
+  const int64_t t = blockIdx.x;
+  const int32_t target = targets[t];
+  if (target == kIgnoreIndex) return;
+  const float* x = logits + t * V;
+  float* dx = dlogits + t * V;
+  float m;
+  double s;
+  RowStats(x, V, &m, &s);
+  const float inv_sum = static_cast<float>(1.0 / s);
+  const float d = dlosses[t];
+  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+    const float p = expf(x[v] - m) * inv_sum;
+    dx[v] += v == target ? d * (p - 1.0f) : d * p;
+  }
+}
+
 struct InvFreq {
   float v[kMaxRopeHeadDim / 2];
 };
@@ -266,6 +327,23 @@ cudaError_t rope_backward(float* dinp, const float* dout, const int64_t* positio
   if (T * n_heads == 0) return cudaSuccess;
   RopeKernel<true><<<Blocks(T * n_heads * head_dim / 2), kThreads, 0, stream>>>(
       dinp, dout, positions, T, n_heads, head_dim, f);
+  return Launched();
+}
+
+cudaError_t cross_entropy_forward(float* losses, const float* logits, const int32_t* targets,
+                                  int64_t T, int64_t V, cudaStream_t stream) {
+  if (T == 0) return cudaSuccess;
+  CrossEntropyForwardKernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(losses, logits,
+                                                                                targets, V);
+  return Launched();
+}
+
+cudaError_t cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets,
+                                   const float* dlosses, int64_t T, int64_t V,
+                                   cudaStream_t stream) {
+  if (T == 0) return cudaSuccess;
+  CrossEntropyBackwardKernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(
+      dlogits, logits, targets, dlosses, V);
   return Launched();
 }
 

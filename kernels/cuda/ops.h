@@ -53,6 +53,17 @@ cudaError_t rope_forward(float* out, const float* inp, const int64_t* positions,
 cudaError_t rope_backward(float* dinp, const float* dout, const int64_t* positions, int64_t T,
                           int64_t n_heads, int64_t head_dim, float theta, cudaStream_t stream);
 
+// Softmax cross-entropy per token with the ignore index -100, as
+// kernels/cpu/cross_entropy.h: one block per row, the row max exact, the
+// exp-sum of fp32 expf in double (a block-tree order, not the CPU's). The
+// fusion with the LM head's GEMM comes with the GEMMs.
+inline constexpr int32_t kIgnoreIndex = -100;
+cudaError_t cross_entropy_forward(float* losses, const float* logits, const int32_t* targets,
+                                  int64_t T, int64_t V, cudaStream_t stream);
+cudaError_t cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets,
+                                   const float* dlosses, int64_t T, int64_t V,
+                                   cudaStream_t stream);
+
 // out = silu(gate) * up; the backward as kernels/cpu/swiglu.h.
 cudaError_t swiglu_forward(float* out, const float* gate, const float* up, int64_t N,
                            cudaStream_t stream);

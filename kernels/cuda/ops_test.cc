@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/optimizer.h"
 #include "kernels/cpu/rmsnorm.h"
@@ -182,6 +183,37 @@ TEST(CudaOps, Rope_MatchesCpu_AtLongPositions) {
   EXPECT_EQ(cuda::rope_forward(d_y.get(), d_x.get(), d_pos.get(), T, H, 7, 1e6f, nullptr),
             cudaErrorInvalidValue)
       << "odd head_dim";
+}
+
+TEST(CudaOps, CrossEntropy_MatchesCpu_WithIgnoredTargets) {
+  REQUIRE_GPU();
+  const int64_t T = 41, V = 5003;
+  const std::vector<float> logits = RandomVector(T * V, 60, 8.0f);
+  std::vector<int32_t> targets = RandomTokens(T, static_cast<int32_t>(V), 61);
+  for (int64_t t = 0; t < T; t += 5) targets[t] = cpu::kIgnoreIndex;
+  std::vector<float> losses(T);
+  cpu::cross_entropy_forward(losses.data(), logits.data(), targets.data(), T, V);
+  DeviceBuffer<float> d_logits(logits);
+  DeviceBuffer<int32_t> d_targets(targets);
+  auto d_losses = DeviceBuffer<float>::Poisoned(T);
+  ASSERT_EQ(cuda::cross_entropy_forward(d_losses.get(), d_logits.get(), d_targets.get(), T, V,
+                                        nullptr),
+            cudaSuccess);
+  Sync();
+  const std::vector<float> got = d_losses.Host();
+  EXPECT_LT(RelativeError(got.data(), losses.data(), T), 1e-6);
+  for (int64_t t = 0; t < T; t += 5) EXPECT_EQ(got[t], 0.0f) << "ignored row " << t;
+
+  const std::vector<float> dlosses = RandomVector(T, 62);
+  std::vector<float> dlogits = RandomVector(T * V, 63);
+  DeviceBuffer<float> d_dlogits(dlogits), d_dlosses(dlosses);
+  cpu::cross_entropy_backward(dlogits.data(), logits.data(), targets.data(), dlosses.data(), T, V);
+  ASSERT_EQ(cuda::cross_entropy_backward(d_dlogits.get(), d_logits.get(), d_targets.get(),
+                                         d_dlosses.get(), T, V, nullptr),
+            cudaSuccess);
+  Sync();
+  const std::vector<float> gd = d_dlogits.Host();
+  EXPECT_LT(RelativeError(gd.data(), dlogits.data(), T * V), 1e-6);
 }
 
 TEST(CudaOps, Swiglu_MatchesCpu) {
