@@ -43,7 +43,8 @@ cp bazel-out/k8-opt/bin/kernels/cuda/ops_resource_usage.txt "$OUT/"  # ptxas -v:
 cat > "$OUT/run.sh" <<'RUN'
 #!/bin/bash
 # Runs every GPU test binary of this bundle; ends with "N passed, N failed".
-# Extra arguments go to each binary (e.g. --gtest_filter=...).
+# Extra arguments go to each binary (e.g. --gtest_filter=...). SANITIZE=1 adds
+# a compute-sanitizer memcheck and racecheck run of each.
 set -u
 HERE="$(cd "$(dirname "$0")" && pwd)"
 extra=""
@@ -69,6 +70,17 @@ for b in "$HERE"/bin/*; do
   missing=$(ldd "$b" | awk '/not found/ {print $1}')
   if [[ -n $missing ]]; then echo "missing libraries: $missing"; fail=$((fail + 1)); continue; fi
   if "$b" "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
+  # SANITIZE=1: also under compute-sanitizer's memcheck and racecheck.
+  if [[ ${SANITIZE:-0} == 1 ]] && command -v compute-sanitizer >/dev/null; then
+    for tool in memcheck racecheck; do
+      echo "--- compute-sanitizer --tool $tool"
+      if compute-sanitizer --tool "$tool" --error-exitcode 9 "$b" "$@" >/dev/null; then
+        echo "$tool: clean"; pass=$((pass + 1))
+      else
+        echo "$tool: ERRORS"; fail=$((fail + 1))
+      fi
+    done
+  fi
 done
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]
