@@ -69,7 +69,10 @@ for _ in $(seq 20); do
 done
 [[ -n $ops && $ops != 0 ]] || fail "sum(chunkflow_chunks_total) over the workers = '$ops'"
 echo "ok   query sum(chunkflow_chunks_total{job=\"chunkflow_worker\"}) = $ops (workers)"
-up="$(query_value 'sum(up)')"
+up=""
+for _ in $(seq 40); do  # each target counts once its first scrape landed
+  up="$(query_value 'sum(up)')"; [[ $up == 3 ]] && break; sleep 0.5
+done
 [[ $up == 3 ]] || fail "sum(up) = '$up', want 3 targets up"
 echo "ok   3 targets up"
 kill -INT "$LOCAL"; wait "$LOCAL"
