@@ -252,6 +252,22 @@ __global__ void SumPartialsKernel(double* out, const double* partial, int count)
   if (threadIdx.x == 0) *out = acc;
 }
 
+__global__ void BroadcastRowsKernel(float* out, const float* row, int64_t T, int64_t C) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < T * C;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = row[i % C];
+  }
+}
+
+__global__ void ColumnSumsKernel(float* sums, const float* x, int64_t T, int64_t C) {
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < C;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    double acc = 0.0;  // as the CPU twin: rows in order, in double
+    for (int64_t t = 0; t < T; ++t) acc += x[t * C + c];
+    sums[c] += static_cast<float>(acc);
+  }
+}
+
 __global__ void ScaleKernel(float* x, int64_t n, float factor) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -391,6 +407,19 @@ cudaError_t sum_of_squares(double* out, const float* x, int64_t n, double* scrat
   SumOfSquaresPartialKernel<<<kSumOfSquaresBlocks, kThreads, 0, stream>>>(scratch, x, n);
   if (cudaError_t e = Launched(); e != cudaSuccess) return e;
   SumPartialsKernel<<<1, kThreads, 0, stream>>>(out, scratch, kSumOfSquaresBlocks);
+  return Launched();
+}
+
+cudaError_t broadcast_rows(float* out, const float* row, int64_t T, int64_t C,
+                           cudaStream_t stream) {
+  if (T * C == 0) return cudaSuccess;
+  BroadcastRowsKernel<<<Blocks(T * C), kThreads, 0, stream>>>(out, row, T, C);
+  return Launched();
+}
+
+cudaError_t column_sums(float* sums, const float* x, int64_t T, int64_t C, cudaStream_t stream) {
+  if (C == 0) return cudaSuccess;
+  ColumnSumsKernel<<<Blocks(C), kThreads, 0, stream>>>(sums, x, T, C);
   return Launched();
 }
 

@@ -93,6 +93,13 @@ cudaError_t sum_of_squares(double* out, const float* x, int64_t n, double* scrat
 // x[i] *= factor.
 cudaError_t scale(float* x, int64_t n, float factor, cudaStream_t stream);
 
+// Helpers of the linear layer (linear.h). out[t, :] = row[:] for every t.
+cudaError_t broadcast_rows(float* out, const float* row, int64_t T, int64_t C,
+                           cudaStream_t stream);
+// sums[c] += sum_t x[t, c], rows in order in double (one thread per column:
+// bit-identical to the CPU twin's dbias).
+cudaError_t column_sums(float* sums, const float* x, int64_t T, int64_t C, cudaStream_t stream);
+
 }  // namespace chunkflow::kernels::cuda
 
 #endif  // CHUNKFLOW_KERNELS_CUDA_OPS_H_

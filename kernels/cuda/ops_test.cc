@@ -21,11 +21,13 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/embedding.h"
+#include "kernels/cpu/linear.h"
 #include "kernels/cpu/optimizer.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/swiglu.h"
 #include "kernels/cpu/test_util.h"
+#include "kernels/cuda/linear.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/status.h"
 
@@ -214,6 +216,47 @@ TEST(CudaOps, CrossEntropy_MatchesCpu_WithIgnoredTargets) {
   Sync();
   const std::vector<float> gd = d_dlogits.Host();
   EXPECT_LT(RelativeError(gd.data(), dlogits.data(), T * V), 1e-6);
+}
+
+// Shapes that are not multiples of anything; with and without bias and dinp.
+TEST(CudaOps, Linear_MatchesCpu) {
+  REQUIRE_GPU();
+  absl::StatusOr<cuda::CublasHandle> h = cuda::CublasHandle::Create(nullptr);
+  ASSERT_TRUE(h.ok()) << h.status();
+  const int64_t T = 77, IC = 130, OC = 93;
+  const std::vector<float> x = RandomVector(T * IC, 70), w = RandomVector(OC * IC, 71, 0.1f),
+                           b = RandomVector(OC, 72);
+  for (bool with_bias : {true, false}) {
+    std::vector<float> y(T * OC);
+    cpu::linear_forward(y.data(), x.data(), w.data(), with_bias ? b.data() : nullptr, T, IC, OC);
+    DeviceBuffer<float> d_x(x), d_w(w), d_b(b);
+    auto d_y = DeviceBuffer<float>::Poisoned(T * OC);
+    absl::Status s = cuda::linear_forward(d_y.get(), d_x.get(), d_w.get(),
+                                          with_bias ? d_b.get() : nullptr, T, IC, OC, *h);
+    ASSERT_TRUE(s.ok()) << s;
+    Sync();
+    const std::vector<float> gy = d_y.Host();
+    EXPECT_LT(RelativeError(gy.data(), y.data(), T * OC), 1e-5) << "bias " << with_bias;
+
+    const std::vector<float> dy = RandomVector(T * OC, 73);
+    std::vector<float> dx = RandomVector(T * IC, 74), dw = RandomVector(OC * IC, 75),
+                       db = RandomVector(OC, 76);
+    DeviceBuffer<float> d_dx(dx), d_dw(dw), d_db(db), d_dy(dy);
+    cpu::linear_backward(with_bias ? dx.data() : nullptr, dw.data(),
+                         with_bias ? db.data() : nullptr, dy.data(), x.data(), w.data(), T, IC,
+                         OC);
+    s = cuda::linear_backward(with_bias ? d_dx.get() : nullptr, d_dw.get(),
+                              with_bias ? d_db.get() : nullptr, d_dy.get(), d_x.get(), d_w.get(),
+                              T, IC, OC, *h);
+    ASSERT_TRUE(s.ok()) << s;
+    Sync();
+    const std::vector<float> gdx = d_dx.Host(), gdw = d_dw.Host(), gdb = d_db.Host();
+    EXPECT_LT(RelativeError(gdx.data(), dx.data(), T * IC), 1e-5);
+    EXPECT_LT(RelativeError(gdw.data(), dw.data(), OC * IC), 1e-5);
+    EXPECT_EQ(gdb, db) << "column sums in the CPU's order";
+  }
+  EXPECT_EQ(cuda::linear_forward(nullptr, nullptr, nullptr, nullptr, 1, 0, 3, *h).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(CudaOps, Swiglu_MatchesCpu) {
