@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/linear.h"
@@ -27,6 +28,7 @@
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/swiglu.h"
 #include "kernels/cpu/test_util.h"
+#include "kernels/cuda/attention.h"
 #include "kernels/cuda/linear.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/status.h"
@@ -257,6 +259,61 @@ TEST(CudaOps, Linear_MatchesCpu) {
   }
   EXPECT_EQ(cuda::linear_forward(nullptr, nullptr, nullptr, nullptr, 1, 0, 3, *h).code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// Two packed segments: one continuing a sequence (50 prefix tokens from the
+// state store), one starting fresh; GQA 4 query heads on 2 kv heads.
+TEST(CudaOps, Attention_MatchesCpu_PackedWithPrefix) {
+  REQUIRE_GPU();
+  const int64_t H = 4, Hkv = 2, D = 64;
+  const int64_t len0 = 40, off0 = 50, len1 = 30;
+  const int64_t T = len0 + len1;
+  const std::vector<float> q = RandomVector(T * H * D, 80);
+  const std::vector<float> k0 = RandomVector((off0 + len0) * Hkv * D, 81),
+                           v0 = RandomVector((off0 + len0) * Hkv * D, 82),
+                           k1 = RandomVector(len1 * Hkv * D, 83),
+                           v1 = RandomVector(len1 * Hkv * D, 84);
+  std::vector<float> dk0 = RandomVector(k0.size(), 85), dv0 = RandomVector(v0.size(), 86),
+                     dk1 = RandomVector(k1.size(), 87), dv1 = RandomVector(v1.size(), 88);
+  DeviceBuffer<float> d_q(q), d_k0(k0), d_v0(v0), d_k1(k1), d_v1(v1), d_dk0(dk0), d_dv0(dv0),
+      d_dk1(dk1), d_dv1(dv1);
+  cpu::AttentionSegment cs[2] = {{0, len0, off0, k0.data(), v0.data(), dk0.data(), dv0.data()},
+                                 {len0, len1, 0, k1.data(), v1.data(), dk1.data(), dv1.data()}};
+  cuda::AttentionSegment gs[2] = {
+      {0, len0, off0, d_k0.get(), d_v0.get(), d_dk0.get(), d_dv0.get()},
+      {len0, len1, 0, d_k1.get(), d_v1.get(), d_dk1.get(), d_dv1.get()}};
+  std::vector<float> out(T * H * D), lse(T * H);
+  cpu::attention_forward(out.data(), lse.data(), q.data(), cs, 2, H, Hkv, D);
+  auto d_out = DeviceBuffer<float>::Poisoned(T * H * D);
+  auto d_lse = DeviceBuffer<float>::Poisoned(T * H);
+  absl::Status s =
+      cuda::attention_forward(d_out.get(), d_lse.get(), d_q.get(), gs, 2, H, Hkv, D, nullptr);
+  ASSERT_TRUE(s.ok()) << s;
+  Sync();
+  const std::vector<float> gout = d_out.Host(), glse = d_lse.Host();
+  EXPECT_LT(RelativeError(gout.data(), out.data(), T * H * D), 1e-5);
+  EXPECT_LT(RelativeError(glse.data(), lse.data(), T * H), 1e-6);
+
+  const std::vector<float> dout = RandomVector(T * H * D, 89);
+  std::vector<float> dq = RandomVector(T * H * D, 90);
+  DeviceBuffer<float> d_dq(dq), d_dout(dout), d_outc(out), d_lsec(lse);
+  cpu::attention_backward(dq.data(), cs, 2, dout.data(), q.data(), out.data(), lse.data(), H,
+                          Hkv, D);
+  s = cuda::attention_backward(d_dq.get(), gs, 2, d_dout.get(), d_q.get(), d_outc.get(),
+                               d_lsec.get(), H, Hkv, D, nullptr);
+  ASSERT_TRUE(s.ok()) << s;
+  Sync();
+  const std::vector<float> gdq = d_dq.Host(), gdk0 = d_dk0.Host(), gdv0 = d_dv0.Host(),
+                           gdk1 = d_dk1.Host(), gdv1 = d_dv1.Host();
+  EXPECT_LT(RelativeError(gdq.data(), dq.data(), T * H * D), 1e-5);
+  EXPECT_LT(RelativeError(gdk0.data(), dk0.data(), dk0.size()), 1e-5) << "prefix keys included";
+  EXPECT_LT(RelativeError(gdv0.data(), dv0.data(), dv0.size()), 1e-5);
+  EXPECT_LT(RelativeError(gdk1.data(), dk1.data(), dk1.size()), 1e-5);
+  EXPECT_LT(RelativeError(gdv1.data(), dv1.data(), dv1.size()), 1e-5);
+  EXPECT_EQ(cuda::attention_forward(d_out.get(), d_lse.get(), d_q.get(), gs, 2, 3, 2, D, nullptr)
+                .code(),
+            absl::StatusCode::kInvalidArgument)
+      << "3 heads on 2 kv heads";
 }
 
 TEST(CudaOps, Swiglu_MatchesCpu) {
