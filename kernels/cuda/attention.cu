@@ -39,6 +39,18 @@ __device__ double BlockReduceSum(double v, double* shared) {
   return r;
 }
 
+// acc[slot] += sum_jj w[jj] * rows[(base + jj) * stride + d] for this
+// thread's columns d = threadIdx.x + slot * blockDim.x: one row block of a
+// weighted sum over keys (probabilities times V, or dS times K).
+__device__ void AccumulateRows(float* acc, const float* w, int64_t count, const float* rows,
+                               int64_t base, int64_t stride, int64_t D) {
+  for (int64_t d = threadIdx.x, slot = 0; d < D; d += blockDim.x, ++slot) {
+    float a = acc[slot];
+    for (int64_t jj = 0; jj < count; ++jj) a += w[jj] * rows[(base + jj) * stride + d];
+    acc[slot] = a;
+  }
+}
+
 // grid (length, n_heads): query i of the segment, head h.
 __global__ void ForwardKernel(float* out, float* lse, const float* q, const float* k,
                               const float* v, int64_t q_begin, int64_t offset, int64_t H,
@@ -70,11 +82,7 @@ __global__ void ForwardKernel(float* out, float* lse, const float* q, const floa
     probs[threadIdx.x] = j < n_keys ? expf(Dot(qs, k + (j * Hkv + kvh) * D, D) * scale - l) : 0.0f;
     __syncthreads();
     const int64_t count = n_keys - base < blockDim.x ? n_keys - base : blockDim.x;
-    for (int64_t d = threadIdx.x, slot = 0; d < D; d += blockDim.x, ++slot) {
-      float a = acc[slot];
-      for (int64_t jj = 0; jj < count; ++jj) a += probs[jj] * v[((base + jj) * Hkv + kvh) * D + d];
-      acc[slot] = a;
-    }
+    AccumulateRows(acc, probs, count, v + kvh * D, base, Hkv * D, D);
     __syncthreads();
   }
   for (int64_t d = threadIdx.x, slot = 0; d < D; d += blockDim.x, ++slot) {
@@ -116,11 +124,7 @@ __global__ void DqKernel(float* dq, const float* dout, const float* q, const flo
     }
     __syncthreads();
     const int64_t count = n_keys - base < blockDim.x ? n_keys - base : blockDim.x;
-    for (int64_t d = threadIdx.x, slot = 0; d < D; d += blockDim.x, ++slot) {
-      float a = acc[slot];
-      for (int64_t jj = 0; jj < count; ++jj) a += ds[jj] * k[((base + jj) * Hkv + kvh) * D + d];
-      acc[slot] = a;
-    }
+    AccumulateRows(acc, ds, count, k + kvh * D, base, Hkv * D, D);
     __syncthreads();
   }
   for (int64_t d = threadIdx.x, slot = 0; d < D; d += blockDim.x, ++slot) {
@@ -165,16 +169,9 @@ __global__ void DkDvKernel(float* dk, float* dv, const float* dout, const float*
       }
       __syncthreads();
       const int64_t count = length - base < blockDim.x ? length - base : blockDim.x;
-      for (int64_t d = threadIdx.x, slot = 0; d < D; d += blockDim.x, ++slot) {
-        float a = dk_acc[slot], b = dv_acc[slot];
-        for (int64_t ii = 0; ii < count; ++ii) {
-          const int64_t row = ((q_begin + base + ii) * H + h) * D;
-          a += dss[ii] * q[row + d];
-          b += ps[ii] * dout[row + d];
-        }
-        dk_acc[slot] = a;
-        dv_acc[slot] = b;
-      }
+      // Rows of query (q_begin + base + ii, head h): stride H * D.
+      AccumulateRows(dk_acc, dss, count, q + (q_begin * H + h) * D, base, H * D, D);
+      AccumulateRows(dv_acc, ps, count, dout + (q_begin * H + h) * D, base, H * D, D);
       __syncthreads();
     }
   }
