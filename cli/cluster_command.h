@@ -71,7 +71,7 @@ absl::Status RunLocalCommand(const LocalCommandOptions& o, std::ostream& out,
                              std::ostream& progress);
 
 // The model `local` trains when no model is given: Qwen2-style, hidden 256,
-// 4 layers, vocab 4096 (about 3.5 M parameters).
+// 4 layers, vocab 4096 (about 4.0 M parameters).
 std::string SmallModelConfigJson();
 
 }  // namespace chunkflow::cli

@@ -115,7 +115,7 @@ constexpr char kUsage[] = R"(the ChunkFlow admin client.
 
 Commands:
   local     The main job: start a coordinator and dp x pp workers as processes
-            on this machine, submit a job (default: a 3.5 M-parameter Qwen2-style
+            on this machine, submit a job (default: a 4.0 M-parameter Qwen2-style
             model, 20 steps of 16 documents from a synthetic long-tailed dataset,
             ChunkSize 512, dp 2 x pp 2), print one progress line per step, stop
             everything at the end or on Ctrl-C.
