@@ -97,4 +97,72 @@ absl::Status linear_backward(float* dinp, float* dweight, float* dbias, const fl
   return absl::OkStatus();
 }
 
+namespace {
+
+// C (m x n, column-major, fp32) = alpha op(A) op(B) + beta C with bf16 A, B.
+absl::Status GemmBf16(const CublasHandle& h, cublasOperation_t ta, cublasOperation_t tb, int64_t m,
+                      int64_t n, int64_t k, const __nv_bfloat16* a, int64_t lda,
+                      const __nv_bfloat16* b, int64_t ldb, float beta, float* c, int64_t ldc,
+                      const char* what) {
+  const float alpha = 1.0f;
+  return Cublas(cublasGemmEx(h.get(), ta, tb, static_cast<int>(m), static_cast<int>(n),
+                             static_cast<int>(k), &alpha, a, CUDA_R_16BF, static_cast<int>(lda), b,
+                             CUDA_R_16BF, static_cast<int>(ldb), &beta, c, CUDA_R_32F,
+                             static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                what);
+}
+
+}  // namespace
+
+absl::Status linear_forward_bf16(float* out, const __nv_bfloat16* inp,
+                                 const __nv_bfloat16* weight, const float* bias, int64_t T,
+                                 int64_t IC, int64_t OC, const CublasHandle& h) {
+  if (absl::Status s = CheckDims(T, IC, OC, "linear_forward_bf16"); !s.ok()) return s;
+  if (T == 0) return absl::OkStatus();
+  float beta = 0.0f;
+  if (bias != nullptr) {
+    if (absl::Status s = CudaCheck(broadcast_rows(out, bias, T, OC, h.stream()),
+                                   "linear_forward_bf16 bias");
+        !s.ok()) {
+      return s;
+    }
+    beta = 1.0f;
+  }
+  return GemmBf16(h, CUBLAS_OP_T, CUBLAS_OP_N, OC, T, IC, weight, IC, inp, IC, beta, out, OC,
+                  "linear_forward_bf16 gemm");
+}
+
+absl::Status linear_backward_bf16(float* dinp, float* dweight, float* dbias,
+                                  const __nv_bfloat16* dout, const __nv_bfloat16* inp,
+                                  const __nv_bfloat16* weight, int64_t T, int64_t IC, int64_t OC,
+                                  const CublasHandle& h) {
+  if (absl::Status s = CheckDims(T, IC, OC, "linear_backward_bf16"); !s.ok()) return s;
+  if (T == 0) return absl::OkStatus();
+  if (dinp != nullptr) {
+    if (absl::Status s = GemmBf16(h, CUBLAS_OP_N, CUBLAS_OP_N, IC, T, OC, weight, IC, dout, OC,
+                                  1.0f, dinp, IC, "linear_backward_bf16 dinp gemm");
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (absl::Status s = GemmBf16(h, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, T, inp, IC, dout, OC, 1.0f,
+                                dweight, IC, "linear_backward_bf16 dweight gemm");
+      !s.ok()) {
+    return s;
+  }
+  if (dbias == nullptr) return absl::OkStatus();
+  // dbias from the bf16 dout: widen it, then the fp32 column sums.
+  float* wide = nullptr;
+  if (absl::Status s = CudaCheck(cudaMallocAsync(reinterpret_cast<void**>(&wide),
+                                                 sizeof(float) * T * OC, h.stream()),
+                                 "linear_backward_bf16 scratch");
+      !s.ok()) {
+    return s;
+  }
+  absl::Status s = CudaCheck(bf16_to_float(wide, dout, T * OC, h.stream()), "linear_backward_bf16");
+  if (s.ok()) s = CudaCheck(column_sums(dbias, wide, T, OC, h.stream()), "linear_backward_bf16 dbias");
+  (void)cudaFreeAsync(wide, h.stream());
+  return s;
+}
+
 }  // namespace chunkflow::kernels::cuda

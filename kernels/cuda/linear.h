@@ -14,6 +14,7 @@
 #define CHUNKFLOW_KERNELS_CUDA_LINEAR_H_
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -43,6 +44,18 @@ class CublasHandle {
 // out[t, o] = sum_i inp[t, i] * weight[o, i] + (bias ? bias[o] : 0).
 absl::Status linear_forward(float* out, const float* inp, const float* weight, const float* bias,
                             int64_t T, int64_t IC, int64_t OC, const CublasHandle& h);
+
+// The bf16 path: bf16 inputs and weights, fp32 accumulation and fp32
+// outputs / gradients (the master weights and their gradients stay fp32).
+// Products of two bf16 values are exact in fp32, so against the fp32 CPU op
+// on the same (bf16-rounded) values only the summation order differs.
+absl::Status linear_forward_bf16(float* out, const __nv_bfloat16* inp,
+                                 const __nv_bfloat16* weight, const float* bias, int64_t T,
+                                 int64_t IC, int64_t OC, const CublasHandle& h);
+absl::Status linear_backward_bf16(float* dinp, float* dweight, float* dbias,
+                                  const __nv_bfloat16* dout, const __nv_bfloat16* inp,
+                                  const __nv_bfloat16* weight, int64_t T, int64_t IC, int64_t OC,
+                                  const CublasHandle& h);
 
 //   dinp    += dout W        (skipped when dinp is nullptr)
 //   dweight += dout^T inp

@@ -268,6 +268,20 @@ __global__ void ColumnSumsKernel(float* sums, const float* x, int64_t T, int64_t
   }
 }
 
+__global__ void ToBf16Kernel(__nv_bfloat16* out, const float* in, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = __float2bfloat16_rn(in[i]);
+  }
+}
+
+__global__ void FromBf16Kernel(float* out, const __nv_bfloat16* in, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = __bfloat162float(in[i]);
+  }
+}
+
 __global__ void ScaleKernel(float* x, int64_t n, float factor) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -407,6 +421,18 @@ cudaError_t sum_of_squares(double* out, const float* x, int64_t n, double* scrat
   SumOfSquaresPartialKernel<<<kSumOfSquaresBlocks, kThreads, 0, stream>>>(scratch, x, n);
   if (cudaError_t e = Launched(); e != cudaSuccess) return e;
   SumPartialsKernel<<<1, kThreads, 0, stream>>>(out, scratch, kSumOfSquaresBlocks);
+  return Launched();
+}
+
+cudaError_t float_to_bf16(__nv_bfloat16* out, const float* in, int64_t n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  ToBf16Kernel<<<Blocks(n), kThreads, 0, stream>>>(out, in, n);
+  return Launched();
+}
+
+cudaError_t bf16_to_float(float* out, const __nv_bfloat16* in, int64_t n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  FromBf16Kernel<<<Blocks(n), kThreads, 0, stream>>>(out, in, n);
   return Launched();
 }
 

@@ -20,6 +20,7 @@
 #ifndef CHUNKFLOW_KERNELS_CUDA_OPS_H_
 #define CHUNKFLOW_KERNELS_CUDA_OPS_H_
 
+#include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -92,6 +93,11 @@ cudaError_t sum_of_squares(double* out, const float* x, int64_t n, double* scrat
                            cudaStream_t stream);
 // x[i] *= factor.
 cudaError_t scale(float* x, int64_t n, float factor, cudaStream_t stream);
+
+// Precision conversions of the mixed-precision path: fp32 -> bf16 rounds to
+// nearest even (__float2bfloat16_rn), bf16 -> fp32 is exact.
+cudaError_t float_to_bf16(__nv_bfloat16* out, const float* in, int64_t n, cudaStream_t stream);
+cudaError_t bf16_to_float(float* out, const __nv_bfloat16* in, int64_t n, cudaStream_t stream);
 
 // Helpers of the linear layer (linear.h). out[t, :] = row[:] for every t.
 cudaError_t broadcast_rows(float* out, const float* row, int64_t T, int64_t C,

@@ -316,6 +316,90 @@ TEST(CudaOps, Attention_MatchesCpu_PackedWithPrefix) {
       << "3 heads on 2 kv heads";
 }
 
+// Round-to-nearest-even to bf16 on the host, as __float2bfloat16_rn does.
+uint16_t HostToBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7FFF + ((u >> 16) & 1);
+  return static_cast<uint16_t>(u >> 16);
+}
+float HostFromBf16(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+TEST(CudaOps, Bf16Conversions_RoundToNearestEven) {
+  REQUIRE_GPU();
+  const int64_t n = 10'007;
+  std::vector<float> x = RandomVector(n, 95, 100.0f);
+  x[0] = 1.0f + 1.0f / 256;  // a tie: rounds to even (1.0)
+  DeviceBuffer<float> d_x(x);
+  auto d_b = DeviceBuffer<uint16_t>::Poisoned(n);
+  ASSERT_EQ(cuda::float_to_bf16(reinterpret_cast<__nv_bfloat16*>(d_b.get()), d_x.get(), n,
+                                nullptr),
+            cudaSuccess);
+  auto d_back = DeviceBuffer<float>::Poisoned(n);
+  ASSERT_EQ(cuda::bf16_to_float(d_back.get(), reinterpret_cast<__nv_bfloat16*>(d_b.get()), n,
+                                nullptr),
+            cudaSuccess);
+  Sync();
+  const std::vector<uint16_t> bits = d_b.Host();
+  const std::vector<float> back = d_back.Host();
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_EQ(bits[i], HostToBf16(x[i])) << i;
+    ASSERT_EQ(back[i], HostFromBf16(bits[i])) << i;
+  }
+  EXPECT_EQ(back[0], 1.0f);
+}
+
+// bf16 GEMMs against the fp32 CPU op on the same bf16-rounded values: the
+// products are exact in fp32, only the summation order differs (1e-5).
+TEST(CudaOps, LinearBf16_MatchesCpuOnRoundedInputs) {
+  REQUIRE_GPU();
+  absl::StatusOr<cuda::CublasHandle> h = cuda::CublasHandle::Create(nullptr);
+  ASSERT_TRUE(h.ok()) << h.status();
+  const int64_t T = 96, IC = 136, OC = 72;
+  auto rounded = [](std::vector<float> v, std::vector<uint16_t>* bits) {
+    bits->resize(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+      (*bits)[i] = HostToBf16(v[i]);
+      v[i] = HostFromBf16((*bits)[i]);
+    }
+    return v;
+  };
+  std::vector<uint16_t> xb, wb, dyb;
+  const std::vector<float> x = rounded(RandomVector(T * IC, 96), &xb);
+  const std::vector<float> w = rounded(RandomVector(OC * IC, 97, 0.1f), &wb);
+  const std::vector<float> dy = rounded(RandomVector(T * OC, 98), &dyb);
+  const std::vector<float> b = RandomVector(OC, 99);
+  DeviceBuffer<uint16_t> d_x(xb), d_w(wb), d_dy(dyb);
+  DeviceBuffer<float> d_b(b);
+  auto bf = [](DeviceBuffer<uint16_t>& d) { return reinterpret_cast<__nv_bfloat16*>(d.get()); };
+  std::vector<float> y(T * OC);
+  cpu::linear_forward(y.data(), x.data(), w.data(), b.data(), T, IC, OC);
+  auto d_y = DeviceBuffer<float>::Poisoned(T * OC);
+  absl::Status s = cuda::linear_forward_bf16(d_y.get(), bf(d_x), bf(d_w), d_b.get(), T, IC, OC, *h);
+  ASSERT_TRUE(s.ok()) << s;
+  Sync();
+  const std::vector<float> gy = d_y.Host();
+  EXPECT_LT(RelativeError(gy.data(), y.data(), T * OC), 1e-5);
+
+  std::vector<float> dx = RandomVector(T * IC, 100), dw = RandomVector(OC * IC, 101),
+                     db = RandomVector(OC, 102);
+  DeviceBuffer<float> d_dx(dx), d_dw(dw), d_db(db);
+  cpu::linear_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), T, IC, OC);
+  s = cuda::linear_backward_bf16(d_dx.get(), d_dw.get(), d_db.get(), bf(d_dy), bf(d_x), bf(d_w), T,
+                                 IC, OC, *h);
+  ASSERT_TRUE(s.ok()) << s;
+  Sync();
+  const std::vector<float> gdx = d_dx.Host(), gdw = d_dw.Host(), gdb = d_db.Host();
+  EXPECT_LT(RelativeError(gdx.data(), dx.data(), T * IC), 1e-5);
+  EXPECT_LT(RelativeError(gdw.data(), dw.data(), OC * IC), 1e-5);
+  EXPECT_EQ(gdb, db);
+}
+
 TEST(CudaOps, Swiglu_MatchesCpu) {
   REQUIRE_GPU();
   const int64_t N = 100'003;
