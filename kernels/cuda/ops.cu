@@ -223,6 +223,28 @@ __global__ void AdamWKernel(float* params, const float* grads, float* m, float* 
   }
 }
 
+// grid (chunks, n_spans): blockIdx.y is the tensor, x strides over it.
+__global__ void AdamWMultiKernel(float* params, const float* grads, float* m, float* v,
+                                 const TensorSpan* spans, float decay_on, float neg_step_size,
+                                 float bias_correction2_sqrt, float w1, float b2, float w2,
+                                 float eps) {
+  const TensorSpan s = spans[blockIdx.y];
+  const float decay = s.decay ? decay_on : 1.0f;
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < s.numel;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = s.offset + k;
+    const float g = grads[i];
+    float p = params[i] * decay;
+    const float mi = Lerp(m[i], g, w1);
+    const float vi = v[i] * b2 + w2 * g * g;
+    const float denom = sqrtf(vi) / bias_correction2_sqrt + eps;
+    p = p + neg_step_size * mi / denom;
+    params[i] = p;
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
+
 __global__ void SgdKernel(float* params, const float* grads, int64_t n, float neg_lr) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -406,6 +428,26 @@ cudaError_t adamw_update(float* params, const float* grads, float* m, float* v, 
   AdamWKernel<<<Blocks(n), kThreads, 0, stream>>>(params, grads, m, v, n, decay, neg_step_size,
                                                   bias_correction2_sqrt, w1, cfg.beta2, w2,
                                                   cfg.eps);
+  return Launched();
+}
+
+cudaError_t adamw_update_multi(float* params, const float* grads, float* m, float* v,
+                               const TensorSpan* spans, int64_t n_spans, int64_t step,
+                               const AdamWConfig& cfg, cudaStream_t stream) {
+  if (n_spans == 0) return cudaSuccess;
+  if (n_spans > 65535) return cudaErrorInvalidValue;
+  const double lr = cfg.lr;
+  const double bias_correction1 = 1.0 - std::pow(static_cast<double>(cfg.beta1), step);
+  const double bias_correction2 = 1.0 - std::pow(static_cast<double>(cfg.beta2), step);
+  // A tensor without decay multiplies by 1 - lr * 0 = 1, as the CPU twin.
+  const float decay_on = static_cast<float>(1.0 - lr * cfg.weight_decay);
+  const float neg_step_size = static_cast<float>(-(lr / bias_correction1));
+  const float bias_correction2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
+  const float w1 = static_cast<float>(1.0 - static_cast<double>(cfg.beta1));
+  const float w2 = static_cast<float>(1.0 - static_cast<double>(cfg.beta2));
+  AdamWMultiKernel<<<dim3(64, static_cast<unsigned>(n_spans)), kThreads, 0, stream>>>(
+      params, grads, m, v, spans, decay_on, neg_step_size, bias_correction2_sqrt, w1, cfg.beta2,
+      w2, cfg.eps);
   return Launched();
 }
 

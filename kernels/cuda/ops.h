@@ -85,6 +85,20 @@ cudaError_t adamw_update(float* params, const float* grads, float* m, float* v, 
 cudaError_t sgd_update(float* params, const float* grads, int64_t n, float lr,
                        cudaStream_t stream);
 
+// Multi-tensor AdamW: one launch for every tensor of a stage's flat buffers
+// (params, grads, m, v share the layout of engine::StageParams), each tensor
+// with its own weight decay on or off - what engine::ApplyUpdate does tensor
+// by tensor. `spans` is device memory (n_spans entries); `cfg.weight_decay`
+// applies to spans with decay set.
+struct TensorSpan {
+  int64_t offset = 0;
+  int64_t numel = 0;
+  int32_t decay = 0;  // 1: decoupled weight decay applies (matrices)
+};
+cudaError_t adamw_update_multi(float* params, const float* grads, float* m, float* v,
+                               const TensorSpan* spans, int64_t n_spans, int64_t step,
+                               const AdamWConfig& cfg, cudaStream_t stream);
+
 // *out (device, one double) = sum_i x[i]^2 in double: fixed blocks of
 // partial sums in `scratch` (device, kSumOfSquaresBlocks doubles), then one
 // block adds them in order.

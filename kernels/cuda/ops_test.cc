@@ -474,6 +474,38 @@ TEST(CudaOps, OptimizerAndNorm_MatchCpu) {
   EXPECT_EQ(d_x.Host(), x);
 }
 
+// Several tensors in one flat buffer, decay on some: one launch equals the
+// CPU twin applied tensor by tensor (engine::ApplyUpdate's loop).
+TEST(CudaOps, AdamWMultiTensor_MatchesPerTensorCpu) {
+  REQUIRE_GPU();
+  const std::vector<cuda::TensorSpan> spans = {
+      {0, 4096, 1}, {4096, 64, 0}, {4160, 70000, 1}, {74160, 3, 0}};
+  const int64_t n = 74163;
+  std::vector<float> p = RandomVector(n, 110), m(n, 0.0f), v(n, 0.0f);
+  DeviceBuffer<float> d_p(p), d_m(m), d_v(v);
+  DeviceBuffer<cuda::TensorSpan> d_spans(spans);
+  for (int64_t step = 1; step <= 2; ++step) {
+    const std::vector<float> g = RandomVector(n, 120 + step);
+    DeviceBuffer<float> d_g(g);
+    for (const cuda::TensorSpan& s : spans) {
+      cpu::AdamWConfig c;
+      c.weight_decay = s.decay ? 0.1f : 0.0f;
+      cpu::adamw_update(p.data() + s.offset, g.data() + s.offset, m.data() + s.offset,
+                        v.data() + s.offset, s.numel, step, c);
+    }
+    cuda::AdamWConfig gc;
+    gc.weight_decay = 0.1f;
+    ASSERT_EQ(cuda::adamw_update_multi(d_p.get(), d_g.get(), d_m.get(), d_v.get(), d_spans.get(),
+                                       static_cast<int64_t>(spans.size()), step, gc, nullptr),
+              cudaSuccess);
+    Sync();
+  }
+  const std::vector<float> gp = d_p.Host();
+  EXPECT_LT(RelativeError(gp.data(), p.data(), n), 1e-6);
+  // The undecayed tensors alone (a decay applied by mistake would show).
+  EXPECT_LT(RelativeError(gp.data() + 4096, p.data() + 4096, 64), 1e-6);
+}
+
 TEST(CudaOps, BadLaunch_IsReportedNamingTheOp) {
   REQUIRE_GPU();
   // C larger than a grid can cover is fine (grid-stride); a null stream of a
