@@ -206,42 +206,44 @@ __device__ float Lerp(float self, float end, float weight) {
   return weight < 0.5f ? self + weight * (end - self) : end - (end - self) * (1.0f - weight);
 }
 
+// The scalars of one AdamW step, formed on the host in double as
+// kernels/cpu/optimizer.cc forms them, then rounded to fp32.
+struct AdamWScalars {
+  float decay;  // 1 - lr * weight_decay (applied where decay is on)
+  float neg_step_size, bias_correction2_sqrt, w1, b2, w2, eps;
+};
+
+// One element in torch's single-tensor op order (the CPU twin's).
+__device__ void AdamWElement(float* params, const float* grads, float* m, float* v, int64_t i,
+                             float decay, const AdamWScalars& c) {
+  const float g = grads[i];
+  float p = params[i] * decay;
+  const float mi = Lerp(m[i], g, c.w1);
+  const float vi = v[i] * c.b2 + c.w2 * g * g;
+  const float denom = sqrtf(vi) / c.bias_correction2_sqrt + c.eps;
+  p = p + c.neg_step_size * mi / denom;
+  params[i] = p;
+  m[i] = mi;
+  v[i] = vi;
+}
+
 __global__ void AdamWKernel(float* params, const float* grads, float* m, float* v, int64_t n,
-                            float decay, float neg_step_size, float bias_correction2_sqrt,
-                            float w1, float b2, float w2, float eps) {
+                            AdamWScalars c) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float g = grads[i];
-    float p = params[i] * decay;
-    const float mi = Lerp(m[i], g, w1);
-    const float vi = v[i] * b2 + w2 * g * g;
-    const float denom = sqrtf(vi) / bias_correction2_sqrt + eps;
-    p = p + neg_step_size * mi / denom;
-    params[i] = p;
-    m[i] = mi;
-    v[i] = vi;
+    AdamWElement(params, grads, m, v, i, c.decay, c);
   }
 }
 
-// grid (chunks, n_spans): blockIdx.y is the tensor, x strides over it.
+// grid (chunks, n_spans): blockIdx.y is the tensor, x strides over it. A
+// tensor without decay multiplies by 1 (= 1 - lr * 0, as the CPU twin).
 __global__ void AdamWMultiKernel(float* params, const float* grads, float* m, float* v,
-                                 const TensorSpan* spans, float decay_on, float neg_step_size,
-                                 float bias_correction2_sqrt, float w1, float b2, float w2,
-                                 float eps) {
+                                 const TensorSpan* spans, AdamWScalars c) {
   const TensorSpan s = spans[blockIdx.y];
-  const float decay = s.decay ? decay_on : 1.0f;
+  const float decay = s.decay ? c.decay : 1.0f;
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < s.numel;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t i = s.offset + k;
-    const float g = grads[i];
-    float p = params[i] * decay;
-    const float mi = Lerp(m[i], g, w1);
-    const float vi = v[i] * b2 + w2 * g * g;
-    const float denom = sqrtf(vi) / bias_correction2_sqrt + eps;
-    p = p + neg_step_size * mi / denom;
-    params[i] = p;
-    m[i] = mi;
-    v[i] = vi;
+    AdamWElement(params, grads, m, v, s.offset + k, decay, c);
   }
 }
 
@@ -413,21 +415,29 @@ cudaError_t swiglu_backward(float* dgate, float* dup, const float* dout, const f
   return Launched();
 }
 
-cudaError_t adamw_update(float* params, const float* grads, float* m, float* v, int64_t n,
-                         int64_t step, const AdamWConfig& cfg, cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
-  // The host-side scalars of kernels/cpu/optimizer.cc, in the same order.
+namespace {
+
+AdamWScalars Scalars(const AdamWConfig& cfg, int64_t step) {
   const double lr = cfg.lr;
   const double bias_correction1 = 1.0 - std::pow(static_cast<double>(cfg.beta1), step);
   const double bias_correction2 = 1.0 - std::pow(static_cast<double>(cfg.beta2), step);
-  const float decay = static_cast<float>(1.0 - lr * cfg.weight_decay);
-  const float neg_step_size = static_cast<float>(-(lr / bias_correction1));
-  const float bias_correction2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
-  const float w1 = static_cast<float>(1.0 - static_cast<double>(cfg.beta1));
-  const float w2 = static_cast<float>(1.0 - static_cast<double>(cfg.beta2));
-  AdamWKernel<<<Blocks(n), kThreads, 0, stream>>>(params, grads, m, v, n, decay, neg_step_size,
-                                                  bias_correction2_sqrt, w1, cfg.beta2, w2,
-                                                  cfg.eps);
+  AdamWScalars c;
+  c.decay = static_cast<float>(1.0 - lr * cfg.weight_decay);
+  c.neg_step_size = static_cast<float>(-(lr / bias_correction1));
+  c.bias_correction2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
+  c.w1 = static_cast<float>(1.0 - static_cast<double>(cfg.beta1));
+  c.b2 = cfg.beta2;
+  c.w2 = static_cast<float>(1.0 - static_cast<double>(cfg.beta2));
+  c.eps = cfg.eps;
+  return c;
+}
+
+}  // namespace
+
+cudaError_t adamw_update(float* params, const float* grads, float* m, float* v, int64_t n,
+                         int64_t step, const AdamWConfig& cfg, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  AdamWKernel<<<Blocks(n), kThreads, 0, stream>>>(params, grads, m, v, n, Scalars(cfg, step));
   return Launched();
 }
 
@@ -436,18 +446,8 @@ cudaError_t adamw_update_multi(float* params, const float* grads, float* m, floa
                                const AdamWConfig& cfg, cudaStream_t stream) {
   if (n_spans == 0) return cudaSuccess;
   if (n_spans > 65535) return cudaErrorInvalidValue;
-  const double lr = cfg.lr;
-  const double bias_correction1 = 1.0 - std::pow(static_cast<double>(cfg.beta1), step);
-  const double bias_correction2 = 1.0 - std::pow(static_cast<double>(cfg.beta2), step);
-  // A tensor without decay multiplies by 1 - lr * 0 = 1, as the CPU twin.
-  const float decay_on = static_cast<float>(1.0 - lr * cfg.weight_decay);
-  const float neg_step_size = static_cast<float>(-(lr / bias_correction1));
-  const float bias_correction2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
-  const float w1 = static_cast<float>(1.0 - static_cast<double>(cfg.beta1));
-  const float w2 = static_cast<float>(1.0 - static_cast<double>(cfg.beta2));
   AdamWMultiKernel<<<dim3(64, static_cast<unsigned>(n_spans)), kThreads, 0, stream>>>(
-      params, grads, m, v, spans, decay_on, neg_step_size, bias_correction2_sqrt, w1, cfg.beta2,
-      w2, cfg.eps);
+      params, grads, m, v, spans, Scalars(cfg, step));
   return Launched();
 }
 
