@@ -15,6 +15,7 @@
 #include "coordinator/planner/planner.h"
 #include "coordinator/planner/simulator.h"
 #include "nlohmann/json.hpp"
+#include "worker/engine/engine.h"
 #include "worker/engine/params.h"
 
 namespace chunkflow::coordinator {
@@ -215,13 +216,11 @@ absl::Status Coordinator::OpenJob(JobEntry* job, std::unique_ptr<ResolvedJob> re
                             job->job.spec().global_batch());
   if (!cursor.ok()) return cursor.status();
   job->cursor = std::move(*cursor);
-  absl::StatusOr<planner::ModelShape> shape = planner::ModelShapeFromHfConfig(
-      engine::ToHfConfigJson(job->resolved->config), "the job's model");
-  if (!shape.ok()) return shape.status();
+  const planner::ModelShape shape = engine::ShapeOf(job->resolved->config);
   // A CPU-sized prior (100 GFLOP/s); the first steps' timings replace it.
-  job->prior = planner::CostModelFromShape(*shape, job->pp(), planner::DeviceModel{1e11, 0});
+  job->prior = planner::CostModelFromShape(shape, job->pp(), planner::DeviceModel{1e11, 0});
   job->cost = job->prior;
-  job->memory = planner::MemoryModelFromShape(*shape, job->pp());
+  job->memory = planner::MemoryModelFromShape(shape, job->pp());
   if (job->job.has_fitted_cost_model() && job->job.fitted_cost_model().stages_size() == job->pp()) {
     job->cost = FromProto(job->job.fitted_cost_model());
   }
