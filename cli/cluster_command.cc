@@ -273,22 +273,33 @@ absl::Status RunAdminCommand(const AdminCommandOptions& o, std::ostream& out,
     return value.empty() ? absl::InvalidArgumentError(absl::StrCat(flag, " is required"))
                          : absl::OkStatus();
   };
+  // One unary call: the coordinator's status as is, then the response as JSON
+  // or through `table`.
+  auto call = [&](auto method, const auto& req, auto* resp, auto table) -> absl::Status {
+    if (absl::Status s = Rpc(((*stub).*method)(Context(o.timeout).get(), req, resp), o.coordinator);
+        !s.ok()) {
+      return s;
+    }
+    if (json) {
+      out << Json(*resp) << "\n";
+    } else {
+      table();
+    }
+    return absl::OkStatus();
+  };
+  using Stub = v1::AdminService::Stub;
   const std::string& c = o.command;
   if (c == "submit") {
     v1::SubmitJobRequest req;
     *req.mutable_spec() = o.spec;
     v1::Job job;
-    if (absl::Status s = Rpc(stub->SubmitJob(Context(o.timeout).get(), req, &job), o.coordinator);
-        !s.ok()) {
+    if (absl::Status s = call(&Stub::SubmitJob, req, &job, [&] {
+          out << "submitted " << job.id() << " (" << StateName(job.state()) << "; needs "
+              << job.spec().dp() * job.spec().pp() << " workers)\n";
+        });
+        !s.ok() || !o.watch_after_submit) {
       return s;
     }
-    if (json) {
-      out << Json(job) << "\n";
-    } else {
-      out << "submitted " << job.id() << " (" << StateName(job.state()) << "; needs "
-          << job.spec().dp() * job.spec().pp() << " workers)\n";
-    }
-    if (!o.watch_after_submit) return absl::OkStatus();
     AdminCommandOptions w = o;
     w.command = "watch";
     w.job_id = job.id();
@@ -299,35 +310,20 @@ absl::Status RunAdminCommand(const AdminCommandOptions& o, std::ostream& out,
     v1::GetJobRequest req;
     req.set_job_id(o.job_id);
     v1::Job job;
-    if (absl::Status s = Rpc(stub->GetJob(Context(o.timeout).get(), req, &job), o.coordinator);
-        !s.ok()) {
-      return s;
-    }
-    if (json) {
-      out << Json(job) << "\n";
-    } else {
-      PrintJob(job, out);
-    }
-    return absl::OkStatus();
+    return call(&Stub::GetJob, req, &job, [&] { PrintJob(job, out); });
   }
   if (c == "list-jobs") {
     v1::ListJobsResponse resp;
-    if (absl::Status s = Rpc(stub->ListJobs(Context(o.timeout).get(), {}, &resp), o.coordinator);
-        !s.ok()) {
-      return s;
-    }
-    if (json) {
-      out << Json(resp) << "\n";
-      return absl::OkStatus();
-    }
-    out << absl::StrFormat("%-12s %-10s %-12s %-10s %-9s %s\n", "JOB", "STATE", "STEPS", "LOSS",
-                           "DP x PP", "NAME");
-    for (const v1::Job& j : resp.jobs()) {
-      out << absl::StrFormat("%-12s %-10s %-12s %-10.4f %-9s %s\n", j.id(), StateName(j.state()),
-                             absl::StrCat(j.steps_committed(), "/", j.spec().steps()), j.last_loss(),
-                             absl::StrCat(j.spec().dp(), " x ", j.spec().pp()), j.spec().name());
-    }
-    return absl::OkStatus();
+    return call(&Stub::ListJobs, v1::ListJobsRequest(), &resp, [&] {
+      out << absl::StrFormat("%-12s %-10s %-12s %-10s %-9s %s\n", "JOB", "STATE", "STEPS", "LOSS",
+                             "DP x PP", "NAME");
+      for (const v1::Job& j : resp.jobs()) {
+        out << absl::StrFormat("%-12s %-10s %-12s %-10.4f %-9s %s\n", j.id(), StateName(j.state()),
+                               absl::StrCat(j.steps_committed(), "/", j.spec().steps()),
+                               j.last_loss(), absl::StrCat(j.spec().dp(), " x ", j.spec().pp()),
+                               j.spec().name());
+      }
+    });
   }
   if (c == "cancel") {
     if (absl::Status s = need(o.job_id, "--job"); !s.ok()) return s;
@@ -335,57 +331,36 @@ absl::Status RunAdminCommand(const AdminCommandOptions& o, std::ostream& out,
     req.set_job_id(o.job_id);
     req.set_reason(o.reason);
     v1::Job job;
-    if (absl::Status s = Rpc(stub->CancelJob(Context(o.timeout).get(), req, &job), o.coordinator);
-        !s.ok()) {
-      return s;
-    }
-    if (json) {
-      out << Json(job) << "\n";
-    } else {
+    return call(&Stub::CancelJob, req, &job, [&] {
       out << job.id() << " " << StateName(job.state()) << " after " << job.steps_committed()
           << " steps\n";
-    }
-    return absl::OkStatus();
+    });
   }
   if (c == "list-workers") {
     v1::ListWorkersResponse resp;
-    if (absl::Status s = Rpc(stub->ListWorkers(Context(o.timeout).get(), {}, &resp), o.coordinator);
-        !s.ok()) {
-      return s;
-    }
-    if (json) {
-      out << Json(resp) << "\n";
-      return absl::OkStatus();
-    }
-    out << absl::StrFormat("%-16s %-9s %-12s %-6s %-4s %-16s %-8s %s\n", "WORKER", "STATE", "JOB",
-                           "STAGE", "DP", "HOST", "DEVICE", "PEAK MiB");
-    for (const v1::Worker& w : resp.workers()) {
-      const bool assigned = !w.job_id().empty();
-      out << absl::StrFormat("%-16s %-9s %-12s %-6s %-4s %-16s %-8s %.1f\n", w.id(),
-                             WorkerStateName(w.state()), assigned ? w.job_id() : "-",
-                             assigned ? std::to_string(w.stage()) : "-",
-                             assigned ? std::to_string(w.dp_index()) : "-", w.host(),
-                             w.device().name(),
-                             static_cast<double>(w.peak_memory_bytes()) / (1 << 20));
-    }
-    return absl::OkStatus();
+    return call(&Stub::ListWorkers, v1::ListWorkersRequest(), &resp, [&] {
+      out << absl::StrFormat("%-16s %-9s %-12s %-6s %-4s %-16s %-8s %s\n", "WORKER", "STATE",
+                             "JOB", "STAGE", "DP", "HOST", "DEVICE", "PEAK MiB");
+      for (const v1::Worker& w : resp.workers()) {
+        const bool assigned = !w.job_id().empty();
+        out << absl::StrFormat("%-16s %-9s %-12s %-6s %-4s %-16s %-8s %.1f\n", w.id(),
+                               WorkerStateName(w.state()), assigned ? w.job_id() : "-",
+                               assigned ? std::to_string(w.stage()) : "-",
+                               assigned ? std::to_string(w.dp_index()) : "-", w.host(),
+                               w.device().name(),
+                               static_cast<double>(w.peak_memory_bytes()) / (1 << 20));
+      }
+    });
   }
   if (c == "drain") {
     if (absl::Status s = need(o.worker_id, "--worker"); !s.ok()) return s;
     v1::DrainWorkerRequest req;
     req.set_worker_id(o.worker_id);
     v1::Worker w;
-    if (absl::Status s = Rpc(stub->DrainWorker(Context(o.timeout).get(), req, &w), o.coordinator);
-        !s.ok()) {
-      return s;
-    }
-    if (json) {
-      out << Json(w) << "\n";
-    } else {
+    return call(&Stub::DrainWorker, req, &w, [&] {
       out << w.id() << " draining (state " << WorkerStateName(w.state())
           << "): it takes no new job\n";
-    }
-    return absl::OkStatus();
+    });
   }
   if (c == "update-schedule") {
     if (absl::Status s = need(o.job_id, "--job"); !s.ok()) return s;
@@ -393,43 +368,29 @@ absl::Status RunAdminCommand(const AdminCommandOptions& o, std::ostream& out,
     req.set_job_id(o.job_id);
     *req.mutable_schedule() = o.schedule;
     v1::Job job;
-    if (absl::Status s =
-            Rpc(stub->UpdateSchedule(Context(o.timeout).get(), req, &job), o.coordinator);
-        !s.ok()) {
-      return s;
-    }
-    if (json) {
-      out << Json(job) << "\n";
-    } else {
+    return call(&Stub::UpdateSchedule, req, &job, [&] {
       out << job.id() << ": ChunkSize " << job.current_schedule().chunk_size() << ", K "
           << job.current_schedule().k() << " from the next planned step\n";
-    }
-    return absl::OkStatus();
+    });
   }
   if (c == "steps") {
     if (absl::Status s = need(o.job_id, "--job"); !s.ok()) return s;
     v1::ListStepsRequest req;
     req.set_job_id(o.job_id);
     v1::ListStepsResponse resp;
-    if (absl::Status s = Rpc(stub->ListSteps(Context(o.timeout).get(), req, &resp), o.coordinator);
-        !s.ok()) {
-      return s;
-    }
-    if (json) {
-      out << Json(resp) << "\n";
-      return absl::OkStatus();
-    }
-    out << absl::StrFormat("%6s %-9s %10s %9s %8s %7s %10s %3s  %s\n", "STEP", "STATE", "LOSS",
-                           "TOKENS", "SECONDS", "CHUNKS", "CHUNKSIZE", "K", "DOCUMENTS");
-    for (const v1::StepSummary& s : resp.steps()) {
-      std::vector<int64_t> docs(s.samples().begin(), s.samples().end());
-      std::string list = absl::StrJoin(docs.begin(), docs.begin() + std::min<size_t>(docs.size(), 8), ",");
-      if (docs.size() > 8) absl::StrAppend(&list, ",... (", docs.size(), ")");
-      out << absl::StrFormat("%6d %-9s %10.4f %9d %8.2f %7d %10d %3d  %s\n", s.step(),
-                             s.committed() ? "committed" : "planned", s.loss(), s.tokens(),
-                             s.step_seconds(), s.chunks(), s.chunk_size(), s.k(), list);
-    }
-    return absl::OkStatus();
+    return call(&Stub::ListSteps, req, &resp, [&] {
+      out << absl::StrFormat("%6s %-9s %10s %9s %8s %7s %10s %3s  %s\n", "STEP", "STATE", "LOSS",
+                             "TOKENS", "SECONDS", "CHUNKS", "CHUNKSIZE", "K", "DOCUMENTS");
+      for (const v1::StepSummary& s : resp.steps()) {
+        std::vector<int64_t> docs(s.samples().begin(), s.samples().end());
+        std::string list =
+            absl::StrJoin(docs.begin(), docs.begin() + std::min<size_t>(docs.size(), 8), ",");
+        if (docs.size() > 8) absl::StrAppend(&list, ",... (", docs.size(), ")");
+        out << absl::StrFormat("%6d %-9s %10.4f %9d %8.2f %7d %10d %3d  %s\n", s.step(),
+                               s.committed() ? "committed" : "planned", s.loss(), s.tokens(),
+                               s.step_seconds(), s.chunks(), s.chunk_size(), s.k(), list);
+      }
+    });
   }
   if (c == "watch") {
     if (absl::Status s = need(o.job_id, "--job"); !s.ok()) return s;
