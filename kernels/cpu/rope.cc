@@ -31,8 +31,12 @@ void Angles(float* cos_out, float* sin_out, int64_t position, const float* inv_f
 
 }  // namespace
 
-void rope_forward(float* out, const float* inp, const int64_t* positions, int64_t T,
-                  int64_t n_heads, int64_t head_dim, float theta) {
+namespace {
+
+// Forward: out = rotate(inp, +angle). Backward: dinp += rotate(dout, -angle).
+template <bool kBackward>
+void Rotate(float* out, const float* inp, const int64_t* positions, int64_t T, int64_t n_heads,
+            int64_t head_dim, float theta) {
   const int64_t half = head_dim / 2;
   const std::vector<float> inv_freq = InverseFrequencies(head_dim, theta);
 #pragma omp parallel if (T * n_heads * head_dim > kParallelThreshold)
@@ -47,36 +51,29 @@ void rope_forward(float* out, const float* inp, const int64_t* positions, int64_
         for (int64_t i = 0; i < half; ++i) {
           const float x1 = x[i];  // read both halves before writing (in place)
           const float x2 = x[i + half];
-          y[i] = x1 * cos_t[i] - x2 * sin_t[i];
-          y[i + half] = x2 * cos_t[i] + x1 * sin_t[i];
+          if (kBackward) {
+            y[i] += x1 * cos_t[i] + x2 * sin_t[i];
+            y[i + half] += x2 * cos_t[i] - x1 * sin_t[i];
+          } else {
+            y[i] = x1 * cos_t[i] - x2 * sin_t[i];
+            y[i + half] = x2 * cos_t[i] + x1 * sin_t[i];
+          }
         }
       }
     }
   }
 }
 
+}  // namespace
+
+void rope_forward(float* out, const float* inp, const int64_t* positions, int64_t T,
+                  int64_t n_heads, int64_t head_dim, float theta) {
+  Rotate<false>(out, inp, positions, T, n_heads, head_dim, theta);
+}
+
 void rope_backward(float* dinp, const float* dout, const int64_t* positions, int64_t T,
                    int64_t n_heads, int64_t head_dim, float theta) {
-  const int64_t half = head_dim / 2;
-  const std::vector<float> inv_freq = InverseFrequencies(head_dim, theta);
-#pragma omp parallel if (T * n_heads * head_dim > kParallelThreshold)
-  {
-    std::vector<float> cos_t(half), sin_t(half);
-#pragma omp for
-    for (int64_t t = 0; t < T; ++t) {
-      Angles(cos_t.data(), sin_t.data(), positions[t], inv_freq.data(), half);
-      for (int64_t h = 0; h < n_heads; ++h) {
-        const float* dy = dout + (t * n_heads + h) * head_dim;
-        float* dx = dinp + (t * n_heads + h) * head_dim;
-        for (int64_t i = 0; i < half; ++i) {
-          const float dy1 = dy[i];
-          const float dy2 = dy[i + half];
-          dx[i] += dy1 * cos_t[i] + dy2 * sin_t[i];
-          dx[i + half] += dy2 * cos_t[i] - dy1 * sin_t[i];
-        }
-      }
-    }
-  }
+  Rotate<true>(dinp, dout, positions, T, n_heads, head_dim, theta);
 }
 
 }  // namespace chunkflow::kernels::cpu
