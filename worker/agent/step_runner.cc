@@ -186,10 +186,10 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
   for (Sender* s : {&act_out, &grad_out}) {
     if (absl::Status st = s->Finish(); !st.ok()) return Annotate(st, "sending");
   }
-  if (stage_.live_chunks() != 0 || stage_.state().sequences() != 0) {
+  if (stage_.live_chunks() != 0 || stage_.live_sequences() != 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "the op list left ", stage_.live_chunks(), " chunk(s) without a backward and ",
-        stage_.state().sequences(), " sequence(s) in the state store"));
+        stage_.live_sequences(), " sequence(s) in the state store"));
   }
   return absl::OkStatus();
 }

@@ -151,30 +151,17 @@ absl::StatusOr<std::vector<float>> Engine::Value(const std::string& name) const 
 absl::StatusOr<StepResult> Engine::ComputeGradients(const StepData& data, int64_t chunk_size,
                                                     int32_t k) {
   const auto start = std::chrono::steady_clock::now();
-  planner::PlanRequest req;
-  for (const auto& [id, s] : data.sequences) {
-    req.sequences.push_back({id, static_cast<int64_t>(s.tokens.size())});
-  }
-  req.chunk_size = chunk_size;
-  req.k = k;
-  req.pp = pp();
-  req.cost = planner::CostModelFromShape(ShapeOf(config_), pp(), planner::DeviceModel{});
-  absl::StatusOr<planner::Plan> plan = planner::BuildPlan(req);
-  if (!plan.ok()) return plan.status();
-
-  std::map<int32_t, ChunkInput> chunks;
+  absl::StatusOr<PlannedStep> planned = PlanLocalStep(config_, pp(), data, chunk_size, k);
+  if (!planned.ok()) return planned.status();
   StepResult result;
-  for (const planner::Chunk& c : plan->chunks) {
-    absl::StatusOr<ChunkInput> in = MakeChunkInput(c, data, config_.vocab_size);
-    if (!in.ok()) return in.status();
-    result.tokens += in->rows;
-    chunks.emplace(c.id, std::move(*in));
-  }
-  result.chunks = static_cast<int64_t>(plan->chunks.size());
-  result.targets = data.TargetCount();
-  const float scale = result.targets > 0 ? 1.0f / static_cast<float>(result.targets) : 0.0f;
+  result.tokens = planned->tokens;
+  result.targets = planned->targets;
+  result.chunks = static_cast<int64_t>(planned->plan.chunks.size());
+  const float scale = planned->loss_scale;
+  const planner::Plan* plan = &planned->plan;
+  const std::map<int32_t, ChunkInput>& chunks = planned->chunks;
 
-  std::vector<Stage*> stages;
+  std::vector<StageExecutor*> stages;
   std::vector<std::vector<planner::Op>> ops;
   for (int32_t s = 0; s < pp(); ++s) {
     params_[s]->ZeroGrads();
@@ -256,6 +243,31 @@ double Engine::GradNorm() const {
 void Engine::ApplyOptimizer(const TrainOptions& o) {
   ++step_;
   for (size_t s = 0; s < params_.size(); ++s) ApplyUpdate(*params_[s], m_[s], v_[s], step_, o);
+}
+
+absl::StatusOr<PlannedStep> PlanLocalStep(const ModelConfig& config, int32_t pp,
+                                          const StepData& data, int64_t chunk_size, int32_t k) {
+  planner::PlanRequest req;
+  for (const auto& [id, s] : data.sequences) {
+    req.sequences.push_back({id, static_cast<int64_t>(s.tokens.size())});
+  }
+  req.chunk_size = chunk_size;
+  req.k = k;
+  req.pp = pp;
+  req.cost = planner::CostModelFromShape(ShapeOf(config), pp, planner::DeviceModel{});
+  absl::StatusOr<planner::Plan> plan = planner::BuildPlan(req);
+  if (!plan.ok()) return plan.status();
+  PlannedStep out;
+  for (const planner::Chunk& c : plan->chunks) {
+    absl::StatusOr<ChunkInput> in = MakeChunkInput(c, data, config.vocab_size);
+    if (!in.ok()) return in.status();
+    out.tokens += in->rows;
+    out.chunks.emplace(c.id, std::move(*in));
+  }
+  out.plan = std::move(*plan);
+  out.targets = data.TargetCount();
+  out.loss_scale = out.targets > 0 ? 1.0f / static_cast<float>(out.targets) : 0.0f;
+  return out;
 }
 
 planner::ModelShape ShapeOf(const ModelConfig& c) {

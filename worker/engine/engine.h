@@ -25,6 +25,7 @@
 
 #include "absl/status/statusor.h"
 #include "coordinator/planner/cost_model.h"
+#include "coordinator/planner/plan.h"
 #include "kernels/cpu/optimizer.h"
 #include "worker/engine/chunk_input.h"
 #include "worker/engine/memory.h"
@@ -65,6 +66,19 @@ struct StepResult {
 
 // The planner's view of a model (for its cost model).
 planner::ModelShape ShapeOf(const ModelConfig& config);
+
+// One process's plan of a global batch (dp 1): the planner's chunks and op
+// lists, each chunk's rows, and the loss scale 1 / targets.
+struct PlannedStep {
+  planner::Plan plan;
+  std::map<int32_t, ChunkInput> chunks;
+  int64_t tokens = 0;
+  int64_t targets = 0;
+  float loss_scale = 0;
+};
+// Errors: bad data (MakeChunkInput), bad chunk_size/k (the planner).
+absl::StatusOr<PlannedStep> PlanLocalStep(const ModelConfig& config, int32_t pp,
+                                          const StepData& data, int64_t chunk_size, int32_t k);
 
 // Building blocks shared with the distributed step runner (worker/agent).
 // INVALID_ARGUMENT naming the option (lr, clip, betas, eps, weight_decay).

@@ -18,7 +18,7 @@ std::string OpName(const planner::Op& op) {
 
 }  // namespace
 
-absl::Status RunOp(Stage& stage, const planner::Op& op, const ChunkInput& chunk, const float* in,
+absl::Status RunOp(StageExecutor& stage, const planner::Op& op, const ChunkInput& chunk, const float* in,
                    float* out) {
   if (op.type == planner::OpType::kBackward) return stage.Backward(chunk, in, out);
   const ForwardKind kind = op.recompute          ? ForwardKind::kRecompute
@@ -85,10 +85,10 @@ absl::Status LocalPipeline::Run(const std::vector<std::vector<planner::Op>>& ops
       }
       // A list that forgot a backward would leave partial gradients.
       for (size_t s = 0; s < pp; ++s) {
-        if (stages_[s]->live_chunks() != 0 || stages_[s]->state().sequences() != 0) {
+        if (stages_[s]->live_chunks() != 0 || stages_[s]->live_sequences() != 0) {
           return absl::FailedPreconditionError(absl::StrCat(
               "stage ", s, " ended the step with ", stages_[s]->live_chunks(),
-              " chunk(s) not backwarded and ", stages_[s]->state().sequences(),
+              " chunk(s) not backwarded and ", stages_[s]->live_sequences(),
               " sequence(s) in the state store: the op list lacks backwards"));
         }
       }

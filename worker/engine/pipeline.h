@@ -7,7 +7,7 @@
 // replaces them): a stage runs its next op as soon as the op's input has
 // arrived, so any valid op order completes and a wrong one is reported.
 //
-//   std::vector<Stage*> stages = {&s0, &s1};
+//   std::vector<StageExecutor*> stages = {&s0, &s1};
 //   LocalPipeline pipe(stages);
 //   absl::Status s = pipe.Run({plan.ops(0, 0).ops, plan.ops(0, 1).ops}, inputs);
 
@@ -21,7 +21,7 @@
 #include "absl/status/status.h"
 #include "coordinator/planner/plan.h"
 #include "worker/engine/chunk_input.h"
-#include "worker/engine/stage.h"
+#include "worker/engine/stage_executor.h"
 
 namespace chunkflow::engine {
 
@@ -29,12 +29,12 @@ namespace chunkflow::engine {
 // the neighbouring stage, null where the stage has none (first stage's
 // forward, last stage's backward, any recompute); out: (T, C) the activation
 // or input gradient to send, ignored where nothing is sent.
-absl::Status RunOp(Stage& stage, const planner::Op& op, const ChunkInput& chunk, const float* in,
+absl::Status RunOp(StageExecutor& stage, const planner::Op& op, const ChunkInput& chunk, const float* in,
                    float* out);
 
 class LocalPipeline {
  public:
-  explicit LocalPipeline(std::vector<Stage*> stages) : stages_(std::move(stages)) {}
+  explicit LocalPipeline(std::vector<StageExecutor*> stages) : stages_(std::move(stages)) {}
 
   // ops[s] is stage s's op list; `chunks` holds every chunk those ops name.
   // Errors: the first stage error (with the stage and op); NOT_FOUND for an
@@ -45,7 +45,7 @@ class LocalPipeline {
                    const std::map<int32_t, ChunkInput>& chunks);
 
  private:
-  std::vector<Stage*> stages_;
+  std::vector<StageExecutor*> stages_;
 };
 
 }  // namespace chunkflow::engine

@@ -37,54 +37,30 @@
 #include "worker/engine/chunk_input.h"
 #include "worker/engine/memory.h"
 #include "worker/engine/params.h"
+#include "worker/engine/stage_executor.h"
 #include "worker/engine/state_store.h"
 
 namespace chunkflow::engine {
 
-enum class ForwardKind {
-  kKeep,       // keep activations for the backward
-  kDrop,       // keep only the stage input; a kRecompute comes before the backward
-  kRecompute,  // forward again from the kept input, keeping activations
-  kInference,  // keep nothing (eval); the caller clears the state afterwards
-};
-
-// Loss sums of one sequence (only rows with a target count).
-struct SequenceLoss {
-  double sum = 0;
-  int64_t count = 0;
-};
-
-class Stage {
+class Stage : public StageExecutor {
  public:
   Stage(StageParams* params, MemoryTracker* mem);
 
-  // x: (T, C) input (ignored on the first stage); y: (T, C) output (ignored
-  // on the last). Errors: FAILED_PRECONDITION when the op order is wrong (a
-  // chunk forwarded twice, a recompute without a kept input, K/V missing from
-  // the state), naming the chunk.
-  absl::Status Forward(const ChunkInput& in, const float* x, float* y, ForwardKind kind);
+  // The StageExecutor contract (stage_executor.h).
+  absl::Status Forward(const ChunkInput& in, const float* x, float* y, ForwardKind kind) override;
+  absl::Status Backward(const ChunkInput& in, const float* dy, float* dx) override;
+  void set_loss_scale(float scale) override { loss_scale_ = scale; }
+  const std::map<int64_t, SequenceLoss>& losses() const override { return losses_; }
+  void ClearLosses() override { losses_.clear(); }
+  void Reset() override;
+  int64_t hidden_size() const override { return c_; }
+  int64_t live_chunks() const override { return static_cast<int64_t>(acts_.size()); }
+  int64_t live_sequences() const override { return state_.sequences(); }
 
-  // dy: (T, C) gradient of the output (ignored on the last stage); dx: (T, C)
-  // gradient of the input, overwritten (ignored on the first). Errors:
-  // FAILED_PRECONDITION when the chunk has no activations.
-  absl::Status Backward(const ChunkInput& in, const float* dy, float* dx);
-
-  // Each target's loss is multiplied by `scale` in the gradient: 1 / (targets
-  // of the global batch), whatever the chunking.
-  void set_loss_scale(float scale) { loss_scale_ = scale; }
-
-  // Loss sums of the forwards so far (not counting recomputes), by sequence.
-  const std::map<int64_t, SequenceLoss>& losses() const { return losses_; }
-  void ClearLosses() { losses_.clear(); }
   // When set, forwards on the last stage append each row's logits (V floats)
   // to `sink`, in row order (tests and golden comparisons).
   void set_logits_sink(std::vector<float>* sink) { logits_sink_ = sink; }
-  // Drops all activations and state (end of an eval pass, or an aborted step).
-  void Reset();
-
   StateStore& state() { return state_; }
-  int64_t hidden_size() const { return c_; }
-  int64_t live_chunks() const { return static_cast<int64_t>(acts_.size()); }
 
  private:
   struct LayerActs {

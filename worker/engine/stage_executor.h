@@ -1,0 +1,68 @@
+// What runs one pipeline stage's ops: the CPU Stage (stage.h) and the CUDA
+// stage (worker/engine/cuda/cuda_stage.h) implement it, so the op executor
+// (pipeline.h), the engine and the worker's step runner drive either.
+//
+// Pointers passed to Forward / Backward are HOST memory of (rows, hidden)
+// floats on every implementation; a device implementation copies them in and
+// out (and offers device-pointer variants of its own for device transports).
+
+#ifndef CHUNKFLOW_WORKER_ENGINE_STAGE_EXECUTOR_H_
+#define CHUNKFLOW_WORKER_ENGINE_STAGE_EXECUTOR_H_
+
+#include <cstdint>
+#include <map>
+
+#include "absl/status/status.h"
+#include "worker/engine/chunk_input.h"
+
+namespace chunkflow::engine {
+
+enum class ForwardKind {
+  kKeep,       // keep activations for the backward
+  kDrop,       // keep only the stage input; a kRecompute comes before the backward
+  kRecompute,  // forward again from the kept input, keeping activations
+  kInference,  // keep nothing (eval); the caller clears the state afterwards
+};
+
+// Loss sums of one sequence (only rows with a target count).
+struct SequenceLoss {
+  double sum = 0;
+  int64_t count = 0;
+};
+
+class StageExecutor {
+ public:
+  virtual ~StageExecutor() = default;
+
+  // x: (T, C) input (ignored on the first stage); y: (T, C) output (ignored
+  // on the last). Errors: FAILED_PRECONDITION when the op order is wrong (a
+  // chunk forwarded twice, a recompute without a kept input, K/V missing from
+  // the state), naming the chunk; a device implementation adds its device
+  // errors (RESOURCE_EXHAUSTED over the memory budget, INTERNAL naming the
+  // kernel).
+  virtual absl::Status Forward(const ChunkInput& in, const float* x, float* y,
+                               ForwardKind kind) = 0;
+  // dy: (T, C) gradient of the output (ignored on the last stage); dx: (T, C)
+  // gradient of the input, overwritten (ignored on the first). Errors:
+  // FAILED_PRECONDITION when the chunk has no activations.
+  virtual absl::Status Backward(const ChunkInput& in, const float* dy, float* dx) = 0;
+
+  // Each target's loss is multiplied by `scale` in the gradient: 1 / (targets
+  // of the global batch), whatever the chunking.
+  virtual void set_loss_scale(float scale) = 0;
+  // Loss sums of the forwards so far (not counting recomputes), by sequence.
+  virtual const std::map<int64_t, SequenceLoss>& losses() const = 0;
+  virtual void ClearLosses() = 0;
+  // Drops all activations and state (end of an eval pass, or an aborted step).
+  virtual void Reset() = 0;
+
+  virtual int64_t hidden_size() const = 0;
+  // Chunks forwarded whose backward has not run, and sequences in the state
+  // store (both 0 after a complete step).
+  virtual int64_t live_chunks() const = 0;
+  virtual int64_t live_sequences() const = 0;
+};
+
+}  // namespace chunkflow::engine
+
+#endif  // CHUNKFLOW_WORKER_ENGINE_STAGE_EXECUTOR_H_
