@@ -149,6 +149,41 @@ __global__ void CrossEntropyBackwardKernel(float* dlogits, const float* logits,
   }
 }
 
+// The head's loss and softmax gradient in one pass, in place: the row's
+// logits are read once for the stats, then each thread overwrites the
+// elements it reads with dloss * (softmax - onehot). The target logit is read
+// by every thread before RowStats' barriers, so no write can race it.
+__global__ void CrossEntropyFusedKernel(float* losses, float* logits, const int32_t* targets,
+                                        float dloss, int64_t V) {
+  const int64_t t = blockIdx.x;
+  const int32_t target = targets[t];
+  float* x = logits + t * V;
+  if (target == kIgnoreIndex) {  // uniform per block
+    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) x[v] = 0.0f;
+    if (losses != nullptr && threadIdx.x == 0) losses[t] = 0.0f;
+    return;
+  }
+  const float xt = x[target];
+  float m;
+  double s;
+  RowStats(x, V, &m, &s);
+  if (losses != nullptr && threadIdx.x == 0) {
+    losses[t] = static_cast<float>(log(s) + (static_cast<double>(m) - static_cast<double>(xt)));
+  }
+  const float inv_sum = static_cast<float>(1.0 / s);
+  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+    const float p = expf(x[v] - m) * inv_sum;
+    x[v] = v == target ? dloss * (p - 1.0f) : dloss * p;
+  }
+}
+
+__global__ void AddToKernel(float* dst, const float* src, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    dst[i] += src[i];
+  }
+}
+
 struct InvFreq {
   float v[kMaxRopeHeadDim / 2];
 };
@@ -398,6 +433,20 @@ cudaError_t cross_entropy_backward(float* dlogits, const float* logits, const in
   if (T == 0) return cudaSuccess;
   CrossEntropyBackwardKernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(
       dlogits, logits, targets, dlosses, V);
+  return Launched();
+}
+
+cudaError_t cross_entropy_fused(float* losses, float* logits, const int32_t* targets, float dloss,
+                                int64_t T, int64_t V, cudaStream_t stream) {
+  if (T == 0) return cudaSuccess;
+  CrossEntropyFusedKernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(losses, logits,
+                                                                              targets, dloss, V);
+  return Launched();
+}
+
+cudaError_t add_to(float* dst, const float* src, int64_t n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  AddToKernel<<<Blocks(n), kThreads, 0, stream>>>(dst, src, n);
   return Launched();
 }
 

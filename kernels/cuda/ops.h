@@ -56,14 +56,25 @@ cudaError_t rope_backward(float* dinp, const float* dout, const int64_t* positio
 
 // Softmax cross-entropy per token with the ignore index -100, as
 // kernels/cpu/cross_entropy.h: one block per row, the row max exact, the
-// exp-sum of fp32 expf in double (a block-tree order, not the CPU's). The
-// fusion with the LM head's GEMM comes with the GEMMs.
+// exp-sum of fp32 expf in double (a block-tree order, not the CPU's).
 inline constexpr int32_t kIgnoreIndex = -100;
 cudaError_t cross_entropy_forward(float* losses, const float* logits, const int32_t* targets,
                                   int64_t T, int64_t V, cudaStream_t stream);
 cudaError_t cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets,
                                    const float* dlosses, int64_t T, int64_t V,
                                    cudaStream_t stream);
+
+// The LM head's loss and softmax gradient fused, in place: for every row,
+// losses[t] = the row's cross-entropy (0 where ignored; skipped when losses is
+// null) and logits[t, :] is OVERWRITTEN with dloss * (softmax - onehot) (0
+// where ignored) - what cross_entropy_forward and cross_entropy_backward with
+// dlosses = dloss into zeros give, without a second (T, V) buffer or a
+// second pass over the logits. The head's backward GEMMs read the result.
+cudaError_t cross_entropy_fused(float* losses, float* logits, const int32_t* targets, float dloss,
+                                int64_t T, int64_t V, cudaStream_t stream);
+
+// dst[i] += src[i] (residual adds, gradient sums).
+cudaError_t add_to(float* dst, const float* src, int64_t n, cudaStream_t stream);
 
 // out = silu(gate) * up; the backward as kernels/cpu/swiglu.h.
 cudaError_t swiglu_forward(float* out, const float* gate, const float* up, int64_t N,

@@ -220,6 +220,54 @@ TEST(CudaOps, CrossEntropy_MatchesCpu_WithIgnoredTargets) {
   EXPECT_LT(RelativeError(gd.data(), dlogits.data(), T * V), 1e-6);
 }
 
+// The fused head op against the CPU forward + backward (dlosses all equal,
+// into zeros), on the same logits; ignored rows get 0 loss and 0 gradient.
+TEST(CudaOps, CrossEntropyFused_MatchesCpuForwardAndBackward) {
+  REQUIRE_GPU();
+  const int64_t T = 37, V = 4099;
+  const float dloss = 0.0123f;
+  const std::vector<float> logits = RandomVector(T * V, 64, 8.0f);
+  std::vector<int32_t> targets = RandomTokens(T, static_cast<int32_t>(V), 65);
+  for (int64_t t = 1; t < T; t += 4) targets[t] = cpu::kIgnoreIndex;
+  std::vector<float> losses(T), dlogits(T * V, 0.0f);
+  const std::vector<float> dlosses(T, dloss);
+  cpu::cross_entropy_forward(losses.data(), logits.data(), targets.data(), T, V);
+  cpu::cross_entropy_backward(dlogits.data(), logits.data(), targets.data(), dlosses.data(), T, V);
+  DeviceBuffer<float> d_logits(logits);
+  DeviceBuffer<int32_t> d_targets(targets);
+  auto d_losses = DeviceBuffer<float>::Poisoned(T);
+  ASSERT_EQ(cuda::cross_entropy_fused(d_losses.get(), d_logits.get(), d_targets.get(), dloss, T,
+                                      V, nullptr),
+            cudaSuccess);
+  Sync();
+  const std::vector<float> got = d_losses.Host(), gd = d_logits.Host();
+  EXPECT_LT(RelativeError(got.data(), losses.data(), T), 1e-6);
+  EXPECT_LT(RelativeError(gd.data(), dlogits.data(), T * V), 1e-6);
+  for (int64_t t = 1; t < T; t += 4) {
+    EXPECT_EQ(got[t], 0.0f) << "ignored row " << t;
+    for (int64_t v = 0; v < V; ++v) ASSERT_EQ(gd[t * V + v], 0.0f) << "ignored row " << t;
+  }
+  // Without a losses pointer only the gradient is written.
+  DeviceBuffer<float> d_logits2(logits);
+  ASSERT_EQ(cuda::cross_entropy_fused(nullptr, d_logits2.get(), d_targets.get(), dloss, T, V,
+                                      nullptr),
+            cudaSuccess);
+  Sync();
+  EXPECT_EQ(d_logits2.Host(), gd);
+}
+
+TEST(CudaOps, AddTo_Accumulates) {
+  REQUIRE_GPU();
+  const int64_t n = 100003;
+  std::vector<float> a = RandomVector(n, 66);
+  const std::vector<float> b = RandomVector(n, 67);
+  DeviceBuffer<float> d_a(a), d_b(b);
+  ASSERT_EQ(cuda::add_to(d_a.get(), d_b.get(), n, nullptr), cudaSuccess);
+  Sync();
+  for (int64_t i = 0; i < n; ++i) a[i] += b[i];
+  EXPECT_EQ(d_a.Host(), a);
+}
+
 // Shapes that are not multiples of anything; with and without bias and dinp.
 TEST(CudaOps, Linear_MatchesCpu) {
   REQUIRE_GPU();

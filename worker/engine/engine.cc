@@ -54,17 +54,22 @@ void Engine::InitRandom(uint64_t seed) {
   for (auto& p : params_) p->InitRandom(seed);
 }
 
-absl::Status Engine::LoadWeights(const std::string& path) {
+absl::Status LoadStageWeights(const std::string& path,
+                              const std::vector<std::unique_ptr<StageParams>>& params) {
   absl::StatusOr<SafetensorsReader> reader = SafetensorsReader::Open(path);
   if (!reader.ok()) return reader.status();
   // Load every stage into copies first: all or nothing.
   std::vector<std::unique_ptr<StageParams>> loaded;
-  for (auto& p : params_) {
-    loaded.push_back(std::make_unique<StageParams>(config_, p->range()));
+  for (const auto& p : params) {
+    loaded.push_back(std::make_unique<StageParams>(p->config(), p->range()));
     if (absl::Status s = loaded.back()->Load(*reader); !s.ok()) return s;
   }
-  for (size_t s = 0; s < params_.size(); ++s) params_[s]->values().swap(loaded[s]->values());
+  for (size_t s = 0; s < params.size(); ++s) params[s]->values().swap(loaded[s]->values());
   return absl::OkStatus();
+}
+
+absl::Status Engine::LoadWeights(const std::string& path) {
+  return LoadStageWeights(path, params_);
 }
 
 absl::Status Engine::Save(const std::string& dir) const {

@@ -60,6 +60,9 @@ struct StepResult {
   int64_t peak_bytes = 0;   // activations + state + scratch, max over stages
   int64_t peak_activation_bytes = 0;
   int64_t peak_state_bytes = 0;
+  // CUDA engine: the device allocator's exact peak during the step, of
+  // everything on the device (weights, gradients, optimizer state included).
+  int64_t peak_device_bytes = 0;
   double seconds = 0;
   std::map<int64_t, SequenceLoss> losses;  // by sequence
 };
@@ -88,6 +91,10 @@ absl::Status ValidateTrainOptions(const TrainOptions& options);
 double StageGradSquares(const StageParams& params);
 // The factor torch's clip_grad_norm_ applies (1 when no clipping happens).
 float ClipCoefficient(double grad_norm, float clip);
+// Loads a directory (or file) of safetensors with Hugging Face names into
+// every stage's values; all or nothing (see StageParams::Load).
+absl::Status LoadStageWeights(const std::string& path,
+                              const std::vector<std::unique_ptr<StageParams>>& params);
 // One optimizer update of a stage; `step` is 1-based (AdamW bias correction).
 void ApplyUpdate(StageParams& params, std::vector<float>& m, std::vector<float>& v, int64_t step,
                  const TrainOptions& options);

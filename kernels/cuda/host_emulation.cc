@@ -1,0 +1,286 @@
+// Host emulation of the CUDA runtime calls and kernels/cuda ops the CUDA
+// engine uses, for testing the engine's HOST logic (buffer lifetimes, zeroing,
+// state-store offsets, pointer mapping, op order, tied-gradient sums,
+// optimizer spans) on machines without a GPU. It is not a GPU simulator:
+//  - "device" memory is host memory; cudaMalloc fills new blocks with 0xFF
+//    bytes (NaN), so a buffer the engine forgets to zero or write poisons
+//    the result;
+//  - every op of ops.h / linear.h / attention.h is its CPU twin from
+//    kernels/cpu (the bf16 GEMMs round their inputs to bf16, as the device
+//    path does, then run the fp32 CPU op);
+//  - streams are synchronous.
+// The kernels themselves are checked against the same CPU twins on a GPU by
+// kernels/cuda:ops_test; the engine on real hardware by
+// worker/engine/cuda:cuda_engine_test. Link this library INSTEAD of
+// :ops / :linear / :allocator and the CUDA runtime (it defines the runtime
+// functions it emulates).
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/cross_entropy.h"
+#include "kernels/cpu/embedding.h"
+#include "kernels/cpu/linear.h"
+#include "kernels/cpu/optimizer.h"
+#include "kernels/cpu/rmsnorm.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cpu/swiglu.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/linear.h"
+#include "kernels/cuda/ops.h"
+
+// ---------------------------------------------------------------------------
+// The CUDA runtime calls (one emulated device, synchronous streams)
+// ---------------------------------------------------------------------------
+
+extern "C" {
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) {
+  return device == 0 ? cudaSuccess : cudaErrorInvalidDevice;
+}
+cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+const char* cudaGetErrorString(cudaError_t) { return "error (host emulation)"; }
+const char* cudaGetErrorName(cudaError_t) { return "cudaError (host emulation)"; }
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
+  static int token;
+  *stream = reinterpret_cast<cudaStream_t>(&token);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+
+cudaError_t cudaMalloc(void** ptr, size_t bytes) {
+  *ptr = std::malloc(bytes == 0 ? 1 : bytes);
+  if (*ptr == nullptr) return cudaErrorMemoryAllocation;
+  std::memset(*ptr, 0xFF, bytes);  // NaN poison: unwritten memory shows
+  return cudaSuccess;
+}
+cudaError_t cudaFree(void* ptr) {
+  std::free(ptr);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind,
+                            cudaStream_t) {
+  std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) {
+  std::memset(dst, value, bytes);
+  return cudaSuccess;
+}
+
+}  // extern "C"
+
+namespace chunkflow::kernels::cuda {
+namespace {
+
+std::vector<float> Widen(const __nv_bfloat16* x, int64_t n) {
+  std::vector<float> out(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) out[i] = __bfloat162float(x[i]);
+  return out;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// ops.h
+// ---------------------------------------------------------------------------
+
+cudaError_t embedding_forward(float* out, const int32_t* tokens, const float* wte, int64_t T,
+                              int64_t C, cudaStream_t) {
+  cpu::embedding_forward(out, tokens, wte, T, C);
+  return cudaSuccess;
+}
+cudaError_t embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int64_t T,
+                               int64_t C, cudaStream_t) {
+  cpu::embedding_backward(dwte, dout, tokens, T, C);
+  return cudaSuccess;
+}
+cudaError_t rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight,
+                            int64_t T, int64_t C, float eps, cudaStream_t) {
+  cpu::rmsnorm_forward(out, rstd, inp, weight, T, C, eps);
+  return cudaSuccess;
+}
+cudaError_t rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp,
+                             const float* weight, const float* rstd, int64_t T, int64_t C,
+                             cudaStream_t) {
+  cpu::rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, T, C);
+  return cudaSuccess;
+}
+cudaError_t rope_forward(float* out, const float* inp, const int64_t* positions, int64_t T,
+                         int64_t n_heads, int64_t head_dim, float theta, cudaStream_t) {
+  cpu::rope_forward(out, inp, positions, T, n_heads, head_dim, theta);
+  return cudaSuccess;
+}
+cudaError_t rope_backward(float* dinp, const float* dout, const int64_t* positions, int64_t T,
+                          int64_t n_heads, int64_t head_dim, float theta, cudaStream_t) {
+  cpu::rope_backward(dinp, dout, positions, T, n_heads, head_dim, theta);
+  return cudaSuccess;
+}
+cudaError_t cross_entropy_forward(float* losses, const float* logits, const int32_t* targets,
+                                  int64_t T, int64_t V, cudaStream_t) {
+  cpu::cross_entropy_forward(losses, logits, targets, T, V);
+  return cudaSuccess;
+}
+cudaError_t cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets,
+                                   const float* dlosses, int64_t T, int64_t V, cudaStream_t) {
+  cpu::cross_entropy_backward(dlogits, logits, targets, dlosses, T, V);
+  return cudaSuccess;
+}
+cudaError_t cross_entropy_fused(float* losses, float* logits, const int32_t* targets, float dloss,
+                                int64_t T, int64_t V, cudaStream_t) {
+  std::vector<float> row_losses(static_cast<size_t>(T));
+  std::vector<float> grad(static_cast<size_t>(T * V), 0.0f);
+  const std::vector<float> dlosses(static_cast<size_t>(T), dloss);
+  cpu::cross_entropy_forward(row_losses.data(), logits, targets, T, V);
+  cpu::cross_entropy_backward(grad.data(), logits, targets, dlosses.data(), T, V);
+  std::memcpy(logits, grad.data(), grad.size() * sizeof(float));
+  if (losses != nullptr) std::memcpy(losses, row_losses.data(), row_losses.size() * sizeof(float));
+  return cudaSuccess;
+}
+cudaError_t add_to(float* dst, const float* src, int64_t n, cudaStream_t) {
+  for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+  return cudaSuccess;
+}
+cudaError_t swiglu_forward(float* out, const float* gate, const float* up, int64_t N,
+                           cudaStream_t) {
+  cpu::swiglu_forward(out, gate, up, N);
+  return cudaSuccess;
+}
+cudaError_t swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate,
+                            const float* up, int64_t N, cudaStream_t) {
+  cpu::swiglu_backward(dgate, dup, dout, gate, up, N);
+  return cudaSuccess;
+}
+cudaError_t adamw_update_multi(float* params, const float* grads, float* m, float* v,
+                               const TensorSpan* spans, int64_t n_spans, int64_t step,
+                               const AdamWConfig& cfg, cudaStream_t) {
+  for (int64_t s = 0; s < n_spans; ++s) {
+    cpu::AdamWConfig c;
+    c.lr = cfg.lr;
+    c.beta1 = cfg.beta1;
+    c.beta2 = cfg.beta2;
+    c.eps = cfg.eps;
+    c.weight_decay = spans[s].decay ? cfg.weight_decay : 0.0f;
+    const int64_t o = spans[s].offset;
+    cpu::adamw_update(params + o, grads + o, m + o, v + o, spans[s].numel, step, c);
+  }
+  return cudaSuccess;
+}
+cudaError_t sgd_update(float* params, const float* grads, int64_t n, float lr, cudaStream_t) {
+  cpu::sgd_update(params, grads, n, lr);
+  return cudaSuccess;
+}
+cudaError_t sum_of_squares(double* out, const float* x, int64_t n, double*, cudaStream_t) {
+  *out = cpu::sum_of_squares(x, n);
+  return cudaSuccess;
+}
+cudaError_t scale(float* x, int64_t n, float factor, cudaStream_t) {
+  cpu::scale(x, n, factor);
+  return cudaSuccess;
+}
+cudaError_t float_to_bf16(__nv_bfloat16* out, const float* in, int64_t n, cudaStream_t) {
+  for (int64_t i = 0; i < n; ++i) out[i] = __float2bfloat16_rn(in[i]);
+  return cudaSuccess;
+}
+cudaError_t bf16_to_float(float* out, const __nv_bfloat16* in, int64_t n, cudaStream_t) {
+  for (int64_t i = 0; i < n; ++i) out[i] = __bfloat162float(in[i]);
+  return cudaSuccess;
+}
+cudaError_t column_sums(float* sums, const float* x, int64_t T, int64_t C, cudaStream_t) {
+  for (int64_t c = 0; c < C; ++c) {
+    double s = 0;
+    for (int64_t t = 0; t < T; ++t) s += x[t * C + c];
+    sums[c] += static_cast<float>(s);
+  }
+  return cudaSuccess;
+}
+
+// ---------------------------------------------------------------------------
+// linear.h
+// ---------------------------------------------------------------------------
+
+absl::StatusOr<CublasHandle> CublasHandle::Create(cudaStream_t stream) {
+  return CublasHandle(nullptr, stream);
+}
+CublasHandle::~CublasHandle() = default;
+
+absl::Status linear_forward(float* out, const float* inp, const float* weight, const float* bias,
+                            int64_t T, int64_t IC, int64_t OC, const CublasHandle&) {
+  cpu::linear_forward(out, inp, weight, bias, T, IC, OC);
+  return absl::OkStatus();
+}
+absl::Status linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                             const float* inp, const float* weight, int64_t T, int64_t IC,
+                             int64_t OC, const CublasHandle&) {
+  cpu::linear_backward(dinp, dweight, dbias, dout, inp, weight, T, IC, OC);
+  return absl::OkStatus();
+}
+absl::Status linear_forward_bf16(float* out, const __nv_bfloat16* inp,
+                                 const __nv_bfloat16* weight, const float* bias, int64_t T,
+                                 int64_t IC, int64_t OC, const CublasHandle&) {
+  const std::vector<float> x = Widen(inp, T * IC), w = Widen(weight, OC * IC);
+  cpu::linear_forward(out, x.data(), w.data(), bias, T, IC, OC);
+  return absl::OkStatus();
+}
+absl::Status linear_backward_bf16(float* dinp, float* dweight, float* dbias,
+                                  const __nv_bfloat16* dout, const __nv_bfloat16* inp,
+                                  const __nv_bfloat16* weight, int64_t T, int64_t IC, int64_t OC,
+                                  const CublasHandle&) {
+  const std::vector<float> d = Widen(dout, T * OC), x = Widen(inp, T * IC),
+                           w = Widen(weight, OC * IC);
+  cpu::linear_backward(dinp, dweight, dbias, d.data(), x.data(), w.data(), T, IC, OC);
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// attention.h
+// ---------------------------------------------------------------------------
+
+namespace {
+
+std::vector<cpu::AttentionSegment> CpuSegments(const AttentionSegment* segs, int64_t n) {
+  std::vector<cpu::AttentionSegment> out(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    out[i].q_begin = segs[i].q_begin;
+    out[i].length = segs[i].length;
+    out[i].offset = segs[i].offset;
+    out[i].k = segs[i].k;
+    out[i].v = segs[i].v;
+    out[i].dk = segs[i].dk;
+    out[i].dv = segs[i].dv;
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::Status attention_forward(float* out, float* lse, const float* q,
+                               const AttentionSegment* segs, int64_t n_segs, int64_t n_heads,
+                               int64_t n_kv_heads, int64_t head_dim, cudaStream_t) {
+  const std::vector<cpu::AttentionSegment> s = CpuSegments(segs, n_segs);
+  cpu::attention_forward(out, lse, q, s.data(), n_segs, n_heads, n_kv_heads, head_dim);
+  return absl::OkStatus();
+}
+absl::Status attention_backward(float* dq, const AttentionSegment* segs, int64_t n_segs,
+                                const float* dout, const float* q, const float* out,
+                                const float* lse, int64_t n_heads, int64_t n_kv_heads,
+                                int64_t head_dim, cudaStream_t) {
+  const std::vector<cpu::AttentionSegment> s = CpuSegments(segs, n_segs);
+  cpu::attention_backward(dq, s.data(), n_segs, dout, q, out, lse, n_heads, n_kv_heads, head_dim);
+  return absl::OkStatus();
+}
+
+}  // namespace chunkflow::kernels::cuda

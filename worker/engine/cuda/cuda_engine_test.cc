@@ -1,0 +1,262 @@
+// The CUDA engine against the CPU engine (the oracle) and against itself
+// chunked vs unchunked, on tiny Qwen2 (biases, tied embeddings) and Llama
+// (GQA 8:2, untied) models, single stage and split across stages. Without a
+// CUDA device every test prints SKIPPED and passes visibly.
+//
+// Tolerances, as relative L2 errors ||got - want|| / ||want|| per tensor:
+//  - fp32 CUDA vs fp32 CPU: 1e-4 for gradients, 1e-5 for the loss. The ops
+//    are the same; cuBLAS's and the CPU GEMM's summation orders, nvcc's fused
+//    multiply-adds and the device's expf differ by ulps, which the backward
+//    through 2-3 layers with large random weights amplifies.
+//  - bf16 CUDA vs fp32 CPU: 3e-2 for gradients, 1e-2 for the loss: every
+//    GEMM input is rounded to 8 mantissa bits (relative 2^-9 each), the
+//    accumulation is fp32.
+//  - chunked vs unchunked on the GPU: 1e-5 in fp32 (the CPU engine's own
+//    bound), 3e-2 in bf16 (different chunkings round different GEMM
+//    operands).
+//  - AdamW over 3 steps, fp32: weights within 1e-5 (the update is elementwise,
+//    same op order as the CPU; the differences are the gradients').
+
+#include "worker/engine/cuda/cuda_engine.h"
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/test_util.h"
+#include "worker/engine/engine.h"
+
+namespace chunkflow::engine::cuda {
+namespace {
+
+#define REQUIRE_GPU()                                                              \
+  do {                                                                             \
+    if (!HaveCudaDevice()) {                                                       \
+      std::printf("SKIPPED: no CUDA device (the CUDA engine tests need a GPU)\n"); \
+      GTEST_SKIP() << "no CUDA device";                                            \
+    }                                                                              \
+  } while (0)
+
+double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
+  return kernels::cpu::testing::RelativeError(a.data(), b.data(), static_cast<int64_t>(b.size()));
+}
+
+StepData RandomData(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(vocab) - 1);
+  StepData d;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    SequenceData s;
+    s.id = static_cast<int64_t>(i) * 3 + 1;
+    for (int64_t p = 0; p < lengths[i]; ++p) s.tokens.push_back(tok(rng));
+    if (i % 2 == 0) {  // some ignored targets
+      s.labels = s.tokens;
+      for (size_t p = 0; p < s.labels.size(); p += 5) s.labels[p] = kIgnoreIndex;
+    }
+    d.sequences[s.id] = s;
+  }
+  return d;
+}
+
+// Weights scaled up so every gradient is far from zero (as engine_test).
+void ScaleUp(StageParams& p) {
+  for (const ParamTensor& t : p.tensors()) {
+    float* w = p.values().data() + t.offset;
+    const bool norm = t.shape.size() == 1 && t.name.find("bias") == std::string::npos;
+    for (int64_t i = 0; i < t.numel; ++i) w[i] = norm ? 1.0f + 5.0f * (w[i] - 1.0f) : 5.0f * w[i];
+  }
+}
+
+std::unique_ptr<Engine> CpuEngine(const ModelConfig& c, int32_t pp) {
+  absl::StatusOr<std::unique_ptr<Engine>> e = Engine::Create(c, pp);
+  EXPECT_TRUE(e.ok()) << e.status();
+  (*e)->InitRandom(5);
+  for (int32_t s = 0; s < pp; ++s) ScaleUp((*e)->stage_params(s));
+  return std::move(*e);
+}
+
+std::unique_ptr<CudaEngine> GpuEngine(const ModelConfig& c, int32_t pp, Precision precision,
+                                      int64_t head_rows = 1024) {
+  CudaEngineOptions o;
+  o.precision = precision;
+  o.head_rows = head_rows;
+  absl::StatusOr<std::unique_ptr<CudaEngine>> e = CudaEngine::Create(c, pp, o);
+  EXPECT_TRUE(e.ok()) << e.status();
+  if (!e.ok()) return nullptr;
+  EXPECT_TRUE((*e)->InitRandom(5).ok());
+  for (int32_t s = 0; s < pp; ++s) ScaleUp((*e)->stage_params(s));
+  EXPECT_TRUE((*e)->UploadWeights().ok());
+  return std::move(*e);
+}
+
+struct Grads {
+  double loss = 0;
+  StepResult result;
+  std::map<std::string, std::vector<float>> by_name;
+};
+
+template <typename E>
+Grads Compute(E& e, const StepData& d, int64_t chunk_size, int32_t k) {
+  absl::StatusOr<StepResult> r = e.ComputeGradients(d, chunk_size, k);
+  EXPECT_TRUE(r.ok()) << r.status();
+  Grads g;
+  if (!r.ok()) return g;
+  g.loss = r->loss;
+  g.result = *r;
+  for (const std::string& name : ModelTensorNames(e.config())) {
+    absl::StatusOr<std::vector<float>> t = e.Gradient(name);
+    EXPECT_TRUE(t.ok()) << t.status();
+    if (t.ok()) g.by_name[name] = *t;
+  }
+  return g;
+}
+
+void ExpectClose(const Grads& got, const Grads& want, double loss_tol, double grad_tol,
+                 const std::string& what) {
+  EXPECT_NEAR(got.loss, want.loss, loss_tol * std::fabs(want.loss)) << what;
+  for (const auto& [name, g] : want.by_name) {
+    ASSERT_EQ(got.by_name.count(name), 1u) << what << ": " << name;
+    EXPECT_LT(RelErr(got.by_name.at(name), g), grad_tol) << what << ": " << name;
+  }
+}
+
+ModelConfig Qwen2() { return TinyQwen2Config(); }
+ModelConfig Llama() {
+  ModelConfig c = TinyLlamaConfig();
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 2;
+  c.num_hidden_layers = 3;
+  return c;
+}
+
+struct Case {
+  bool llama;
+  int32_t pp;
+};
+
+class CudaEngineTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(CudaEngineTest, Fp32Step_MatchesCpuEngine) {
+  REQUIRE_GPU();
+  const Case p = GetParam();
+  const ModelConfig c = p.llama ? Llama() : Qwen2();
+  const StepData d = RandomData({90, 13, 7, 70, 2}, c.vocab_size, 3);
+  std::unique_ptr<Engine> cpu = CpuEngine(c, p.pp);
+  // head_rows 16: several logits tiles per chunk.
+  std::unique_ptr<CudaEngine> gpu = GpuEngine(c, p.pp, Precision::kFp32, /*head_rows=*/16);
+  ASSERT_NE(gpu, nullptr);
+  for (auto [cs, k] : {std::pair<int64_t, int32_t>{90, 1}, {32, 1}, {7, 2}}) {
+    const std::string what = "chunk_size " + std::to_string(cs) + " K " + std::to_string(k);
+    const Grads want = Compute(*cpu, d, cs, k);
+    const Grads got = Compute(*gpu, d, cs, k);
+    ExpectClose(got, want, 1e-5, 1e-4, what);
+    EXPECT_EQ(got.result.tokens, want.result.tokens);
+    EXPECT_EQ(got.result.chunks, want.result.chunks);
+    EXPECT_NEAR(got.result.grad_norm, want.result.grad_norm, 1e-4 * want.result.grad_norm) << what;
+    // Same activations kept and the same state held: the same bytes.
+    EXPECT_EQ(got.result.peak_activation_bytes, want.result.peak_activation_bytes) << what;
+    EXPECT_EQ(got.result.peak_state_bytes, want.result.peak_state_bytes) << what;
+    EXPECT_GT(got.result.peak_device_bytes, got.result.peak_activation_bytes) << what;
+    for (const auto& [id, l] : want.result.losses) {
+      EXPECT_EQ(got.result.losses.at(id).count, l.count) << what << " sequence " << id;
+    }
+  }
+}
+
+TEST_P(CudaEngineTest, Bf16Step_WithinBf16ToleranceOfCpu) {
+  REQUIRE_GPU();
+  const Case p = GetParam();
+  const ModelConfig c = p.llama ? Llama() : Qwen2();
+  const StepData d = RandomData({90, 13, 7, 70, 2}, c.vocab_size, 3);
+  std::unique_ptr<Engine> cpu = CpuEngine(c, p.pp);
+  std::unique_ptr<CudaEngine> gpu = GpuEngine(c, p.pp, Precision::kBf16);
+  ASSERT_NE(gpu, nullptr);
+  const Grads want = Compute(*cpu, d, 32, 1);
+  const Grads got = Compute(*gpu, d, 32, 1);
+  ExpectClose(got, want, 1e-2, 3e-2, "bf16 vs CPU fp32");
+}
+
+TEST_P(CudaEngineTest, ChunkedMatchesUnchunkedOnTheGpu) {
+  REQUIRE_GPU();
+  const Case p = GetParam();
+  const ModelConfig c = p.llama ? Llama() : Qwen2();
+  const StepData d = RandomData({90, 13, 7, 70, 2}, c.vocab_size, 3);
+  for (Precision prec : {Precision::kFp32, Precision::kBf16}) {
+    const bool fp32 = prec == Precision::kFp32;
+    std::unique_ptr<CudaEngine> gpu = GpuEngine(c, p.pp, prec);
+    ASSERT_NE(gpu, nullptr);
+    const Grads whole = Compute(*gpu, d, 90, 1);
+    EXPECT_GT(whole.loss, 0.5);
+    for (int64_t cs : {1, 7, 64}) {
+      for (int32_t k : {1, 2, 1000}) {
+        const std::string what = std::string(fp32 ? "fp32" : "bf16") + " chunk_size " +
+                                 std::to_string(cs) + " K " + std::to_string(k);
+        ExpectClose(Compute(*gpu, d, cs, k), whole, fp32 ? 1e-5 : 1e-2, fp32 ? 1e-5 : 3e-2, what);
+      }
+    }
+  }
+}
+
+TEST_P(CudaEngineTest, AdamWSteps_MatchCpuEngine) {
+  REQUIRE_GPU();
+  const Case p = GetParam();
+  const ModelConfig c = p.llama ? Llama() : Qwen2();
+  std::unique_ptr<Engine> cpu = CpuEngine(c, p.pp);
+  std::unique_ptr<CudaEngine> gpu = GpuEngine(c, p.pp, Precision::kFp32);
+  ASSERT_NE(gpu, nullptr);
+  TrainOptions o;
+  o.chunk_size = 32;
+  o.k = 2;
+  o.lr = 1e-3f;
+  o.weight_decay = 0.1f;
+  o.clip = 1.0f;  // the scaled-up weights give norms far above 1: clipping runs
+  for (int step = 0; step < 3; ++step) {
+    const StepData d = RandomData({60, 9, 33}, c.vocab_size, 10 + step);
+    absl::StatusOr<StepResult> a = cpu->TrainStep(d, o);
+    absl::StatusOr<StepResult> b = gpu->TrainStep(d, o);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    EXPECT_NEAR(b->loss, a->loss, 1e-5 * std::fabs(a->loss)) << "step " << step;
+  }
+  EXPECT_EQ(gpu->optimizer_step(), cpu->optimizer_step());
+  for (const std::string& name : ModelTensorNames(c)) {
+    absl::StatusOr<std::vector<float>> want = cpu->Value(name);
+    absl::StatusOr<std::vector<float>> got = gpu->Value(name);
+    ASSERT_TRUE(want.ok() && got.ok()) << name;
+    EXPECT_LT(RelErr(*got, *want), 1e-5) << name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, CudaEngineTest,
+                         ::testing::Values(Case{false, 1}, Case{false, 2}, Case{true, 1},
+                                           Case{true, 3}),
+                         [](const auto& info) {
+                           return std::string(info.param.llama ? "Llama" : "Qwen2") + "_pp" +
+                                  std::to_string(info.param.pp);
+                         });
+
+TEST(CudaEngine, OverBudget_FailsNamingTheAllocation) {
+  REQUIRE_GPU();
+  CudaEngineOptions o;
+  o.memory_budget_bytes = 4096;  // far below the tiny model's weights
+  absl::StatusOr<std::unique_ptr<CudaEngine>> e = CudaEngine::Create(Qwen2(), 1, o);
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kResourceExhausted) << e.status();
+  EXPECT_NE(e.status().message().find("stage weights"), std::string::npos) << e.status();
+}
+
+TEST(CudaEngine, NoDevice_IsUnavailableOrBadDevice) {
+  CudaEngineOptions o;
+  o.device = 1000;
+  absl::StatusOr<std::unique_ptr<CudaEngine>> e = CudaEngine::Create(Qwen2(), 1, o);
+  ASSERT_FALSE(e.ok());
+  // Without a GPU: UNAVAILABLE; with one: device 1000 does not exist.
+  EXPECT_TRUE(e.status().code() == absl::StatusCode::kUnavailable ||
+              e.status().code() == absl::StatusCode::kInvalidArgument)
+      << e.status();
+}
+
+}  // namespace
+}  // namespace chunkflow::engine::cuda

@@ -1,0 +1,640 @@
+#include "worker/engine/cuda/cuda_stage.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/linear.h"
+#include "kernels/cuda/status.h"
+
+namespace chunkflow::engine::cuda {
+
+namespace kc = ::chunkflow::kernels::cuda;
+
+#define CF_RETURN_IF_ERROR(expr)                  \
+  do {                                            \
+    if (absl::Status s_ = (expr); !s_.ok()) {     \
+      return s_;                                  \
+    }                                             \
+  } while (false)
+// A kernel launch, checked and named by its call text.
+#define CF_LAUNCH(expr) CF_RETURN_IF_ERROR(kc::CudaCheck((expr), #expr))
+
+namespace {
+
+constexpr char kEmbed[] = "model.embed_tokens.weight";
+constexpr int64_t kF = static_cast<int64_t>(sizeof(float));
+
+// Biases and norm weights are not decayed (as engine::ApplyUpdate).
+bool Decayed(const ParamTensor& t) { return t.shape.size() == 2; }
+
+}  // namespace
+
+CudaStage::CudaStage(StageParams* params, DeviceContext* ctx, MemoryTracker* mem,
+                     const CudaStageOptions& options)
+    : params_(params),
+      ctx_(ctx),
+      mem_(mem),
+      options_(options),
+      state_(ctx, params->range().end_layer - params->range().first_layer,
+             params->config().kv_dim(), mem),
+      c_(params->config().hidden_size),
+      qd_(params->config().num_attention_heads * params->config().head_dim()),
+      kvd_(params->config().kv_dim()),
+      inter_(params->config().intermediate_size),
+      vocab_(params->config().vocab_size) {}
+
+absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Create(StageParams* params,
+                                                             DeviceContext* ctx,
+                                                             MemoryTracker* mem,
+                                                             const CudaStageOptions& options) {
+  if (options.head_rows < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("head_rows must be >= 1, got ", options.head_rows));
+  }
+  CF_RETURN_IF_ERROR(ctx->Activate());
+  std::unique_ptr<CudaStage> s(new CudaStage(params, ctx, mem, options));
+  const int64_t n = params->numel();
+  // Parameters are not activations, state or scratch: only the allocator
+  // (the device total) counts them.
+  CF_RETURN_IF_ERROR(
+      s->values_.Allocate(ctx, nullptr, MemoryTracker::kScratch, n, "stage weights (fp32)"));
+  CF_RETURN_IF_ERROR(
+      s->grads_.AllocateZeroed(ctx, nullptr, MemoryTracker::kScratch, n, "stage gradients"));
+  if (options.precision == Precision::kBf16) {
+    CF_RETURN_IF_ERROR(s->values_bf16_.Allocate(ctx, nullptr, MemoryTracker::kScratch, n,
+                                                 "stage weights (bf16 copy)"));
+  }
+  std::vector<kc::TensorSpan> spans;
+  for (const ParamTensor& t : params->tensors()) {
+    spans.push_back({t.offset, t.numel, Decayed(t) ? 1 : 0});
+  }
+  CF_RETURN_IF_ERROR(s->spans_.Allocate(ctx, nullptr, MemoryTracker::kScratch,
+                                        static_cast<int64_t>(spans.size()), "tensor spans"));
+  CF_RETURN_IF_ERROR(s->spans_.Upload(spans.data(), static_cast<int64_t>(spans.size())));
+  CF_RETURN_IF_ERROR(s->norm_scratch_.Allocate(ctx, nullptr, MemoryTracker::kScratch,
+                                               kc::kSumOfSquaresBlocks + 1, "norm scratch"));
+  CF_RETURN_IF_ERROR(s->UploadParams());
+  CF_RETURN_IF_ERROR(ctx->Sync("CudaStage::Create"));
+  return s;
+}
+
+template <typename T>
+absl::Status CudaStage::Alloc(DArray<T>& a, MemoryTracker::Kind kind, int64_t n, const char* what,
+                              bool zero) {
+  return zero ? a.AllocateZeroed(ctx_, mem_, kind, n, what) : a.Allocate(ctx_, mem_, kind, n, what);
+}
+
+void CudaStage::Reset() {
+  acts_.clear();
+  state_.Clear();
+}
+
+// ---------------------------------------------------------------------------
+// Parameters and the optimizer
+// ---------------------------------------------------------------------------
+
+absl::Status CudaStage::RefreshBf16() {
+  if (options_.precision != Precision::kBf16) return absl::OkStatus();
+  CF_LAUNCH(kc::float_to_bf16(values_bf16_.data(), values_.data(), params_->numel(),
+                              ctx_->stream()));
+  return absl::OkStatus();
+}
+
+absl::Status CudaStage::UploadParams() {
+  CF_RETURN_IF_ERROR(values_.Upload(params_->values().data(), params_->numel()));
+  return RefreshBf16();
+}
+
+absl::Status CudaStage::DownloadParams() {
+  return values_.Download(params_->values().data(), params_->numel());
+}
+
+absl::Status CudaStage::DownloadGrads() {
+  return grads_.Download(params_->grads().data(), params_->numel());
+}
+
+absl::Status CudaStage::ZeroGrads() {
+  return ZeroOnDevice(*ctx_, grads_.data(), params_->numel() * kF, "zero gradients");
+}
+
+absl::StatusOr<double> CudaStage::GradSquares() {
+  const StageRange& r = params_->range();
+  std::vector<std::pair<int64_t, int64_t>> ranges;  // [begin, end)
+  const ParamTensor* tied = nullptr;
+  if (!r.first && r.last && params_->config().tie_word_embeddings) tied = params_->Find(kEmbed);
+  if (tied != nullptr) {
+    ranges.push_back({0, tied->offset});
+    ranges.push_back({tied->offset + tied->numel, params_->numel()});
+  } else {
+    ranges.push_back({0, params_->numel()});
+  }
+  double total = 0;
+  double* result = norm_scratch_.data() + kc::kSumOfSquaresBlocks;
+  for (auto [begin, end] : ranges) {
+    if (end <= begin) continue;
+    CF_LAUNCH(kc::sum_of_squares(result, grads_.data() + begin, end - begin, norm_scratch_.data(),
+                                 ctx_->stream()));
+    double part = 0;
+    CF_RETURN_IF_ERROR(CopyToHost(*ctx_, &part, result, sizeof(double), "gradient norm"));
+    total += part;
+  }
+  return total;
+}
+
+absl::Status CudaStage::ScaleGrads(float factor) {
+  CF_LAUNCH(kc::scale(grads_.data(), params_->numel(), factor, ctx_->stream()));
+  return absl::OkStatus();
+}
+
+absl::Status CudaStage::ApplyUpdate(int64_t step, const TrainOptions& o) {
+  CF_RETURN_IF_ERROR(ctx_->Activate());
+  const int64_t n = params_->numel();
+  if (o.optimizer == OptimizerKind::kSgd) {
+    CF_LAUNCH(kc::sgd_update(values_.data(), grads_.data(), n, o.lr, ctx_->stream()));
+    return RefreshBf16();
+  }
+  if (m_.empty()) {
+    CF_RETURN_IF_ERROR(m_.AllocateZeroed(ctx_, nullptr, MemoryTracker::kScratch, n, "AdamW m"));
+    CF_RETURN_IF_ERROR(v_.AllocateZeroed(ctx_, nullptr, MemoryTracker::kScratch, n, "AdamW v"));
+  }
+  kc::AdamWConfig cfg;
+  cfg.lr = o.lr;
+  cfg.beta1 = o.beta1;
+  cfg.beta2 = o.beta2;
+  cfg.eps = o.eps;
+  cfg.weight_decay = o.weight_decay;
+  CF_LAUNCH(kc::adamw_update_multi(values_.data(), grads_.data(), m_.data(), v_.data(),
+                                   spans_.data(), spans_.size(), step, cfg, ctx_->stream()));
+  return RefreshBf16();
+}
+
+absl::Status CudaStage::SetMoments(const std::vector<float>& m, const std::vector<float>& v) {
+  const int64_t n = params_->numel();
+  if (static_cast<int64_t>(m.size()) != n || static_cast<int64_t>(v.size()) != n) {
+    return absl::InvalidArgumentError(absl::StrCat("moments of ", m.size(), " and ", v.size(),
+                                                   " values for a stage of ", n, " parameters"));
+  }
+  if (m_.empty()) {
+    CF_RETURN_IF_ERROR(m_.Allocate(ctx_, nullptr, MemoryTracker::kScratch, n, "AdamW m"));
+    CF_RETURN_IF_ERROR(v_.Allocate(ctx_, nullptr, MemoryTracker::kScratch, n, "AdamW v"));
+  }
+  CF_RETURN_IF_ERROR(m_.Upload(m.data(), n));
+  return v_.Upload(v.data(), n);
+}
+
+absl::Status CudaStage::GetMoments(std::vector<float>* m, std::vector<float>* v) {
+  const int64_t n = params_->numel();
+  m->assign(static_cast<size_t>(n), 0.0f);
+  v->assign(static_cast<size_t>(n), 0.0f);
+  if (m_.empty()) return absl::OkStatus();  // no AdamW step yet
+  CF_RETURN_IF_ERROR(m_.Download(m->data(), n));
+  return v_.Download(v->data(), n);
+}
+
+const float* CudaStage::W(const float* host) const {
+  if (host == nullptr) return nullptr;
+  return values_.data() + (host - params_->values().data());
+}
+
+const __nv_bfloat16* CudaStage::WB(const float* host) const {
+  return values_bf16_.data() + (host - params_->values().data());
+}
+
+float* CudaStage::G(const float* host) {
+  if (host == nullptr) return nullptr;
+  return grads_.data() + (host - params_->values().data());
+}
+
+// ---------------------------------------------------------------------------
+// GEMMs in the stage's precision
+// ---------------------------------------------------------------------------
+
+absl::Status CudaStage::Linear(float* out, const float* inp, const float* w, const float* b,
+                               int64_t T, int64_t IC, int64_t OC) {
+  if (options_.precision == Precision::kFp32) {
+    return kc::linear_forward(out, inp, W(w), W(b), T, IC, OC, ctx_->blas());
+  }
+  DArray<Bf16> x16;
+  CF_RETURN_IF_ERROR(Alloc(x16, MemoryTracker::kScratch, T * IC, "bf16 GEMM input"));
+  CF_LAUNCH(kc::float_to_bf16(x16.data(), inp, T * IC, ctx_->stream()));
+  return kc::linear_forward_bf16(out, x16.data(), WB(w), W(b), T, IC, OC, ctx_->blas());
+}
+
+// w / b: the layer's host weight pointers (their gradients are accumulated).
+absl::Status CudaStage::LinearBackward(float* dinp, const float* w, const float* b,
+                                       const float* dout, const float* inp, int64_t T, int64_t IC,
+                                       int64_t OC) {
+  if (options_.precision == Precision::kFp32) {
+    return kc::linear_backward(dinp, G(w), G(b), dout, inp, W(w), T, IC, OC, ctx_->blas());
+  }
+  DArray<Bf16> d16, x16;
+  CF_RETURN_IF_ERROR(Alloc(d16, MemoryTracker::kScratch, T * OC, "bf16 GEMM output gradient"));
+  CF_RETURN_IF_ERROR(Alloc(x16, MemoryTracker::kScratch, T * IC, "bf16 GEMM input"));
+  CF_LAUNCH(kc::float_to_bf16(d16.data(), dout, T * OC, ctx_->stream()));
+  CF_LAUNCH(kc::float_to_bf16(x16.data(), inp, T * IC, ctx_->stream()));
+  CF_RETURN_IF_ERROR(kc::linear_backward_bf16(dinp, G(w), nullptr, d16.data(), x16.data(), WB(w),
+                                              T, IC, OC, ctx_->blas()));
+  // The bias gradient from the fp32 output gradient, rows in order.
+  if (b != nullptr) CF_LAUNCH(kc::column_sums(G(b), dout, T, OC, ctx_->stream()));
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------
+
+absl::Status CudaStage::UploadRows(const ChunkInput& in, ChunkRows* rows) {
+  const int64_t t = in.rows;
+  CF_RETURN_IF_ERROR(Alloc(rows->tokens, MemoryTracker::kScratch, t, "chunk token ids"));
+  CF_RETURN_IF_ERROR(Alloc(rows->targets, MemoryTracker::kScratch, t, "chunk targets"));
+  CF_RETURN_IF_ERROR(Alloc(rows->positions, MemoryTracker::kScratch, t, "chunk positions"));
+  CF_RETURN_IF_ERROR(rows->tokens.Upload(in.tokens.data(), t));
+  CF_RETURN_IF_ERROR(rows->targets.Upload(in.targets.data(), t));
+  return rows->positions.Upload(in.positions.data(), t);
+}
+
+absl::Status CudaStage::CheckState(const ChunkInput& in) const {
+  for (const PieceRows& p : in.pieces) {
+    if (state_.rows(p.seq) < p.offset + p.length) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "chunk ", in.id, ": the state store holds ", state_.rows(p.seq), " rows of sequence ",
+          p.seq, ", the chunk needs ", p.offset + p.length));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaStage::Forward(const ChunkInput& in, const float* x, float* y, ForwardKind kind) {
+  CF_RETURN_IF_ERROR(ctx_->Activate());
+  const StageRange& r = params_->range();
+  const int64_t n = in.rows * c_;
+  DArray<float> dx, dy;
+  const bool reads = !r.first && kind != ForwardKind::kRecompute;
+  if (reads) {
+    CF_RETURN_IF_ERROR(Alloc(dx, MemoryTracker::kScratch, n, "received activation"));
+    CF_RETURN_IF_ERROR(dx.Upload(x, n));
+  }
+  if (!r.last) CF_RETURN_IF_ERROR(Alloc(dy, MemoryTracker::kScratch, n, "stage output"));
+  CF_RETURN_IF_ERROR(ForwardDevice(in, reads ? dx.data() : nullptr, r.last ? nullptr : dy.data(),
+                                   kind));
+  if (!r.last) return dy.Download(y, n);
+  return ctx_->Sync("forward");
+}
+
+absl::Status CudaStage::ForwardDevice(const ChunkInput& in, const float* x, float* y,
+                                      ForwardKind kind) {
+  CF_RETURN_IF_ERROR(ctx_->Activate());
+  const StageRange& r = params_->range();
+  const int64_t t = in.rows;
+  auto it = acts_.find(in.id);
+  if (kind == ForwardKind::kRecompute) {
+    if (it == acts_.end() || it->second.has_activations) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "recompute of chunk ", in.id, " without an earlier forward that dropped activations"));
+    }
+    CF_RETURN_IF_ERROR(CheckState(in));
+  } else if (it != acts_.end()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("chunk ", in.id, " forwarded twice before its backward"));
+  }
+  if (kind != ForwardKind::kRecompute) {
+    for (const PieceRows& p : in.pieces) {
+      if (state_.rows(p.seq) != p.offset) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "chunk ", in.id, ": sequence ", p.seq, " piece at position ", p.offset,
+            " but the state store holds ", state_.rows(p.seq),
+            " rows: forward the sequence's chunks in order, each once"));
+      }
+    }
+    for (const PieceRows& p : in.pieces) {
+      CF_RETURN_IF_ERROR(state_.Grow(p.seq, p.offset + p.length, p.seq_length,
+                                     kind != ForwardKind::kInference));
+    }
+  }
+  const bool keep = kind == ForwardKind::kKeep || kind == ForwardKind::kRecompute;
+  ChunkActs local;
+  ChunkActs& ca = kind == ForwardKind::kInference ? local : acts_[in.id];
+  ChunkRows rows;
+  CF_RETURN_IF_ERROR(UploadRows(in, &rows));
+  const StageView w = params_->weights();
+
+  DArray<float> cur;
+  CF_RETURN_IF_ERROR(Alloc(cur, MemoryTracker::kScratch, t * c_, "hidden state"));
+  if (r.first) {
+    CF_LAUNCH(kc::embedding_forward(cur.data(), rows.tokens.data(), W(w.embed), t, c_,
+                                    ctx_->stream()));
+  } else if (kind == ForwardKind::kRecompute) {
+    CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, cur.data(), ca.input.data(), t * c_ * kF, "recompute"));
+    ca.input.Release();
+  } else {
+    CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, cur.data(), x, t * c_ * kF, "stage input"));
+    if (kind == ForwardKind::kDrop) {
+      CF_RETURN_IF_ERROR(Alloc(ca.input, MemoryTracker::kActivations, t * c_, "kept stage input"));
+      CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, ca.input.data(), x, t * c_ * kF, "kept input"));
+    }
+  }
+  const int64_t layers = r.end_layer - r.first_layer;
+  LayerActs scratch;
+  if (keep) ca.layers.resize(static_cast<size_t>(layers));
+  for (int64_t l = 0; l < layers; ++l) {
+    CF_RETURN_IF_ERROR(LayerForward(l, in, rows, kind != ForwardKind::kRecompute,
+                                    keep ? MemoryTracker::kActivations : MemoryTracker::kScratch,
+                                    keep ? ca.layers[l] : scratch, cur.data()));
+  }
+  if (r.last) {
+    if (kind != ForwardKind::kRecompute) CF_RETURN_IF_ERROR(HeadLoss(in, rows, cur.data()));
+    if (keep) {
+      CF_RETURN_IF_ERROR(Alloc(ca.xfinal, MemoryTracker::kActivations, t * c_, "final hidden"));
+      CF_RETURN_IF_ERROR(
+          CopyOnDevice(*ctx_, ca.xfinal.data(), cur.data(), t * c_ * kF, "final hidden"));
+    }
+  } else {
+    CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, y, cur.data(), t * c_ * kF, "stage output"));
+  }
+  ca.has_activations = keep;
+  return absl::OkStatus();
+}
+
+std::vector<kc::AttentionSegment> CudaStage::Segments(const ChunkInput& in, int64_t l) {
+  std::vector<kc::AttentionSegment> segs;
+  for (const PieceRows& p : in.pieces) {
+    kc::AttentionSegment sg;
+    sg.q_begin = p.row;
+    sg.length = p.length;
+    sg.offset = p.offset;
+    sg.k = state_.k(p.seq, l);
+    sg.v = state_.v(p.seq, l);
+    sg.dk = state_.dk(p.seq, l);
+    sg.dv = state_.dv(p.seq, l);
+    segs.push_back(sg);
+  }
+  return segs;
+}
+
+absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const ChunkRows& rows,
+                                     bool write_kv, MemoryTracker::Kind kind, LayerActs& a,
+                                     float* inout) {
+  const ModelConfig& cfg = params_->config();
+  const LayerView w = params_->weights().layers[l];
+  const int64_t t = in.rows, h = cfg.num_attention_heads, hk = cfg.num_key_value_heads;
+  const int64_t d = cfg.head_dim();
+  const float eps = static_cast<float>(cfg.rms_norm_eps);
+  const float theta = static_cast<float>(cfg.rope_theta);
+  cudaStream_t st = ctx_->stream();
+  constexpr MemoryTracker::Kind kS = MemoryTracker::kScratch;
+
+  CF_RETURN_IF_ERROR(Alloc(a.x, kind, t * c_, "layer input"));
+  CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, a.x.data(), inout, t * c_ * kF, "layer input"));
+  CF_RETURN_IF_ERROR(Alloc(a.rstd1, kind, t, "rstd1"));
+  DArray<float> hn;
+  CF_RETURN_IF_ERROR(Alloc(hn, kS, t * c_, "normed hidden"));
+  CF_LAUNCH(kc::rmsnorm_forward(hn.data(), a.rstd1.data(), a.x.data(), W(w.ln1), t, c_, eps, st));
+  CF_RETURN_IF_ERROR(Alloc(a.q, kind, t * qd_, "q"));
+  CF_RETURN_IF_ERROR(Linear(a.q.data(), hn.data(), w.wq, w.bq, t, c_, qd_));
+  CF_LAUNCH(kc::rope_forward(a.q.data(), a.q.data(), rows.positions.data(), t, h, d, theta, st));
+  if (write_kv) {
+    // A recompute reads the K/V its first forward left in the state store.
+    DArray<float> kb, vb;
+    CF_RETURN_IF_ERROR(Alloc(kb, kS, t * kvd_, "k"));
+    CF_RETURN_IF_ERROR(Alloc(vb, kS, t * kvd_, "v"));
+    CF_RETURN_IF_ERROR(Linear(kb.data(), hn.data(), w.wk, w.bk, t, c_, kvd_));
+    CF_RETURN_IF_ERROR(Linear(vb.data(), hn.data(), w.wv, w.bv, t, c_, kvd_));
+    CF_LAUNCH(kc::rope_forward(kb.data(), kb.data(), rows.positions.data(), t, hk, d, theta, st));
+    for (const PieceRows& p : in.pieces) {
+      CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, state_.k(p.seq, l) + p.offset * kvd_,
+                                      kb.data() + p.row * kvd_, p.length * kvd_ * kF, "state K"));
+      CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, state_.v(p.seq, l) + p.offset * kvd_,
+                                      vb.data() + p.row * kvd_, p.length * kvd_ * kF, "state V"));
+    }
+  }
+  CF_RETURN_IF_ERROR(Alloc(a.att, kind, t * qd_, "attention output"));
+  CF_RETURN_IF_ERROR(Alloc(a.lse, kind, t * h, "attention lse"));
+  const std::vector<kc::AttentionSegment> segs = Segments(in, l);
+  CF_RETURN_IF_ERROR(kc::attention_forward(a.att.data(), a.lse.data(), a.q.data(), segs.data(),
+                                           static_cast<int64_t>(segs.size()), h, hk, d, st));
+  DArray<float> tmp;
+  CF_RETURN_IF_ERROR(Alloc(tmp, kS, t * c_, "branch output"));
+  CF_RETURN_IF_ERROR(Linear(tmp.data(), a.att.data(), w.wo, nullptr, t, qd_, c_));
+  CF_RETURN_IF_ERROR(Alloc(a.xmid, kind, t * c_, "x'"));
+  CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, a.xmid.data(), a.x.data(), t * c_ * kF, "x'"));
+  CF_LAUNCH(kc::add_to(a.xmid.data(), tmp.data(), t * c_, st));
+
+  CF_RETURN_IF_ERROR(Alloc(a.rstd2, kind, t, "rstd2"));
+  CF_LAUNCH(
+      kc::rmsnorm_forward(hn.data(), a.rstd2.data(), a.xmid.data(), W(w.ln2), t, c_, eps, st));
+  CF_RETURN_IF_ERROR(Alloc(a.gate, kind, t * inter_, "gate"));
+  CF_RETURN_IF_ERROR(Alloc(a.up, kind, t * inter_, "up"));
+  CF_RETURN_IF_ERROR(Linear(a.gate.data(), hn.data(), w.wg, nullptr, t, c_, inter_));
+  CF_RETURN_IF_ERROR(Linear(a.up.data(), hn.data(), w.wu, nullptr, t, c_, inter_));
+  DArray<float> act;
+  CF_RETURN_IF_ERROR(Alloc(act, kS, t * inter_, "swiglu"));
+  CF_LAUNCH(kc::swiglu_forward(act.data(), a.gate.data(), a.up.data(), t * inter_, st));
+  CF_RETURN_IF_ERROR(Linear(tmp.data(), act.data(), w.wd, nullptr, t, inter_, c_));
+  CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, inout, a.xmid.data(), t * c_ * kF, "layer output"));
+  CF_LAUNCH(kc::add_to(inout, tmp.data(), t * c_, st));
+  return absl::OkStatus();
+}
+
+absl::Status CudaStage::HeadLoss(const ChunkInput& in, const ChunkRows& rows,
+                                 const float* xfinal) {
+  const StageView w = params_->weights();
+  const int64_t t = in.rows;
+  cudaStream_t st = ctx_->stream();
+  constexpr MemoryTracker::Kind kS = MemoryTracker::kScratch;
+  DArray<float> hf, rstd, logits, losses;
+  CF_RETURN_IF_ERROR(Alloc(hf, kS, t * c_, "final norm"));
+  CF_RETURN_IF_ERROR(Alloc(rstd, kS, t, "final rstd"));
+  CF_LAUNCH(kc::rmsnorm_forward(hf.data(), rstd.data(), xfinal, W(w.final_norm), t, c_,
+                                static_cast<float>(params_->config().rms_norm_eps), st));
+  const int64_t block = std::min(t, options_.head_rows);
+  CF_RETURN_IF_ERROR(Alloc(logits, kS, block * vocab_, "logits tile"));
+  CF_RETURN_IF_ERROR(Alloc(losses, kS, t, "row losses"));
+  for (int64_t r0 = 0; r0 < t; r0 += block) {
+    const int64_t n = std::min(block, t - r0);
+    CF_RETURN_IF_ERROR(Linear(logits.data(), hf.data() + r0 * c_, w.head, nullptr, n, c_, vocab_));
+    CF_LAUNCH(kc::cross_entropy_forward(losses.data() + r0, logits.data(),
+                                        rows.targets.data() + r0, n, vocab_, st));
+    if (logits_sink_ != nullptr) {
+      const size_t at = logits_sink_->size();
+      logits_sink_->resize(at + static_cast<size_t>(n * vocab_));
+      CF_RETURN_IF_ERROR(logits.Download(logits_sink_->data() + at, n * vocab_));
+    }
+  }
+  std::vector<float> host(static_cast<size_t>(t));
+  CF_RETURN_IF_ERROR(losses.Download(host.data(), t));
+  for (const PieceRows& p : in.pieces) {
+    SequenceLoss& sl = losses_[p.seq];
+    for (int64_t i = p.row; i < p.row + p.length; ++i) {
+      if (in.targets[i] == kIgnoreIndex) continue;
+      sl.sum += host[i];
+      ++sl.count;
+    }
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------
+
+absl::Status CudaStage::Backward(const ChunkInput& in, const float* dy, float* dx) {
+  CF_RETURN_IF_ERROR(ctx_->Activate());
+  const StageRange& r = params_->range();
+  const int64_t n = in.rows * c_;
+  DArray<float> ddy, ddx;
+  if (!r.last) {
+    CF_RETURN_IF_ERROR(Alloc(ddy, MemoryTracker::kScratch, n, "received gradient"));
+    CF_RETURN_IF_ERROR(ddy.Upload(dy, n));
+  }
+  if (!r.first) CF_RETURN_IF_ERROR(Alloc(ddx, MemoryTracker::kScratch, n, "input gradient"));
+  CF_RETURN_IF_ERROR(
+      BackwardDevice(in, r.last ? nullptr : ddy.data(), r.first ? nullptr : ddx.data()));
+  if (!r.first) return ddx.Download(dx, n);
+  return ctx_->Sync("backward");
+}
+
+absl::Status CudaStage::BackwardDevice(const ChunkInput& in, const float* dy, float* dx) {
+  CF_RETURN_IF_ERROR(ctx_->Activate());
+  const StageRange& r = params_->range();
+  const int64_t t = in.rows;
+  auto it = acts_.find(in.id);
+  if (it == acts_.end() || !it->second.has_activations) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "backward of chunk ", in.id, " without activations: forward it keeping them (or "
+        "recompute it) first"));
+  }
+  CF_RETURN_IF_ERROR(CheckState(in));
+  ChunkActs& ca = it->second;
+  ChunkRows rows;
+  CF_RETURN_IF_ERROR(UploadRows(in, &rows));
+  DArray<float> dcur;
+  CF_RETURN_IF_ERROR(Alloc(dcur, MemoryTracker::kScratch, t * c_, "hidden gradient", true));
+  if (r.last) {
+    CF_RETURN_IF_ERROR(HeadBackward(in, rows, ca.xfinal.data(), dcur.data()));
+    ca.xfinal.Release();
+  } else {
+    CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, dcur.data(), dy, t * c_ * kF, "output gradient"));
+  }
+  for (int64_t l = r.end_layer - r.first_layer - 1; l >= 0; --l) {
+    CF_RETURN_IF_ERROR(LayerBackward(l, in, rows, ca.layers[l], dcur.data()));
+    ca.layers[l] = LayerActs();
+  }
+  if (r.first) {
+    CF_LAUNCH(kc::embedding_backward(G(params_->weights().embed), dcur.data(), rows.tokens.data(),
+                                     t, c_, ctx_->stream()));
+  } else {
+    CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, dx, dcur.data(), t * c_ * kF, "input gradient"));
+  }
+  for (const PieceRows& p : in.pieces) state_.Truncate(p.seq, p.offset);
+  acts_.erase(it);
+  return absl::OkStatus();
+}
+
+absl::Status CudaStage::HeadBackward(const ChunkInput& in, const ChunkRows& rows,
+                                     const float* xfinal, float* dx) {
+  const StageView w = params_->weights();
+  const int64_t t = in.rows;
+  const float eps = static_cast<float>(params_->config().rms_norm_eps);
+  cudaStream_t st = ctx_->stream();
+  constexpr MemoryTracker::Kind kS = MemoryTracker::kScratch;
+  DArray<float> hf, rstd, dhf, logits;
+  CF_RETURN_IF_ERROR(Alloc(hf, kS, t * c_, "final norm"));
+  CF_RETURN_IF_ERROR(Alloc(rstd, kS, t, "final rstd"));
+  CF_LAUNCH(kc::rmsnorm_forward(hf.data(), rstd.data(), xfinal, W(w.final_norm), t, c_, eps, st));
+  CF_RETURN_IF_ERROR(Alloc(dhf, kS, t * c_, "final norm gradient", true));
+  const int64_t block = std::min(t, options_.head_rows);
+  CF_RETURN_IF_ERROR(Alloc(logits, kS, block * vocab_, "logits tile"));
+  for (int64_t r0 = 0; r0 < t; r0 += block) {
+    const int64_t n = std::min(block, t - r0);
+    CF_RETURN_IF_ERROR(Linear(logits.data(), hf.data() + r0 * c_, w.head, nullptr, n, c_, vocab_));
+    // In place: the tile becomes d(loss)/d(logits).
+    CF_LAUNCH(kc::cross_entropy_fused(nullptr, logits.data(), rows.targets.data() + r0,
+                                      loss_scale_, n, vocab_, st));
+    CF_RETURN_IF_ERROR(LinearBackward(dhf.data() + r0 * c_, w.head, nullptr, logits.data(),
+                                      hf.data() + r0 * c_, n, c_, vocab_));
+  }
+  CF_LAUNCH(kc::rmsnorm_backward(dx, G(w.final_norm), dhf.data(), xfinal, W(w.final_norm),
+                                 rstd.data(), t, c_, st));
+  return absl::OkStatus();
+}
+
+absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const ChunkRows& rows,
+                                      const LayerActs& a, float* dx) {
+  const ModelConfig& cfg = params_->config();
+  const LayerView w = params_->weights().layers[l];
+  const int64_t t = in.rows, h = cfg.num_attention_heads, hk = cfg.num_key_value_heads;
+  const int64_t d = cfg.head_dim();
+  const float eps = static_cast<float>(cfg.rms_norm_eps);
+  const float theta = static_cast<float>(cfg.rope_theta);
+  cudaStream_t st = ctx_->stream();
+  constexpr MemoryTracker::Kind kS = MemoryTracker::kScratch;
+
+  // MLP: dx is the gradient of the layer output.
+  DArray<float> hn, rstd;
+  CF_RETURN_IF_ERROR(Alloc(hn, kS, t * c_, "normed hidden"));
+  CF_RETURN_IF_ERROR(Alloc(rstd, kS, t, "rstd"));
+  CF_LAUNCH(kc::rmsnorm_forward(hn.data(), rstd.data(), a.xmid.data(), W(w.ln2), t, c_, eps, st));
+  {
+    DArray<float> act, dact;
+    CF_RETURN_IF_ERROR(Alloc(act, kS, t * inter_, "swiglu"));
+    CF_RETURN_IF_ERROR(Alloc(dact, kS, t * inter_, "swiglu gradient", true));
+    CF_LAUNCH(kc::swiglu_forward(act.data(), a.gate.data(), a.up.data(), t * inter_, st));
+    CF_RETURN_IF_ERROR(LinearBackward(dact.data(), w.wd, nullptr, dx, act.data(), t, inter_, c_));
+    act.Release();
+    DArray<float> dgate, dup;
+    CF_RETURN_IF_ERROR(Alloc(dgate, kS, t * inter_, "gate gradient", true));
+    CF_RETURN_IF_ERROR(Alloc(dup, kS, t * inter_, "up gradient", true));
+    CF_LAUNCH(kc::swiglu_backward(dgate.data(), dup.data(), dact.data(), a.gate.data(),
+                                  a.up.data(), t * inter_, st));
+    dact.Release();
+    DArray<float> dh;
+    CF_RETURN_IF_ERROR(Alloc(dh, kS, t * c_, "normed gradient", true));
+    CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wg, nullptr, dgate.data(), hn.data(), t, c_,
+                                      inter_));
+    CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wu, nullptr, dup.data(), hn.data(), t, c_,
+                                      inter_));
+    // dx becomes the gradient of x' (residual plus the MLP branch).
+    CF_LAUNCH(kc::rmsnorm_backward(dx, G(w.ln2), dh.data(), a.xmid.data(), W(w.ln2),
+                                   a.rstd2.data(), t, c_, st));
+  }
+  // Attention.
+  DArray<float> datt, dq;
+  CF_RETURN_IF_ERROR(Alloc(datt, kS, t * qd_, "attention output gradient", true));
+  CF_RETURN_IF_ERROR(Alloc(dq, kS, t * qd_, "q gradient", true));
+  CF_RETURN_IF_ERROR(LinearBackward(datt.data(), w.wo, nullptr, dx, a.att.data(), t, qd_, c_));
+  const std::vector<kc::AttentionSegment> segs = Segments(in, l);
+  CF_RETURN_IF_ERROR(kc::attention_backward(dq.data(), segs.data(),
+                                            static_cast<int64_t>(segs.size()), datt.data(),
+                                            a.q.data(), a.att.data(), a.lse.data(), h, hk, d, st));
+  datt.Release();
+  // dK/dV of this chunk's rows are complete now: every later chunk of the
+  // sequence has run its backward.
+  DArray<float> dqp, dkr, dkp, dvv;
+  CF_RETURN_IF_ERROR(Alloc(dqp, kS, t * qd_, "q gradient (pre-rope)", true));
+  CF_RETURN_IF_ERROR(Alloc(dkr, kS, t * kvd_, "k gradient", true));
+  CF_RETURN_IF_ERROR(Alloc(dkp, kS, t * kvd_, "k gradient (pre-rope)", true));
+  CF_RETURN_IF_ERROR(Alloc(dvv, kS, t * kvd_, "v gradient", true));
+  CF_LAUNCH(kc::rope_backward(dqp.data(), dq.data(), rows.positions.data(), t, h, d, theta, st));
+  dq.Release();
+  for (const PieceRows& p : in.pieces) {
+    CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, dkr.data() + p.row * kvd_,
+                                    state_.dk(p.seq, l) + p.offset * kvd_, p.length * kvd_ * kF,
+                                    "state dK"));
+    CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, dvv.data() + p.row * kvd_,
+                                    state_.dv(p.seq, l) + p.offset * kvd_, p.length * kvd_ * kF,
+                                    "state dV"));
+  }
+  CF_LAUNCH(kc::rope_backward(dkp.data(), dkr.data(), rows.positions.data(), t, hk, d, theta, st));
+  CF_LAUNCH(kc::rmsnorm_forward(hn.data(), rstd.data(), a.x.data(), W(w.ln1), t, c_, eps, st));
+  DArray<float> dh;
+  CF_RETURN_IF_ERROR(Alloc(dh, kS, t * c_, "normed gradient", true));
+  CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wq, w.bq, dqp.data(), hn.data(), t, c_, qd_));
+  CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wk, w.bk, dkp.data(), hn.data(), t, c_, kvd_));
+  CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wv, w.bv, dvv.data(), hn.data(), t, c_, kvd_));
+  CF_LAUNCH(kc::rmsnorm_backward(dx, G(w.ln1), dh.data(), a.x.data(), W(w.ln1), a.rstd1.data(), t,
+                                 c_, st));
+  return absl::OkStatus();
+}
+
+}  // namespace chunkflow::engine::cuda

@@ -1,0 +1,182 @@
+// One pipeline stage on a CUDA device: the twin of engine::Stage (stage.h),
+// same op order, same activations kept, same state-store contract, every op
+// a kernels/cuda twin of the CPU op, all on the context's one stream.
+//
+// Parameters: the fp32 master weights, their fp32 gradients and the AdamW
+// moments live on the device in the flat layout of engine::StageParams (the
+// host StageParams stays the source for initialisation, loading and names;
+// Upload / Download move values between the two). With Precision::kBf16 a
+// bf16 copy of the weights, refreshed after every update, feeds the GEMMs:
+// each GEMM's inputs are rounded to bf16, products are accumulated in fp32
+// and every output, activation and gradient is fp32 (norms, RoPE, softmax,
+// attention and the loss run in fp32). Precision::kFp32 runs every GEMM in
+// pedantic fp32, so the stage can be held to the CPU oracle tightly.
+//
+// The LM head runs in row blocks of kHeadRows (the (rows, V) logits tile is
+// bounded); its backward fuses the softmax cross-entropy and its gradient
+// into one in-place pass over the tile (cuda::cross_entropy_fused).
+//
+//   absl::StatusOr<std::unique_ptr<CudaStage>> s =
+//       CudaStage::Create(&params, ctx.get(), &mem, CudaStageOptions{});
+//   (*s)->Forward(in, x_host, y_host, ForwardKind::kKeep);     // StageExecutor
+//   (*s)->ForwardDevice(in, x_dev, y_dev, ForwardKind::kKeep); // device pointers
+
+#ifndef CHUNKFLOW_WORKER_ENGINE_CUDA_CUDA_STAGE_H_
+#define CHUNKFLOW_WORKER_ENGINE_CUDA_CUDA_STAGE_H_
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/ops.h"
+#include "worker/engine/chunk_input.h"
+#include "worker/engine/cuda/device.h"
+#include "worker/engine/cuda/device_state_store.h"
+#include "worker/engine/engine.h"
+#include "worker/engine/memory.h"
+#include "worker/engine/params.h"
+#include "worker/engine/stage_executor.h"
+
+namespace chunkflow::engine::cuda {
+
+enum class Precision {
+  kFp32,  // every GEMM in fp32 (the oracle check)
+  kBf16,  // GEMM inputs in bf16, fp32 accumulation (training)
+};
+
+struct CudaStageOptions {
+  Precision precision = Precision::kBf16;
+  // Rows of the LM head evaluated at once (bounds the logits tile).
+  int64_t head_rows = 1024;
+};
+
+class CudaStage : public StageExecutor {
+ public:
+  // Allocates the stage's parameters on ctx's device and uploads params'
+  // values. `params`, `ctx` and `mem` must outlive the stage. Errors:
+  // RESOURCE_EXHAUSTED (over the budget), INTERNAL naming the call,
+  // INVALID_ARGUMENT (head_rows < 1).
+  static absl::StatusOr<std::unique_ptr<CudaStage>> Create(StageParams* params, DeviceContext* ctx,
+                                                           MemoryTracker* mem,
+                                                           const CudaStageOptions& options);
+
+  // StageExecutor: x, y, dy, dx are host memory.
+  absl::Status Forward(const ChunkInput& in, const float* x, float* y, ForwardKind kind) override;
+  absl::Status Backward(const ChunkInput& in, const float* dy, float* dx) override;
+  void set_loss_scale(float scale) override { loss_scale_ = scale; }
+  const std::map<int64_t, SequenceLoss>& losses() const override { return losses_; }
+  void ClearLosses() override { losses_.clear(); }
+  void Reset() override;
+  int64_t hidden_size() const override { return c_; }
+  int64_t live_chunks() const override { return static_cast<int64_t>(acts_.size()); }
+  int64_t live_sequences() const override { return state_.sequences(); }
+
+  // The same with x, y, dy, dx in device memory of this context (a device
+  // transport's buffers); y / dx may be null where the stage has no
+  // neighbour that way.
+  absl::Status ForwardDevice(const ChunkInput& in, const float* x, float* y, ForwardKind kind);
+  absl::Status BackwardDevice(const ChunkInput& in, const float* dy, float* dx);
+
+  // When set, forwards on the last stage append each row's logits (V floats)
+  // to `sink`, in row order (tests).
+  void set_logits_sink(std::vector<float>* sink) { logits_sink_ = sink; }
+
+  // --- parameters ---------------------------------------------------------
+  // Host StageParams values -> device (and the bf16 copy).
+  absl::Status UploadParams();
+  // Device values / gradients -> the host StageParams' buffers.
+  absl::Status DownloadParams();
+  absl::Status DownloadGrads();
+  absl::Status ZeroGrads();
+  float* device_values() { return values_.data(); }
+  float* device_grads() { return grads_.data(); }
+  int64_t numel() const { return params_->numel(); }
+
+  // --- optimizer on the device ----------------------------------------------
+  // Sum of squared gradients, as engine::StageGradSquares (a tied embedding's
+  // copy on a last stage that is not the first is left out).
+  absl::StatusOr<double> GradSquares();
+  absl::Status ScaleGrads(float factor);
+  // One update as engine::ApplyUpdate (per-tensor decay, `step` 1-based),
+  // then the bf16 copy is refreshed.
+  absl::Status ApplyUpdate(int64_t step, const TrainOptions& options);
+  // The AdamW moments (flat, host) in and out.
+  absl::Status SetMoments(const std::vector<float>& m, const std::vector<float>& v);
+  absl::Status GetMoments(std::vector<float>* m, std::vector<float>* v);
+
+ private:
+  using Bf16 = __nv_bfloat16;
+  template <typename T>
+  using DArray = DeviceArray<T>;
+
+  struct LayerActs {
+    DArray<float> x, rstd1, q, att, lse, xmid, rstd2, gate, up;
+  };
+  struct ChunkActs {
+    DArray<float> input;
+    std::vector<LayerActs> layers;
+    DArray<float> xfinal;
+    bool has_activations = false;
+  };
+  // A chunk's token ids, targets and positions on the device.
+  struct ChunkRows {
+    DArray<int32_t> tokens, targets;
+    DArray<int64_t> positions;
+  };
+
+  CudaStage(StageParams* params, DeviceContext* ctx, MemoryTracker* mem,
+            const CudaStageOptions& options);
+
+  template <typename T>
+  absl::Status Alloc(DArray<T>& a, MemoryTracker::Kind kind, int64_t n, const char* what,
+                     bool zero = false);
+  absl::Status UploadRows(const ChunkInput& in, ChunkRows* rows);
+  absl::Status CheckState(const ChunkInput& in) const;
+  std::vector<kernels::cuda::AttentionSegment> Segments(const ChunkInput& in, int64_t l);
+  absl::Status RefreshBf16();
+
+  // Device pointers of a host weight / gradient pointer of params_'s views.
+  const float* W(const float* host) const;
+  const Bf16* WB(const float* host) const;
+  float* G(const float* host);
+
+  absl::Status Linear(float* out, const float* inp, const float* w, const float* b, int64_t T,
+                      int64_t IC, int64_t OC);
+  absl::Status LinearBackward(float* dinp, const float* w, const float* b, const float* dout,
+                              const float* inp, int64_t T, int64_t IC, int64_t OC);
+
+  absl::Status LayerForward(int64_t l, const ChunkInput& in, const ChunkRows& rows, bool write_kv,
+                            MemoryTracker::Kind kind, LayerActs& a, float* inout);
+  absl::Status LayerBackward(int64_t l, const ChunkInput& in, const ChunkRows& rows,
+                             const LayerActs& a, float* dx);
+  absl::Status HeadLoss(const ChunkInput& in, const ChunkRows& rows, const float* xfinal);
+  absl::Status HeadBackward(const ChunkInput& in, const ChunkRows& rows, const float* xfinal,
+                            float* dx);
+
+  StageParams* params_;
+  DeviceContext* ctx_;
+  MemoryTracker* mem_;
+  CudaStageOptions options_;
+  DeviceStateStore state_;
+  int64_t c_, qd_, kvd_, inter_, vocab_;
+  float loss_scale_ = 1.0f;
+
+  DArray<float> values_, grads_, m_, v_;
+  DArray<Bf16> values_bf16_;
+  DArray<kernels::cuda::TensorSpan> spans_;
+  DArray<double> norm_scratch_;  // sum_of_squares: partials + result
+
+  std::map<int32_t, ChunkActs> acts_;
+  std::map<int64_t, SequenceLoss> losses_;
+  std::vector<float>* logits_sink_ = nullptr;
+};
+
+}  // namespace chunkflow::engine::cuda
+
+#endif  // CHUNKFLOW_WORKER_ENGINE_CUDA_CUDA_STAGE_H_

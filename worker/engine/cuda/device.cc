@@ -1,0 +1,99 @@
+#include "worker/engine/cuda/device.h"
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/status.h"
+
+namespace chunkflow::engine::cuda {
+
+using kernels::cuda::CudaCheck;
+
+bool HaveCudaDevice() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
+absl::StatusOr<std::unique_ptr<DeviceContext>> DeviceContext::Create(int device,
+                                                                     int64_t budget_bytes) {
+  int count = 0;
+  if (cudaError_t e = cudaGetDeviceCount(&count); e != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return absl::UnavailableError(absl::StrCat(
+        "no CUDA device: cudaGetDeviceCount: ",
+        e == cudaSuccess ? "0 devices" : cudaGetErrorString(e)));
+  }
+  if (device < 0 || device >= count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CUDA device ", device, " does not exist (this machine has ", count, ")"));
+  }
+  if (budget_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("memory budget must be >= 0 bytes, got ", budget_bytes));
+  }
+  std::unique_ptr<DeviceContext> ctx(new DeviceContext());
+  ctx->device_ = device;
+  if (absl::Status s = CudaCheck(cudaSetDevice(device), "cudaSetDevice"); !s.ok()) return s;
+  if (absl::Status s =
+          CudaCheck(cudaStreamCreateWithFlags(&ctx->stream_, cudaStreamNonBlocking),
+                    "cudaStreamCreate");
+      !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<kernels::cuda::CublasHandle> h = kernels::cuda::CublasHandle::Create(ctx->stream_);
+  if (!h.ok()) return h.status();
+  ctx->blas_.emplace(std::move(*h));
+  ctx->raw_ = kernels::cuda::CudaRawMemory();
+  kernels::cuda::CachingAllocatorOptions opts;
+  opts.budget_bytes = budget_bytes;
+  ctx->alloc_ = std::make_unique<kernels::cuda::CachingAllocator>(ctx->raw_.get(), opts);
+  return ctx;
+}
+
+DeviceContext::~DeviceContext() {
+  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  alloc_.reset();  // returns the cache before the stream goes
+  blas_.reset();
+  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+absl::Status DeviceContext::Activate() const {
+  return CudaCheck(cudaSetDevice(device_), "cudaSetDevice");
+}
+
+absl::Status DeviceContext::Sync(const char* what) const {
+  return kernels::cuda::CudaSync(stream_, what);
+}
+
+absl::Status CopyToDevice(const DeviceContext& ctx, void* dst, const void* src, int64_t bytes,
+                          const char* what) {
+  if (bytes == 0) return absl::OkStatus();
+  return CudaCheck(cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes), cudaMemcpyHostToDevice,
+                                   ctx.stream()),
+                   what);
+}
+
+absl::Status CopyToHost(const DeviceContext& ctx, void* dst, const void* src, int64_t bytes,
+                        const char* what) {
+  if (bytes == 0) return absl::OkStatus();
+  if (absl::Status s = CudaCheck(cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes),
+                                                 cudaMemcpyDeviceToHost, ctx.stream()),
+                                 what);
+      !s.ok()) {
+    return s;
+  }
+  return ctx.Sync(what);
+}
+
+absl::Status CopyOnDevice(const DeviceContext& ctx, void* dst, const void* src, int64_t bytes,
+                          const char* what) {
+  if (bytes == 0) return absl::OkStatus();
+  return CudaCheck(cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes), cudaMemcpyDeviceToDevice,
+                                   ctx.stream()),
+                   what);
+}
+
+absl::Status ZeroOnDevice(const DeviceContext& ctx, void* dst, int64_t bytes, const char* what) {
+  if (bytes == 0) return absl::OkStatus();
+  return CudaCheck(cudaMemsetAsync(dst, 0, static_cast<size_t>(bytes), ctx.stream()), what);
+}
+
+}  // namespace chunkflow::engine::cuda
