@@ -33,6 +33,7 @@
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/swiglu.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/linear.h"
 #include "kernels/cuda/ops.h"
 
@@ -281,6 +282,25 @@ absl::Status attention_backward(float* dq, const AttentionSegment* segs, int64_t
   const std::vector<cpu::AttentionSegment> s = CpuSegments(segs, n_segs);
   cpu::attention_backward(dq, s.data(), n_segs, dout, q, out, lse, n_heads, n_kv_heads, head_dim);
   return absl::OkStatus();
+}
+
+bool flash_attention_supported(int64_t head_dim) {
+  return head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128;
+}
+absl::Status flash_attention_forward(float* out, float* lse, const float* q,
+                                     const AttentionSegment* segs, int64_t n_segs,
+                                     int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                                     cudaStream_t stream) {
+  return attention_forward(out, lse, q, segs, n_segs, n_heads, n_kv_heads, head_dim, stream);
+}
+absl::Status flash_attention_backward(float* dq, const AttentionSegment* segs, int64_t n_segs,
+                                      const float* dout, const float* q, const float* out,
+                                      const float* lse, int64_t n_heads, int64_t n_kv_heads,
+                                      int64_t head_dim, float* delta, int64_t rows,
+                                      cudaStream_t stream) {
+  for (int64_t i = 0; i < rows * n_heads; ++i) delta[i] = 0.0f;  // written, as on the device
+  return attention_backward(dq, segs, n_segs, dout, q, out, lse, n_heads, n_kv_heads, head_dim,
+                            stream);
 }
 
 }  // namespace chunkflow::kernels::cuda

@@ -31,6 +31,7 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(const ModelConfig
   CudaStageOptions so;
   so.precision = options.precision;
   so.head_rows = options.head_rows;
+  so.attention = options.attention;
   for (const StageRange& r : *ranges) {
     e->params_.push_back(std::make_unique<StageParams>(config, r));
     e->mem_.push_back(std::make_unique<MemoryTracker>());

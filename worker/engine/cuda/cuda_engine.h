@@ -32,6 +32,7 @@ namespace chunkflow::engine::cuda {
 struct CudaEngineOptions {
   int device = 0;
   Precision precision = Precision::kBf16;
+  AttentionKernel attention = AttentionKernel::kAuto;
   // The allocator's limit in bytes (0: the device's memory).
   int64_t memory_budget_bytes = 0;
   int64_t head_rows = 1024;

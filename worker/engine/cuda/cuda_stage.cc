@@ -52,8 +52,17 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Create(StageParams* params
     return absl::InvalidArgumentError(
         absl::StrCat("head_rows must be >= 1, got ", options.head_rows));
   }
+  const int64_t head_dim = params->config().head_dim();
+  const bool flash_ok = kc::flash_attention_supported(head_dim);
+  if (options.attention == AttentionKernel::kFlash && !flash_ok) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "flash attention does not support head_dim ", head_dim, " (16, 32, 64 or 128)"));
+  }
   CF_RETURN_IF_ERROR(ctx->Activate());
   std::unique_ptr<CudaStage> s(new CudaStage(params, ctx, mem, options));
+  s->flash_ = options.attention == AttentionKernel::kFlash ||
+              (options.attention == AttentionKernel::kAuto &&
+               options.precision == Precision::kBf16 && flash_ok);
   const int64_t n = params->numel();
   // Parameters are not activations, state or scratch: only the allocator
   // (the device total) counts them.
@@ -411,8 +420,14 @@ absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const Chun
   CF_RETURN_IF_ERROR(Alloc(a.att, kind, t * qd_, "attention output"));
   CF_RETURN_IF_ERROR(Alloc(a.lse, kind, t * h, "attention lse"));
   const std::vector<kc::AttentionSegment> segs = Segments(in, l);
-  CF_RETURN_IF_ERROR(kc::attention_forward(a.att.data(), a.lse.data(), a.q.data(), segs.data(),
-                                           static_cast<int64_t>(segs.size()), h, hk, d, st));
+  if (flash_) {
+    CF_RETURN_IF_ERROR(kc::flash_attention_forward(a.att.data(), a.lse.data(), a.q.data(),
+                                                   segs.data(), static_cast<int64_t>(segs.size()),
+                                                   h, hk, d, st));
+  } else {
+    CF_RETURN_IF_ERROR(kc::attention_forward(a.att.data(), a.lse.data(), a.q.data(), segs.data(),
+                                             static_cast<int64_t>(segs.size()), h, hk, d, st));
+  }
   DArray<float> tmp;
   CF_RETURN_IF_ERROR(Alloc(tmp, kS, t * c_, "branch output"));
   CF_RETURN_IF_ERROR(Linear(tmp.data(), a.att.data(), w.wo, nullptr, t, qd_, c_));
@@ -604,9 +619,18 @@ absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const Chu
   CF_RETURN_IF_ERROR(Alloc(dq, kS, t * qd_, "q gradient", true));
   CF_RETURN_IF_ERROR(LinearBackward(datt.data(), w.wo, nullptr, dx, a.att.data(), t, qd_, c_));
   const std::vector<kc::AttentionSegment> segs = Segments(in, l);
-  CF_RETURN_IF_ERROR(kc::attention_backward(dq.data(), segs.data(),
-                                            static_cast<int64_t>(segs.size()), datt.data(),
-                                            a.q.data(), a.att.data(), a.lse.data(), h, hk, d, st));
+  if (flash_) {
+    DArray<float> delta;
+    CF_RETURN_IF_ERROR(Alloc(delta, kS, t * h, "attention delta"));
+    CF_RETURN_IF_ERROR(kc::flash_attention_backward(
+        dq.data(), segs.data(), static_cast<int64_t>(segs.size()), datt.data(), a.q.data(),
+        a.att.data(), a.lse.data(), h, hk, d, delta.data(), t, st));
+  } else {
+    CF_RETURN_IF_ERROR(kc::attention_backward(dq.data(), segs.data(),
+                                              static_cast<int64_t>(segs.size()), datt.data(),
+                                              a.q.data(), a.att.data(), a.lse.data(), h, hk, d,
+                                              st));
+  }
   datt.Release();
   // dK/dV of this chunk's rows are complete now: every later chunk of the
   // sequence has run its backward.

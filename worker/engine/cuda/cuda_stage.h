@@ -15,6 +15,8 @@
 // The LM head runs in row blocks of kHeadRows (the (rows, V) logits tile is
 // bounded); its backward fuses the softmax cross-entropy and its gradient
 // into one in-place pass over the tile (cuda::cross_entropy_fused).
+// Attention runs the flash-style kernel (bf16 tiles on the tensor cores) or
+// the exact fp32 reference kernel (CudaStageOptions::attention).
 //
 //   absl::StatusOr<std::unique_ptr<CudaStage>> s =
 //       CudaStage::Create(&params, ctx.get(), &mem, CudaStageOptions{});
@@ -34,6 +36,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/ops.h"
 #include "worker/engine/chunk_input.h"
 #include "worker/engine/cuda/device.h"
@@ -50,8 +53,15 @@ enum class Precision {
   kBf16,  // GEMM inputs in bf16, fp32 accumulation (training)
 };
 
+enum class AttentionKernel {
+  kAuto,       // flash with Precision::kBf16 where the head dim allows, else the reference
+  kReference,  // kernels/cuda/attention.h: exact fp32 (the oracle check)
+  kFlash,      // kernels/cuda/flash_attention.h: tensor cores, bf16 tiles
+};
+
 struct CudaStageOptions {
   Precision precision = Precision::kBf16;
+  AttentionKernel attention = AttentionKernel::kAuto;
   // Rows of the LM head evaluated at once (bounds the logits tile).
   int64_t head_rows = 1024;
 };
@@ -61,7 +71,8 @@ class CudaStage : public StageExecutor {
   // Allocates the stage's parameters on ctx's device and uploads params'
   // values. `params`, `ctx` and `mem` must outlive the stage. Errors:
   // RESOURCE_EXHAUSTED (over the budget), INTERNAL naming the call,
-  // INVALID_ARGUMENT (head_rows < 1).
+  // INVALID_ARGUMENT (head_rows < 1; kFlash with a head dim it does not
+  // support).
   static absl::StatusOr<std::unique_ptr<CudaStage>> Create(StageParams* params, DeviceContext* ctx,
                                                            MemoryTracker* mem,
                                                            const CudaStageOptions& options);
@@ -97,6 +108,7 @@ class CudaStage : public StageExecutor {
   float* device_values() { return values_.data(); }
   float* device_grads() { return grads_.data(); }
   int64_t numel() const { return params_->numel(); }
+  bool uses_flash_attention() const { return flash_; }
 
   // --- optimizer on the device ----------------------------------------------
   // Sum of squared gradients, as engine::StageGradSquares (a tied embedding's
@@ -166,6 +178,7 @@ class CudaStage : public StageExecutor {
   DeviceStateStore state_;
   int64_t c_, qd_, kvd_, inter_, vocab_;
   float loss_scale_ = 1.0f;
+  bool flash_ = false;
 
   DArray<float> values_, grads_, m_, v_;
   DArray<Bf16> values_bf16_;

@@ -1,0 +1,588 @@
+// Kernels of flash_attention.h.
+//
+// Fragment layouts of mma.sync.m16n8k16 (bf16 A/B, fp32 C), PTX ISA
+// "Matrix Fragments for mma.m16n8k16": with g = lane / 4 and t = lane % 4,
+//   A (16x16, row-major): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 = A[g][2t+8..],
+//                         a3 = A[g+8][2t+8..]   (two bf16 per register, low = lower column)
+//   B (16x8):             b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]
+//   C (16x8, fp32):       c0, c1 = C[g][2t], C[g][2t+1];  c2, c3 = C[g+8][2t], C[g+8][2t+1]
+// so two adjacent C tiles of a product are the A fragment of the next
+// product (CToA): P and dS never leave registers.
+#include "kernels/cuda/flash_attention.h"
+
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <string>
+
+namespace chunkflow::kernels::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kBr = 64;  // query rows per tile (4 warps x 16)
+constexpr int kBc = 64;  // keys per tile
+constexpr int kThreads = 128;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+__device__ __forceinline__ uint32_t Pack(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+__device__ __forceinline__ uint32_t PackRaw(bf16 lo, bf16 hi) {
+  return static_cast<uint32_t>(__bfloat16_as_ushort(lo)) |
+         (static_cast<uint32_t>(__bfloat16_as_ushort(hi)) << 16);
+}
+
+__device__ __forceinline__ uint32_t Ld32(const bf16* s, int row, int col, int ld) {
+  return *reinterpret_cast<const uint32_t*>(s + row * ld + col);
+}
+
+__device__ __forceinline__ void Mma(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// A fragment of a row-major shared tile X: rows r0..r0+15, columns k0..k0+15.
+__device__ __forceinline__ void LoadA(uint32_t a[4], const bf16* x, int r0, int k0, int ld, int g,
+                                      int t) {
+  a[0] = Ld32(x, r0 + g, k0 + 2 * t, ld);
+  a[1] = Ld32(x, r0 + g + 8, k0 + 2 * t, ld);
+  a[2] = Ld32(x, r0 + g, k0 + 2 * t + 8, ld);
+  a[3] = Ld32(x, r0 + g + 8, k0 + 2 * t + 8, ld);
+}
+
+// B fragment with B[k][n] = Y[n][k] (Y row-major: K^T from K): n0.., k0...
+__device__ __forceinline__ void LoadBT(uint32_t b[2], const bf16* y, int n0, int k0, int ld, int g,
+                                       int t) {
+  b[0] = Ld32(y, n0 + g, k0 + 2 * t, ld);
+  b[1] = Ld32(y, n0 + g, k0 + 2 * t + 8, ld);
+}
+
+// B fragment with B[k][n] = Y[k][n] (Y row-major: V as it is): k0.., n0...
+__device__ __forceinline__ void LoadBN(uint32_t b[2], const bf16* y, int k0, int n0, int ld, int g,
+                                       int t) {
+  b[0] = PackRaw(y[(k0 + 2 * t) * ld + n0 + g], y[(k0 + 2 * t + 1) * ld + n0 + g]);
+  b[1] = PackRaw(y[(k0 + 2 * t + 8) * ld + n0 + g], y[(k0 + 2 * t + 9) * ld + n0 + g]);
+}
+
+// Two adjacent 16x8 C tiles -> the 16x16 A fragment they form.
+__device__ __forceinline__ void CToA(uint32_t a[4], const float c0[4], const float c1[4]) {
+  a[0] = Pack(c0[0], c0[1]);
+  a[1] = Pack(c0[2], c0[3]);
+  a[2] = Pack(c1[0], c1[1]);
+  a[3] = Pack(c1[2], c1[3]);
+}
+
+__device__ __forceinline__ float QuadMax(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+__device__ __forceinline__ float QuadSum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// Rows [row0, row0 + valid) of an fp32 matrix with row stride `stride`
+// (columns [0, D) from `src`) into a bf16 shared tile of kRows rows with
+// leading dimension D + 8; rows >= valid are zero.
+template <int D, int kRows>
+__device__ __forceinline__ void LoadTile(bf16* s, const float* src, int64_t row0, int valid,
+                                         int64_t stride) {
+  for (int i = threadIdx.x; i < kRows * D; i += kThreads) {
+    const int r = i / D, c = i % D;
+    const float x = r < valid ? src[(row0 + r) * stride + c] : 0.0f;
+    s[r * (D + 8) + c] = __float2bfloat16_rn(x);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Forward: a block per (query tile of a segment, head).
+// ---------------------------------------------------------------------------
+
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    FlashForwardKernel(float* out, float* lse, const float* q, const float* k, const float* v,
+                       int64_t q_begin, int64_t offset, int length, int H, int Hk,
+                       float scale_log2) {
+  constexpr int kLd = D + 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* sQ = reinterpret_cast<bf16*>(smem);
+  bf16* sK = sQ + kBr * kLd;
+  bf16* sV = sK + kBc * kLd;
+  const int h = blockIdx.y, hk = h / (H / Hk);
+  const int q0 = blockIdx.x * kBr;
+  const int rows = min(kBr, length - q0);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  LoadTile<D, kBr>(sQ, q + static_cast<int64_t>(h) * D, q_begin + q0, rows,
+                   static_cast<int64_t>(H) * D);
+  const int64_t n_keys = offset + q0 + rows;  // what the tile's last row sees
+  const int64_t pos_lo = offset + q0 + warp * 16 + g, pos_hi = pos_lo + 8;
+  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
+  float o[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+
+  for (int64_t k0 = 0; k0 < n_keys; k0 += kBc) {
+    const int kv_rows = static_cast<int>(min(static_cast<int64_t>(kBc), n_keys - k0));
+    __syncthreads();  // every warp is done with the previous K/V tile (and sQ is written)
+    LoadTile<D, kBc>(sK, k + static_cast<int64_t>(hk) * D, k0, kv_rows,
+                     static_cast<int64_t>(Hk) * D);
+    LoadTile<D, kBc>(sV, v + static_cast<int64_t>(hk) * D, k0, kv_rows,
+                     static_cast<int64_t>(Hk) * D);
+    __syncthreads();
+    float s[kBc / 8][4];
+#pragma unroll
+    for (int j = 0; j < kBc / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a[4];
+      LoadA(a, sQ, warp * 16, kk * 16, kLd, g, t);
+#pragma unroll
+      for (int j = 0; j < kBc / 8; ++j) {
+        uint32_t b[2];
+        LoadBT(b, sK, j * 8, kk * 16, kLd, g, t);
+        Mma(s[j], a, b);
+      }
+    }
+    float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kBc / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t key = k0 + j * 8 + 2 * t + (e & 1);
+        const int64_t pos = e < 2 ? pos_lo : pos_hi;
+        const float x = key <= pos && key < n_keys ? s[j][e] * scale_log2 : -INFINITY;
+        s[j][e] = x;
+        if (e < 2) {
+          mx_lo = fmaxf(mx_lo, x);
+        } else {
+          mx_hi = fmaxf(mx_hi, x);
+        }
+      }
+    }
+    const float new_lo = fmaxf(m_lo, QuadMax(mx_lo)), new_hi = fmaxf(m_hi, QuadMax(mx_hi));
+    const float alpha_lo = new_lo == -INFINITY ? 1.0f : exp2f(m_lo - new_lo);
+    const float alpha_hi = new_hi == -INFINITY ? 1.0f : exp2f(m_hi - new_hi);
+    float sum_lo = 0.0f, sum_hi = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kBc / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float m = e < 2 ? new_lo : new_hi;
+        const float p = m == -INFINITY ? 0.0f : exp2f(s[j][e] - m);
+        s[j][e] = p;
+        if (e < 2) {
+          sum_lo += p;
+        } else {
+          sum_hi += p;
+        }
+      }
+    }
+    l_lo = l_lo * alpha_lo + sum_lo;  // per-thread partial sums; alpha is uniform per row
+    l_hi = l_hi * alpha_hi + sum_hi;
+    m_lo = new_lo;
+    m_hi = new_hi;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      o[j][0] *= alpha_lo;
+      o[j][1] *= alpha_lo;
+      o[j][2] *= alpha_hi;
+      o[j][3] *= alpha_hi;
+    }
+#pragma unroll
+    for (int kk = 0; kk < kBc / 16; ++kk) {
+      uint32_t a[4];
+      CToA(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        uint32_t b[2];
+        LoadBN(b, sV, kk * 16, j * 8, kLd, g, t);
+        Mma(o[j], a, b);
+      }
+    }
+  }
+  l_lo = QuadSum(l_lo);
+  l_hi = QuadSum(l_hi);
+  const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = half == 0 ? r_lo : r_hi;
+    if (r >= rows) continue;
+    const float l = half == 0 ? l_lo : l_hi;
+    const float m = half == 0 ? m_lo : m_hi;
+    const int64_t row = q_begin + q0 + r;
+    float* dst = out + (row * H + h) * D;
+    const float inv = 1.0f / l;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      dst[j * 8 + 2 * t] = o[j][2 * half] * inv;
+      dst[j * 8 + 2 * t + 1] = o[j][2 * half + 1] * inv;
+    }
+    if (t == 0) lse[row * H + h] = (m + log2f(l)) * kLn2;
+  }
+}
+
+// delta[w] = sum_d dout[w, d] * out[w, d], a warp per (row, head).
+__global__ void FlashDeltaKernel(float* delta, const float* dout, const float* out, int64_t n,
+                                 int D) {
+  const int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (w >= n) return;  // whole warps leave together
+  float s = 0.0f;
+  for (int d = lane; d < D; d += 32) s += dout[w * D + d] * out[w * D + d];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (lane == 0) delta[w] = s;
+}
+
+// ---------------------------------------------------------------------------
+// Backward dq: a block per (query tile of a segment, head).
+// ---------------------------------------------------------------------------
+
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    FlashDqKernel(float* dq, const float* dout, const float* q, const float* lse,
+                  const float* delta, const float* k, const float* v, int64_t q_begin,
+                  int64_t offset, int length, int H, int Hk, float scale, float scale_log2) {
+  constexpr int kLd = D + 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* sQ = reinterpret_cast<bf16*>(smem);
+  bf16* sO = sQ + kBr * kLd;  // dO
+  bf16* sK = sO + kBr * kLd;
+  bf16* sV = sK + kBc * kLd;
+  const int h = blockIdx.y, hk = h / (H / Hk);
+  const int q0 = blockIdx.x * kBr;
+  const int rows = min(kBr, length - q0);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t stride = static_cast<int64_t>(H) * D;
+  LoadTile<D, kBr>(sQ, q + static_cast<int64_t>(h) * D, q_begin + q0, rows, stride);
+  LoadTile<D, kBr>(sO, dout + static_cast<int64_t>(h) * D, q_begin + q0, rows, stride);
+  const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
+  const bool ok_lo = r_lo < rows, ok_hi = r_hi < rows;
+  const float lse_lo = ok_lo ? lse[(q_begin + q0 + r_lo) * H + h] * kLog2e : 0.0f;
+  const float lse_hi = ok_hi ? lse[(q_begin + q0 + r_hi) * H + h] * kLog2e : 0.0f;
+  const float del_lo = ok_lo ? delta[(q_begin + q0 + r_lo) * H + h] : 0.0f;
+  const float del_hi = ok_hi ? delta[(q_begin + q0 + r_hi) * H + h] : 0.0f;
+  const int64_t n_keys = offset + q0 + rows;
+  const int64_t pos_lo = offset + q0 + r_lo, pos_hi = pos_lo + 8;
+  float acc[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+
+  for (int64_t k0 = 0; k0 < n_keys; k0 += kBc) {
+    const int kv_rows = static_cast<int>(min(static_cast<int64_t>(kBc), n_keys - k0));
+    __syncthreads();
+    LoadTile<D, kBc>(sK, k + static_cast<int64_t>(hk) * D, k0, kv_rows,
+                     static_cast<int64_t>(Hk) * D);
+    LoadTile<D, kBc>(sV, v + static_cast<int64_t>(hk) * D, k0, kv_rows,
+                     static_cast<int64_t>(Hk) * D);
+    __syncthreads();
+    float s[kBc / 8][4], dp[kBc / 8][4];
+#pragma unroll
+    for (int j = 0; j < kBc / 8; ++j) {
+      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+      dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0.0f;
+    }
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t aq[4], ao[4];
+      LoadA(aq, sQ, warp * 16, kk * 16, kLd, g, t);
+      LoadA(ao, sO, warp * 16, kk * 16, kLd, g, t);
+#pragma unroll
+      for (int j = 0; j < kBc / 8; ++j) {
+        uint32_t b[2];
+        LoadBT(b, sK, j * 8, kk * 16, kLd, g, t);
+        Mma(s[j], aq, b);
+        LoadBT(b, sV, j * 8, kk * 16, kLd, g, t);
+        Mma(dp[j], ao, b);
+      }
+    }
+    // dS = P * (dP - delta), P recomputed from lse; masked entries are 0.
+#pragma unroll
+    for (int j = 0; j < kBc / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t key = k0 + j * 8 + 2 * t + (e & 1);
+        const bool lo = e < 2;
+        const bool valid = (lo ? ok_lo : ok_hi) && key <= (lo ? pos_lo : pos_hi) && key < n_keys;
+        const float p = valid ? exp2f(s[j][e] * scale_log2 - (lo ? lse_lo : lse_hi)) : 0.0f;
+        dp[j][e] = p * (dp[j][e] - (lo ? del_lo : del_hi));
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < kBc / 16; ++kk) {
+      uint32_t a[4];
+      CToA(a, dp[2 * kk], dp[2 * kk + 1]);
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        uint32_t b[2];
+        LoadBN(b, sK, kk * 16, j * 8, kLd, g, t);
+        Mma(acc[j], a, b);
+      }
+    }
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = half == 0 ? r_lo : r_hi;
+    if (r >= rows) continue;
+    float* dst = dq + ((q_begin + q0 + r) * H + h) * D;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      dst[j * 8 + 2 * t] += scale * acc[j][2 * half];
+      dst[j * 8 + 2 * t + 1] += scale * acc[j][2 * half + 1];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Backward dk, dv: a block per (key tile of a segment's keys, kv head); the
+// block loops over the kv head's query heads and the query tiles that see
+// its keys, so every dk/dv element has one writer.
+// ---------------------------------------------------------------------------
+
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    FlashDkDvKernel(float* dk, float* dv, const float* dout, const float* q, const float* lse,
+                    const float* delta, const float* k, const float* v, int64_t q_begin,
+                    int64_t offset, int length, int H, int Hk, float scale, float scale_log2) {
+  constexpr int kLd = D + 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* sK = reinterpret_cast<bf16*>(smem);
+  bf16* sV = sK + kBc * kLd;
+  bf16* sQ = sV + kBc * kLd;
+  bf16* sO = sQ + kBr * kLd;  // dO
+  float* sL = reinterpret_cast<float*>(sO + kBr * kLd);  // lse * log2(e) per query row
+  float* sD = sL + kBr;                                   // delta per query row
+  const int hk = blockIdx.y, group = H / Hk;
+  const int64_t key0 = static_cast<int64_t>(blockIdx.x) * kBc;
+  const int64_t n_keys = offset + length;
+  const int key_rows = static_cast<int>(min(static_cast<int64_t>(kBc), n_keys - key0));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  LoadTile<D, kBc>(sK, k + static_cast<int64_t>(hk) * D, key0, key_rows,
+                   static_cast<int64_t>(Hk) * D);
+  LoadTile<D, kBc>(sV, v + static_cast<int64_t>(hk) * D, key0, key_rows,
+                   static_cast<int64_t>(Hk) * D);
+  const int64_t key_lo = key0 + warp * 16 + g, key_hi = key_lo + 8;
+  float dka[D / 8][4], dva[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) {
+    dka[j][0] = dka[j][1] = dka[j][2] = dka[j][3] = 0.0f;
+    dva[j][0] = dva[j][1] = dva[j][2] = dva[j][3] = 0.0f;
+  }
+  // Query rows that can see key0: local rows >= key0 - offset.
+  const int first_tile = static_cast<int>(max(static_cast<int64_t>(0), key0 - offset) / kBr);
+  const int64_t stride = static_cast<int64_t>(H) * D;
+  for (int hh = 0; hh < group; ++hh) {
+    const int h = hk * group + hh;
+    for (int q0 = first_tile * kBr; q0 < length; q0 += kBr) {
+      const int rows = min(kBr, length - q0);
+      __syncthreads();  // the previous tile's readers are done (and sK/sV are written)
+      LoadTile<D, kBr>(sQ, q + static_cast<int64_t>(h) * D, q_begin + q0, rows, stride);
+      LoadTile<D, kBr>(sO, dout + static_cast<int64_t>(h) * D, q_begin + q0, rows, stride);
+      for (int r = threadIdx.x; r < kBr; r += kThreads) {
+        sL[r] = r < rows ? lse[(q_begin + q0 + r) * H + h] * kLog2e : 0.0f;
+        sD[r] = r < rows ? delta[(q_begin + q0 + r) * H + h] : 0.0f;
+      }
+      __syncthreads();
+      // S^T = K Q^T and dP^T = V dO^T: this warp's 16 keys x the tile's 64 queries.
+      float st[kBr / 8][4], dpt[kBr / 8][4];
+#pragma unroll
+      for (int j = 0; j < kBr / 8; ++j) {
+        st[j][0] = st[j][1] = st[j][2] = st[j][3] = 0.0f;
+        dpt[j][0] = dpt[j][1] = dpt[j][2] = dpt[j][3] = 0.0f;
+      }
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t ak[4], av[4];
+        LoadA(ak, sK, warp * 16, kk * 16, kLd, g, t);
+        LoadA(av, sV, warp * 16, kk * 16, kLd, g, t);
+#pragma unroll
+        for (int j = 0; j < kBr / 8; ++j) {
+          uint32_t b[2];
+          LoadBT(b, sQ, j * 8, kk * 16, kLd, g, t);
+          Mma(st[j], ak, b);
+          LoadBT(b, sO, j * 8, kk * 16, kLd, g, t);
+          Mma(dpt[j], av, b);
+        }
+      }
+      // P^T and dS^T = P^T * (dP^T - delta); masked entries are 0.
+#pragma unroll
+      for (int j = 0; j < kBr / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qi = j * 8 + 2 * t + (e & 1);
+          const int64_t key = e < 2 ? key_lo : key_hi;
+          const bool valid = qi < rows && key <= offset + q0 + qi && key < n_keys;
+          const float p = valid ? exp2f(st[j][e] * scale_log2 - sL[qi]) : 0.0f;
+          st[j][e] = p;
+          dpt[j][e] = p * (dpt[j][e] - sD[qi]);
+        }
+      }
+      // dV += P^T dO, dK += dS^T Q.
+#pragma unroll
+      for (int kk = 0; kk < kBr / 16; ++kk) {
+        uint32_t ap[4], as[4];
+        CToA(ap, st[2 * kk], st[2 * kk + 1]);
+        CToA(as, dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+          uint32_t b[2];
+          LoadBN(b, sO, kk * 16, j * 8, kLd, g, t);
+          Mma(dva[j], ap, b);
+          LoadBN(b, sQ, kk * 16, j * 8, kLd, g, t);
+          Mma(dka[j], as, b);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t key = half == 0 ? key_lo : key_hi;
+    if (key - key0 >= key_rows) continue;
+    float* dkd = dk + (key * Hk + hk) * D;
+    float* dvd = dv + (key * Hk + hk) * D;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      dkd[j * 8 + 2 * t] += scale * dka[j][2 * half];
+      dkd[j * 8 + 2 * t + 1] += scale * dka[j][2 * half + 1];
+      dvd[j * 8 + 2 * t] += dva[j][2 * half];
+      dvd[j * 8 + 2 * t + 1] += dva[j][2 * half + 1];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------
+
+absl::Status Check(int64_t H, int64_t Hk, int64_t D, const AttentionSegment* segs,
+                   int64_t n_segs) {
+  if (!flash_attention_supported(D) || H < 1 || Hk < 1 || H % Hk != 0) {
+    return absl::InvalidArgumentError(
+        "flash attention: n_heads " + std::to_string(H) + ", n_kv_heads " + std::to_string(Hk) +
+        ", head_dim " + std::to_string(D) +
+        " (need n_heads a multiple of n_kv_heads and head_dim 16, 32, 64 or 128)");
+  }
+  for (int64_t s = 0; s < n_segs; ++s) {
+    if (segs[s].length < 0 || segs[s].offset < 0 || segs[s].q_begin < 0 ||
+        segs[s].length > (int64_t{1} << 30)) {
+      return absl::InvalidArgumentError("flash attention: segment " + std::to_string(s) +
+                                        " has a bad q_begin, offset or length");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Launched(const char* what) {
+  const cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(std::string(what) + ": " + cudaGetErrorName(e) + ": " +
+                             cudaGetErrorString(e));
+}
+
+template <int D>
+constexpr int ForwardSmem() {
+  return (kBr + 2 * kBc) * (D + 8) * static_cast<int>(sizeof(bf16));
+}
+template <int D>
+constexpr int BackwardSmem() {
+  return (2 * kBr + 2 * kBc) * (D + 8) * static_cast<int>(sizeof(bf16)) +
+         2 * kBr * static_cast<int>(sizeof(float));
+}
+
+template <int D>
+absl::Status Forward(float* out, float* lse, const float* q, const AttentionSegment* segs,
+                     int64_t n_segs, int H, int Hk, cudaStream_t stream) {
+  const float scale_log2 = kLog2e / std::sqrt(static_cast<float>(D));
+  cudaFuncSetAttribute(FlashForwardKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                       ForwardSmem<D>());
+  for (int64_t s = 0; s < n_segs; ++s) {
+    const AttentionSegment& g = segs[s];
+    if (g.length == 0) continue;
+    const unsigned tiles = static_cast<unsigned>((g.length + kBr - 1) / kBr);
+    FlashForwardKernel<D><<<dim3(tiles, static_cast<unsigned>(H)), kThreads, ForwardSmem<D>(),
+                            stream>>>(out, lse, q, g.k, g.v, g.q_begin, g.offset,
+                                      static_cast<int>(g.length), H, Hk, scale_log2);
+    if (absl::Status st = Launched("flash_attention_forward"); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+template <int D>
+absl::Status Backward(float* dq, const AttentionSegment* segs, int64_t n_segs, const float* dout,
+                      const float* q, const float* lse, const float* delta, int H, int Hk,
+                      cudaStream_t stream) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const float scale_log2 = kLog2e * scale;
+  cudaFuncSetAttribute(FlashDqKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                       BackwardSmem<D>());
+  cudaFuncSetAttribute(FlashDkDvKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                       BackwardSmem<D>());
+  for (int64_t s = 0; s < n_segs; ++s) {
+    const AttentionSegment& g = segs[s];
+    if (g.length == 0) continue;
+    const unsigned q_tiles = static_cast<unsigned>((g.length + kBr - 1) / kBr);
+    FlashDqKernel<D><<<dim3(q_tiles, static_cast<unsigned>(H)), kThreads, BackwardSmem<D>(),
+                       stream>>>(dq, dout, q, lse, delta, g.k, g.v, g.q_begin, g.offset,
+                                 static_cast<int>(g.length), H, Hk, scale, scale_log2);
+    if (absl::Status st = Launched("flash_attention_backward dq"); !st.ok()) return st;
+    const unsigned k_tiles = static_cast<unsigned>((g.offset + g.length + kBc - 1) / kBc);
+    FlashDkDvKernel<D><<<dim3(k_tiles, static_cast<unsigned>(Hk)), kThreads, BackwardSmem<D>(),
+                         stream>>>(g.dk, g.dv, dout, q, lse, delta, g.k, g.v, g.q_begin,
+                                   g.offset, static_cast<int>(g.length), H, Hk, scale,
+                                   scale_log2);
+    if (absl::Status st = Launched("flash_attention_backward dk dv"); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool flash_attention_supported(int64_t head_dim) {
+  return head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128;
+}
+
+absl::Status flash_attention_forward(float* out, float* lse, const float* q,
+                                     const AttentionSegment* segs, int64_t n_segs,
+                                     int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                                     cudaStream_t stream) {
+  if (absl::Status s = Check(n_heads, n_kv_heads, head_dim, segs, n_segs); !s.ok()) return s;
+  const int H = static_cast<int>(n_heads), Hk = static_cast<int>(n_kv_heads);
+  switch (head_dim) {
+    case 16: return Forward<16>(out, lse, q, segs, n_segs, H, Hk, stream);
+    case 32: return Forward<32>(out, lse, q, segs, n_segs, H, Hk, stream);
+    case 64: return Forward<64>(out, lse, q, segs, n_segs, H, Hk, stream);
+    default: return Forward<128>(out, lse, q, segs, n_segs, H, Hk, stream);
+  }
+}
+
+absl::Status flash_attention_backward(float* dq, const AttentionSegment* segs, int64_t n_segs,
+                                      const float* dout, const float* q, const float* out,
+                                      const float* lse, int64_t n_heads, int64_t n_kv_heads,
+                                      int64_t head_dim, float* delta, int64_t rows,
+                                      cudaStream_t stream) {
+  if (absl::Status s = Check(n_heads, n_kv_heads, head_dim, segs, n_segs); !s.ok()) return s;
+  const int64_t n = rows * n_heads;
+  if (n > 0) {
+    const int64_t threads = n * 32;
+    FlashDeltaKernel<<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(
+        delta, dout, out, n, static_cast<int>(head_dim));
+    if (absl::Status st = Launched("flash_attention_backward delta"); !st.ok()) return st;
+  }
+  const int H = static_cast<int>(n_heads), Hk = static_cast<int>(n_kv_heads);
+  switch (head_dim) {
+    case 16: return Backward<16>(dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream);
+    case 32: return Backward<32>(dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream);
+    case 64: return Backward<64>(dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream);
+    default: return Backward<128>(dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream);
+  }
+}
+
+}  // namespace chunkflow::kernels::cuda

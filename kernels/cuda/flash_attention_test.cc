@@ -1,0 +1,183 @@
+// The flash-style attention kernel against the CPU attention (the oracle the
+// reference CUDA kernel equals within 1e-5), on inputs already rounded to
+// bf16 (what the kernel's tile loads do), so the differences left are the
+// kernel's own: the probabilities and dS rounded to bf16 before their
+// products, and tensor-core summation order. Tolerances (relative L2 over the
+// tensor): lse 1e-5 (S is exact products summed in fp32), out 1e-2, dq / dk
+// / dv 2e-2. Segments cover a fresh sequence longer than a tile, a
+// continuation with a prefix that is not a tile multiple, a one-row segment
+// and a tile-exact one; GQA and MHA; head dims 16, 64, 128. Outputs are
+// poisoned (NaN) before the forward; gradients start from random values
+// (the += contract). Skips visibly without a GPU.
+
+#include "kernels/cuda/flash_attention.h"
+
+#include <cuda_runtime_api.h>
+
+#include <cstring>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/test_util.h"
+#include "kernels/cuda/status.h"
+
+namespace chunkflow::kernels {
+namespace {
+
+using cpu::testing::RandomVector;
+using cpu::testing::RelativeError;
+
+bool HaveGpu() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
+std::vector<float> RoundToBf16(std::vector<float> x) {
+  for (float& f : x) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    u += 0x7FFF + ((u >> 16) & 1);
+    u &= 0xFFFF0000u;
+    std::memcpy(&f, &u, 4);
+  }
+  return x;
+}
+
+class Dev {
+ public:
+  explicit Dev(const std::vector<float>& h) : n_(h.size()) {
+    EXPECT_EQ(cudaMalloc(reinterpret_cast<void**>(&p_), n_ * 4 + 4), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(p_, h.data(), n_ * 4, cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  static Dev Poisoned(size_t n) {
+    Dev d{std::vector<float>(n)};
+    EXPECT_EQ(cudaMemset(d.p_, 0xFF, n * 4), cudaSuccess);
+    return d;
+  }
+  Dev(Dev&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr; }
+  ~Dev() {
+    if (p_ != nullptr) cudaFree(p_);
+  }
+  float* get() { return p_; }
+  std::vector<float> Host() const {
+    std::vector<float> h(n_);
+    EXPECT_EQ(cudaMemcpy(h.data(), p_, n_ * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    return h;
+  }
+
+ private:
+  float* p_ = nullptr;
+  size_t n_;
+};
+
+struct Seg {
+  int64_t offset, length;
+};
+
+struct Shape {
+  int64_t H, Hk, D;
+};
+
+class FlashAttentionTest : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(FlashAttentionTest, MatchesCpuOnBf16Inputs) {
+  if (!HaveGpu()) {
+    std::printf("SKIPPED: no CUDA device (flash attention tests need a GPU)\n");
+    GTEST_SKIP() << "no CUDA device";
+  }
+  const auto [H, Hk, D] = GetParam();
+  const std::vector<Seg> segs = {{0, 150}, {70, 37}, {0, 1}, {130, 64}, {1000, 90}};
+  int64_t T = 0;
+  for (const Seg& s : segs) T += s.length;
+  const std::vector<float> q = RoundToBf16(RandomVector(T * H * D, 1, 2.0f));
+  const std::vector<float> dout = RoundToBf16(RandomVector(T * H * D, 2));
+  std::vector<std::vector<float>> k, v, dk, dv;
+  std::vector<Dev> dk_d, dv_d, k_d, v_d;
+  std::vector<cpu::AttentionSegment> cs;
+  std::vector<cuda::AttentionSegment> gs;
+  for (size_t i = 0; i < segs.size(); ++i) {
+    const int64_t n = (segs[i].offset + segs[i].length) * Hk * D;
+    k.push_back(RoundToBf16(RandomVector(n, 10 + i, 2.0f)));
+    v.push_back(RoundToBf16(RandomVector(n, 20 + i)));
+    dk.push_back(RandomVector(n, 30 + i));
+    dv.push_back(RandomVector(n, 40 + i));
+  }
+  for (size_t i = 0; i < segs.size(); ++i) {
+    k_d.emplace_back(k[i]);
+    v_d.emplace_back(v[i]);
+    dk_d.emplace_back(dk[i]);
+    dv_d.emplace_back(dv[i]);
+  }
+  int64_t row = 0;
+  for (size_t i = 0; i < segs.size(); ++i) {
+    cs.push_back({row, segs[i].length, segs[i].offset, k[i].data(), v[i].data(), dk[i].data(),
+                  dv[i].data()});
+    gs.push_back({row, segs[i].length, segs[i].offset, k_d[i].get(), v_d[i].get(), dk_d[i].get(),
+                  dv_d[i].get()});
+    row += segs[i].length;
+  }
+  const int64_t n_segs = static_cast<int64_t>(segs.size());
+  std::vector<float> out(T * H * D), lse(T * H);
+  cpu::attention_forward(out.data(), lse.data(), q.data(), cs.data(), n_segs, H, Hk, D);
+  Dev q_d(q), dout_d(dout);
+  Dev out_d = Dev::Poisoned(T * H * D), lse_d = Dev::Poisoned(T * H);
+  absl::Status s = cuda::flash_attention_forward(out_d.get(), lse_d.get(), q_d.get(), gs.data(),
+                                                 n_segs, H, Hk, D, nullptr);
+  ASSERT_TRUE(s.ok()) << s;
+  ASSERT_TRUE(cuda::CudaSync(nullptr, "flash forward").ok());
+  const std::vector<float> gout = out_d.Host(), glse = lse_d.Host();
+  EXPECT_LT(RelativeError(glse.data(), lse.data(), T * H), 1e-5);
+  EXPECT_LT(RelativeError(gout.data(), out.data(), T * H * D), 1e-2);
+
+  // Backward from the CPU's forward outputs on both sides.
+  std::vector<float> dq = RandomVector(T * H * D, 3);
+  Dev dq_d(dq), outc_d(out), lsec_d(lse), delta_d = Dev::Poisoned(T * H);
+  cpu::attention_backward(dq.data(), cs.data(), n_segs, dout.data(), q.data(), out.data(),
+                          lse.data(), H, Hk, D);
+  s = cuda::flash_attention_backward(dq_d.get(), gs.data(), n_segs, dout_d.get(), q_d.get(),
+                                     outc_d.get(), lsec_d.get(), H, Hk, D, delta_d.get(), T,
+                                     nullptr);
+  ASSERT_TRUE(s.ok()) << s;
+  ASSERT_TRUE(cuda::CudaSync(nullptr, "flash backward").ok());
+  const std::vector<float> gdq = dq_d.Host();
+  EXPECT_LT(RelativeError(gdq.data(), dq.data(), T * H * D), 2e-2);
+  for (size_t i = 0; i < segs.size(); ++i) {
+    const std::vector<float> gdk = dk_d[i].Host(), gdv = dv_d[i].Host();
+    EXPECT_LT(RelativeError(gdk.data(), dk[i].data(), dk[i].size()), 2e-2) << "segment " << i;
+    EXPECT_LT(RelativeError(gdv.data(), dv[i].data(), dv[i].size()), 2e-2) << "segment " << i;
+  }
+
+  // Deterministic: the same inputs give a bit-identical dq.
+  Dev dq3_d(RandomVector(T * H * D, 3));
+  s = cuda::flash_attention_backward(dq3_d.get(), gs.data(), n_segs, dout_d.get(), q_d.get(),
+                                     outc_d.get(), lsec_d.get(), H, Hk, D, delta_d.get(), T,
+                                     nullptr);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(dq3_d.Host(), gdq) << "same inputs, bit-identical dq";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, FlashAttentionTest,
+                         ::testing::Values(Shape{4, 2, 16}, Shape{4, 2, 64}, Shape{14, 2, 64},
+                                           Shape{2, 2, 128}),
+                         [](const auto& info) {
+                           return "H" + std::to_string(info.param.H) + "_Hk" +
+                                  std::to_string(info.param.Hk) + "_D" +
+                                  std::to_string(info.param.D);
+                         });
+
+TEST(FlashAttention, UnsupportedHeadDim_IsInvalidArgument) {
+  EXPECT_FALSE(cuda::flash_attention_supported(8));
+  EXPECT_FALSE(cuda::flash_attention_supported(96));
+  EXPECT_TRUE(cuda::flash_attention_supported(64));
+  cuda::AttentionSegment seg;
+  EXPECT_EQ(cuda::flash_attention_forward(nullptr, nullptr, nullptr, &seg, 1, 4, 2, 8, nullptr)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cuda::flash_attention_forward(nullptr, nullptr, nullptr, &seg, 1, 3, 2, 64, nullptr)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace chunkflow::kernels
