@@ -84,9 +84,10 @@ def rotate_half(x):
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def rope_cos_sin(length, head_dim, theta):
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    pos = torch.arange(length, dtype=torch.float32)
+def rope_cos_sin(length, head_dim, theta, device="cpu"):
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32,
+                                             device=device) / head_dim))
+    pos = torch.arange(length, dtype=torch.float32, device=device)
     freqs = torch.outer(pos, inv_freq)  # (T, D/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (T, D)
     return emb.cos(), emb.sin()
@@ -106,6 +107,7 @@ class Attention(torch.nn.Module):
         q = self.q_proj(x).view(1, t, self.h, self.d).transpose(1, 2)  # (1, H, T, D)
         k = self.k_proj(x).view(1, t, self.hk, self.d).transpose(1, 2)  # (1, Hk, T, D)
         v = self.v_proj(x).view(1, t, self.hk, self.d).transpose(1, 2)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # bf16 under autocast (as HF)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         rep = self.h // self.hk  # GQA: HF's repeat_kv
@@ -143,7 +145,9 @@ class Qwen2(torch.nn.Module):
         self.embed_tokens = torch.nn.Embedding(a.vocab, a.hidden)
         self.layers = torch.nn.ModuleList([Block(a) for _ in range(a.layers)])
         self.norm = RMSNorm(a.hidden, a.eps)
-        self.lm_head = torch.nn.Linear(a.hidden, a.vocab, bias=False)  # untied
+        self.lm_head = torch.nn.Linear(a.hidden, a.vocab, bias=False)
+        if a.tied:  # Qwen2-0.5B ties the head to the embedding
+            self.lm_head.weight = self.embed_tokens.weight
         self.head_dim, self.theta = a.hidden // a.heads, a.rope_theta
         with torch.no_grad():
             for name, p in self.named_parameters():
@@ -154,10 +158,10 @@ class Qwen2(torch.nn.Module):
 
     def forward(self, ids, use_sdpa):
         t = ids.shape[1]
-        cos, sin = rope_cos_sin(t, self.head_dim, self.theta)
+        cos, sin = rope_cos_sin(t, self.head_dim, self.theta, ids.device)
         mask = None
         if not use_sdpa:
-            mask = torch.full((t, t), float("-inf")).triu(1)
+            mask = torch.full((t, t), float("-inf"), device=ids.device).triu(1)
         x = self.embed_tokens(ids)
         for layer in self.layers:
             x = layer(x, cos, sin, mask)
@@ -169,19 +173,27 @@ class Qwen2(torch.nn.Module):
 # ---------------------------------------------------------------------------
 
 
-def train_step(model, opt, batch, targets, use_sdpa):
+def train_step(model, opt, batch, targets, use_sdpa, bf16):
     opt.zero_grad(set_to_none=True)
     total = 0.0
     for ids in batch:
         # Every position is forwarded (as in the engine); the last has no target.
-        logits = model(ids, use_sdpa)
+        # --bf16: autocast (bf16 GEMMs and attention, fp32 master weights and
+        # optimizer state, the loss in fp32), the CUDA engine's precision.
+        with torch.autocast(device_type=ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(ids, use_sdpa)
         # Sum over this sequence's targets; / targets of the batch = batch mean.
-        loss = F.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum") / targets
+        loss = F.cross_entropy(logits[0, :-1].float(), ids[0, 1:], reduction="sum") / targets
         loss.backward()
         total += loss.item()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     return total
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def main():
@@ -199,26 +211,34 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--bf16", action="store_true", help="autocast to bf16 (GPU runs)")
+    ap.add_argument("--tied", action="store_true", help="tie the LM head to the embedding")
     a = ap.parse_args()
+    device = torch.device(a.device)
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     lengths = [int(x) for x in a.lengths.split(",") if x]
     seqs = make_tokens(lengths, a.vocab, a.seed)
-    batch = [torch.tensor(s, dtype=torch.long).view(1, -1) for s in seqs]
+    batch = [torch.tensor(s, dtype=torch.long, device=device).view(1, -1) for s in seqs]
     targets = sum(len(s) - 1 for s in seqs)
     use_sdpa = has_sdpa()
 
-    model = Qwen2(a)
+    model = Qwen2(a).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8,
                             weight_decay=0.0)
     for i in range(a.warmup):
-        train_step(model, opt, batch, targets, use_sdpa)
+        train_step(model, opt, batch, targets, use_sdpa, a.bf16)
+        sync(device)
         print(f"torch_step: warm-up {i + 1}/{a.warmup} done", file=sys.stderr, flush=True)
     times, loss = [], 0.0
     for i in range(a.steps):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        loss = train_step(model, opt, batch, targets, use_sdpa)
+        loss = train_step(model, opt, batch, targets, use_sdpa, a.bf16)
+        sync(device)
         times.append(time.perf_counter() - t0)
         print(f"torch_step: step {i + 1}/{a.steps} {times[-1]:.3f} s", file=sys.stderr, flush=True)
     med = statistics.median(times) if times else float("nan")
@@ -232,6 +252,10 @@ def main():
         # ru_maxrss is KiB on Linux.
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "attention": "sdpa" if use_sdpa else "matmul+mask+softmax",
+        "device": str(device),
+        "bf16": a.bf16,
+        "peak_device_mib": (torch.cuda.max_memory_allocated() / 2**20
+                            if device.type == "cuda" else 0.0),
         "loss": loss,
         "token_checksum": sum(sum(s) for s in seqs),
         "step_seconds": times,

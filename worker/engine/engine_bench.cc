@@ -50,6 +50,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "tools/bench/bench_util.h"
 #include "worker/engine/engine.h"
 
 ABSL_FLAG(std::string, sections, "throughput,memory",
@@ -91,6 +92,8 @@ ABSL_FLAG(std::string, memory_child, "",
 namespace chunkflow::engine {
 namespace {
 
+using namespace ::chunkflow::bench;  // NOLINT: the shared bench helpers
+
 // ---------------------------------------------------------------------------
 // Inputs: model shape, tokens, lists
 // ---------------------------------------------------------------------------
@@ -112,15 +115,6 @@ ModelConfig BenchConfig(int64_t layers, int64_t longest) {
   return c;
 }
 
-// splitmix64; tools/bench/torch_step.py mirrors it so both see the same tokens.
-uint64_t NextSplitMix64(uint64_t& state) {
-  state += 0x9E3779B97F4A7C15ull;
-  uint64_t z = state;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 // Sequence i gets id i; one token stream over all sequences in order.
 StepData MakeData(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed,
                   int64_t* checksum) {
@@ -140,20 +134,6 @@ StepData MakeData(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t s
   return data;
 }
 
-absl::StatusOr<std::vector<int64_t>> ParseInts(const std::string& flag, const std::string& text) {
-  std::vector<int64_t> out;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-    int64_t v = 0;
-    if (!absl::SimpleAtoi(part, &v) || v < 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--", flag, ": '", part, "' is not a positive integer (got --", flag, "=", text, ")"));
-    }
-    out.push_back(v);
-  }
-  if (out.empty()) return absl::InvalidArgumentError(absl::StrCat("--", flag, " is empty"));
-  return out;
-}
-
 // K values; "all" becomes the chunks of the longest chain.
 absl::StatusOr<std::vector<int32_t>> ParseKs(const std::string& flag, const std::string& text,
                                              int64_t longest, int64_t chunk_size) {
@@ -171,17 +151,6 @@ absl::StatusOr<std::vector<int32_t>> ParseKs(const std::string& flag, const std:
   return out;
 }
 
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 constexpr double kMiB = 1024.0 * 1024.0;
 
 // The 1-minute load average: timings mean little when other processes
@@ -196,102 +165,6 @@ double LoadAverage() {
 // ---------------------------------------------------------------------------
 // Output: aligned tables, child processes, flat JSON lines
 // ---------------------------------------------------------------------------
-
-// The first `left` columns are left-aligned, the rest right-aligned; a row of
-// one cell is a note printed as is.
-void PrintTable(const std::string& title, size_t left,
-                const std::vector<std::vector<std::string>>& rows) {
-  std::vector<size_t> width;
-  for (const auto& r : rows) {
-    if (r.size() == 1) continue;
-    width.resize(std::max(width.size(), r.size()), 0);
-    for (size_t i = 0; i < r.size(); ++i) width[i] = std::max(width[i], r[i].size());
-  }
-  std::printf("\n%s\n", title.c_str());
-  for (size_t n = 0; n < rows.size(); ++n) {
-    const auto& r = rows[n];
-    std::string line;
-    for (size_t i = 0; i < r.size(); ++i) {
-      if (r.size() == 1) {
-        line = r[0];
-        break;
-      }
-      const std::string pad(width[i] - r[i].size(), ' ');
-      line += (i == 0 ? "" : "  ") + (i < left ? r[i] + pad : pad + r[i]);
-    }
-    std::printf("%s\n", line.c_str());
-    if (n == 0) {
-      size_t total = 0;
-      for (size_t w : width) total += w + 2;
-      std::printf("%s\n", std::string(total > 2 ? total - 2 : 0, '-').c_str());
-    }
-  }
-  std::fflush(stdout);
-}
-
-std::string ShellQuote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
-// Runs `command` with sh; returns its stdout (stderr passes through), or an
-// error naming the command when it cannot start or exits non-zero.
-absl::StatusOr<std::string> RunChild(const std::string& command) {
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) return absl::InternalError(absl::StrCat("cannot run: ", command));
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
-  const int status = ::pclose(pipe);
-  if (status != 0) {
-    return absl::InternalError(absl::StrCat(
-        "exit status ", WIFEXITED(status) ? WEXITSTATUS(status) : status, " from: ", command));
-  }
-  return out;
-}
-
-// The last line of `out` that starts with '{': the child's JSON result.
-std::string LastJsonLine(const std::string& out) {
-  std::string last;
-  for (absl::string_view line : absl::StrSplit(out, '\n')) {
-    if (!line.empty() && line.front() == '{') last = std::string(line);
-  }
-  return last;
-}
-
-// A number or string value of a flat one-line JSON object we wrote ourselves
-// (the children's results): enough for them, not a general JSON parser.
-std::optional<double> JsonNumber(const std::string& line, const std::string& key) {
-  const size_t at = line.find("\"" + key + "\":");
-  if (at == std::string::npos) return std::nullopt;
-  const char* begin = line.c_str() + at + key.size() + 3;
-  char* end = nullptr;
-  const double v = std::strtod(begin, &end);
-  if (end == begin) return std::nullopt;
-  return v;
-}
-
-std::string JsonStringValue(const std::string& line, const std::string& key) {
-  const size_t at = line.find("\"" + key + "\":");
-  if (at == std::string::npos) return "";
-  const size_t open = line.find('"', at + key.size() + 3);
-  const size_t close = open == std::string::npos ? open : line.find('"', open + 1);
-  if (close == std::string::npos) return "";
-  return line.substr(open + 1, close - open - 1);
-}
-
-std::string Quoted(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
-  }
-  return out + "\"";
-}
-
-std::string Num(double v) { return absl::StrFormat("%.6g", v); }
 
 struct NumFormatter {
   void operator()(std::string* out, double v) const { out->append(Num(v)); }
