@@ -18,16 +18,26 @@ cd "$(dirname "$0")/../.."
 OUT="${1:-gpu_bundle}"
 TARGETS=(
   //kernels/cuda:ops_test
+  //kernels/cuda:flash_attention_test
+  //worker/engine/cuda:cuda_engine_test
   //worker/comm:nccl_communicator_test
 )
-bazel build -c opt --jobs=2 "${TARGETS[@]}"
+BENCHES=(
+  //kernels/cuda:attention_bench
+  //kernels/cuda:gemm_bench
+  //worker/engine/cuda:cuda_step_bench
+)
+bazel build -c opt --jobs=2 "${TARGETS[@]}" "${BENCHES[@]}"
 rm -rf "$OUT"
-mkdir -p "$OUT/bin" "$OUT/lib"
+mkdir -p "$OUT/bin" "$OUT/bench" "$OUT/lib" "$OUT/scripts"
 : > "$OUT/lib/EXPECTED_ON_TARGET.txt"
-for t in "${TARGETS[@]}"; do
+cp tools/bench/torch_attention.py tools/bench/torch_gemm.py tools/bench/torch_step.py "$OUT/scripts/"
+for t in "${TARGETS[@]}" "${BENCHES[@]}"; do
   pkg="${t#//}"; pkg="${pkg%%:*}"; name="${t##*:}"
   bin="bazel-out/k8-opt/bin/$pkg/$name"
-  cp "$bin" "$OUT/bin/${pkg//\//_}_$name"
+  dir=bin
+  [[ $name == *_bench ]] && dir=bench
+  cp "$bin" "$OUT/$dir/${pkg//\//_}_$name"
   ldd "$bin" | awk '/=>/ {print $1, $3}' | while read -r soname path; do
     case "$soname" in
       linux-vdso*|ld-linux*|libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|libresolv.so*|libcuda.so*)
@@ -86,6 +96,32 @@ echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]
 RUN
 chmod +x "$OUT/run.sh"
+cat > "$OUT/bench.sh" <<'BENCH'
+#!/bin/bash
+# Runs the GPU benchmarks (each prints its table beside PyTorch on the same
+# GPU; JSON under ${JSON_DIR:-/tmp}). Extra arguments go to the step bench
+# (e.g. --sections=throughput --steps=2).
+set -u
+HERE="$(cd "$(dirname "$0")" && pwd)"
+extra=""
+for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+  [[ -d $dir ]] && extra="$extra:$dir"
+done
+if command -v python3 >/dev/null; then
+  for d in $(python3 -c 'import glob,os,site,sys
+for r in set(site.getsitepackages()+sys.path):
+    [print(l) for l in glob.glob(os.path.join(r,"nvidia","*","lib"))]' 2>/dev/null); do
+    extra="$extra:$d"
+  done
+fi
+export LD_LIBRARY_PATH="$HERE/lib$extra${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+J="${JSON_DIR:-/tmp}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
+"$HERE/bench/kernels_cuda_gemm_bench" --torch_script="$HERE/scripts/torch_gemm.py" --json="$J/gemm.json"
+"$HERE/bench/kernels_cuda_attention_bench" --torch_script="$HERE/scripts/torch_attention.py" --json="$J/attention.json"
+"$HERE/bench/worker_engine_cuda_cuda_step_bench" --torch_script="$HERE/scripts/torch_step.py" --json="$J/step.json" "$@"
+BENCH
+chmod +x "$OUT/bench.sh"
 du -sh "$OUT"
-echo "bundle: $OUT (binaries: $(ls "$OUT/bin" | tr '\n' ' '))"
+echo "bundle: $OUT (tests: $(ls "$OUT/bin" | tr '\n' ' '); benches: $(ls "$OUT/bench" | tr '\n' ' '))"
 echo "expected on the target: $(tr '\n' ' ' < "$OUT/lib/EXPECTED_ON_TARGET.txt")"

@@ -26,6 +26,47 @@
 namespace chunkflow::worker {
 namespace {
 
+namespace ecuda = ::chunkflow::engine::cuda;
+
+#define CF_RETURN_IF_ERROR(expr)              \
+  do {                                        \
+    if (absl::Status s_ = (expr); !s_.ok()) { \
+      return s_;                              \
+    }                                         \
+  } while (false)
+
+// An activation or gradient buffer in the memory the links move: host
+// vectors, or device arrays on the CUDA stage's device.
+class IoBuffer {
+ public:
+  virtual ~IoBuffer() = default;
+  virtual float* data() = 0;
+};
+
+class HostIo : public IoBuffer {
+ public:
+  explicit HostIo(int64_t n) : v_(static_cast<size_t>(n), 0.0f) {}
+  float* data() override { return v_.data(); }
+
+ private:
+  std::vector<float> v_;
+};
+
+class DeviceIo : public IoBuffer {
+ public:
+  float* data() override { return a_.data(); }
+  ecuda::DeviceArray<float>& array() { return a_; }
+
+ private:
+  ecuda::DeviceArray<float> a_;
+};
+
+struct Message {
+  std::unique_ptr<IoBuffer> buffer;
+  int64_t n = 0;
+  uint32_t tag = 0;
+};
+
 // Sends of one link on their own thread, in the order they were queued.
 class Sender {
  public:
@@ -34,9 +75,9 @@ class Sender {
   }
   ~Sender() { (void)Finish(); }
 
-  void Send(std::vector<float> data, uint32_t tag) {
+  void Send(std::unique_ptr<IoBuffer> data, int64_t n, uint32_t tag) {
     absl::MutexLock lock(&mu_);
-    queue_.emplace_back(std::move(data), tag);
+    queue_.push_back(Message{std::move(data), n, tag});
   }
 
   // Waits for every queued send; the first error, if any.
@@ -53,7 +94,7 @@ class Sender {
  private:
   void Loop() {
     for (;;) {
-      std::pair<std::vector<float>, uint32_t> item;
+      Message item;
       {
         absl::MutexLock lock(&mu_);
         mu_.Await(absl::Condition(
@@ -66,8 +107,7 @@ class Sender {
         queue_.pop_front();
         if (!status_.ok()) continue;  // drop the rest after an error
       }
-      absl::Status s = link_->Send(item.first.data(), static_cast<int64_t>(item.first.size()),
-                                   /*peer=*/1, item.second);
+      absl::Status s = link_->Send(item.buffer->data(), item.n, /*peer=*/1, item.tag);
       if (!s.ok()) {
         absl::MutexLock lock(&mu_);
         if (status_.ok()) status_ = s;
@@ -78,7 +118,7 @@ class Sender {
   comm::Communicator* link_;
   std::thread thread_;
   absl::Mutex mu_;
-  std::deque<std::pair<std::vector<float>, uint32_t>> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<Message> queue_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status status_ ABSL_GUARDED_BY(mu_);
 };
@@ -97,27 +137,80 @@ StepRunner::StepRunner(const engine::ModelConfig& config, engine::StageRange ran
       m_(static_cast<size_t>(params_.numel()), 0.0f),
       v_(static_cast<size_t>(params_.numel()), 0.0f) {}
 
+StepRunner::~StepRunner() {
+  cuda_stage_.reset();  // device arrays back to the allocator before the context goes
+}
+
+absl::StatusOr<std::unique_ptr<StepRunner>> StepRunner::Create(const engine::ModelConfig& config,
+                                                               engine::StageRange range,
+                                                               const StageLinks* links,
+                                                               const StepRunnerOptions& options) {
+  auto r = std::make_unique<StepRunner>(config, range, links);
+  r->options_ = options;
+  if (options.cuda_device < 0) return r;
+  absl::StatusOr<std::unique_ptr<ecuda::DeviceContext>> ctx =
+      ecuda::DeviceContext::Create(options.cuda_device, options.memory_budget_bytes);
+  if (!ctx.ok()) return ctx.status();
+  r->ctx_ = std::move(*ctx);
+  ecuda::CudaStageOptions so;
+  so.precision = options.precision;
+  absl::StatusOr<std::unique_ptr<ecuda::CudaStage>> st =
+      ecuda::CudaStage::Create(&r->params_, r->ctx_.get(), &r->mem_, so);
+  if (!st.ok()) return st.status();
+  r->cuda_stage_ = std::move(*st);
+  return r;
+}
+
+absl::Status StepRunner::ParamsChanged() {
+  if (!cuda_stage_) return absl::OkStatus();
+  CF_RETURN_IF_ERROR(cuda_stage_->UploadParams());
+  return ctx_->Sync("upload weights");
+}
+
+absl::Status StepRunner::SyncToHost() {
+  if (!cuda_stage_) return absl::OkStatus();
+  CF_RETURN_IF_ERROR(cuda_stage_->DownloadParams());
+  return cuda_stage_->GetMoments(&m_, &v_);
+}
+
+engine::StageExecutor& StepRunner::executor() {
+  if (cuda_stage_) return *cuda_stage_;
+  return stage_;
+}
+
 absl::StatusOr<WorkerStepResult> StepRunner::RunStep(const planner::Plan& plan, int32_t dp,
                                                      const engine::StepData& data,
                                                      int64_t global_targets,
                                                      const engine::TrainOptions& options) {
   if (absl::Status s = engine::ValidateTrainOptions(options); !s.ok()) return s;
   WorkerStepResult result;
-  params_.ZeroGrads();
-  stage_.Reset();
-  stage_.ClearLosses();
-  stage_.set_loss_scale(global_targets > 0 ? 1.0f / static_cast<float>(global_targets) : 0.0f);
+  engine::StageExecutor& stage = executor();
+  if (cuda_stage_) {
+    CF_RETURN_IF_ERROR(ctx_->Activate());
+    CF_RETURN_IF_ERROR(cuda_stage_->ZeroGrads());
+    ctx_->allocator().ResetPeak();
+  } else {
+    params_.ZeroGrads();
+  }
+  stage.Reset();
+  stage.ClearLosses();
+  stage.set_loss_scale(global_targets > 0 ? 1.0f / static_cast<float>(global_targets) : 0.0f);
   mem_.ResetPeak();
   if (absl::Status s = RunOps(plan, dp, data, &result); !s.ok()) {
-    stage_.Reset();
+    stage.Reset();
     return s;
   }
-  for (const auto& [seq, l] : stage_.losses()) {
+  for (const auto& [seq, l] : stage.losses()) {
     result.loss_sum += l.sum;
     result.loss_count += l.count;
   }
-  result.peak_bytes = mem_.peak();
-  if (absl::Status s = ReduceAndUpdate(options, &result); !s.ok()) return s;
+  // On a GPU: the allocator's exact peak of the device (weights included).
+  result.peak_bytes = cuda_stage_ ? ctx_->allocator().peak_in_use() : mem_.peak();
+  if (absl::Status s = cuda_stage_ ? ReduceAndUpdateOnDevice(options, &result)
+                                   : ReduceAndUpdate(options, &result);
+      !s.ok()) {
+    return s;
+  }
   return result;
 }
 
@@ -143,7 +236,21 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
   const int64_t vocab = params_.config().vocab_size;
   std::map<int32_t, engine::ChunkInput> chunks;
   Sender act_out(links_->act_out), grad_out(links_->grad_out);
-  std::vector<float> in, out;
+  engine::StageExecutor& stage_exec = executor();
+  // Device buffers when the links move device memory; host ones otherwise.
+  const bool device_io = cuda_stage_ != nullptr && options_.device_links;
+  auto new_io = [&](int64_t n, std::unique_ptr<IoBuffer>* out) -> absl::Status {
+    if (!device_io) {
+      *out = std::make_unique<HostIo>(n);
+      return absl::OkStatus();
+    }
+    auto d = std::make_unique<DeviceIo>();
+    CF_RETURN_IF_ERROR(d->array().AllocateZeroed(ctx_.get(), nullptr, engine::MemoryTracker::kScratch,
+                                                 n, "activation / gradient message"));
+    *out = std::move(d);
+    return absl::OkStatus();
+  };
+  std::unique_ptr<IoBuffer> in, out;
   const std::vector<planner::Op>& ops = plan.ops(dp, stage).ops;
   for (size_t i = 0; i < ops.size(); ++i) {
     const planner::Op& op = ops[i];
@@ -166,19 +273,39 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
                                 : links_->act_out != nullptr && !op.recompute;
     const auto start = std::chrono::steady_clock::now();
     if (receives) {
-      in.assign(static_cast<size_t>(n), 0.0f);
-      if (absl::Status s = recv_link->Recv(in.data(), n, /*peer=*/0, static_cast<uint32_t>(op.chunk));
+      CF_RETURN_IF_ERROR(new_io(n, &in));
+      if (device_io) CF_RETURN_IF_ERROR(ctx_->Sync("zero the receive buffer"));
+      if (absl::Status s = recv_link->Recv(in->data(), n, /*peer=*/0, static_cast<uint32_t>(op.chunk));
           !s.ok()) {
         return Annotate(s, absl::StrCat("op ", i, " receiving chunk ", op.chunk));
       }
     }
-    out.assign(static_cast<size_t>(n), 0.0f);
-    if (absl::Status s = engine::RunOp(stage_, op, chunk, receives ? in.data() : nullptr, out.data());
-        !s.ok()) {
-      return Annotate(s, absl::StrCat("op ", i));
+    CF_RETURN_IF_ERROR(new_io(n, &out));
+    absl::Status ran;
+    float* in_ptr = receives ? in->data() : nullptr;
+    if (device_io) {
+      // Device pointers straight into the stage.
+      if (backward) {
+        ran = cuda_stage_->BackwardDevice(chunk, in_ptr, out->data());
+      } else {
+        ran = cuda_stage_->ForwardDevice(chunk, in_ptr, out->data(),
+                                         op.recompute          ? engine::ForwardKind::kRecompute
+                                         : op.keep_activations ? engine::ForwardKind::kKeep
+                                                               : engine::ForwardKind::kDrop);
+      }
+    } else {
+      ran = engine::RunOp(stage_exec, op, chunk, in_ptr, out->data());
     }
-    if (sends) (backward ? grad_out : act_out).Send(std::move(out), static_cast<uint32_t>(op.chunk));
-    out = {};
+    // A device op is done (and its output ready for another stream's
+    // transport) when the stage's stream is: wait, which also makes the op's
+    // time the device time the cost model needs.
+    if (ran.ok() && cuda_stage_) ran = ctx_->Sync("op");
+    if (!ran.ok()) return Annotate(ran, absl::StrCat("op ", i));
+    if (sends) {
+      (backward ? grad_out : act_out).Send(std::move(out), n, static_cast<uint32_t>(op.chunk));
+    }
+    out.reset();
+    in.reset();
     if (backward) chunks.erase(op.chunk);
     result->op_seconds.push_back(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -186,10 +313,10 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
   for (Sender* s : {&act_out, &grad_out}) {
     if (absl::Status st = s->Finish(); !st.ok()) return Annotate(st, "sending");
   }
-  if (stage_.live_chunks() != 0 || stage_.live_sequences() != 0) {
+  if (stage_exec.live_chunks() != 0 || stage_exec.live_sequences() != 0) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "the op list left ", stage_.live_chunks(), " chunk(s) without a backward and ",
-        stage_.live_sequences(), " sequence(s) in the state store"));
+        "the op list left ", stage_exec.live_chunks(), " chunk(s) without a backward and ",
+        stage_exec.live_sequences(), " sequence(s) in the state store"));
   }
   return absl::OkStatus();
 }
@@ -236,6 +363,81 @@ absl::Status StepRunner::ReduceAndUpdate(const engine::TrainOptions& options,
   return absl::OkStatus();
 }
 
+// The same reduction and update with the stage's gradients, weights and
+// moments on the device. With device links the all-reduces read device
+// memory; with host links the gradients go through the host for them.
+absl::Status StepRunner::ReduceAndUpdateOnDevice(const engine::TrainOptions& options,
+                                                 WorkerStepResult* result) {
+  CF_RETURN_IF_ERROR(ctx_->Sync("backward"));
+  const int64_t numel = params_.numel();
+  const engine::ParamTensor* embed = params_.Find("model.embed_tokens.weight");
+  if (links_->tied != nullptr && embed == nullptr) {
+    return absl::InternalError("a tied link on a stage without the embedding");
+  }
+  if (options_.device_links) {
+    float* g = cuda_stage_->device_grads();
+    if (links_->dp_group != nullptr) {
+      if (absl::Status s = links_->dp_group->AllReduceSum(g, numel); !s.ok()) {
+        return Annotate(s, "all-reduce of gradients over dp");
+      }
+    }
+    if (links_->tied != nullptr) {
+      if (absl::Status s = links_->tied->AllReduceSum(g + embed->offset, embed->numel); !s.ok()) {
+        return Annotate(s, "summing the tied embedding's gradients");
+      }
+    }
+  } else if (links_->dp_group != nullptr || links_->tied != nullptr) {
+    CF_RETURN_IF_ERROR(cuda_stage_->DownloadGrads());
+    std::vector<float>& g = params_.grads();
+    if (links_->dp_group != nullptr) {
+      if (absl::Status s = links_->dp_group->AllReduceSum(g.data(), numel); !s.ok()) {
+        return Annotate(s, "all-reduce of gradients over dp");
+      }
+    }
+    if (links_->tied != nullptr) {
+      if (absl::Status s = links_->tied->AllReduceSum(g.data() + embed->offset, embed->numel);
+          !s.ok()) {
+        return Annotate(s, "summing the tied embedding's gradients");
+      }
+    }
+    CF_RETURN_IF_ERROR(cuda_stage_->UploadGrads());
+  }
+  absl::StatusOr<double> squares = cuda_stage_->GradSquares();
+  if (!squares.ok()) return squares.status();
+  double sq = *squares;
+  if (links_->world != nullptr) {
+    const bool counts = links_->dp_group == nullptr || links_->dp_group->rank() == 0;
+    const double mine = counts ? sq : 0.0;
+    float pair[2] = {static_cast<float>(mine), 0.0f};
+    pair[1] = static_cast<float>(mine - static_cast<double>(pair[0]));
+    if (options_.device_links) {
+      ecuda::DeviceArray<float> d;
+      CF_RETURN_IF_ERROR(
+          d.Allocate(ctx_.get(), nullptr, engine::MemoryTracker::kScratch, 2, "gradient norm"));
+      CF_RETURN_IF_ERROR(d.Upload(pair, 2));
+      CF_RETURN_IF_ERROR(ctx_->Sync("gradient norm"));
+      if (absl::Status s = links_->world->AllReduceSum(d.data(), 2); !s.ok()) {
+        return Annotate(s, "all-reduce of the gradient norm");
+      }
+      CF_RETURN_IF_ERROR(d.Download(pair, 2));
+    } else if (absl::Status s = links_->world->AllReduceSum(pair, 2); !s.ok()) {
+      return Annotate(s, "all-reduce of the gradient norm");
+    }
+    sq = static_cast<double>(pair[0]) + static_cast<double>(pair[1]);
+  }
+  result->grad_norm = std::sqrt(sq);
+  if (!std::isfinite(result->grad_norm)) {
+    return absl::InternalError(
+        absl::StrCat("gradient norm is ", result->grad_norm, "; the update was skipped"));
+  }
+  if (const float coef = engine::ClipCoefficient(result->grad_norm, options.clip); coef != 1.0f) {
+    CF_RETURN_IF_ERROR(cuda_stage_->ScaleGrads(coef));
+  }
+  ++step_;
+  CF_RETURN_IF_ERROR(cuda_stage_->ApplyUpdate(step_, options));
+  return ctx_->Sync("optimizer update");
+}
+
 namespace {
 
 constexpr char kEmbedName[] = "model.embed_tokens.weight";
@@ -268,7 +470,8 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& tex
 
 }  // namespace
 
-absl::Status StepRunner::SaveShard(const std::string& dir, int32_t stage, int32_t pp) const {
+absl::Status StepRunner::SaveShard(const std::string& dir, int32_t stage, int32_t pp) {
+  CF_RETURN_IF_ERROR(SyncToHost());  // the host copy is what is written
   if (absl::Status s = MakeDirs(dir); !s.ok()) return s;
   std::vector<engine::TensorToWrite> weights, moments;
   for (const engine::ParamTensor& t : params_.tensors()) {
@@ -339,6 +542,10 @@ absl::Status StepRunner::LoadShard(const std::string& dir, int32_t stage) {
   m_.swap(m);
   v_.swap(v);
   step_ = step;
+  if (cuda_stage_) {
+    CF_RETURN_IF_ERROR(cuda_stage_->SetMoments(m_, v_));
+    return ParamsChanged();
+  }
   return absl::OkStatus();
 }
 

@@ -11,6 +11,13 @@
 // norm over every rank, clipping and the optimizer update — the same update
 // as Engine::TrainStep on one process.
 //
+// On a GPU (StepRunnerOptions::cuda_device >= 0) the stage is a CudaStage:
+// weights, gradients and AdamW state stay on the device, the reduction and
+// the update run there, and with device_links the communicators (NCCL) move
+// device buffers directly; without, activations and gradients are staged
+// through host memory for host transports (Gloo). The host StageParams stay
+// the copy that is initialised, loaded and saved (ParamsChanged uploads it).
+//
 //   StageLinks links;                      // communicators, see below
 //   StepRunner runner(config, range, &links);
 //   runner.params().InitRandom(seed);      // or Load
@@ -31,6 +38,8 @@
 #include "worker/engine/engine.h"
 #include "worker/engine/memory.h"
 #include "worker/engine/params.h"
+#include "worker/engine/cuda/cuda_stage.h"
+#include "worker/engine/cuda/device.h"
 #include "worker/engine/stage.h"
 
 namespace chunkflow::worker {
@@ -56,9 +65,37 @@ struct WorkerStepResult {
   std::vector<double> op_seconds;  // per op of the list, for the cost model
 };
 
+struct StepRunnerOptions {
+  // -1: the CPU engine; >= 0: the CUDA stage on this device.
+  int cuda_device = -1;
+  engine::cuda::Precision precision = engine::cuda::Precision::kBf16;
+  // The device allocator's limit (0: the device's memory).
+  int64_t memory_budget_bytes = 0;
+  // CUDA only: the links take device pointers (NCCL); false: host pointers
+  // (Gloo), staged through host memory.
+  bool device_links = true;
+};
+
 class StepRunner {
  public:
+  // The CPU runner.
   StepRunner(const engine::ModelConfig& config, engine::StageRange range, const StageLinks* links);
+  // Either; the CUDA one allocates the stage's parameters on the device.
+  // Errors (CUDA): UNAVAILABLE (no device), RESOURCE_EXHAUSTED (budget),
+  // INVALID_ARGUMENT (bad device).
+  static absl::StatusOr<std::unique_ptr<StepRunner>> Create(const engine::ModelConfig& config,
+                                                            engine::StageRange range,
+                                                            const StageLinks* links,
+                                                            const StepRunnerOptions& options);
+  ~StepRunner();
+
+  // After changing params() on the host (InitRandom, Load): uploads them to
+  // the device (nothing to do on the CPU).
+  absl::Status ParamsChanged();
+  bool on_device() const { return cuda_stage_ != nullptr; }
+  // Copies the device's weights and AdamW moments into params() and the
+  // host moments (SaveShard does it itself; nothing to do on the CPU).
+  absl::Status SyncToHost();
 
   engine::StageParams& params() { return params_; }
   int64_t optimizer_step() const { return step_; }
@@ -72,7 +109,7 @@ class StepRunner {
   // model.safetensors.index.json naming every tensor's file, so the directory
   // loads in transformers once every stage has saved. Creates `dir`.
   // Errors: UNAVAILABLE (cannot write), naming the path.
-  absl::Status SaveShard(const std::string& dir, int32_t stage, int32_t pp) const;
+  absl::Status SaveShard(const std::string& dir, int32_t stage, int32_t pp);
   // Loads this stage's weights (through the index) and its optimizer shard.
   // On error nothing changed. Errors: NOT_FOUND / INVALID_ARGUMENT naming the
   // file or tensor.
@@ -91,11 +128,18 @@ class StepRunner {
   absl::Status RunOps(const planner::Plan& plan, int32_t dp, const engine::StepData& data,
                       WorkerStepResult* result);
   absl::Status ReduceAndUpdate(const engine::TrainOptions& options, WorkerStepResult* result);
+  absl::Status ReduceAndUpdateOnDevice(const engine::TrainOptions& options,
+                                       WorkerStepResult* result);
+  engine::StageExecutor& executor();
 
   engine::StageParams params_;
   engine::MemoryTracker mem_;
   engine::Stage stage_;
   const StageLinks* links_;
+  StepRunnerOptions options_;
+  // CUDA: the context outlives the stage (declared first, destroyed last).
+  std::unique_ptr<engine::cuda::DeviceContext> ctx_;
+  std::unique_ptr<engine::cuda::CudaStage> cuda_stage_;
   std::vector<float> m_, v_;
   int64_t step_ = 0;
 };

@@ -12,6 +12,7 @@
 #include "worker/agent/step_runner.h"
 
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <thread>
 
@@ -24,6 +25,9 @@
 
 namespace chunkflow::worker {
 namespace {
+
+// The runners TrainDistributed builds (the CPU runner unless a test sets it).
+StepRunnerOptions g_runner_options;
 
 engine::StepData Batch(int64_t step, int64_t vocab) {
   std::mt19937_64 rng(100 + step);
@@ -109,8 +113,15 @@ std::map<std::string, std::vector<float>> TrainDistributed(const engine::ModelCo
         }
         r.links.world = Connect(&store, r, "world", d * kPp + s, kDp * kPp);
         if (!r.status.ok()) return;
-        r.runner = std::make_unique<StepRunner>(c, ranges[s], &r.links);
+        absl::StatusOr<std::unique_ptr<StepRunner>> made =
+            StepRunner::Create(c, ranges[s], &r.links, g_runner_options);
+        if (!made.ok()) {
+          r.status = made.status();
+          return;
+        }
+        r.runner = std::move(*made);
         r.runner->params().InitRandom(5);
+        r.status = r.runner->ParamsChanged();
         for (int step = 0; step < steps && r.status.ok(); ++step) {
           const engine::StepData data = Batch(step, c.vocab_size);
           const planner::Plan plan = PlanOf(data, c, kDp, kPp);
@@ -118,6 +129,7 @@ std::map<std::string, std::vector<float>> TrainDistributed(const engine::ModelCo
               r.runner->RunStep(plan, d, data, data.TargetCount(), o);
           if (!res.ok()) r.status = res.status();
         }
+        if (r.status.ok()) r.status = r.runner->SyncToHost();
       });
     }
   }
@@ -172,6 +184,7 @@ void ExpectMatchesOneProcess(const engine::ModelConfig& c, const engine::TrainOp
   }
 }
 
+#ifndef CHUNKFLOW_CUDA_RUNNER
 TEST(StepRunner, TwoStagesTwoDpRanksSgd_MatchOneProcess) {
   engine::TrainOptions o;
   o.optimizer = engine::OptimizerKind::kSgd;
@@ -236,6 +249,90 @@ TEST(StepRunner, SaveShard_LoadsWholeAndPerStage) {
   StepRunner missing(c, ranges[1], &none);
   EXPECT_EQ(missing.LoadShard(dir + "-nope", 1).code(), absl::StatusCode::kNotFound);
 }
+#endif  // !CHUNKFLOW_CUDA_RUNNER
+
+#ifdef CHUNKFLOW_CUDA_RUNNER
+// The runner with a CUDA stage (fp32 GEMMs and the reference attention, so
+// it is held to the CPU engine as the CPU runner is), its reduction and
+// update on the device; links over Gloo. Device links hand the links device
+// pointers (what NCCL takes): under the host emulation (CI) device memory is
+// host memory, so Gloo carries them and the device path's orchestration is
+// checked; on a GPU only host links run here (Gloo cannot read device
+// memory), and the NCCL path is the cluster's GPU run.
+class CudaStepRunner : public ::testing::TestWithParam<bool /*device_links*/> {
+ protected:
+  void SetUp() override {
+    if (!engine::cuda::HaveCudaDevice()) {
+      std::printf("SKIPPED: no CUDA device (the CUDA step runner tests need a GPU)\n");
+      GTEST_SKIP() << "no CUDA device";
+    }
+#ifndef CHUNKFLOW_EMULATED_CUDA
+    if (GetParam()) GTEST_SKIP() << "device links over Gloo need the host emulation";
+#endif
+    g_runner_options = StepRunnerOptions();
+    g_runner_options.cuda_device = 0;
+    g_runner_options.precision = engine::cuda::Precision::kFp32;
+    g_runner_options.device_links = GetParam();
+  }
+  void TearDown() override { g_runner_options = StepRunnerOptions(); }
+};
+
+TEST_P(CudaStepRunner, TwoStagesTwoDpRanksAdamWUntied_MatchOneProcess) {
+  engine::TrainOptions o;
+  o.lr = 1e-3f;
+  o.weight_decay = 0.01f;
+  o.chunk_size = 16;
+  ExpectMatchesOneProcess(engine::TinyLlamaConfig(), o, 1e-4);
+}
+
+TEST_P(CudaStepRunner, ThreeStagesTiedSgd_MatchOneProcess) {
+  engine::ModelConfig c = engine::TinyQwen2Config();
+  c.num_hidden_layers = 3;
+  engine::TrainOptions o;
+  o.optimizer = engine::OptimizerKind::kSgd;
+  o.lr = 0.5f;
+  o.clip = 0.3f;
+  o.chunk_size = 16;
+  ExpectMatchesOneProcess(c, o, 1e-4, /*dp=*/2, /*pp=*/3, o.chunk_size);
+}
+
+// A shard saved from the device loads back onto the device exactly.
+TEST_P(CudaStepRunner, SaveShardFromDevice_LoadsBack) {
+  const engine::ModelConfig c = engine::TinyQwen2Config();
+  const std::vector<engine::StageRange> ranges = *engine::PartitionStages(c.num_hidden_layers, 1);
+  StageLinks none;
+  absl::StatusOr<std::unique_ptr<StepRunner>> a = StepRunner::Create(c, ranges[0], &none,
+                                                                     g_runner_options);
+  ASSERT_TRUE(a.ok()) << a.status();
+  (*a)->params().InitRandom(3);
+  ASSERT_TRUE((*a)->ParamsChanged().ok());
+  engine::TrainOptions o;
+  o.chunk_size = 16;
+  const engine::StepData data = Batch(0, c.vocab_size);
+  absl::StatusOr<WorkerStepResult> r =
+      (*a)->RunStep(PlanOf(data, c, 1, 1), 0, data, data.TargetCount(), o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_GT(r->peak_bytes, 0);
+  const std::string dir = std::string(std::getenv("TEST_TMPDIR")) + "/cuda-shard";
+  ASSERT_TRUE((*a)->SaveShard(dir, 0, 1).ok());
+  absl::StatusOr<std::unique_ptr<StepRunner>> b = StepRunner::Create(c, ranges[0], &none,
+                                                                     g_runner_options);
+  ASSERT_TRUE(b.ok()) << b.status();
+  absl::Status st = (*b)->LoadShard(dir, 0);
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ((*b)->optimizer_step(), 1);
+  // The next step from the loaded copy equals the next step of the original.
+  const engine::StepData next = Batch(1, c.vocab_size);
+  ASSERT_TRUE((*a)->RunStep(PlanOf(next, c, 1, 1), 0, next, next.TargetCount(), o).ok());
+  ASSERT_TRUE((*b)->RunStep(PlanOf(next, c, 1, 1), 0, next, next.TargetCount(), o).ok());
+  ASSERT_TRUE((*a)->SyncToHost().ok());
+  ASSERT_TRUE((*b)->SyncToHost().ok());
+  EXPECT_EQ((*b)->params().values(), (*a)->params().values());
+}
+
+INSTANTIATE_TEST_SUITE_P(Links, CudaStepRunner, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "DeviceLinks" : "HostLinks"; });
+#endif  // CHUNKFLOW_CUDA_RUNNER
 
 }  // namespace
 }  // namespace chunkflow::worker

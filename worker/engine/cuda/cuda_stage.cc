@@ -123,6 +123,10 @@ absl::Status CudaStage::DownloadGrads() {
   return grads_.Download(params_->grads().data(), params_->numel());
 }
 
+absl::Status CudaStage::UploadGrads() {
+  return grads_.Upload(params_->grads().data(), params_->numel());
+}
+
 absl::Status CudaStage::ZeroGrads() {
   return ZeroOnDevice(*ctx_, grads_.data(), params_->numel() * kF, "zero gradients");
 }

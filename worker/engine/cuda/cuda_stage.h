@@ -104,6 +104,8 @@ class CudaStage : public StageExecutor {
   // Device values / gradients -> the host StageParams' buffers.
   absl::Status DownloadParams();
   absl::Status DownloadGrads();
+  // The host StageParams' gradients -> device (after a host-side reduction).
+  absl::Status UploadGrads();
   absl::Status ZeroGrads();
   float* device_values() { return values_.data(); }
   float* device_grads() { return grads_.data(); }

@@ -1,0 +1,346 @@
+// cuda_step_bench: one training step of the CUDA engine beside PyTorch eager
+// on the same GPU, and the step's peak device memory for one long sequence.
+//
+// (a) Throughput. TrainStep (forward, backward, clipping at 1.0, AdamW) of a
+//     Qwen2-0.5B-shaped model (random weights) on a fixed long-tailed batch
+//     (--lengths), ChunkSize --chunk_size with each K of --ks, bf16 GEMMs and
+//     flash attention with fp32 master weights. Beside it, in the same run,
+//     tools/bench/torch_step.py on the same tokens (same splitmix64 stream,
+//     checked by checksum) with --device=cuda --bf16 --tied: PyTorch eager,
+//     autocast bf16, SDPA, per-sequence forward/backward. Median of --steps
+//     timed steps after --warmup. Model FLOPs per step: 6 x (matmul
+//     parameters) x tokens + 6 x layers x heads x head_dim x sum(T^2) (causal
+//     attention, PaLM's count with the causal half); MFU = model FLOP/s /
+//     --peak_tflops.
+// (b) Memory. ComputeGradients of one sequence of --memory_tokens tokens:
+//     ChunkSize --memory_chunk_size with K=1, then unchunked; each in a fresh
+//     engine, reporting the allocator's exact peak (weights, gradients and
+//     AdamW state included) or, when it does not fit, the allocation that
+//     failed.
+//
+// Tables go to stdout, progress to stderr; --json=<path> writes the rows.
+//
+//   bazel build -c opt //worker/engine/cuda:cuda_step_bench     (any machine)
+//   bazel-bin/worker/engine/cuda/cuda_step_bench --json=/tmp/step.json   (GPU)
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "tools/bench/bench_util.h"
+#include "worker/engine/cuda/cuda_engine.h"
+#include "worker/engine/model_config.h"
+
+ABSL_FLAG(std::string, sections, "throughput,memory", "Sections: throughput, memory");
+ABSL_FLAG(std::string, json, "", "Also write the rows as JSON to this path");
+ABSL_FLAG(std::string, model, "qwen2.5-0.5b", "Model shape: qwen2.5-0.5b or tiny (a smoke run)");
+ABSL_FLAG(int64_t, layers, 0, "Override the model's layer count (0: the preset's)");
+ABSL_FLAG(uint64_t, seed, 1, "Seed of the weights and of the token stream");
+ABSL_FLAG(std::string, lengths,
+          "16384,8192,4096,4096,2048,2048,1024,1024,1024,512,512,512,256,256,128,128",
+          "Throughput: sequence lengths of the batch");
+ABSL_FLAG(int64_t, chunk_size, 8192, "Throughput: ChunkSize");
+ABSL_FLAG(std::string, ks, "1", "Throughput: K of each config, comma-separated");
+ABSL_FLAG(std::string, precision, "bf16", "bf16 or fp32 (GEMMs)");
+ABSL_FLAG(int32_t, warmup, 1, "Throughput: untimed steps first");
+ABSL_FLAG(int32_t, steps, 3, "Throughput: timed steps (median)");
+ABSL_FLAG(double, peak_tflops, 989.4,
+          "Dense bf16 peak of the GPU for MFU (H100 SXM and H200: 989.4)");
+ABSL_FLAG(std::string, torch_python, "python3",
+          "Python with torch for the PyTorch row; skipped (visibly) when empty or without torch");
+ABSL_FLAG(std::string, torch_script, "tools/bench/torch_step.py", "The PyTorch baseline script");
+ABSL_FLAG(int64_t, memory_tokens, 131072, "Memory: tokens of the one sequence");
+ABSL_FLAG(int64_t, memory_chunk_size, 8192, "Memory: ChunkSize of the chunked run");
+
+namespace chunkflow::engine::cuda {
+namespace {
+
+using namespace ::chunkflow::bench;  // NOLINT: the shared bench helpers
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+absl::StatusOr<ModelConfig> BenchModel(int64_t longest) {
+  const std::string name = absl::GetFlag(FLAGS_model);
+  ModelConfig c;
+  if (name == "qwen2.5-0.5b") {
+    c = Qwen25_0_5BConfig();
+  } else if (name == "tiny") {
+    c = TinyQwen2Config();
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--model must be qwen2.5-0.5b or tiny, got '", name, "'"));
+  }
+  if (absl::GetFlag(FLAGS_layers) > 0) c.num_hidden_layers = absl::GetFlag(FLAGS_layers);
+  c.max_position_embeddings = std::max<int64_t>(c.max_position_embeddings, longest);
+  return c;
+}
+
+StepData MakeData(const std::vector<int64_t>& lengths, int64_t vocab, int64_t* checksum) {
+  StepData data;
+  uint64_t state = absl::GetFlag(FLAGS_seed);
+  *checksum = 0;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    SequenceData& s = data.sequences[static_cast<int64_t>(i)];
+    s.id = static_cast<int64_t>(i);
+    for (int64_t p = 0; p < lengths[i]; ++p) {
+      const auto tok =
+          static_cast<int32_t>((NextSplitMix64(state) >> 32) % static_cast<uint64_t>(vocab));
+      s.tokens.push_back(tok);
+      *checksum += tok;
+    }
+  }
+  return data;
+}
+
+// Model FLOPs of one training step (see the file comment).
+double StepFlops(const ModelConfig& c, const std::vector<int64_t>& lengths) {
+  const double C = c.hidden_size, qd = c.num_attention_heads * c.head_dim(), kvd = c.kv_dim(),
+               I = c.intermediate_size, L = c.num_hidden_layers, V = c.vocab_size;
+  const double matmul = L * (C * qd + 2 * C * kvd + qd * C + 3 * C * I) + V * C;
+  double tokens = 0, squares = 0;
+  for (int64_t t : lengths) {
+    tokens += t;
+    squares += static_cast<double>(t) * t;
+  }
+  return 6 * matmul * tokens + 6 * L * qd * squares;
+}
+
+Precision ParsePrecision() {
+  return absl::GetFlag(FLAGS_precision) == "fp32" ? Precision::kFp32 : Precision::kBf16;
+}
+
+struct Row {
+  std::string implementation, config, note;
+  int64_t tokens = 0;
+  double seconds = 0, loss = 0, peak_gib = 0;
+};
+
+absl::StatusOr<Row> TimeEngine(const ModelConfig& cfg, const StepData& data, int64_t chunk,
+                               int32_t k) {
+  CudaEngineOptions o;
+  o.precision = ParsePrecision();
+  absl::StatusOr<std::unique_ptr<CudaEngine>> e = CudaEngine::Create(cfg, 1, o);
+  if (!e.ok()) return e.status();
+  if (absl::Status s = (*e)->InitRandom(absl::GetFlag(FLAGS_seed)); !s.ok()) return s;
+  TrainOptions opt;
+  opt.chunk_size = chunk;
+  opt.k = k;
+  Row row;
+  row.implementation = "ChunkFlow CUDA";
+  row.config = absl::StrCat(absl::GetFlag(FLAGS_precision), ", ChunkSize=", chunk, " K=", k,
+                            (*e)->stage(0).uses_flash_attention() ? ", flash" : ", reference attn");
+  std::vector<double> times;
+  const int32_t warmup = absl::GetFlag(FLAGS_warmup), steps = absl::GetFlag(FLAGS_steps);
+  for (int32_t i = 0; i < warmup + steps; ++i) {
+    const double t0 = Now();
+    absl::StatusOr<StepResult> r = (*e)->TrainStep(data, opt);
+    const double dt = Now() - t0;
+    if (!r.ok()) return r.status();
+    row.tokens = r->tokens;
+    row.loss = r->loss;
+    row.peak_gib = std::max(row.peak_gib, r->peak_device_bytes / kGiB);
+    if (i >= warmup) times.push_back(dt);
+    std::fprintf(stderr, "cuda_step_bench: %s %s %d: %.3f s, loss %.4f, %lld chunks\n",
+                 row.config.c_str(), i >= warmup ? "step" : "warm-up", i + 1, dt, r->loss,
+                 static_cast<long long>(r->chunks));
+  }
+  row.seconds = Median(times);
+  return row;
+}
+
+Row TimeTorch(const ModelConfig& cfg, const std::string& lengths, int64_t checksum) {
+  Row row;
+  row.implementation = "PyTorch eager";
+  const std::string python = absl::GetFlag(FLAGS_torch_python);
+  const std::string script = absl::GetFlag(FLAGS_torch_script);
+  if (python.empty()) {
+    row.note = "PyTorch: skipped (--torch_python is empty)";
+    return row;
+  }
+  if (std::system((ShellQuote(python) + " -c 'import torch' >/dev/null 2>&1").c_str()) != 0) {
+    row.note = absl::StrCat("PyTorch: skipped (", python, " cannot import torch)");
+    return row;
+  }
+  const std::string cmd = absl::StrCat(
+      ShellQuote(python), " ", ShellQuote(script), " --device=cuda",
+      absl::GetFlag(FLAGS_precision) == "bf16" ? " --bf16" : "",
+      cfg.tie_word_embeddings ? " --tied" : "", " --lengths=", lengths,
+      " --seed=", absl::GetFlag(FLAGS_seed), " --layers=", cfg.num_hidden_layers,
+      " --hidden=", cfg.hidden_size, " --intermediate=", cfg.intermediate_size,
+      " --heads=", cfg.num_attention_heads, " --kv_heads=", cfg.num_key_value_heads,
+      " --vocab=", cfg.vocab_size, " --rope_theta=", Num(cfg.rope_theta), " --eps=1e-6",
+      " --warmup=", absl::GetFlag(FLAGS_warmup), " --steps=", absl::GetFlag(FLAGS_steps));
+  std::fprintf(stderr, "cuda_step_bench: PyTorch: %s\n", cmd.c_str());
+  absl::StatusOr<std::string> out = RunChild(cmd);
+  const std::string line = out.ok() ? LastJsonLine(*out) : "";
+  const std::optional<double> sec = JsonNumber(line, "step_seconds_median");
+  if (!sec) {
+    row.note = absl::StrCat("PyTorch: failed (",
+                            out.ok() ? "no JSON result" : out.status().message(), ")");
+    return row;
+  }
+  if (JsonNumber(line, "token_checksum").value_or(-1) != static_cast<double>(checksum)) {
+    row.note = "PyTorch: failed (its tokens differ: token_checksum mismatch)";
+    return row;
+  }
+  row.seconds = *sec;
+  row.tokens = static_cast<int64_t>(JsonNumber(line, "tokens").value_or(0));
+  row.loss = JsonNumber(line, "loss").value_or(0);
+  row.peak_gib = JsonNumber(line, "peak_device_mib").value_or(0) / 1024.0;
+  row.config = absl::StrCat("torch ", JsonStringValue(line, "torch_version"),
+                            ", autocast bf16, per-sequence, ", JsonStringValue(line, "attention"));
+  return row;
+}
+
+absl::Status RunThroughput(std::vector<std::string>* json) {
+  absl::StatusOr<std::vector<int64_t>> lengths = ParseInts("lengths", absl::GetFlag(FLAGS_lengths));
+  if (!lengths.ok()) return lengths.status();
+  absl::StatusOr<std::vector<int64_t>> ks = ParseInts("ks", absl::GetFlag(FLAGS_ks));
+  if (!ks.ok()) return ks.status();
+  const int64_t longest = *std::max_element(lengths->begin(), lengths->end());
+  absl::StatusOr<ModelConfig> cfg = BenchModel(longest);
+  if (!cfg.ok()) return cfg.status();
+  int64_t checksum = 0;
+  const StepData data = MakeData(*lengths, cfg->vocab_size, &checksum);
+  const double flops = StepFlops(*cfg, *lengths);
+  std::vector<Row> rows;
+  for (int64_t k : *ks) {
+    absl::StatusOr<Row> r =
+        TimeEngine(*cfg, data, absl::GetFlag(FLAGS_chunk_size), static_cast<int32_t>(k));
+    if (!r.ok()) return r.status();
+    rows.push_back(*r);
+  }
+  rows.push_back(TimeTorch(*cfg, absl::StrJoin(*lengths, ","), checksum));
+  const Row& torch = rows.back();
+  const double peak = absl::GetFlag(FLAGS_peak_tflops);
+  std::vector<std::vector<std::string>> table = {{"implementation", "config", "tokens",
+                                                  "step s", "tokens/s", "TFLOP/s", "MFU",
+                                                  "peak GiB", "vs PyTorch"}};
+  for (const Row& r : rows) {
+    if (!r.note.empty()) {
+      table.push_back({r.note});
+      continue;
+    }
+    const double tflops = r.seconds > 0 ? flops / r.seconds / 1e12 : 0;
+    table.push_back({r.implementation, r.config, absl::StrCat(r.tokens),
+                     absl::StrFormat("%.3f", r.seconds),
+                     absl::StrFormat("%.0f", r.seconds > 0 ? r.tokens / r.seconds : 0),
+                     absl::StrFormat("%.1f", tflops), absl::StrFormat("%.1f%%", 100 * tflops / peak),
+                     absl::StrFormat("%.2f", r.peak_gib),
+                     torch.note.empty() && r.seconds > 0
+                         ? absl::StrFormat("%.2fx", torch.seconds / r.seconds)
+                         : "n/a"});
+    json->push_back(absl::StrCat(
+        "{\"section\":\"throughput\",\"implementation\":", Quoted(r.implementation),
+        ",\"config\":", Quoted(r.config), ",\"tokens\":", r.tokens, ",\"step_seconds\":",
+        Num(r.seconds), ",\"tflops\":", Num(tflops), ",\"mfu\":", Num(tflops / peak),
+        ",\"peak_gib\":", Num(r.peak_gib), ",\"loss\":", Num(r.loss), "}"));
+  }
+  PrintTable(absl::StrCat("Throughput: one TrainStep of ", absl::GetFlag(FLAGS_model), " (",
+                          cfg->num_hidden_layers, " layers), lengths ",
+                          absl::GetFlag(FLAGS_lengths), "; model FLOPs/step ",
+                          absl::StrFormat("%.3g", flops), "; MFU vs ", Num(peak),
+                          " TFLOP/s; vs PyTorch = PyTorch step s / this step s"),
+             2, table);
+  return absl::OkStatus();
+}
+
+absl::Status RunMemory(std::vector<std::string>* json) {
+  const int64_t tokens = absl::GetFlag(FLAGS_memory_tokens);
+  const int64_t chunk = absl::GetFlag(FLAGS_memory_chunk_size);
+  if (tokens < 2 || chunk < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--memory_tokens must be >= 2 and --memory_chunk_size >= 1, got ", tokens, " and ", chunk));
+  }
+  absl::StatusOr<ModelConfig> cfg = BenchModel(tokens);
+  if (!cfg.ok()) return cfg.status();
+  int64_t checksum = 0;
+  const StepData data = MakeData({tokens}, cfg->vocab_size, &checksum);
+  std::vector<std::vector<std::string>> table = {
+      {"config", "peak device GiB", "activations GiB", "state GiB", "seconds", "result"}};
+  for (const int64_t cs : {chunk, tokens}) {
+    const std::string label = cs == tokens ? absl::StrCat("unchunked (ChunkSize=", cs, ")")
+                                           : absl::StrCat("ChunkSize=", cs, " K=1");
+    std::fprintf(stderr, "cuda_step_bench: memory %s ...\n", label.c_str());
+    CudaEngineOptions o;
+    o.precision = ParsePrecision();
+    absl::StatusOr<std::unique_ptr<CudaEngine>> e = CudaEngine::Create(*cfg, 1, o);
+    if (!e.ok()) return e.status();
+    if (absl::Status s = (*e)->InitRandom(absl::GetFlag(FLAGS_seed)); !s.ok()) return s;
+    const double t0 = Now();
+    absl::StatusOr<StepResult> r = (*e)->ComputeGradients(data, cs, 1);
+    const double dt = Now() - t0;
+    if (!r.ok()) {
+      table.push_back({label, "-", "-", "-", absl::StrFormat("%.2f", dt),
+                       absl::StrCat("does not fit: ", r.status().message().substr(0, 160))});
+      json->push_back(absl::StrCat("{\"section\":\"memory\",\"config\":", Quoted(label),
+                                   ",\"fits\":false,\"error\":",
+                                   Quoted(std::string(r.status().message())), "}"));
+      continue;
+    }
+    table.push_back({label, absl::StrFormat("%.2f", r->peak_device_bytes / kGiB),
+                     absl::StrFormat("%.2f", r->peak_activation_bytes / kGiB),
+                     absl::StrFormat("%.2f", r->peak_state_bytes / kGiB),
+                     absl::StrFormat("%.2f", dt), "fits"});
+    json->push_back(absl::StrCat("{\"section\":\"memory\",\"config\":", Quoted(label),
+                                 ",\"fits\":true,\"peak_device_bytes\":", r->peak_device_bytes,
+                                 ",\"peak_activation_bytes\":", r->peak_activation_bytes,
+                                 ",\"peak_state_bytes\":", r->peak_state_bytes, "}"));
+  }
+  PrintTable(absl::StrCat("Memory: ComputeGradients of one ", tokens, "-token sequence, ",
+                          absl::GetFlag(FLAGS_model), ", ", absl::GetFlag(FLAGS_precision),
+                          "; peak = the allocator's exact peak (weights, grads, AdamW included)"),
+             1, table);
+  return absl::OkStatus();
+}
+
+int Main() {
+  if (!HaveCudaDevice()) {
+    std::printf("cuda_step_bench: SKIPPED: no CUDA device\n");
+    return 0;
+  }
+  const std::string prec = absl::GetFlag(FLAGS_precision);
+  if (prec != "bf16" && prec != "fp32") {
+    std::fprintf(stderr, "cuda_step_bench: --precision must be bf16 or fp32, got '%s'\n",
+                 prec.c_str());
+    return 2;
+  }
+  std::vector<std::string> json;
+  const std::string sections = absl::GetFlag(FLAGS_sections);
+  for (const auto& [name, fn] : {std::pair{"throughput", &RunThroughput},
+                                 std::pair{"memory", &RunMemory}}) {
+    if (sections.find(name) == std::string::npos) continue;
+    if (absl::Status s = fn(&json); !s.ok()) {
+      std::fprintf(stderr, "cuda_step_bench: %s: %s\n", name, s.ToString().c_str());
+      return 1;
+    }
+  }
+  if (const std::string path = absl::GetFlag(FLAGS_json); !path.empty()) {
+    std::ofstream out(path);
+    out << "[" << absl::StrJoin(json, ",\n") << "]\n";
+    if (!out) {
+      std::fprintf(stderr, "cuda_step_bench: cannot write %s\n", path.c_str());
+      return 1;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace chunkflow::engine::cuda
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "One training step of the CUDA engine beside PyTorch eager, and peak device memory of a "
+      "long sequence chunked vs unchunked. Needs a GPU; prints SKIPPED without one.");
+  absl::ParseCommandLine(argc, argv);
+  return chunkflow::engine::cuda::Main();
+}
