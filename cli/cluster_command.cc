@@ -1,5 +1,7 @@
 #include "cli/cluster_command.h"
 
+#include <cuda_runtime_api.h>
+
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -242,6 +244,10 @@ absl::Status RunWorkerCommand(const WorkerCommandOptions& o, std::ostream& out) 
   wo.host = o.host;
   wo.metrics_listen = o.metrics_listen;
   wo.give_up_after = o.give_up_after;
+  wo.device = o.device;
+  wo.cuda_device = o.cuda_device;
+  wo.precision = o.precision;
+  wo.links = o.links;
   wo.log = &out;
   absl::StatusOr<std::unique_ptr<worker::WorkerDaemon>> d = worker::WorkerDaemon::Create(wo);
   if (!d.ok()) return d.status();
@@ -556,11 +562,30 @@ absl::Status RunLocalCommand(const LocalCommandOptions& o, std::ostream& out,
   if (std::getenv("OMP_NUM_THREADS") == nullptr) {
     env["OMP_NUM_THREADS"] = std::to_string(std::max(1u, cpus / static_cast<unsigned>(world)));
   }
+  int gpus = 0;
+  if (o.device == "cuda") {
+    if (cudaGetDeviceCount(&gpus) != cudaSuccess || gpus == 0) {
+      stop_all();
+      return absl::UnavailableError("--device=cuda but this machine has no CUDA device");
+    }
+    if (o.links == "nccl" && world > gpus) {
+      stop_all();
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--links=nccl needs one GPU per worker: dp x pp = ", world, " workers on ", gpus,
+          " GPU(s); use --links=gloo to share GPUs or lower --dp / --pp"));
+    }
+  }
   for (int i = 0; i < world; ++i) {
     Child w{absl::StrCat("worker-", i),
             {"worker", "--coordinator=" + address, absl::StrCat("--name=worker-", i),
              "--give_up_after_s=60"},
             absl::StrCat(run, "/logs/worker-", i, ".log")};
+    if (o.device == "cuda") {
+      for (std::string a : {std::string("--device=cuda"), absl::StrCat("--cuda_device=", i % gpus),
+                            "--precision=" + o.precision, "--links=" + o.links}) {
+        w.args.push_back(std::move(a));
+      }
+    }
     if (o.metrics_port > 0) {
       w.args.push_back(absl::StrCat("--metrics_listen=127.0.0.1:", o.metrics_port + 1 + i));
     }

@@ -31,6 +31,10 @@ struct WorkerCommandOptions {
   std::string host = "127.0.0.1";
   std::string metrics_listen;
   absl::Duration give_up_after = absl::ZeroDuration();
+  std::string device = "cpu";  // cpu or cuda
+  int cuda_device = 0;
+  std::string precision = "bf16";
+  std::string links = "nccl";
 };
 // Serves until SIGINT/SIGTERM, a SHUTDOWN control, or give_up_after without
 // the coordinator.
@@ -63,10 +67,16 @@ struct LocalCommandOptions {
   int metrics_port = -1;  // coordinator /metrics; -1: none, 0: a free one
   std::string self;       // this binary (to start the daemons); empty: /proc/self/exe
   bool keep_running = false;  // serve until Ctrl-C after the job (for scraping)
+  // Workers' engine: "cpu", or "cuda" (worker i on GPU i % GPUs, with
+  // `precision` and `links` as the worker command's).
+  std::string device = "cpu";
+  std::string precision = "bf16";
+  std::string links = "nccl";
 };
 // Starts the coordinator and dp x pp workers as child processes on loopback,
 // submits the job, prints progress, and stops everything when the job ends or
-// on Ctrl-C. Errors: the job's, or a daemon that exited early (naming its log).
+// on Ctrl-C. Errors: the job's, or a daemon that exited early (naming its log);
+// INVALID_ARGUMENT for --device=cuda --links=nccl with more workers than GPUs.
 absl::Status RunLocalCommand(const LocalCommandOptions& o, std::ostream& out,
                              std::ostream& progress);
 

@@ -94,6 +94,15 @@ ABSL_FLAG(double, give_up_after_s, 0,
           "worker: exit after this long without reaching the coordinator; 0 = retry forever");
 ABSL_FLAG(std::string, job, "", "get-job/cancel/update-schedule/watch/steps: the job id");
 ABSL_FLAG(std::string, worker, "", "drain: the worker id");
+ABSL_FLAG(std::string, device, "cpu",
+          "worker, local: cpu (the CPU engine) or cuda (the CUDA engine; worker: on "
+          "--cuda_device, local: worker i on GPU i % GPUs)");
+ABSL_FLAG(int32_t, cuda_device, 0, "worker --device=cuda: the CUDA device index");
+ABSL_FLAG(std::string, precision, "bf16",
+          "worker, local --device=cuda: bf16 (bf16 GEMMs, fp32 master weights) or fp32");
+ABSL_FLAG(std::string, links, "nccl",
+          "worker, local --device=cuda: nccl (one GPU per worker) or gloo (through host "
+          "memory; workers may share a GPU)");
 ABSL_FLAG(std::string, reason, "", "cancel: why (recorded in the job's events)");
 ABSL_FLAG(bool, watch, false, "submit: watch the job's progress after submitting it");
 ABSL_FLAG(std::string, checkpoint_dir, "",
@@ -126,6 +135,8 @@ Commands:
                   --metrics_listen=0.0.0.0:9090
   worker    Run a worker daemon for one device.
               chunkflowctl worker --coordinator=coord:50051 --name=$POD_NAME --host=eth0
+              On a GPU: --device=cuda [--cuda_device=N] [--precision=bf16|fp32]
+              [--links=nccl|gloo]
   submit | get-job | list-jobs | cancel | list-workers | drain | update-schedule | watch | steps
             The AdminService calls (--format=json for machine output); steps
             lists a job's step log (documents, loss, tokens per step).
@@ -277,6 +288,10 @@ int RunCluster(const std::string& command) {
     o.host = absl::GetFlag(FLAGS_host);
     o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
     o.give_up_after = absl::Seconds(absl::GetFlag(FLAGS_give_up_after_s));
+    o.device = absl::GetFlag(FLAGS_device);
+    o.cuda_device = absl::GetFlag(FLAGS_cuda_device);
+    o.precision = absl::GetFlag(FLAGS_precision);
+    o.links = absl::GetFlag(FLAGS_links);
     absl::Status s = chunkflow::cli::RunWorkerCommand(o, std::cerr);
     return s.ok() ? 0 : Fail(s);
   }
@@ -289,6 +304,9 @@ int RunCluster(const std::string& command) {
     o.port = absl::GetFlag(FLAGS_port);
     o.metrics_port = absl::GetFlag(FLAGS_metrics_port);
     o.keep_running = absl::GetFlag(FLAGS_keep_running);
+    o.device = absl::GetFlag(FLAGS_device);
+    o.precision = absl::GetFlag(FLAGS_precision);
+    o.links = absl::GetFlag(FLAGS_links);
     absl::Status s = chunkflow::cli::RunLocalCommand(o, std::cout, std::cerr);
     return s.ok() ? 0 : Fail(s);
   }

@@ -30,7 +30,8 @@ BENCHES=(
 bazel build -c opt --jobs=2 "${TARGETS[@]}" "${BENCHES[@]}"
 rm -rf "$OUT"
 mkdir -p "$OUT/bin" "$OUT/bench" "$OUT/lib" "$OUT/scripts"
-: > "$OUT/lib/EXPECTED_ON_TARGET.txt"
+# cuBLAS is loaded with dlopen (kernels/cuda/cublas_loader.cc): ldd does not list it.
+echo libcublas.so.13 > "$OUT/lib/EXPECTED_ON_TARGET.txt"
 cp tools/bench/torch_attention.py tools/bench/torch_gemm.py tools/bench/torch_step.py "$OUT/scripts/"
 for t in "${TARGETS[@]}" "${BENCHES[@]}"; do
   pkg="${t#//}"; pkg="${pkg%%:*}"; name="${t##*:}"

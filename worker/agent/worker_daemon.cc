@@ -25,6 +25,8 @@
 #include "proto/chunkflow.grpc.pb.h"
 #include "worker/agent/step_runner.h"
 #include "worker/comm/gloo_communicator.h"
+#include "worker/comm/nccl_communicator.h"
+#include "worker/engine/cuda/device.h"
 #include "worker/engine/model_config.h"
 #include "worker/engine/params.h"
 #include "worker/engine/safetensors.h"
@@ -216,6 +218,16 @@ class Daemon final : public WorkerDaemon {
     d->set_name("cpu");
     d->set_memory_bytes(static_cast<int64_t>(::sysconf(_SC_PHYS_PAGES)) * ::sysconf(_SC_PAGESIZE));
     d->set_cpu_threads(static_cast<int32_t>(std::thread::hardware_concurrency()));
+    if (on_cuda()) {
+      cudaDeviceProp prop;
+      if (cudaGetDeviceProperties(&prop, options_.cuda_device) == cudaSuccess) {
+        d->set_kind(v1::DEVICE_KIND_CUDA);
+        d->set_name(prop.name);
+        d->set_memory_bytes(static_cast<int64_t>(prop.totalGlobalMem));
+        d->set_compute_capability(prop.major * 10 + prop.minor);
+        d->set_device_index(options_.cuda_device);
+      }
+    }
     v1::RegisterResponse resp;
     {
       grpc::ClientContext ctx;
@@ -412,16 +424,26 @@ class Daemon final : public WorkerDaemon {
     job_.reset();
   }
 
+  bool on_cuda() const { return options_.device == "cuda"; }
+
   absl::Status Connect(JobState* j, const std::string& prefix, int rank, int size,
                        comm::Communicator** out) {
-    comm::GlooOptions o;
-    o.hostname = options_.host;
-    o.rank = rank;
-    o.size = size;
-    o.prefix = prefix;
-    o.timeout = absl::Seconds(j->a.comm_timeout_s() > 0 ? j->a.comm_timeout_s() : 60);
-    absl::StatusOr<std::unique_ptr<comm::Communicator>> c =
-        comm::CreateGlooCommunicator(o, j->kv.get());
+    const absl::Duration timeout =
+        absl::Seconds(j->a.comm_timeout_s() > 0 ? j->a.comm_timeout_s() : 60);
+    absl::StatusOr<std::unique_ptr<comm::Communicator>> c;
+    if (on_cuda() && options_.links == "nccl") {
+      // The unique id travels through the coordinator's key-value store.
+      c = comm::CreateNcclCommunicator(rank, size, prefix, j->kv.get(), options_.cuda_device,
+                                       timeout);
+    } else {
+      comm::GlooOptions o;
+      o.hostname = options_.host;
+      o.rank = rank;
+      o.size = size;
+      o.prefix = prefix;
+      o.timeout = timeout;
+      c = comm::CreateGlooCommunicator(o, j->kv.get());
+    }
     if (!c.ok()) {
       return absl::Status(c.status().code(),
                           absl::StrCat("communicator ", prefix, ": ", c.status().message()));
@@ -497,7 +519,18 @@ class Daemon final : public WorkerDaemon {
         return st;
       }
     }
-    j->runner = std::make_unique<StepRunner>(j->config, range, &j->links);
+    StepRunnerOptions ro;
+    if (on_cuda()) {
+      ro.cuda_device = options_.cuda_device;
+      ro.precision = options_.precision == "fp32" ? engine::cuda::Precision::kFp32
+                                                  : engine::cuda::Precision::kBf16;
+      ro.memory_budget_bytes = a.memory_budget_bytes();
+      ro.device_links = options_.links == "nccl";
+    }
+    absl::StatusOr<std::unique_ptr<StepRunner>> runner =
+        StepRunner::Create(j->config, range, &j->links, ro);
+    if (!runner.ok()) return runner.status();
+    j->runner = std::move(*runner);
     int64_t last_step = -1;
     if (!a.checkpoint_path().empty()) {
       if (absl::Status st = j->runner->LoadShard(a.checkpoint_path(), s); !st.ok()) return st;
@@ -517,6 +550,7 @@ class Daemon final : public WorkerDaemon {
     } else {
       j->runner->params().InitRandom(static_cast<uint64_t>(a.seed()));
     }
+    if (absl::Status st = j->runner->ParamsChanged(); !st.ok()) return st;  // to the device
     job_ = std::move(j);
     SetHeld(job_.get(), last_step);
     last_step_ = last_step;
@@ -700,6 +734,28 @@ absl::StatusOr<std::unique_ptr<WorkerDaemon>> WorkerDaemon::Create(
     const WorkerDaemonOptions& options) {
   if (options.coordinator.empty()) {
     return absl::InvalidArgumentError("--coordinator is empty (host:port of the coordinator)");
+  }
+  if (options.device != "cpu" && options.device != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device must be cpu or cuda, got '", options.device, "'"));
+  }
+  if (options.precision != "bf16" && options.precision != "fp32") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--precision must be bf16 or fp32, got '", options.precision, "'"));
+  }
+  if (options.links != "nccl" && options.links != "gloo") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--links must be nccl or gloo, got '", options.links, "'"));
+  }
+  if (options.device == "cuda") {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+      return absl::UnavailableError("--device=cuda but this machine has no CUDA device");
+    }
+    if (options.cuda_device < 0 || options.cuda_device >= count) {
+      return absl::InvalidArgumentError(absl::StrCat("--cuda_device ", options.cuda_device,
+                                                     " does not exist (", count, " devices)"));
+    }
   }
   auto d = std::make_unique<Daemon>(options);
   if (absl::Status s = d->Init(); !s.ok()) return s;

@@ -44,12 +44,21 @@ struct WorkerDaemonOptions {
   std::ostream* log = &std::cerr;
   // Stop after this long without reaching the coordinator (0: retry forever).
   absl::Duration give_up_after = absl::ZeroDuration();
+  // "cpu": the CPU engine, Gloo links. "cuda": the CUDA engine on
+  // `cuda_device` (bf16 GEMMs unless precision is "fp32"), its links NCCL
+  // (`links` "nccl", one GPU per worker) or Gloo staged through host memory
+  // (`links` "gloo": several workers may share a GPU).
+  std::string device = "cpu";
+  int cuda_device = 0;
+  std::string precision = "bf16";
+  std::string links = "nccl";
 };
 
 class WorkerDaemon {
  public:
-  // Errors: INVALID_ARGUMENT (empty coordinator address); the metrics
-  // server's errors.
+  // Errors: INVALID_ARGUMENT (empty coordinator address; device, precision
+  // or links not one of their values); UNAVAILABLE (device "cuda" without a
+  // CUDA device); the metrics server's errors.
   static absl::StatusOr<std::unique_ptr<WorkerDaemon>> Create(const WorkerDaemonOptions& options);
   virtual ~WorkerDaemon() = default;
 
