@@ -1,25 +1,29 @@
 #!/bin/bash
-# Builds the GPU tests (and, as they land, the GPU benchmarks) on this machine
-# - no GPU needed: nvcc targets sm_90 - and gathers the binaries with the
-# shared libraries they need into one folder that runs on a GPU machine that
-# has the CUDA driver but no Bazel:
+# Builds the GPU tests, benchmarks and chunkflowctl on this machine (no GPU
+# needed: nvcc targets sm_90). It gathers them, with the shared libraries they
+# need, into one folder that runs on a GPU machine with the CUDA driver but no
+# Bazel:
 #
-#   tools/gpu/bundle.sh [OUT]        # default OUT: gpu_bundle (git-ignored)
-#   OUT/run.sh                       # on the GPU machine: runs every binary,
-#                                    # ends with "N passed, N failed"
+#   tools/gpu/bundle.sh [OUT]     # default OUT: gpu_bundle (git-ignored)
+#   OUT/run.sh                    # there: every GPU test and the cluster check,
+#                                 # ending with "N passed, N failed"
+#                                 # (SANITIZE=1: also compute-sanitizer)
+#   OUT/bench.sh                  # there: the benchmarks beside PyTorch
 #
-# Libraries: everything ldd resolves except glibc's own and the driver
-# (libcuda), copied into OUT/lib. The very large CUDA libraries (NCCL, cuBLAS)
-# are not copied (the bundle must stay small enough to carry): run.sh looks
-# for them on the target (the CUDA toolkit, pip's nvidia-* wheels) and says
-# which are missing.
+# Libraries: everything ldd resolves, except glibc's own libraries and the
+# driver (libcuda), is packed into OUT/lib.tar.gz; env.sh unpacks it on first
+# use. The bundle must stay small enough to carry. NCCL and cuBLAS (cuBLAS is
+# loaded with dlopen) are not packed: env.sh looks for them on the target (the
+# CUDA toolkit, or pip's nvidia-* wheels) and lib/EXPECTED_ON_TARGET.txt names
+# them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${1:-gpu_bundle}"
-TARGETS=(
+TESTS=(
   //kernels/cuda:ops_test
   //kernels/cuda:flash_attention_test
   //worker/engine/cuda:cuda_engine_test
+  //worker/agent:step_runner_cuda_test
   //worker/comm:nccl_communicator_test
 )
 BENCHES=(
@@ -27,53 +31,64 @@ BENCHES=(
   //kernels/cuda:gemm_bench
   //worker/engine/cuda:cuda_step_bench
 )
-bazel build -c opt --jobs=2 "${TARGETS[@]}" "${BENCHES[@]}"
+TOOLS=(//cli:chunkflowctl)
+bazel build -c opt --jobs=2 "${TESTS[@]}" "${BENCHES[@]}" "${TOOLS[@]}"
 rm -rf "$OUT"
-mkdir -p "$OUT/bin" "$OUT/bench" "$OUT/lib" "$OUT/scripts"
-# cuBLAS is loaded with dlopen (kernels/cuda/cublas_loader.cc): ldd does not list it.
-echo libcublas.so.13 > "$OUT/lib/EXPECTED_ON_TARGET.txt"
-cp tools/bench/torch_attention.py tools/bench/torch_gemm.py tools/bench/torch_step.py "$OUT/scripts/"
-for t in "${TARGETS[@]}" "${BENCHES[@]}"; do
-  pkg="${t#//}"; pkg="${pkg%%:*}"; name="${t##*:}"
-  bin="bazel-out/k8-opt/bin/$pkg/$name"
-  dir=bin
-  [[ $name == *_bench ]] && dir=bench
-  cp "$bin" "$OUT/$dir/${pkg//\//_}_$name"
+mkdir -p "$OUT/bin" "$OUT/bench" "$OUT/tools" "$OUT/lib" "$OUT/scripts"
+echo libcublas.so.13 > "$OUT/EXPECTED_ON_TARGET.txt"
+cp tools/bench/torch_attention.py tools/bench/torch_gemm.py tools/bench/torch_step.py \
+  tools/gpu/cluster_check.sh "$OUT/scripts/"
+copy() {  # target, destination folder
+  local pkg="${1#//}"; pkg="${pkg%%:*}"; local name="${1##*:}"
+  local bin="bazel-out/k8-opt/bin/$pkg/$name"
+  local dest="$OUT/$2/${pkg//\//_}_$name"
+  [[ $2 == tools ]] && dest="$OUT/tools/$name"
+  cp "$bin" "$dest"
   ldd "$bin" | awk '/=>/ {print $1, $3}' | while read -r soname path; do
     case "$soname" in
       linux-vdso*|ld-linux*|libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|libresolv.so*|libcuda.so*)
         continue ;;
       libnccl.so*|libcublas.so*|libcublasLt.so*)
-        grep -qx "$soname" "$OUT/lib/EXPECTED_ON_TARGET.txt" || echo "$soname" >> "$OUT/lib/EXPECTED_ON_TARGET.txt"
+        grep -qx "$soname" "$OUT/EXPECTED_ON_TARGET.txt" || echo "$soname" >> "$OUT/EXPECTED_ON_TARGET.txt"
         continue ;;
     esac
     [[ -f "$OUT/lib/$soname" ]] || cp -L "$path" "$OUT/lib/$soname"
   done
-done
-cp bazel-out/k8-opt/bin/kernels/cuda/ops_resource_usage.txt "$OUT/"  # ptxas -v: registers, shared memory, spills
-cat > "$OUT/run.sh" <<'RUN'
-#!/bin/bash
-# Runs every GPU test binary of this bundle; ends with "N passed, N failed".
-# Extra arguments go to each binary (e.g. --gtest_filter=...). SANITIZE=1 adds
-# a compute-sanitizer memcheck and racecheck run of each.
-set -u
-HERE="$(cd "$(dirname "$0")" && pwd)"
+}
+for t in "${TESTS[@]}"; do copy "$t" bin; done
+for t in "${BENCHES[@]}"; do copy "$t" bench; done
+for t in "${TOOLS[@]}"; do copy "$t" tools; done
+tar czf "$OUT/lib.tar.gz" -C "$OUT" lib && rm -rf "$OUT/lib"
+cp bazel-out/k8-opt/bin/kernels/cuda/ops_resource_usage.txt "$OUT/"  # ptxas -v report
+
+cat > "$OUT/env.sh" <<'ENV'
+# Sourced by run.sh, bench.sh and cluster_check.sh: unpacks the libraries once
+# and puts them, the CUDA toolkit's and pip's nvidia-* ones on LD_LIBRARY_PATH.
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+[[ -d "$HERE/lib" ]] || tar xzf "$HERE/lib.tar.gz" -C "$HERE"
 extra=""
 for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
   [[ -d $dir ]] && extra="$extra:$dir"
 done
-# pip's nvidia-nccl-cu13 / nvidia-cublas wheels (PyTorch images carry them).
 if command -v python3 >/dev/null; then
-  for d in $(python3 - <<'PY' 2>/dev/null
-import glob, os, site, sys
-roots = set(site.getsitepackages() + [site.getusersitepackages()] + sys.path)
-for r in roots:
+  for d in $(python3 -c 'import glob, os, site, sys
+for r in set(site.getsitepackages() + [site.getusersitepackages()] + sys.path):
     for lib in glob.glob(os.path.join(r, "nvidia", "*", "lib")):
-        print(lib)
-PY
-  ); do extra="$extra:$d"; done
+        print(lib)' 2>/dev/null); do
+    extra="$extra:$d"
+  done
 fi
 export LD_LIBRARY_PATH="$HERE/lib$extra${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+ENV
+
+cat > "$OUT/run.sh" <<'RUN'
+#!/bin/bash
+# Runs every GPU test binary of this bundle and the cluster check; ends with
+# "N passed, N failed". Extra arguments go to each test binary (e.g.
+# --gtest_filter=...). SANITIZE=1 adds compute-sanitizer memcheck and
+# racecheck runs of each test binary.
+set -u
+source "$(dirname "$0")/env.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "(no nvidia-smi)"
 pass=0; fail=0
 for b in "$HERE"/bin/*; do
@@ -81,7 +96,6 @@ for b in "$HERE"/bin/*; do
   missing=$(ldd "$b" | awk '/not found/ {print $1}')
   if [[ -n $missing ]]; then echo "missing libraries: $missing"; fail=$((fail + 1)); continue; fi
   if "$b" "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
-  # SANITIZE=1: also under compute-sanitizer's memcheck and racecheck.
   if [[ ${SANITIZE:-0} == 1 ]] && command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck; do
       echo "--- compute-sanitizer --tool $tool"
@@ -93,36 +107,26 @@ for b in "$HERE"/bin/*; do
     done
   fi
 done
+echo "=== cluster_check.sh"
+if "$HERE/scripts/cluster_check.sh"; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]
 RUN
-chmod +x "$OUT/run.sh"
+
 cat > "$OUT/bench.sh" <<'BENCH'
 #!/bin/bash
-# Runs the GPU benchmarks (each prints its table beside PyTorch on the same
-# GPU; JSON under ${JSON_DIR:-/tmp}). Extra arguments go to the step bench
+# Runs the GPU benchmarks; each prints its table beside PyTorch on the same
+# GPU, JSON goes under ${JSON_DIR:-/tmp}. Extra arguments go to the step bench
 # (e.g. --sections=throughput --steps=2).
 set -u
-HERE="$(cd "$(dirname "$0")" && pwd)"
-extra=""
-for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-  [[ -d $dir ]] && extra="$extra:$dir"
-done
-if command -v python3 >/dev/null; then
-  for d in $(python3 -c 'import glob,os,site,sys
-for r in set(site.getsitepackages()+sys.path):
-    [print(l) for l in glob.glob(os.path.join(r,"nvidia","*","lib"))]' 2>/dev/null); do
-    extra="$extra:$d"
-  done
-fi
-export LD_LIBRARY_PATH="$HERE/lib$extra${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+source "$(dirname "$0")/env.sh"
 J="${JSON_DIR:-/tmp}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
 "$HERE/bench/kernels_cuda_gemm_bench" --torch_script="$HERE/scripts/torch_gemm.py" --json="$J/gemm.json"
 "$HERE/bench/kernels_cuda_attention_bench" --torch_script="$HERE/scripts/torch_attention.py" --json="$J/attention.json"
 "$HERE/bench/worker_engine_cuda_cuda_step_bench" --torch_script="$HERE/scripts/torch_step.py" --json="$J/step.json" "$@"
 BENCH
-chmod +x "$OUT/bench.sh"
+chmod +x "$OUT/run.sh" "$OUT/bench.sh" "$OUT/scripts/cluster_check.sh"
 du -sh "$OUT"
 echo "bundle: $OUT (tests: $(ls "$OUT/bin" | tr '\n' ' '); benches: $(ls "$OUT/bench" | tr '\n' ' '))"
-echo "expected on the target: $(tr '\n' ' ' < "$OUT/lib/EXPECTED_ON_TARGET.txt")"
+echo "expected on the target: $(tr '\n' ' ' < "$OUT/EXPECTED_ON_TARGET.txt")"
