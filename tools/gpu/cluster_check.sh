@@ -9,8 +9,10 @@
 # against the same CPU loss. Prints ok/FAIL lines; exit status 0 when all pass.
 set -u
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
-source "$HERE/env.sh"
-BIN="$HERE/tools/chunkflowctl"
+# In the bundle: its libraries and chunkflowctl; from a checkout, set
+# CHUNKFLOWCTL=bazel-bin/cli/chunkflowctl.
+[[ -f "$HERE/env.sh" ]] && source "$HERE/env.sh"
+BIN="${CHUNKFLOWCTL:-$HERE/tools/chunkflowctl}"
 gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
 if [[ $gpus -eq 0 ]]; then echo "SKIPPED: no CUDA device (the cluster check needs a GPU)"; exit 0; fi
 W="$(mktemp -d /tmp/chunkflow-cluster-check.XXXXXX)"
