@@ -34,7 +34,7 @@ struct WorkerCommandOptions {
   std::string device = "cpu";  // cpu or cuda
   int cuda_device = 0;
   std::string precision = "bf16";
-  std::string links = "nccl";
+  std::string links = "gloo";
 };
 // Serves until SIGINT/SIGTERM, a SHUTDOWN control, or give_up_after without
 // the coordinator.
@@ -71,7 +71,7 @@ struct LocalCommandOptions {
   // `precision` and `links` as the worker command's).
   std::string device = "cpu";
   std::string precision = "bf16";
-  std::string links = "nccl";
+  std::string links = "gloo";
 };
 // Starts the coordinator and dp x pp workers as child processes on loopback,
 // submits the job, prints progress, and stops everything when the job ends or

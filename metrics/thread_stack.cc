@@ -13,6 +13,7 @@
 // requests below kMinStack to kMinStack; larger requests pass unchanged.
 
 #include <dlfcn.h>
+#include <errno.h>
 #include <pthread.h>
 
 #include <cstddef>
@@ -33,6 +34,6 @@ SetStackSize Real() {
 
 extern "C" int pthread_attr_setstacksize(pthread_attr_t* attr, size_t size) {
   const SetStackSize real = Real();
-  if (real == nullptr) return 0;  // cannot happen with glibc; keep the default size
+  if (real == nullptr) return ENOSYS;  // no libc to forward to (a fully static link)
   return real(attr, size < kMinStack ? kMinStack : size);
 }

@@ -26,9 +26,11 @@ struct Library {
 const Library& Cublas() {
   static const Library lib = [] {
     Library l;
-    // The soname first (LD_LIBRARY_PATH, pip's nvidia-cublas), then the toolkit.
-    for (const char* name : {"libcublas.so.13", "/usr/local/cuda/lib64/libcublas.so.13"}) {
-      l.handle = ::dlopen(name, RTLD_NOW | RTLD_LOCAL);
+    // The soname of the cuBLAS this was compiled against first
+    // (LD_LIBRARY_PATH, pip's nvidia-cublas), then the toolkit's copy.
+    const std::string soname = "libcublas.so." + std::to_string(CUBLAS_VER_MAJOR);
+    for (const std::string& name : {soname, "/usr/local/cuda/lib64/" + soname}) {
+      l.handle = ::dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
       if (l.handle != nullptr) return l;
       const char* e = ::dlerror();
       l.error = e != nullptr ? e : "dlopen failed";

@@ -51,6 +51,14 @@ cudaError_t cudaSetDevice(int device) {
   return device == 0 ? cudaSuccess : cudaErrorInvalidDevice;
 }
 cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device != 0) return cudaErrorInvalidDevice;
+  std::memset(prop, 0, sizeof(*prop));
+  std::strcpy(prop->name, "host emulation");
+  prop->major = 9;  // what the kernels are built for
+  prop->totalGlobalMem = size_t{1} << 34;
+  return cudaSuccess;
+}
 const char* cudaGetErrorString(cudaError_t) { return "error (host emulation)"; }
 const char* cudaGetErrorName(cudaError_t) { return "cudaError (host emulation)"; }
 

@@ -163,6 +163,7 @@ absl::StatusOr<std::unique_ptr<StepRunner>> StepRunner::Create(const engine::Mod
 
 absl::Status StepRunner::ParamsChanged() {
   if (!cuda_stage_) return absl::OkStatus();
+  CF_RETURN_IF_ERROR(ctx_->Activate());
   CF_RETURN_IF_ERROR(cuda_stage_->UploadParams());
   return ctx_->Sync("upload weights");
 }
@@ -204,8 +205,8 @@ absl::StatusOr<WorkerStepResult> StepRunner::RunStep(const planner::Plan& plan, 
     result.loss_sum += l.sum;
     result.loss_count += l.count;
   }
-  // On a GPU: the allocator's exact peak of the device (weights included).
-  result.peak_bytes = cuda_stage_ ? ctx_->allocator().peak_in_use() : mem_.peak();
+  result.peak_bytes = mem_.peak();
+  if (cuda_stage_) result.peak_device_bytes = ctx_->allocator().peak_in_use();
   if (absl::Status s = cuda_stage_ ? ReduceAndUpdateOnDevice(options, &result)
                                    : ReduceAndUpdate(options, &result);
       !s.ok()) {

@@ -61,7 +61,12 @@ struct WorkerStepResult {
   double loss_sum = 0;      // last stage: summed loss of its rows with targets
   int64_t loss_count = 0;
   double grad_norm = 0;     // global, before clipping
+  // Activations + state + scratch at their peak (the engine's accounting,
+  // the same on CPU and GPU): what the coordinator replans on.
   int64_t peak_bytes = 0;
+  // GPU: the device allocator's exact peak of everything it held (weights,
+  // gradients, AdamW state included); 0 on the CPU.
+  int64_t peak_device_bytes = 0;
   std::vector<double> op_seconds;  // per op of the list, for the cost model
 };
 
@@ -69,7 +74,10 @@ struct StepRunnerOptions {
   // -1: the CPU engine; >= 0: the CUDA stage on this device.
   int cuda_device = -1;
   engine::cuda::Precision precision = engine::cuda::Precision::kBf16;
-  // The device allocator's limit (0: the device's memory).
+  // The device allocator's hard limit (0: the device's memory). Not the
+  // job's memory budget: that one is a planning target (the coordinator
+  // lowers K / ChunkSize when a reported peak passes it) and counts
+  // activations, state and scratch only, as WorkerStepResult::peak_bytes.
   int64_t memory_budget_bytes = 0;
   // CUDA only: the links take device pointers (NCCL); false: host pointers
   // (Gloo), staged through host memory.

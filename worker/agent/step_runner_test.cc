@@ -313,6 +313,7 @@ TEST_P(CudaStepRunner, SaveShardFromDevice_LoadsBack) {
       (*a)->RunStep(PlanOf(data, c, 1, 1), 0, data, data.TargetCount(), o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_GT(r->peak_bytes, 0);
+  EXPECT_GT(r->peak_device_bytes, r->peak_bytes) << "the device also holds weights and gradients";
   const std::string dir = std::string(std::getenv("TEST_TMPDIR")) + "/cuda-shard";
   ASSERT_TRUE((*a)->SaveShard(dir, 0, 1).ok());
   absl::StatusOr<std::unique_ptr<StepRunner>> b = StepRunner::Create(c, ranges[0], &none,

@@ -524,7 +524,8 @@ class Daemon final : public WorkerDaemon {
       ro.cuda_device = options_.cuda_device;
       ro.precision = options_.precision == "fp32" ? engine::cuda::Precision::kFp32
                                                   : engine::cuda::Precision::kBf16;
-      ro.memory_budget_bytes = a.memory_budget_bytes();
+      // The job's budget is the coordinator's planning target (it replans on
+      // the reported peak); the allocator's hard limit is the device.
       ro.device_links = options_.links == "nccl";
     }
     absl::StatusOr<std::unique_ptr<StepRunner>> runner =

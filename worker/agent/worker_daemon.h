@@ -45,13 +45,16 @@ struct WorkerDaemonOptions {
   // Stop after this long without reaching the coordinator (0: retry forever).
   absl::Duration give_up_after = absl::ZeroDuration();
   // "cpu": the CPU engine, Gloo links. "cuda": the CUDA engine on
-  // `cuda_device` (bf16 GEMMs unless precision is "fp32"), its links NCCL
-  // (`links` "nccl", one GPU per worker) or Gloo staged through host memory
-  // (`links` "gloo": several workers may share a GPU).
+  // `cuda_device` (bf16 GEMMs unless precision is "fp32"), its links Gloo
+  // staged through host memory (`links` "gloo", the default; workers may
+  // share a GPU) or NCCL on device memory (`links` "nccl", one GPU per
+  // worker; experimental: each neighbour link's sends run on their own
+  // thread and communicator, which NCCL does not promise to survive when a
+  // CUDA call synchronises the device meanwhile - grouped p2p comes next).
   std::string device = "cpu";
   int cuda_device = 0;
   std::string precision = "bf16";
-  std::string links = "nccl";
+  std::string links = "gloo";
 };
 
 class WorkerDaemon {

@@ -111,27 +111,33 @@ absl::Status CudaStage::RefreshBf16() {
 }
 
 absl::Status CudaStage::UploadParams() {
+  CF_RETURN_IF_ERROR(ctx_->Activate());
   CF_RETURN_IF_ERROR(values_.Upload(params_->values().data(), params_->numel()));
   return RefreshBf16();
 }
 
 absl::Status CudaStage::DownloadParams() {
+  CF_RETURN_IF_ERROR(ctx_->Activate());
   return values_.Download(params_->values().data(), params_->numel());
 }
 
 absl::Status CudaStage::DownloadGrads() {
+  CF_RETURN_IF_ERROR(ctx_->Activate());
   return grads_.Download(params_->grads().data(), params_->numel());
 }
 
 absl::Status CudaStage::UploadGrads() {
+  CF_RETURN_IF_ERROR(ctx_->Activate());
   return grads_.Upload(params_->grads().data(), params_->numel());
 }
 
 absl::Status CudaStage::ZeroGrads() {
+  CF_RETURN_IF_ERROR(ctx_->Activate());
   return ZeroOnDevice(*ctx_, grads_.data(), params_->numel() * kF, "zero gradients");
 }
 
 absl::StatusOr<double> CudaStage::GradSquares() {
+  CF_RETURN_IF_ERROR(ctx_->Activate());
   const StageRange& r = params_->range();
   std::vector<std::pair<int64_t, int64_t>> ranges;  // [begin, end)
   const ParamTensor* tied = nullptr;
@@ -156,6 +162,7 @@ absl::StatusOr<double> CudaStage::GradSquares() {
 }
 
 absl::Status CudaStage::ScaleGrads(float factor) {
+  CF_RETURN_IF_ERROR(ctx_->Activate());
   CF_LAUNCH(kc::scale(grads_.data(), params_->numel(), factor, ctx_->stream()));
   return absl::OkStatus();
 }
@@ -183,6 +190,7 @@ absl::Status CudaStage::ApplyUpdate(int64_t step, const TrainOptions& o) {
 }
 
 absl::Status CudaStage::SetMoments(const std::vector<float>& m, const std::vector<float>& v) {
+  CF_RETURN_IF_ERROR(ctx_->Activate());
   const int64_t n = params_->numel();
   if (static_cast<int64_t>(m.size()) != n || static_cast<int64_t>(v.size()) != n) {
     return absl::InvalidArgumentError(absl::StrCat("moments of ", m.size(), " and ", v.size(),
@@ -197,6 +205,7 @@ absl::Status CudaStage::SetMoments(const std::vector<float>& m, const std::vecto
 }
 
 absl::Status CudaStage::GetMoments(std::vector<float>* m, std::vector<float>* v) {
+  CF_RETURN_IF_ERROR(ctx_->Activate());
   const int64_t n = params_->numel();
   m->assign(static_cast<size_t>(n), 0.0f);
   v->assign(static_cast<size_t>(n), 0.0f);

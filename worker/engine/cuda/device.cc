@@ -25,6 +25,12 @@ absl::StatusOr<std::unique_ptr<DeviceContext>> DeviceContext::Create(int device,
     return absl::InvalidArgumentError(
         absl::StrCat("CUDA device ", device, " does not exist (this machine has ", count, ")"));
   }
+  cudaDeviceProp prop;
+  if (cudaGetDeviceProperties(&prop, device) == cudaSuccess && prop.major * 10 + prop.minor < 90) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "CUDA device ", device, " (", prop.name, ") has compute capability ", prop.major, ".",
+        prop.minor, "; this build's kernels need 9.0 or newer (Hopper: sm_90 code, compute_90 PTX)"));
+  }
   if (budget_bytes < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("memory budget must be >= 0 bytes, got ", budget_bytes));

@@ -42,8 +42,9 @@ bool HaveCudaDevice();
 class DeviceContext {
  public:
   // budget_bytes: the allocator's limit (0: the device's memory).
-  // Errors: UNAVAILABLE (no CUDA device `device` or no driver); INTERNAL
-  // naming the failed call.
+  // Errors: UNAVAILABLE (no CUDA device `device` or no driver);
+  // FAILED_PRECONDITION (compute capability below 9.0: the kernels are built
+  // for Hopper); INTERNAL naming the failed call.
   static absl::StatusOr<std::unique_ptr<DeviceContext>> Create(int device, int64_t budget_bytes);
   ~DeviceContext();
   DeviceContext(const DeviceContext&) = delete;
