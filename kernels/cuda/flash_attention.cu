@@ -91,14 +91,21 @@ __device__ __forceinline__ float QuadSum(float v) {
 
 // Rows [row0, row0 + valid) of an fp32 matrix with row stride `stride`
 // (columns [0, D) from `src`) into a bf16 shared tile of kRows rows with
-// leading dimension D + 8; rows >= valid are zero.
+// leading dimension D + 8; rows >= valid are zero. Four columns per thread
+// and step: 16-byte loads, 8-byte stores (D and the strides are multiples of
+// 16 floats, the buffers 16-byte aligned).
 template <int D, int kRows>
 __device__ __forceinline__ void LoadTile(bf16* s, const float* src, int64_t row0, int valid,
                                          int64_t stride) {
-  for (int i = threadIdx.x; i < kRows * D; i += kThreads) {
-    const int r = i / D, c = i % D;
-    const float x = r < valid ? src[(row0 + r) * stride + c] : 0.0f;
-    s[r * (D + 8) + c] = __float2bfloat16_rn(x);
+  constexpr int kQuads = D / 4;
+  for (int i = threadIdx.x; i < kRows * kQuads; i += kThreads) {
+    const int r = i / kQuads, c = (i % kQuads) * 4;
+    const float4 x = r < valid ? *reinterpret_cast<const float4*>(src + (row0 + r) * stride + c)
+                               : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    uint2 packed;
+    packed.x = Pack(x.x, x.y);
+    packed.y = Pack(x.z, x.w);
+    *reinterpret_cast<uint2*>(s + r * (D + 8) + c) = packed;
   }
 }
 
@@ -462,6 +469,8 @@ __global__ void __launch_bounds__(kThreads)
 // Host side
 // ---------------------------------------------------------------------------
 
+bool Aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 absl::Status Check(int64_t H, int64_t Hk, int64_t D, const AttentionSegment* segs,
                    int64_t n_segs) {
   if (!flash_attention_supported(D) || H < 1 || Hk < 1 || H % Hk != 0) {
@@ -475,6 +484,10 @@ absl::Status Check(int64_t H, int64_t Hk, int64_t D, const AttentionSegment* seg
         segs[s].length > (int64_t{1} << 30)) {
       return absl::InvalidArgumentError("flash attention: segment " + std::to_string(s) +
                                         " has a bad q_begin, offset or length");
+    }
+    if (!Aligned(segs[s].k) || !Aligned(segs[s].v)) {
+      return absl::InvalidArgumentError("flash attention: segment " + std::to_string(s) +
+                                        "'s K or V is not 16-byte aligned");
     }
   }
   return absl::OkStatus();
@@ -554,6 +567,7 @@ absl::Status flash_attention_forward(float* out, float* lse, const float* q,
                                      int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
                                      cudaStream_t stream) {
   if (absl::Status s = Check(n_heads, n_kv_heads, head_dim, segs, n_segs); !s.ok()) return s;
+  if (!Aligned(q)) return absl::InvalidArgumentError("flash attention: q is not 16-byte aligned");
   const int H = static_cast<int>(n_heads), Hk = static_cast<int>(n_kv_heads);
   switch (head_dim) {
     case 16: return Forward<16>(out, lse, q, segs, n_segs, H, Hk, stream);
@@ -569,6 +583,9 @@ absl::Status flash_attention_backward(float* dq, const AttentionSegment* segs, i
                                       int64_t head_dim, float* delta, int64_t rows,
                                       cudaStream_t stream) {
   if (absl::Status s = Check(n_heads, n_kv_heads, head_dim, segs, n_segs); !s.ok()) return s;
+  if (!Aligned(q) || !Aligned(dout)) {
+    return absl::InvalidArgumentError("flash attention: q or dout is not 16-byte aligned");
+  }
   const int64_t n = rows * n_heads;
   if (n > 0) {
     const int64_t threads = n * 32;

@@ -14,7 +14,8 @@
 // another (a block per key tile and kv head, looping over its query heads).
 //
 // Supported head dims: flash_attention_supported(); callers fall back to the
-// reference kernel otherwise.
+// reference kernel otherwise. q, out, dout and every segment's k / v must be
+// 16-byte aligned (cudaMalloc and the engine's allocator are).
 
 #ifndef CHUNKFLOW_KERNELS_CUDA_FLASH_ATTENTION_H_
 #define CHUNKFLOW_KERNELS_CUDA_FLASH_ATTENTION_H_

@@ -177,6 +177,14 @@ TEST(FlashAttention, UnsupportedHeadDim_IsInvalidArgument) {
   EXPECT_EQ(cuda::flash_attention_forward(nullptr, nullptr, nullptr, &seg, 1, 3, 2, 64, nullptr)
                 .code(),
             absl::StatusCode::kInvalidArgument);
+  // Misaligned inputs are refused before any launch (the tiles load 16 bytes at a time).
+  const float* odd = reinterpret_cast<const float*>(uintptr_t{4});
+  absl::Status s = cuda::flash_attention_forward(nullptr, nullptr, odd, &seg, 1, 4, 2, 64, nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  cuda::AttentionSegment bad;
+  bad.k = odd;
+  s = cuda::flash_attention_forward(nullptr, nullptr, nullptr, &bad, 1, 4, 2, 64, nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
 }
 
 }  // namespace

@@ -117,6 +117,18 @@ cudaError_t embedding_backward(float* dwte, const float* dout, const int32_t* to
   cpu::embedding_backward(dwte, dout, tokens, T, C);
   return cudaSuccess;
 }
+cudaError_t embedding_backward_grouped(float* dwte, const float* dout, const int32_t* rows,
+                                       const int32_t* begin, const int32_t* token,
+                                       int64_t n_groups, int64_t C, cudaStream_t) {
+  for (int64_t g = 0; g < n_groups; ++g) {
+    float* dst = dwte + static_cast<int64_t>(token[g]) * C;
+    for (int32_t i = begin[g]; i < begin[g + 1]; ++i) {
+      const float* src = dout + static_cast<int64_t>(rows[i]) * C;
+      for (int64_t c = 0; c < C; ++c) dst[c] += src[c];
+    }
+  }
+  return cudaSuccess;
+}
 cudaError_t rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight,
                             int64_t T, int64_t C, float eps, cudaStream_t) {
   cpu::rmsnorm_forward(out, rstd, inp, weight, T, C, eps);

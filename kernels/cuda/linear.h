@@ -59,7 +59,7 @@ absl::Status linear_backward_bf16(float* dinp, float* dweight, float* dbias,
 
 //   dinp    += dout W        (skipped when dinp is nullptr)
 //   dweight += dout^T inp
-//   dbias   += sum_t dout[t] (skipped when dbias is nullptr; rows in order)
+//   dbias   += sum_t dout[t] (skipped when dbias is nullptr; column_sums in double)
 absl::Status linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                              const float* inp, const float* weight, int64_t T, int64_t IC,
                              int64_t OC, const CublasHandle& h);

@@ -77,15 +77,67 @@ __global__ void RmsnormBackwardInputKernel(float* dinp, const float* dout, const
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) dx[c] += r * (dy[c] * weight[c] - x[c] * k);
 }
 
-// One thread per column, rows in order (the CPU twin's order).
-__global__ void RmsnormBackwardWeightKernel(float* dweight, const float* dout, const float* inp,
-                                            const float* rstd, int64_t T, int64_t C) {
-  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < C;
-       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    double acc = 0.0;
-    for (int64_t t = 0; t < T; ++t) acc += static_cast<double>(dout[t * C + c]) * (inp[t * C + c] * rstd[t]);
-    dweight[c] += static_cast<float>(acc);
+// out[c] += sum_t f(t, c) in double, deterministic: a block of 32 x 32
+// threads owns 32 columns; row lane y sums rows y, y + 32, ... in order, then
+// one thread per column adds the 32 lane sums in lane order. (One thread per
+// column walking every row - the CPU's order - left most of the GPU idle and
+// took milliseconds per call at 8K rows.)
+constexpr int kColumnLanes = 32;
+
+template <typename F>
+__global__ void ColumnReduceKernel(float* out, int64_t T, int64_t C, F f) {
+  __shared__ double part[kColumnLanes][kColumnLanes + 1];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kColumnLanes + threadIdx.x;
+  double acc = 0.0;
+  if (c < C) {
+    for (int64_t t = threadIdx.y; t < T; t += kColumnLanes) acc += f(t, c);
   }
+  part[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    double s = 0.0;
+    for (int y = 0; y < kColumnLanes; ++y) s += part[y][threadIdx.x];
+    out[c] += static_cast<float>(s);
+  }
+}
+
+template <typename F>
+cudaError_t LaunchColumnReduce(float* out, int64_t T, int64_t C, F f, cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>((C + kColumnLanes - 1) / kColumnLanes);
+  ColumnReduceKernel<<<blocks, dim3(kColumnLanes, kColumnLanes), 0, stream>>>(out, T, C, f);
+  return cudaGetLastError();
+}
+
+struct RmsnormWeightTerm {
+  const float* dout;
+  const float* inp;
+  const float* rstd;
+  int64_t C;
+  __device__ double operator()(int64_t t, int64_t c) const {
+    return static_cast<double>(dout[t * C + c]) * (inp[t * C + c] * rstd[t]);
+  }
+};
+
+struct ColumnTerm {
+  const float* x;
+  int64_t C;
+  __device__ double operator()(int64_t t, int64_t c) const { return x[t * C + c]; }
+};
+
+// A block per token group, a thread per column: the group's rows in order,
+// added one by one into dwte (the CPU twin's sequence of fp32 additions).
+__global__ void EmbeddingBackwardGroupedKernel(float* dwte, const float* dout,
+                                               const int32_t* rows, const int32_t* begin,
+                                               const int32_t* token, int64_t C) {
+  const int64_t g = blockIdx.x;
+  const int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float* dst = dwte + static_cast<int64_t>(token[g]) * C + c;
+  float acc = *dst;
+  for (int32_t i = begin[g]; i < begin[g + 1]; ++i) {
+    acc = __fadd_rn(acc, dout[static_cast<int64_t>(rows[i]) * C + c]);
+  }
+  *dst = acc;
 }
 
 __device__ float BlockMax(float v, float* shared) {
@@ -318,15 +370,6 @@ __global__ void BroadcastRowsKernel(float* out, const float* row, int64_t T, int
   }
 }
 
-__global__ void ColumnSumsKernel(float* sums, const float* x, int64_t T, int64_t C) {
-  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < C;
-       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    double acc = 0.0;  // as the CPU twin: rows in order, in double
-    for (int64_t t = 0; t < T; ++t) acc += x[t * C + c];
-    sums[c] += static_cast<float>(acc);
-  }
-}
-
 __global__ void ToBf16Kernel(__nv_bfloat16* out, const float* in, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -366,6 +409,15 @@ cudaError_t embedding_backward(float* dwte, const float* dout, const int32_t* to
   return Launched();
 }
 
+cudaError_t embedding_backward_grouped(float* dwte, const float* dout, const int32_t* rows,
+                                       const int32_t* begin, const int32_t* token,
+                                       int64_t n_groups, int64_t C, cudaStream_t stream) {
+  if (n_groups == 0 || C == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(n_groups), static_cast<unsigned>((C + kThreads - 1) / kThreads));
+  EmbeddingBackwardGroupedKernel<<<grid, kThreads, 0, stream>>>(dwte, dout, rows, begin, token, C);
+  return Launched();
+}
+
 cudaError_t rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight,
                             int64_t T, int64_t C, float eps, cudaStream_t stream) {
   if (T == 0) return cudaSuccess;
@@ -381,8 +433,7 @@ cudaError_t rmsnorm_backward(float* dinp, float* dweight, const float* dout, con
   RmsnormBackwardInputKernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(
       dinp, dout, inp, weight, rstd, C);
   if (cudaError_t e = Launched(); e != cudaSuccess) return e;
-  RmsnormBackwardWeightKernel<<<Blocks(C), kThreads, 0, stream>>>(dweight, dout, inp, rstd, T, C);
-  return Launched();
+  return LaunchColumnReduce(dweight, T, C, RmsnormWeightTerm{dout, inp, rstd, C}, stream);
 }
 
 namespace {
@@ -536,8 +587,7 @@ cudaError_t broadcast_rows(float* out, const float* row, int64_t T, int64_t C,
 
 cudaError_t column_sums(float* sums, const float* x, int64_t T, int64_t C, cudaStream_t stream) {
   if (C == 0) return cudaSuccess;
-  ColumnSumsKernel<<<Blocks(C), kThreads, 0, stream>>>(sums, x, T, C);
-  return Launched();
+  return LaunchColumnReduce(sums, T, C, ColumnTerm{x, C}, stream);
 }
 
 cudaError_t scale(float* x, int64_t n, float factor, cudaStream_t stream) {

@@ -12,8 +12,9 @@
 // synchronising call. status.h turns both into absl::Status naming the op.
 //
 // Determinism: the reductions (embedding_backward, rmsnorm's dweight,
-// sum_of_squares) sum in a fixed order on every run - no atomics - and the
-// per-row / per-column sums follow the CPU twin's order where it has one.
+// column_sums, sum_of_squares) sum in a fixed order on every run - no
+// atomics. The embedding backward follows the CPU twin's order exactly; the
+// column reductions sum 32 row lanes in double, then the lanes in order.
 //
 //   cuda::rmsnorm_forward(y, rstd, x, w, T, C, 1e-6f, stream);
 
@@ -23,7 +24,9 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace chunkflow::kernels::cuda {
 
@@ -34,6 +37,35 @@ cudaError_t embedding_forward(float* out, const int32_t* tokens, const float* wt
 // (the CPU twin's order, so the sums are bit-identical to it).
 cudaError_t embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int64_t T,
                                int64_t C, cudaStream_t stream);
+
+// The same sums, parallel over tokens and columns: the rows of a chunk
+// grouped by token on the host (GroupRowsByToken), then one thread per
+// (token, column) adds its rows in order - still the CPU twin's exact
+// sequence of additions, so bit-identical to it. What the engine uses.
+struct TokenGroups {
+  std::vector<int32_t> rows;   // row indices, grouped by token, increasing within a group
+  std::vector<int32_t> begin;  // group g is rows[begin[g], begin[g + 1]); size groups + 1
+  std::vector<int32_t> token;  // group g's token id
+};
+inline TokenGroups GroupRowsByToken(const int32_t* tokens, int64_t T) {
+  TokenGroups g;
+  g.rows.resize(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) g.rows[t] = static_cast<int32_t>(t);
+  std::stable_sort(g.rows.begin(), g.rows.end(),
+                   [&](int32_t a, int32_t b) { return tokens[a] < tokens[b]; });
+  for (int64_t i = 0; i < T; ++i) {
+    if (i == 0 || tokens[g.rows[i]] != tokens[g.rows[i - 1]]) {
+      g.begin.push_back(static_cast<int32_t>(i));
+      g.token.push_back(tokens[g.rows[i]]);
+    }
+  }
+  g.begin.push_back(static_cast<int32_t>(T));
+  return g;
+}
+// rows, begin, token: device copies of a TokenGroups (n_groups = token.size()).
+cudaError_t embedding_backward_grouped(float* dwte, const float* dout, const int32_t* rows,
+                                       const int32_t* begin, const int32_t* token,
+                                       int64_t n_groups, int64_t C, cudaStream_t stream);
 
 // As kernels/cpu/rmsnorm.h (mean of squares in double, rstd rounded to fp32).
 cudaError_t rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight,
@@ -127,8 +159,7 @@ cudaError_t bf16_to_float(float* out, const __nv_bfloat16* in, int64_t n, cudaSt
 // Helpers of the linear layer (linear.h). out[t, :] = row[:] for every t.
 cudaError_t broadcast_rows(float* out, const float* row, int64_t T, int64_t C,
                            cudaStream_t stream);
-// sums[c] += sum_t x[t, c], rows in order in double (one thread per column:
-// bit-identical to the CPU twin's dbias).
+// sums[c] += sum_t x[t, c] in double (32 row lanes, then the lanes in order).
 cudaError_t column_sums(float* sums, const float* x, int64_t T, int64_t C, cudaStream_t stream);
 
 }  // namespace chunkflow::kernels::cuda

@@ -549,8 +549,20 @@ absl::Status CudaStage::BackwardDevice(const ChunkInput& in, const float* dy, fl
     ca.layers[l] = LayerActs();
   }
   if (r.first) {
-    CF_LAUNCH(kc::embedding_backward(G(params_->weights().embed), dcur.data(), rows.tokens.data(),
-                                     t, c_, ctx_->stream()));
+    // Rows grouped by token on the host: parallel over tokens and columns,
+    // the CPU's additions in its order.
+    const kc::TokenGroups groups = kc::GroupRowsByToken(in.tokens.data(), t);
+    const int64_t n_groups = static_cast<int64_t>(groups.token.size());
+    DArray<int32_t> g_rows, g_begin, g_token;
+    CF_RETURN_IF_ERROR(Alloc(g_rows, MemoryTracker::kScratch, t, "token groups"));
+    CF_RETURN_IF_ERROR(Alloc(g_begin, MemoryTracker::kScratch, n_groups + 1, "token groups"));
+    CF_RETURN_IF_ERROR(Alloc(g_token, MemoryTracker::kScratch, n_groups, "token groups"));
+    CF_RETURN_IF_ERROR(g_rows.Upload(groups.rows.data(), t));
+    CF_RETURN_IF_ERROR(g_begin.Upload(groups.begin.data(), n_groups + 1));
+    CF_RETURN_IF_ERROR(g_token.Upload(groups.token.data(), n_groups));
+    CF_LAUNCH(kc::embedding_backward_grouped(G(params_->weights().embed), dcur.data(),
+                                             g_rows.data(), g_begin.data(), g_token.data(),
+                                             n_groups, c_, ctx_->stream()));
   } else {
     CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, dx, dcur.data(), t * c_ * kF, "input gradient"));
   }
