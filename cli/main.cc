@@ -95,11 +95,11 @@ ABSL_FLAG(double, give_up_after_s, 0,
 ABSL_FLAG(std::string, job, "", "get-job/cancel/update-schedule/watch/steps: the job id");
 ABSL_FLAG(std::string, worker, "", "drain: the worker id");
 ABSL_FLAG(std::string, device, "cpu",
-          "worker, local: cpu (the CPU engine) or cuda (the CUDA engine; worker: on "
-          "--cuda_device, local: worker i on GPU i % GPUs)");
+          "train, worker, local: cpu (the CPU engine) or cuda (the CUDA engine; train: on GPU "
+          "0, worker: on --cuda_device, local: worker i on GPU i % GPUs)");
 ABSL_FLAG(int32_t, cuda_device, 0, "worker --device=cuda: the CUDA device index");
 ABSL_FLAG(std::string, precision, "bf16",
-          "worker, local --device=cuda: bf16 (bf16 GEMMs, fp32 master weights) or fp32");
+          "train, worker, local --device=cuda: bf16 (bf16 GEMMs, fp32 master weights) or fp32");
 ABSL_FLAG(std::string, links, "gloo",
           "worker, local --device=cuda: gloo (through host memory; workers may share a GPU) or "
           "nccl (device memory, one GPU per worker; experimental, see docs/cuda.md)");
@@ -162,6 +162,7 @@ Commands:
                   --steps=20 --global_batch=16 --chunk_size=1024 --k=2 \
                   --output_dir=/tmp/ckpt
               chunkflowctl train --model_dir=/models/Qwen2.5-0.5B --dataset=data.jsonl
+            On a GPU: --device=cuda [--precision=bf16|fp32] (the same checkpoints).
   eval      Mean loss of each document (forward only, chunk by chunk).
               chunkflowctl eval --model_dir=/tmp/ckpt --dataset=data.jsonl --format=json
   convert   Convert JSONL (one {"input_ids": [...], "labels": [...]} per line)
@@ -212,6 +213,8 @@ int RunTrain() {
   o.train.weight_decay = static_cast<float>(absl::GetFlag(FLAGS_weight_decay));
   o.train.clip = static_cast<float>(absl::GetFlag(FLAGS_clip));
   o.output_dir = absl::GetFlag(FLAGS_output_dir);
+  o.device = absl::GetFlag(FLAGS_device);
+  o.precision = absl::GetFlag(FLAGS_precision);
   absl::Status s = chunkflow::cli::RunTrainCommand(o, std::cout, std::cerr);
   return s.ok() ? 0 : Fail(s);
 }

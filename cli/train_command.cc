@@ -8,6 +8,7 @@
 #include <cmath>
 #include <map>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -16,6 +17,7 @@
 #include "kernels/cpu/blas_core.h"
 #include "dataset/tokens.h"
 #include "nlohmann/json.hpp"
+#include "worker/engine/cuda/cuda_engine.h"
 #include "worker/engine/model_config.h"
 
 namespace chunkflow::cli {
@@ -30,38 +32,69 @@ bool Exists(const std::string& path) {
 
 double MiB(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0); }
 
-absl::StatusOr<std::unique_ptr<Engine>> LoadModel(const ModelSource& m, std::ostream& progress) {
+absl::StatusOr<engine::ModelConfig> ModelConfigOf(const ModelSource& m) {
   if (!m.model_dir.empty() && !m.model_config.empty()) {
     return absl::InvalidArgumentError("pass --model_dir or --model_config, not both");
   }
-  engine::ModelConfig config = engine::TinyQwen2Config();
-  if (!m.model_dir.empty() || !m.model_config.empty()) {
-    absl::StatusOr<engine::ModelConfig> c =
-        engine::LoadHfConfig(m.model_dir.empty() ? m.model_config : m.model_dir);
-    if (!c.ok()) return c.status();
-    config = *c;
+  if (m.model_dir.empty() && m.model_config.empty()) return engine::TinyQwen2Config();
+  return engine::LoadHfConfig(m.model_dir.empty() ? m.model_config : m.model_dir);
+}
+
+// Weights (and the optimizer state beside them) from --model_dir, or random
+// ones; E is engine::Engine or the CUDA engine.
+template <typename E>
+absl::Status InitModel(E& e, const ModelSource& m, std::ostream& progress) {
+  const engine::ModelConfig& config = e.config();
+  if (!m.model_dir.empty()) {
+    if (absl::Status s = e.LoadWeights(m.model_dir); !s.ok()) return s;
+    const std::string opt = m.model_dir + "/optimizer.safetensors";
+    if (Exists(opt)) {
+      if (absl::Status s = e.LoadOptimizer(opt); !s.ok()) return s;
+      progress << "resuming the optimizer at step " << e.optimizer_step() << " from " << opt
+               << "\n";
+    }
+    return absl::OkStatus();
   }
-  absl::StatusOr<std::unique_ptr<Engine>> e = Engine::Create(config, m.stages);
+  if constexpr (std::is_void_v<decltype(e.InitRandom(m.seed))>) {
+    e.InitRandom(m.seed);
+  } else if (absl::Status s = e.InitRandom(m.seed); !s.ok()) {
+    return s;
+  }
+  progress << "random " << engine::ArchitectureName(config.arch) << " model (hidden "
+           << config.hidden_size << ", " << config.num_hidden_layers << " layers, vocab "
+           << config.vocab_size << "), seed " << m.seed
+           << (m.model_config.empty() ? " (no --model_dir or --model_config: the tiny preset)"
+                                      : "")
+           << "\n";
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> LoadModel(const ModelSource& m, std::ostream& progress) {
+  absl::StatusOr<engine::ModelConfig> config = ModelConfigOf(m);
+  if (!config.ok()) return config.status();
+  absl::StatusOr<std::unique_ptr<Engine>> e = Engine::Create(*config, m.stages);
   if (!e.ok()) {
     return absl::Status(e.status().code(), absl::StrCat("--stages: ", e.status().message()));
   }
-  if (!m.model_dir.empty()) {
-    if (absl::Status s = (*e)->LoadWeights(m.model_dir); !s.ok()) return s;
-    const std::string opt = m.model_dir + "/optimizer.safetensors";
-    if (Exists(opt)) {
-      if (absl::Status s = (*e)->LoadOptimizer(opt); !s.ok()) return s;
-      progress << "resuming the optimizer at step " << (*e)->optimizer_step() << " from " << opt
-               << "\n";
-    }
-  } else {
-    (*e)->InitRandom(m.seed);
-    progress << "random " << engine::ArchitectureName(config.arch) << " model (hidden "
-             << config.hidden_size << ", " << config.num_hidden_layers << " layers, vocab "
-             << config.vocab_size << "), seed " << m.seed
-             << (m.model_config.empty() ? " (no --model_dir or --model_config: the tiny preset)"
-                                        : "")
-             << "\n";
+  if (absl::Status s = InitModel(**e, m, progress); !s.ok()) return s;
+  return e;
+}
+
+absl::StatusOr<std::unique_ptr<engine::cuda::CudaEngine>> LoadCudaModel(
+    const ModelSource& m, const std::string& precision, std::ostream& progress) {
+  if (precision != "bf16" && precision != "fp32") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--precision must be bf16 or fp32, got '", precision, "'"));
   }
+  absl::StatusOr<engine::ModelConfig> config = ModelConfigOf(m);
+  if (!config.ok()) return config.status();
+  engine::cuda::CudaEngineOptions co;
+  co.precision = precision == "fp32" ? engine::cuda::Precision::kFp32
+                                     : engine::cuda::Precision::kBf16;
+  absl::StatusOr<std::unique_ptr<engine::cuda::CudaEngine>> e =
+      engine::cuda::CudaEngine::Create(*config, m.stages, co);
+  if (!e.ok()) return e.status();
+  if (absl::Status s = InitModel(**e, m, progress); !s.ok()) return s;
   return e;
 }
 
@@ -129,6 +162,64 @@ absl::StatusOr<int64_t> ResumeBatch(const TrainCommandOptions& o) {
 
 }  // namespace
 
+// The steps and the checkpoint; E is engine::Engine or the CUDA engine.
+template <typename E>
+absl::Status TrainLoop(E& e, const TrainCommandOptions& o, const std::string& backend,
+                       std::ostream& out, std::ostream& progress) {
+  absl::StatusOr<std::unique_ptr<dataset::TokenSource>> src =
+      dataset::TokenSource::Open(o.dataset, e.config().vocab_size);
+  if (!src.ok()) return src.status();
+  absl::StatusOr<int64_t> start = ResumeBatch(o);
+  if (!start.ok()) return start.status();
+  if (*start > 0) progress << "resuming the dataset cursor at batch " << *start << "\n";
+  absl::StatusOr<DatasetCursor> cursor =
+      DatasetCursor::Create((*src)->num_documents(), o.seed, o.global_batch);
+  if (!cursor.ok()) return cursor.status();
+
+  progress << "training " << o.steps << " steps of " << o.global_batch << " documents from "
+           << o.dataset << " (" << (*src)->num_documents() << " documents), ChunkSize "
+           << o.train.chunk_size << ", K " << o.train.k << ", " << o.model.stages << " stage(s), "
+           << (o.train.optimizer == engine::OptimizerKind::kAdamW ? "adamw" : "sgd") << " lr "
+           << o.train.lr << ", " << backend << "\n";
+  double first_loss = 0, last_loss = 0, seconds = 0;
+  int64_t tokens = 0, peak = 0;
+  for (int64_t step = 0; step < o.steps; ++step) {
+    absl::StatusOr<std::vector<int64_t>> docs = cursor->Batch(*start + step);
+    if (!docs.ok()) return docs.status();
+    absl::StatusOr<engine::StepData> data = BatchData(**src, *docs);
+    if (!data.ok()) return data.status();
+    absl::StatusOr<engine::StepResult> r = e.TrainStep(*data, o.train);
+    if (!r.ok()) {
+      return absl::Status(r.status().code(), absl::StrCat("step ", step, ": ", r.status().message()));
+    }
+    if (step == 0) first_loss = r->loss;
+    last_loss = r->loss;
+    seconds += r->seconds;
+    tokens += r->tokens;
+    peak = std::max(peak, r->peak_bytes);
+    progress << absl::StrFormat(
+        "step %d/%d  loss %.4f  tokens %d  chunks %d  %.0f tokens/s  grad-norm %.3f  "
+        "peak %.1f MiB (activations %.1f, state %.1f)\n",
+        step + 1, o.steps, r->loss, r->tokens, r->chunks, r->tokens / std::max(r->seconds, 1e-9),
+        r->grad_norm, MiB(r->peak_bytes), MiB(r->peak_activation_bytes),
+        MiB(r->peak_state_bytes));
+    if (r->peak_device_bytes > 0) {
+      progress << absl::StrFormat("  device peak %.1f MiB (weights, gradients, AdamW included)\n",
+                                  MiB(r->peak_device_bytes));
+    }
+    progress.flush();
+  }
+  if (!o.output_dir.empty()) {
+    if (absl::Status s = e.Save(o.output_dir); !s.ok()) return s;
+    if (absl::Status s = WriteTrainerState(o.output_dir, o, *start + o.steps); !s.ok()) return s;
+  }
+  out << absl::StrFormat(
+      "trained %d steps, %d tokens in %.2f s (%.0f tokens/s); loss %.4f -> %.4f; peak %.1f MiB\n",
+      o.steps, tokens, seconds, tokens / std::max(seconds, 1e-9), first_loss, last_loss, MiB(peak));
+  if (!o.output_dir.empty()) out << "checkpoint: " << o.output_dir << "\n";
+  return absl::OkStatus();
+}
+
 absl::Status RunTrainCommand(const TrainCommandOptions& o, std::ostream& out,
                              std::ostream& progress) {
   if (o.steps < 1) return absl::InvalidArgumentError(absl::StrCat("--steps must be >= 1, got ", o.steps));
@@ -151,56 +242,20 @@ absl::Status RunTrainCommand(const TrainCommandOptions& o, std::ostream& out,
     return absl::InvalidArgumentError(
         absl::StrCat("--weight_decay must be >= 0, got ", o.train.weight_decay));
   }
+  if (o.device == "cuda") {
+    absl::StatusOr<std::unique_ptr<engine::cuda::CudaEngine>> e =
+        LoadCudaModel(o.model, o.precision, progress);
+    if (!e.ok()) return e.status();
+    return TrainLoop(**e, o, absl::StrCat("CUDA engine (", o.precision, ")"), out, progress);
+  }
+  if (o.device != "cpu") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device must be cpu or cuda, got '", o.device, "'"));
+  }
   absl::StatusOr<std::unique_ptr<Engine>> e = LoadModel(o.model, progress);
   if (!e.ok()) return e.status();
-  absl::StatusOr<std::unique_ptr<dataset::TokenSource>> src =
-      dataset::TokenSource::Open(o.dataset, (*e)->config().vocab_size);
-  if (!src.ok()) return src.status();
-  absl::StatusOr<int64_t> start = ResumeBatch(o);
-  if (!start.ok()) return start.status();
-  if (*start > 0) progress << "resuming the dataset cursor at batch " << *start << "\n";
-  absl::StatusOr<DatasetCursor> cursor =
-      DatasetCursor::Create((*src)->num_documents(), o.seed, o.global_batch);
-  if (!cursor.ok()) return cursor.status();
-
-  progress << "training " << o.steps << " steps of " << o.global_batch << " documents from "
-           << o.dataset << " (" << (*src)->num_documents() << " documents), ChunkSize "
-           << o.train.chunk_size << ", K " << o.train.k << ", " << o.model.stages << " stage(s), "
-           << (o.train.optimizer == engine::OptimizerKind::kAdamW ? "adamw" : "sgd") << " lr "
-           << o.train.lr << ", OpenBLAS kernels " << kernels::cpu::BlasCoreName() << "\n";
-  double first_loss = 0, last_loss = 0, seconds = 0;
-  int64_t tokens = 0, peak = 0;
-  for (int64_t step = 0; step < o.steps; ++step) {
-    absl::StatusOr<std::vector<int64_t>> docs = cursor->Batch(*start + step);
-    if (!docs.ok()) return docs.status();
-    absl::StatusOr<engine::StepData> data = BatchData(**src, *docs);
-    if (!data.ok()) return data.status();
-    absl::StatusOr<engine::StepResult> r = (*e)->TrainStep(*data, o.train);
-    if (!r.ok()) {
-      return absl::Status(r.status().code(), absl::StrCat("step ", step, ": ", r.status().message()));
-    }
-    if (step == 0) first_loss = r->loss;
-    last_loss = r->loss;
-    seconds += r->seconds;
-    tokens += r->tokens;
-    peak = std::max(peak, r->peak_bytes);
-    progress << absl::StrFormat(
-        "step %d/%d  loss %.4f  tokens %d  chunks %d  %.0f tokens/s  grad-norm %.3f  "
-        "peak %.1f MiB (activations %.1f, state %.1f)\n",
-        step + 1, o.steps, r->loss, r->tokens, r->chunks, r->tokens / std::max(r->seconds, 1e-9),
-        r->grad_norm, MiB(r->peak_bytes), MiB(r->peak_activation_bytes),
-        MiB(r->peak_state_bytes));
-    progress.flush();
-  }
-  if (!o.output_dir.empty()) {
-    if (absl::Status s = (*e)->Save(o.output_dir); !s.ok()) return s;
-    if (absl::Status s = WriteTrainerState(o.output_dir, o, *start + o.steps); !s.ok()) return s;
-  }
-  out << absl::StrFormat(
-      "trained %d steps, %d tokens in %.2f s (%.0f tokens/s); loss %.4f -> %.4f; peak %.1f MiB\n",
-      o.steps, tokens, seconds, tokens / std::max(seconds, 1e-9), first_loss, last_loss, MiB(peak));
-  if (!o.output_dir.empty()) out << "checkpoint: " << o.output_dir << "\n";
-  return absl::OkStatus();
+  return TrainLoop(**e, o, absl::StrCat("OpenBLAS kernels ", kernels::cpu::BlasCoreName()), out,
+                   progress);
 }
 
 absl::Status RunEvalCommand(const EvalCommandOptions& o, std::ostream& out,

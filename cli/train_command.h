@@ -43,6 +43,8 @@ struct TrainCommandOptions {
   uint64_t seed = 1;  // dataset cursor
   engine::TrainOptions train;
   std::string output_dir;  // empty: no checkpoint
+  std::string device = "cpu";      // or "cuda": the CUDA engine on device 0
+  std::string precision = "bf16";  // cuda: bf16 GEMMs (fp32 master weights) or fp32
 };
 
 // Errors: INVALID_ARGUMENT naming the option (steps, global_batch, stages,

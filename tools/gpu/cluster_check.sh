@@ -6,7 +6,9 @@
 #   CUDA fp32 vs CPU: relative 1e-4 (same ops, different summation orders);
 #   CUDA bf16 vs CPU: relative 2e-2 (bf16 GEMM inputs).
 # With 4 or more GPUs, the NCCL links run too (one GPU per worker), fp32,
-# against the same CPU loss. Prints ok/FAIL lines; exit status 0 when all pass.
+# against the same CPU loss. Then `chunkflowctl train` (one process) on the
+# CPU and on the GPU, the same tolerances. Prints ok/FAIL lines; exit status
+# 0 when all pass.
 set -u
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 # In the bundle: its libraries and chunkflowctl; from a checkout, set
@@ -43,5 +45,18 @@ if [[ $gpus -ge 4 ]]; then
 else
   echo "SKIPPED: NCCL links (need 4 GPUs for dp 2 x pp 2, this machine has $gpus)"
 fi
+# One process on one GPU: chunkflowctl train, CPU vs CUDA engine.
+TRAIN=(--steps=3 --global_batch=8 --chunk_size=128 --k=2 --dataset=synthetic:lmsys:n=64,seed=3,max=512)
+train_loss() {  # name, extra flags...
+  local name=$1; shift
+  if ! timeout 600 "$BIN" train "${TRAIN[@]}" "$@" >"$W/$name.out" 2>"$W/$name.err"; then
+    echo "FAIL $name: chunkflowctl train failed" >&2; tail -5 "$W/$name.err" >&2; return 1
+  fi
+  sed -n 's/.*loss [0-9.]* -> \([0-9.eE+-]*\).*/\1/p' "$W/$name.out" | tail -1
+}
+tcpu=$(train_loss train-cpu --device=cpu) || fail=1
+echo "ok   train-cpu: final loss $tcpu"
+tfp32=$(train_loss train-cuda-fp32 --device=cuda --precision=fp32) && compare train-cuda-fp32 "$tfp32" "$tcpu" 1e-4 || fail=1
+tbf16=$(train_loss train-cuda-bf16 --device=cuda --precision=bf16) && compare train-cuda-bf16 "$tbf16" "$tcpu" 2e-2 || fail=1
 echo "logs: $W"
 exit $fail

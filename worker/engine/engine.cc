@@ -73,17 +73,24 @@ absl::Status Engine::LoadWeights(const std::string& path) {
 }
 
 absl::Status Engine::Save(const std::string& dir) const {
+  return SaveModel(dir, config_, params_, m_, v_, step_);
+}
+
+absl::Status SaveModel(const std::string& dir, const ModelConfig& config,
+                       const std::vector<std::unique_ptr<StageParams>>& params,
+                       const std::vector<std::vector<float>>& m,
+                       const std::vector<std::vector<float>>& v, int64_t step) {
   if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
     return absl::UnavailableError(absl::StrCat("cannot create ", dir, ": ", std::strerror(errno)));
   }
   std::vector<TensorToWrite> weights, moments;
-  for (size_t s = 0; s < params_.size(); ++s) {
-    for (const ParamTensor& t : params_[s]->tensors()) {
+  for (size_t s = 0; s < params.size(); ++s) {
+    for (const ParamTensor& t : params[s]->tensors()) {
       // A tied embedding copied onto the last stage is saved once.
       if (s > 0 && t.name == kEmbed) continue;
-      weights.push_back({t.name, DType::kF32, t.shape, params_[s]->values().data() + t.offset});
-      moments.push_back({"exp_avg." + t.name, DType::kF32, t.shape, m_[s].data() + t.offset});
-      moments.push_back({"exp_avg_sq." + t.name, DType::kF32, t.shape, v_[s].data() + t.offset});
+      weights.push_back({t.name, DType::kF32, t.shape, params[s]->values().data() + t.offset});
+      moments.push_back({"exp_avg." + t.name, DType::kF32, t.shape, m[s].data() + t.offset});
+      moments.push_back({"exp_avg_sq." + t.name, DType::kF32, t.shape, v[s].data() + t.offset});
     }
   }
   if (absl::Status s = WriteSafetensors(dir + "/model.safetensors", weights, {{"format", "pt"}});
@@ -91,13 +98,13 @@ absl::Status Engine::Save(const std::string& dir) const {
     return s;
   }
   if (absl::Status s = WriteSafetensors(dir + "/optimizer.safetensors", moments,
-                                        {{"step", std::to_string(step_)}});
+                                        {{"step", std::to_string(step)}});
       !s.ok()) {
     return s;
   }
   const std::string path = dir + "/config.json";
   std::ofstream out(path + ".tmp");
-  out << ToHfConfigJson(config_);
+  out << ToHfConfigJson(config);
   out.close();
   if (!out || std::rename((path + ".tmp").c_str(), path.c_str()) != 0) {
     return absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
@@ -106,6 +113,13 @@ absl::Status Engine::Save(const std::string& dir) const {
 }
 
 absl::Status Engine::LoadOptimizer(const std::string& path) {
+  return LoadOptimizerState(path, params_, &m_, &v_, &step_);
+}
+
+absl::Status LoadOptimizerState(const std::string& path,
+                                const std::vector<std::unique_ptr<StageParams>>& params,
+                                std::vector<std::vector<float>>* m_out,
+                                std::vector<std::vector<float>>* v_out, int64_t* step_out) {
   absl::StatusOr<SafetensorsReader> reader = SafetensorsReader::Open(path);
   if (!reader.ok()) return reader.status();
   int64_t step = 0;
@@ -115,20 +129,20 @@ absl::Status Engine::LoadOptimizer(const std::string& path) {
         path, ": metadata 'step' must be a count >= 0, got '",
         it == reader->metadata().end() ? "(missing)" : it->second, "'"));
   }
-  std::vector<std::vector<float>> m(params_.size()), v(params_.size());
-  for (size_t s = 0; s < params_.size(); ++s) {
-    m[s].resize(m_[s].size());
-    v[s].resize(v_[s].size());
-    for (const ParamTensor& t : params_[s]->tensors()) {
+  std::vector<std::vector<float>> m(params.size()), v(params.size());
+  for (size_t s = 0; s < params.size(); ++s) {
+    m[s].resize(static_cast<size_t>(params[s]->numel()));
+    v[s].resize(static_cast<size_t>(params[s]->numel()));
+    for (const ParamTensor& t : params[s]->tensors()) {
       for (auto [prefix, buf] : {std::pair{"exp_avg.", &m[s]}, std::pair{"exp_avg_sq.", &v[s]}}) {
         absl::Status st = reader->ReadF32(prefix + t.name, t.shape, buf->data() + t.offset);
         if (!st.ok()) return st;
       }
     }
   }
-  m_.swap(m);
-  v_.swap(v);
-  step_ = step;
+  m_out->swap(m);
+  v_out->swap(v);
+  *step_out = step;
   return absl::OkStatus();
 }
 

@@ -95,6 +95,19 @@ float ClipCoefficient(double grad_norm, float clip);
 // every stage's values; all or nothing (see StageParams::Load).
 absl::Status LoadStageWeights(const std::string& path,
                               const std::vector<std::unique_ptr<StageParams>>& params);
+// Writes config.json, model.safetensors (a tied embedding once) and
+// optimizer.safetensors (AdamW moments per stage in the flat layout, and
+// `step`) into `dir`, creating it: Engine::Save, for any engine's host copy.
+absl::Status SaveModel(const std::string& dir, const ModelConfig& config,
+                       const std::vector<std::unique_ptr<StageParams>>& params,
+                       const std::vector<std::vector<float>>& m,
+                       const std::vector<std::vector<float>>& v, int64_t step);
+// Reads what SaveModel wrote into optimizer.safetensors; on error nothing is
+// changed. Errors: NOT_FOUND / INVALID_ARGUMENT naming the tensor or field.
+absl::Status LoadOptimizerState(const std::string& path,
+                                const std::vector<std::unique_ptr<StageParams>>& params,
+                                std::vector<std::vector<float>>* m,
+                                std::vector<std::vector<float>>* v, int64_t* step);
 // One optimizer update of a stage; `step` is 1-based (AdamW bias correction).
 void ApplyUpdate(StageParams& params, std::vector<float>& m, std::vector<float>& v, int64_t step,
                  const TrainOptions& options);

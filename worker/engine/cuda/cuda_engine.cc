@@ -67,6 +67,26 @@ absl::Status CudaEngine::LoadWeights(const std::string& path) {
   return UploadWeights();
 }
 
+absl::Status CudaEngine::Save(const std::string& dir) {
+  std::vector<std::vector<float>> m(params_.size()), v(params_.size());
+  for (size_t s = 0; s < params_.size(); ++s) {
+    if (absl::Status st = stages_[s]->DownloadParams(); !st.ok()) return st;
+    if (absl::Status st = stages_[s]->GetMoments(&m[s], &v[s]); !st.ok()) return st;
+  }
+  return SaveModel(dir, config_, params_, m, v, step_);
+}
+
+absl::Status CudaEngine::LoadOptimizer(const std::string& path) {
+  std::vector<std::vector<float>> m, v;
+  int64_t step = 0;
+  if (absl::Status s = LoadOptimizerState(path, params_, &m, &v, &step); !s.ok()) return s;
+  for (size_t s = 0; s < params_.size(); ++s) {
+    if (absl::Status st = stages_[s]->SetMoments(m[s], v[s]); !st.ok()) return st;
+  }
+  step_ = step;
+  return ctx_->Sync("load the optimizer state");
+}
+
 absl::Status CudaEngine::SumTiedGradients() {
   if (!config_.tie_word_embeddings || pp() == 1) return absl::OkStatus();
   const ParamTensor* a = params_.front()->Find(kEmbed);

@@ -59,6 +59,10 @@ class CudaEngine {
   // UploadWeights.
   StageParams& stage_params(int32_t s) { return *params_[s]; }
   absl::Status UploadWeights();
+  // As engine::Engine (the same files: the CPU engine and transformers load
+  // them), from the device's weights and AdamW moments.
+  absl::Status Save(const std::string& dir);
+  absl::Status LoadOptimizer(const std::string& path);
 
   // As engine::Engine; StepResult::peak_device_bytes is the allocator's
   // exact peak during the step.

@@ -20,6 +20,7 @@
 #include "worker/engine/cuda/cuda_engine.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -226,6 +227,43 @@ TEST_P(CudaEngineTest, AdamWSteps_MatchCpuEngine) {
     absl::StatusOr<std::vector<float>> got = gpu->Value(name);
     ASSERT_TRUE(want.ok() && got.ok()) << name;
     EXPECT_LT(RelErr(*got, *want), 1e-5) << name;
+  }
+}
+
+// A checkpoint written from the device is the CPU engine's format: the CPU
+// engine loads it and continues exactly as the CUDA engine that reloads it.
+TEST_P(CudaEngineTest, SaveLoad_RoundTripsThroughTheCpuFormat) {
+  REQUIRE_GPU();
+  const Case p = GetParam();
+  const ModelConfig c = p.llama ? Llama() : Qwen2();
+  std::unique_ptr<CudaEngine> gpu = GpuEngine(c, p.pp, Precision::kFp32);
+  ASSERT_NE(gpu, nullptr);
+  TrainOptions o;
+  o.chunk_size = 32;
+  o.lr = 1e-3f;
+  ASSERT_TRUE(gpu->TrainStep(RandomData({40, 9}, c.vocab_size, 20), o).ok());
+  const std::string dir = std::string(std::getenv("TEST_TMPDIR")) + "/cuda-save-" +
+                          (p.llama ? "llama" : "qwen2") + std::to_string(p.pp);
+  ASSERT_TRUE(gpu->Save(dir).ok());
+  std::unique_ptr<Engine> cpu = *Engine::Create(c, p.pp);
+  ASSERT_TRUE(cpu->LoadWeights(dir).ok());
+  ASSERT_TRUE(cpu->LoadOptimizer(dir + "/optimizer.safetensors").ok());
+  EXPECT_EQ(cpu->optimizer_step(), 1);
+  std::unique_ptr<CudaEngine> back = GpuEngine(c, p.pp, Precision::kFp32);
+  ASSERT_NE(back, nullptr);
+  ASSERT_TRUE(back->LoadWeights(dir).ok());
+  ASSERT_TRUE(back->LoadOptimizer(dir + "/optimizer.safetensors").ok());
+  for (const std::string& name : ModelTensorNames(c)) {
+    EXPECT_EQ(*cpu->Value(name), *gpu->Value(name)) << name;
+    EXPECT_EQ(*back->Value(name), *gpu->Value(name)) << name;
+  }
+  // The next step continues from the same moments.
+  const StepData next = RandomData({33, 12}, c.vocab_size, 21);
+  ASSERT_TRUE(gpu->TrainStep(next, o).ok());
+  ASSERT_TRUE(back->TrainStep(next, o).ok());
+  EXPECT_EQ(back->optimizer_step(), 2);
+  for (const std::string& name : ModelTensorNames(c)) {
+    EXPECT_EQ(*back->Value(name), *gpu->Value(name)) << name;
   }
 }
 
