@@ -76,6 +76,16 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   std::memset(*ptr, 0xFF, bytes);  // NaN poison: unwritten memory shows
   return cudaSuccess;
 }
+cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned int) {
+  *ptr = std::malloc(bytes == 0 ? 1 : bytes);
+  if (*ptr == nullptr) return cudaErrorMemoryAllocation;
+  std::memset(*ptr, 0xFF, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaFreeHost(void* ptr) {
+  std::free(ptr);
+  return cudaSuccess;
+}
 cudaError_t cudaFree(void* ptr) {
   std::free(ptr);
   return cudaSuccess;

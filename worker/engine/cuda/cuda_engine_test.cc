@@ -267,6 +267,41 @@ TEST_P(CudaEngineTest, SaveLoad_RoundTripsThroughTheCpuFormat) {
   }
 }
 
+// The state store offloaded to pinned host memory gives exactly the same
+// step (same kernels, same order; only where K/V wait between uses changes)
+// and keeps at most one layer's worth of state on the device.
+TEST_P(CudaEngineTest, OffloadedState_SameStepLessDeviceState) {
+  REQUIRE_GPU();
+  const Case p = GetParam();
+  const ModelConfig c = p.llama ? Llama() : Qwen2();
+  const StepData d = RandomData({90, 13, 7, 70, 2}, c.vocab_size, 3);
+  std::unique_ptr<CudaEngine> on_device = GpuEngine(c, p.pp, Precision::kFp32);
+  ASSERT_NE(on_device, nullptr);
+  CudaEngineOptions o;
+  o.precision = Precision::kFp32;
+  o.offload_state = true;
+  absl::StatusOr<std::unique_ptr<CudaEngine>> made = CudaEngine::Create(c, p.pp, o);
+  ASSERT_TRUE(made.ok()) << made.status();
+  std::unique_ptr<CudaEngine> offloaded = std::move(*made);
+  ASSERT_TRUE(offloaded->InitRandom(5).ok());
+  for (int32_t s = 0; s < p.pp; ++s) ScaleUp(offloaded->stage_params(s));
+  ASSERT_TRUE(offloaded->UploadWeights().ok());
+  for (auto [cs, k] : {std::pair<int64_t, int32_t>{16, 1}, {7, 3}}) {
+    const std::string what = "chunk_size " + std::to_string(cs) + " K " + std::to_string(k);
+    const Grads want = Compute(*on_device, d, cs, k);
+    const Grads got = Compute(*offloaded, d, cs, k);
+    EXPECT_EQ(got.loss, want.loss) << what;
+    for (const auto& [name, g] : want.by_name) EXPECT_EQ(got.by_name.at(name), g) << what << name;
+    // On the device: one layer of the chunk's sequences (rows up to the
+    // chunk) instead of every layer of every live sequence.
+    EXPECT_LE(got.result.peak_state_bytes, want.result.peak_state_bytes) << what;
+    if (p.pp == 1) {
+      EXPECT_LE(got.result.peak_state_bytes * c.num_hidden_layers, want.result.peak_state_bytes)
+          << what;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, CudaEngineTest,
                          ::testing::Values(Case{false, 1}, Case{false, 2}, Case{true, 1},
                                            Case{true, 3}),

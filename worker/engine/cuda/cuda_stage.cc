@@ -37,7 +37,7 @@ CudaStage::CudaStage(StageParams* params, DeviceContext* ctx, MemoryTracker* mem
       mem_(mem),
       options_(options),
       state_(ctx, params->range().end_layer - params->range().first_layer,
-             params->config().kv_dim(), mem),
+             params->config().kv_dim(), mem, options.offload_state),
       c_(params->config().hidden_size),
       qd_(params->config().num_attention_heads * params->config().head_dim()),
       kvd_(params->config().kv_dim()),
@@ -406,6 +406,8 @@ absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const Chun
   cudaStream_t st = ctx_->stream();
   constexpr MemoryTracker::Kind kS = MemoryTracker::kScratch;
 
+  // Offloaded state: this layer's K/V of the chunk's sequences come in.
+  for (const PieceRows& p : in.pieces) CF_RETURN_IF_ERROR(state_.Acquire(p.seq, l));
   CF_RETURN_IF_ERROR(Alloc(a.x, kind, t * c_, "layer input"));
   CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, a.x.data(), inout, t * c_ * kF, "layer input"));
   CF_RETURN_IF_ERROR(Alloc(a.rstd1, kind, t, "rstd1"));
@@ -440,6 +442,11 @@ absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const Chun
   } else {
     CF_RETURN_IF_ERROR(kc::attention_forward(a.att.data(), a.lse.data(), a.q.data(), segs.data(),
                                              static_cast<int64_t>(segs.size()), h, hk, d, st));
+  }
+  for (const PieceRows& p : in.pieces) {  // the rows this forward wrote go back
+    CF_RETURN_IF_ERROR(state_.Release(
+        p.seq, l, write_kv ? std::pair{p.offset, p.offset + p.length} : std::pair<int64_t, int64_t>{0, 0},
+        /*grads_end=*/0));
   }
   DArray<float> tmp;
   CF_RETURN_IF_ERROR(Alloc(tmp, kS, t * c_, "branch output"));
@@ -643,6 +650,7 @@ absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const Chu
   CF_RETURN_IF_ERROR(Alloc(datt, kS, t * qd_, "attention output gradient", true));
   CF_RETURN_IF_ERROR(Alloc(dq, kS, t * qd_, "q gradient", true));
   CF_RETURN_IF_ERROR(LinearBackward(datt.data(), w.wo, nullptr, dx, a.att.data(), t, qd_, c_));
+  for (const PieceRows& p : in.pieces) CF_RETURN_IF_ERROR(state_.Acquire(p.seq, l));
   const std::vector<kc::AttentionSegment> segs = Segments(in, l);
   if (flash_) {
     DArray<float> delta;
@@ -673,6 +681,9 @@ absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const Chu
     CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, dvv.data() + p.row * kvd_,
                                     state_.dv(p.seq, l) + p.offset * kvd_, p.length * kvd_ * kF,
                                     "state dV"));
+    // Earlier chunks still need the dK/dV this backward added to rows
+    // [0, offset); rows from offset on are done.
+    CF_RETURN_IF_ERROR(state_.Release(p.seq, l, {0, 0}, /*grads_end=*/p.offset));
   }
   CF_LAUNCH(kc::rope_backward(dkp.data(), dkr.data(), rows.positions.data(), t, hk, d, theta, st));
   CF_LAUNCH(kc::rmsnorm_forward(hn.data(), rstd.data(), a.x.data(), W(w.ln1), t, c_, eps, st));

@@ -64,6 +64,10 @@ struct CudaStageOptions {
   AttentionKernel attention = AttentionKernel::kAuto;
   // Rows of the LM head evaluated at once (bounds the logits tile).
   int64_t head_rows = 1024;
+  // Keep the state store (K/V and their gradients) in pinned host memory and
+  // bring one layer of a chunk's sequences onto the device at a time
+  // (DeviceStateStore's offload): for sequences whose state does not fit.
+  bool offload_state = false;
 };
 
 class CudaStage : public StageExecutor {

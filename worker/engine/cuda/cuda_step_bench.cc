@@ -13,7 +13,8 @@
 //     attention, PaLM's count with the causal half); MFU = model FLOP/s /
 //     --peak_tflops.
 // (b) Memory. ComputeGradients of one sequence of --memory_tokens tokens:
-//     ChunkSize --memory_chunk_size with K=1, then unchunked; each in a fresh
+//     ChunkSize --memory_chunk_size with K=1 (state on the device, then
+//     offloaded to pinned host memory), then unchunked; each in a fresh
 //     engine, reporting the allocator's exact peak (weights, gradients and
 //     AdamW state included) or, when it does not fit, the allocation that
 //     failed.
@@ -266,12 +267,15 @@ absl::Status RunMemory(std::vector<std::string>* json) {
   const StepData data = MakeData({tokens}, cfg->vocab_size, &checksum);
   std::vector<std::vector<std::string>> table = {
       {"config", "peak device GiB", "activations GiB", "state GiB", "seconds", "result"}};
-  for (const int64_t cs : {chunk, tokens}) {
-    const std::string label = cs == tokens ? absl::StrCat("unchunked (ChunkSize=", cs, ")")
-                                           : absl::StrCat("ChunkSize=", cs, " K=1");
+  for (const auto [cs, offload] : {std::pair{chunk, false}, std::pair{chunk, true},
+                                   std::pair{tokens, false}}) {
+    const std::string label =
+        cs == tokens ? absl::StrCat("unchunked (ChunkSize=", cs, ")")
+                     : absl::StrCat("ChunkSize=", cs, " K=1", offload ? ", state offloaded" : "");
     std::fprintf(stderr, "cuda_step_bench: memory %s ...\n", label.c_str());
     CudaEngineOptions o;
     o.precision = ParsePrecision();
+    o.offload_state = offload;
     absl::StatusOr<std::unique_ptr<CudaEngine>> e = CudaEngine::Create(*cfg, 1, o);
     if (!e.ok()) return e.status();
     if (absl::Status s = (*e)->InitRandom(absl::GetFlag(FLAGS_seed)); !s.ok()) return s;

@@ -1,35 +1,62 @@
 #include "worker/engine/cuda/device_state_store.h"
 
+#include <cuda_runtime_api.h>
+
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda/status.h"
 
 namespace chunkflow::engine::cuda {
+
+namespace {
+constexpr int64_t kF = static_cast<int64_t>(sizeof(float));
+}  // namespace
+
+DeviceStateStore::HostArray::~HostArray() {
+  if (p != nullptr) cudaFreeHost(p);
+}
+
+absl::Status DeviceStateStore::NewLayer(int64_t seq, int64_t capacity, bool grads, Layer* layer) {
+  const int64_t n = capacity * kv_dim_;
+  if (!offload_) {
+    const std::string what = absl::StrCat("state store K/V of sequence ", seq, " (", capacity,
+                                          " rows x ", layers_, " layers)");
+    for (DeviceArray<float>* a : {&layer->k, &layer->v, &layer->dk, &layer->dv}) {
+      if (!grads && (a == &layer->dk || a == &layer->dv)) continue;
+      if (absl::Status st = a->AllocateZeroed(ctx_, mem_, MemoryTracker::kState, n, what);
+          !st.ok()) {
+        return st;
+      }
+    }
+    return absl::OkStatus();
+  }
+  for (HostArray* h : {&layer->hk, &layer->hv, &layer->hdk, &layer->hdv}) {
+    if (!grads && (h == &layer->hdk || h == &layer->hdv)) continue;
+    void* p = nullptr;
+    if (cudaHostAlloc(&p, static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float),
+                      cudaHostAllocDefault) != cudaSuccess) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "cannot pin ", n * kF, " bytes of host memory for the offloaded state of sequence ",
+          seq));
+    }
+    h->p = static_cast<float*>(p);
+    std::memset(h->p, 0, static_cast<size_t>(n) * sizeof(float));
+  }
+  return absl::OkStatus();
+}
 
 absl::Status DeviceStateStore::Grow(int64_t seq, int64_t rows, int64_t seq_length, bool grads) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) {
     Seq s;
     s.capacity = std::max(rows, seq_length);
-    const int64_t n = s.capacity * kv_dim_;
-    const std::string what = absl::StrCat("state store K/V of sequence ", seq, " (",
-                                          s.capacity, " rows x ", layers_, " layers)");
+    s.grads = grads;
     for (int64_t l = 0; l < layers_; ++l) {
       Layer layer;
-      for (DeviceArray<float>* a : {&layer.k, &layer.v}) {
-        if (absl::Status st = a->AllocateZeroed(ctx_, mem_, MemoryTracker::kState, n, what);
-            !st.ok()) {
-          return st;
-        }
-      }
-      if (grads) {
-        for (DeviceArray<float>* a : {&layer.dk, &layer.dv}) {
-          if (absl::Status st = a->AllocateZeroed(ctx_, mem_, MemoryTracker::kState, n, what);
-              !st.ok()) {
-            return st;
-          }
-        }
-      }
+      if (absl::Status st = NewLayer(seq, s.capacity, grads, &layer); !st.ok()) return st;
       s.layers.push_back(std::move(layer));
     }
     it = seqs_.emplace(seq, std::move(s)).first;
@@ -42,10 +69,20 @@ absl::Status DeviceStateStore::Grow(int64_t seq, int64_t rows, int64_t seq_lengt
   }
   if (rows > s.rows) {
     // Rows dropped by an earlier Truncate come back zero, as on the CPU.
-    const int64_t dirty = std::min(rows, s.dirty_end) - s.rows;
-    const int64_t bytes = std::max<int64_t>(dirty, 0) * kv_dim_ * static_cast<int64_t>(sizeof(float));
+    const int64_t dirty = std::max<int64_t>(std::min(rows, s.dirty_end) - s.rows, 0);
+    const int64_t bytes = dirty * kv_dim_ * kF;
+    if (bytes > 0 && offload_) {
+      // Host writes: first let queued copies into these buffers finish.
+      if (absl::Status st = ctx_->Sync("regrow offloaded state"); !st.ok()) return st;
+    }
     for (Layer& l : s.layers) {
       if (bytes == 0) break;
+      if (offload_) {
+        for (HostArray* h : {&l.hk, &l.hv, &l.hdk, &l.hdv}) {
+          if (h->p != nullptr) std::memset(h->p + s.rows * kv_dim_, 0, static_cast<size_t>(bytes));
+        }
+        continue;
+      }
       for (DeviceArray<float>* a : {&l.k, &l.v, &l.dk, &l.dv}) {
         if (a->empty()) continue;
         if (absl::Status st = ZeroOnDevice(*ctx_, a->data() + s.rows * kv_dim_, bytes,
@@ -61,14 +98,79 @@ absl::Status DeviceStateStore::Grow(int64_t seq, int64_t rows, int64_t seq_lengt
   return absl::OkStatus();
 }
 
+absl::Status DeviceStateStore::Acquire(int64_t seq, int64_t layer) {
+  if (!offload_) return absl::OkStatus();
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end() || it->second.layers[layer].acquired) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "state of sequence ", seq, " layer ", layer,
+        it == seqs_.end() ? " does not exist" : " is already on the device"));
+  }
+  Seq& s = it->second;
+  Layer& l = s.layers[layer];
+  const int64_t n = std::max<int64_t>(s.rows, 1) * kv_dim_;
+  const std::string what = absl::StrCat("offloaded state window of sequence ", seq, " layer ",
+                                        layer, " (", s.rows, " rows)");
+  for (auto [dev, host] : {std::pair{&l.k, &l.hk}, std::pair{&l.v, &l.hv},
+                           std::pair{&l.dk, &l.hdk}, std::pair{&l.dv, &l.hdv}}) {
+    if (host->p == nullptr) continue;
+    if (absl::Status st = dev->Allocate(ctx_, mem_, MemoryTracker::kState, n, what); !st.ok()) {
+      return st;
+    }
+    if (absl::Status st = CopyToDevice(*ctx_, dev->data(), host->p, s.rows * kv_dim_ * kF,
+                                       "state to the device");
+        !st.ok()) {
+      return st;
+    }
+  }
+  l.acquired = true;
+  return absl::OkStatus();
+}
+
+absl::Status DeviceStateStore::Release(int64_t seq, int64_t layer,
+                                       std::pair<int64_t, int64_t> kv_rows, int64_t grads_end) {
+  if (!offload_) return absl::OkStatus();
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end() || !it->second.layers[layer].acquired) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("state of sequence ", seq, " layer ", layer, " is not on the device"));
+  }
+  Layer& l = it->second.layers[layer];
+  // Device-to-host copies into pinned memory, queued on the stream: the next
+  // Acquire's host-to-device copies queue behind them.
+  auto back = [&](DeviceArray<float>& dev, HostArray& host, int64_t begin, int64_t end) {
+    if (host.p == nullptr || end <= begin) return absl::OkStatus();
+    return kernels::cuda::CudaCheck(
+        cudaMemcpyAsync(host.p + begin * kv_dim_, dev.data() + begin * kv_dim_,
+                        static_cast<size_t>((end - begin) * kv_dim_ * kF), cudaMemcpyDeviceToHost,
+                        ctx_->stream()),
+        "state to the host");
+  };
+  for (absl::Status st : {back(l.k, l.hk, kv_rows.first, kv_rows.second),
+                          back(l.v, l.hv, kv_rows.first, kv_rows.second),
+                          back(l.dk, l.hdk, 0, grads_end), back(l.dv, l.hdv, 0, grads_end)}) {
+    if (!st.ok()) return st;
+  }
+  for (DeviceArray<float>* a : {&l.k, &l.v, &l.dk, &l.dv}) a->Release();
+  l.acquired = false;
+  return absl::OkStatus();
+}
+
 void DeviceStateStore::Truncate(int64_t seq, int64_t rows) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return;
   if (rows <= 0) {
+    // Pinned buffers may still be the target of queued copies.
+    if (offload_) ctx_->Sync("free offloaded state").IgnoreError();
     seqs_.erase(it);
     return;
   }
   it->second.rows = std::min(it->second.rows, rows);
+}
+
+void DeviceStateStore::Clear() {
+  if (offload_ && !seqs_.empty()) ctx_->Sync("free offloaded state").IgnoreError();
+  seqs_.clear();
 }
 
 int64_t DeviceStateStore::rows(int64_t seq) const {

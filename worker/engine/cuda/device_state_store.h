@@ -6,15 +6,29 @@
 // reallocate; Truncate(seq, 0) forgets the sequence and returns its memory
 // to the allocator's cache.
 //
-//   DeviceStateStore store(ctx, layers, kv_dim, &mem);
+// Offload (the constructor's `offload`): the state lives in pinned host
+// memory instead, and a layer's K/V (and dK/dV) of a sequence come onto the
+// device only while a chunk works on that layer: Acquire copies rows
+// [0, rows) in, Release copies back what the chunk wrote and frees the
+// device window. Device memory for the state drops from every sequence x
+// every layer to the pieces of one chunk x one layer, for PCIe traffic of
+// the sequence's rows per layer and chunk. Copies and kernels share the
+// context's stream, so no host wait is needed between a Release and the
+// next Acquire. Without offload, Acquire and Release do nothing.
+//
+//   DeviceStateStore store(ctx, layers, kv_dim, &mem, /*offload=*/false);
 //   RETURN_IF_ERROR(store.Grow(seq, offset + length, seq_length, /*grads=*/true));
-//   float* k = store.k(seq, layer);          // device, (seq_length, kv_dim)
+//   RETURN_IF_ERROR(store.Acquire(seq, layer));
+//   float* k = store.k(seq, layer);          // device, rows(seq) x kv_dim at least
+//   ...
+//   RETURN_IF_ERROR(store.Release(seq, layer, {offset, offset + length}, /*grads_end=*/0));
 
 #ifndef CHUNKFLOW_WORKER_ENGINE_CUDA_DEVICE_STATE_STORE_H_
 #define CHUNKFLOW_WORKER_ENGINE_CUDA_DEVICE_STATE_STORE_H_
 
 #include <cstdint>
 #include <map>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -25,8 +39,14 @@ namespace chunkflow::engine::cuda {
 
 class DeviceStateStore {
  public:
-  DeviceStateStore(DeviceContext* ctx, int64_t layers, int64_t kv_dim, MemoryTracker* mem)
-      : ctx_(ctx), layers_(layers), kv_dim_(kv_dim), mem_(mem) {}
+  DeviceStateStore(DeviceContext* ctx, int64_t layers, int64_t kv_dim, MemoryTracker* mem,
+                   bool offload = false)
+      : ctx_(ctx), layers_(layers), kv_dim_(kv_dim), mem_(mem), offload_(offload) {}
+  DeviceStateStore(const DeviceStateStore&) = delete;
+  DeviceStateStore& operator=(const DeviceStateStore&) = delete;
+  ~DeviceStateStore() { Clear(); }
+
+  bool offload() const { return offload_; }
 
   // Makes rows [0, rows) of `seq` exist at every layer (never shrinks).
   // Errors: RESOURCE_EXHAUSTED (over the memory budget) naming the sequence;
@@ -34,7 +54,17 @@ class DeviceStateStore {
   // grown with.
   absl::Status Grow(int64_t seq, int64_t rows, int64_t seq_length, bool grads);
   void Truncate(int64_t seq, int64_t rows);
-  void Clear() { seqs_.clear(); }
+  void Clear();
+
+  // Offload only: brings layer `layer` of `seq` (rows [0, rows(seq))) onto
+  // the device; k/v/dk/dv of it are valid until Release. Errors:
+  // RESOURCE_EXHAUSTED (the window does not fit), FAILED_PRECONDITION
+  // (already acquired, unknown sequence).
+  absl::Status Acquire(int64_t seq, int64_t layer);
+  // Copies K/V rows [kv_rows.first, kv_rows.second) and dK/dV rows
+  // [0, grads_end) back to the host and frees the window.
+  absl::Status Release(int64_t seq, int64_t layer, std::pair<int64_t, int64_t> kv_rows,
+                       int64_t grads_end);
 
   bool Has(int64_t seq) const { return seqs_.count(seq) > 0; }
   int64_t rows(int64_t seq) const;
@@ -46,21 +76,37 @@ class DeviceStateStore {
   float* dv(int64_t seq, int64_t layer) { return Get(seq, layer).dv.data(); }
 
  private:
+  // Pinned host memory (cudaHostAlloc), zeroed.
+  struct HostArray {
+    float* p = nullptr;
+    HostArray() = default;
+    HostArray(HostArray&& o) noexcept : p(o.p) { o.p = nullptr; }
+    HostArray& operator=(HostArray&& o) noexcept {
+      std::swap(p, o.p);
+      return *this;
+    }
+    ~HostArray();
+  };
   struct Layer {
-    DeviceArray<float> k, v, dk, dv;
+    DeviceArray<float> k, v, dk, dv;   // on the device, or the window while acquired
+    HostArray hk, hv, hdk, hdv;        // offload: the state itself
+    bool acquired = false;
   };
   struct Seq {
     int64_t rows = 0;
     int64_t capacity = 0;
     int64_t dirty_end = 0;  // rows >= dirty_end are still zero
+    bool grads = true;
     std::vector<Layer> layers;
   };
+  absl::Status NewLayer(int64_t seq, int64_t capacity, bool grads, Layer* layer);
   Layer& Get(int64_t seq, int64_t layer) { return seqs_.at(seq).layers[layer]; }
 
   DeviceContext* ctx_;
   int64_t layers_;
   int64_t kv_dim_;
   MemoryTracker* mem_;
+  bool offload_;
   std::map<int64_t, Seq> seqs_;
 };
 
