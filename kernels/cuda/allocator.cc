@@ -16,22 +16,36 @@ std::string MiB(int64_t bytes) {
 
 class CudaRaw final : public RawDeviceMemory {
  public:
+  explicit CudaRaw(cudaStream_t stream) : stream_(stream) {}
   absl::StatusOr<void*> Allocate(size_t bytes) override {
     void* p = nullptr;
-    const cudaError_t e = cudaMalloc(&p, bytes);
+    const cudaError_t e =
+        stream_ != nullptr ? cudaMallocAsync(&p, bytes, stream_) : cudaMalloc(&p, bytes);
     if (e != cudaSuccess) {
       (void)cudaGetLastError();  // clear the sticky-free error state
-      return absl::ResourceExhaustedError(absl::StrCat("cudaMalloc(", bytes, "): ",
-                                                       cudaGetErrorString(e)));
+      return absl::ResourceExhaustedError(absl::StrCat(
+          stream_ != nullptr ? "cudaMallocAsync(" : "cudaMalloc(", bytes, "): ",
+          cudaGetErrorString(e)));
     }
     return p;
   }
-  void Free(void* ptr) override { cudaFree(ptr); }
+  void Free(void* ptr) override {
+    if (stream_ != nullptr) {
+      cudaFreeAsync(ptr, stream_);
+    } else {
+      cudaFree(ptr);
+    }
+  }
+
+ private:
+  cudaStream_t stream_;
 };
 
 }  // namespace
 
-std::unique_ptr<RawDeviceMemory> CudaRawMemory() { return std::make_unique<CudaRaw>(); }
+std::unique_ptr<RawDeviceMemory> CudaRawMemory(cudaStream_t stream) {
+  return std::make_unique<CudaRaw>(stream);
+}
 
 CachingAllocator::CachingAllocator(RawDeviceMemory* raw, const CachingAllocatorOptions& options)
     : raw_(raw), options_(options) {}

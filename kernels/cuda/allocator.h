@@ -18,6 +18,8 @@
 #ifndef CHUNKFLOW_KERNELS_CUDA_ALLOCATOR_H_
 #define CHUNKFLOW_KERNELS_CUDA_ALLOCATOR_H_
 
+#include <cuda_runtime_api.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -40,8 +42,11 @@ class RawDeviceMemory {
   virtual void Free(void* ptr) = 0;
 };
 
-// cudaMalloc / cudaFree on the current device.
-std::unique_ptr<RawDeviceMemory> CudaRawMemory();
+// cudaMalloc / cudaFree on the current device; with a stream, the
+// stream-ordered cudaMallocAsync / cudaFreeAsync on it instead, which never
+// synchronise the device (a device-wide wait while a NCCL kernel waits for a
+// peer is how concurrent communicators deadlock; cudaFree is one).
+std::unique_ptr<RawDeviceMemory> CudaRawMemory(cudaStream_t stream = nullptr);
 
 struct CachingAllocatorOptions {
   // Refuse to hold more than this (in use + cached); 0: no limit but the

@@ -514,8 +514,13 @@ template <int D>
 absl::Status Forward(float* out, float* lse, const float* q, const AttentionSegment* segs,
                      int64_t n_segs, int H, int Hk, cudaStream_t stream) {
   const float scale_log2 = kLog2e / std::sqrt(static_cast<float>(D));
-  cudaFuncSetAttribute(FlashForwardKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                       ForwardSmem<D>());
+  // Once per kernel and process (not per call: a driver call per launch).
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      FlashForwardKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, ForwardSmem<D>());
+  if (attr != cudaSuccess) {
+    return absl::InternalError(std::string("flash_attention_forward: shared memory attribute: ") +
+                               cudaGetErrorString(attr));
+  }
   for (int64_t s = 0; s < n_segs; ++s) {
     const AttentionSegment& g = segs[s];
     if (g.length == 0) continue;
@@ -534,10 +539,18 @@ absl::Status Backward(float* dq, const AttentionSegment* segs, int64_t n_segs, c
                       cudaStream_t stream) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const float scale_log2 = kLog2e * scale;
-  cudaFuncSetAttribute(FlashDqKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                       BackwardSmem<D>());
-  cudaFuncSetAttribute(FlashDkDvKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                       BackwardSmem<D>());
+  static const cudaError_t attr = [] {
+    const cudaError_t a = cudaFuncSetAttribute(
+        FlashDqKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, BackwardSmem<D>());
+    return a != cudaSuccess ? a
+                            : cudaFuncSetAttribute(FlashDkDvKernel<D>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   BackwardSmem<D>());
+  }();
+  if (attr != cudaSuccess) {
+    return absl::InternalError(std::string("flash_attention_backward: shared memory attribute: ") +
+                               cudaGetErrorString(attr));
+  }
   for (int64_t s = 0; s < n_segs; ++s) {
     const AttentionSegment& g = segs[s];
     if (g.length == 0) continue;

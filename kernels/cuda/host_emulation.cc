@@ -76,6 +76,8 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   std::memset(*ptr, 0xFF, bytes);  // NaN poison: unwritten memory shows
   return cudaSuccess;
 }
+cudaError_t cudaMallocAsync(void** ptr, size_t bytes, cudaStream_t) { return cudaMalloc(ptr, bytes); }
+cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) { return cudaFree(ptr); }
 cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned int) {
   *ptr = std::malloc(bytes == 0 ? 1 : bytes);
   if (*ptr == nullptr) return cudaErrorMemoryAllocation;

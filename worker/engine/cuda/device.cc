@@ -47,7 +47,8 @@ absl::StatusOr<std::unique_ptr<DeviceContext>> DeviceContext::Create(int device,
   absl::StatusOr<kernels::cuda::CublasHandle> h = kernels::cuda::CublasHandle::Create(ctx->stream_);
   if (!h.ok()) return h.status();
   ctx->blas_.emplace(std::move(*h));
-  ctx->raw_ = kernels::cuda::CudaRawMemory();
+  // Stream-ordered raw allocations: no device-wide synchronisation, ever.
+  ctx->raw_ = kernels::cuda::CudaRawMemory(ctx->stream_);
   kernels::cuda::CachingAllocatorOptions opts;
   opts.budget_bytes = budget_bytes;
   ctx->alloc_ = std::make_unique<kernels::cuda::CachingAllocator>(ctx->raw_.get(), opts);
