@@ -88,6 +88,11 @@ absl::StatusOr<std::unique_ptr<engine::cuda::CudaEngine>> LoadCudaModel(
   }
   absl::StatusOr<engine::ModelConfig> config = ModelConfigOf(m);
   if (!config.ok()) return config.status();
+  if (absl::StatusOr<std::vector<engine::StageRange>> r =
+          engine::PartitionStages(config->num_hidden_layers, m.stages);
+      !r.ok()) {
+    return absl::Status(r.status().code(), absl::StrCat("--stages: ", r.status().message()));
+  }
   engine::cuda::CudaEngineOptions co;
   co.precision = precision == "fp32" ? engine::cuda::Precision::kFp32
                                      : engine::cuda::Precision::kBf16;

@@ -36,6 +36,20 @@ class CudaRaw final : public RawDeviceMemory {
       cudaFree(ptr);
     }
   }
+  // cudaFreeAsync returns memory to the device's pool, which keeps it; after
+  // the stream has run the frees, trim the pool so a differently shaped
+  // request can have it. A stream wait, not a device-wide one.
+  void Trim() override {
+    if (stream_ == nullptr) return;
+    int device = 0;
+    cudaMemPool_t pool;
+    if (cudaStreamSynchronize(stream_) != cudaSuccess || cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetDefaultMemPool(&pool, device) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return;
+    }
+    cudaMemPoolTrimTo(pool, 0);
+  }
 
  private:
   cudaStream_t stream_;
@@ -86,6 +100,7 @@ absl::StatusOr<void*> CachingAllocator::Allocate(size_t bytes, std::string_view 
   absl::StatusOr<void*> p = raw_->Allocate(static_cast<size_t>(size));
   if (!p.ok() && !cached_.empty()) {
     EmptyCacheLocked();
+    raw_->Trim();
     p = raw_->Allocate(static_cast<size_t>(size));
   }
   if (!p.ok()) return refuse(std::string(p.status().message()));

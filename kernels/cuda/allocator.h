@@ -40,6 +40,9 @@ class RawDeviceMemory {
   // Errors: RESOURCE_EXHAUSTED when the device has no such block.
   virtual absl::StatusOr<void*> Allocate(size_t bytes) = 0;
   virtual void Free(void* ptr) = 0;
+  // Gives freed memory back to the device for good (a stream-ordered pool
+  // keeps it until asked); called before the allocator retries a failure.
+  virtual void Trim() {}
 };
 
 // cudaMalloc / cudaFree on the current device; with a stream, the

@@ -155,6 +155,52 @@ TEST(CachingAllocator, DeviceOutOfMemory_EmptiesTheCacheAndRetries) {
   ASSERT_TRUE(a.Free(*big).ok());
 }
 
+// A stream-ordered pool's behaviour: freed memory stays with the pool (and
+// counts against the device) until Trim hands it back.
+class PooledRaw final : public RawDeviceMemory {
+ public:
+  explicit PooledRaw(int64_t capacity) : capacity_(capacity) {}
+  absl::StatusOr<void*> Allocate(size_t bytes) override {
+    if (used_ + pooled_ + static_cast<int64_t>(bytes) > capacity_) {
+      return absl::ResourceExhaustedError("out of (fake) device memory");
+    }
+    void* p = std::malloc(bytes);
+    sizes_[p] = static_cast<int64_t>(bytes);
+    used_ += static_cast<int64_t>(bytes);
+    return p;
+  }
+  void Free(void* p) override {
+    used_ -= sizes_.at(p);
+    pooled_ += sizes_.at(p);
+    sizes_.erase(p);
+    std::free(p);
+  }
+  void Trim() override {
+    pooled_ = 0;
+    ++trims_;
+  }
+  int trims() const { return trims_; }
+
+ private:
+  int64_t capacity_;
+  int64_t used_ = 0, pooled_ = 0;
+  int trims_ = 0;
+  std::map<void*, int64_t> sizes_;
+};
+
+TEST(CachingAllocator, DeviceOutOfMemory_TrimsThePoolBeforeRetrying) {
+  PooledRaw raw(1 << 20);
+  CachingAllocator a(&raw, {});
+  void* p = *a.Allocate(600 << 10, "first");
+  ASSERT_TRUE(a.Free(p).ok());  // cached
+  // 700 KiB does not fit beside the cached 600 KiB; emptying the cache puts
+  // them in the pool, which still holds them until trimmed.
+  absl::StatusOr<void*> q = a.Allocate(700 << 10, "second");
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_EQ(raw.trims(), 1);
+  ASSERT_TRUE(a.Free(*q).ok());
+}
+
 TEST(CachingAllocator, BadFree_IsInvalidArgument) {
   HostRaw raw;
   CachingAllocator a(&raw, {});

@@ -13,6 +13,8 @@
 #include <cuda_bf16.h>
 
 #include <cmath>
+#include <mutex>
+#include <set>
 #include <string>
 
 namespace chunkflow::kernels::cuda {
@@ -510,13 +512,35 @@ constexpr int BackwardSmem() {
          2 * kBr * static_cast<int>(sizeof(float));
 }
 
+// The kernels' shared-memory attribute is per device: set it once for each
+// device a process launches on (a driver call per launch otherwise), and try
+// again after a failure.
+template <typename F>
+cudaError_t OncePerDevice(F set, std::set<int>* done) {
+  static std::mutex mu;
+  int device = 0;
+  if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
+  std::lock_guard<std::mutex> lock(mu);
+  if (done->count(device) > 0) return cudaSuccess;
+  const cudaError_t e = set();
+  if (e == cudaSuccess) done->insert(device);
+  return e;
+}
+template <int D>
+std::set<int> forward_attr_set;
+template <int D>
+std::set<int> backward_attr_set;
+
 template <int D>
 absl::Status Forward(float* out, float* lse, const float* q, const AttentionSegment* segs,
                      int64_t n_segs, int H, int Hk, cudaStream_t stream) {
   const float scale_log2 = kLog2e / std::sqrt(static_cast<float>(D));
-  // Once per kernel and process (not per call: a driver call per launch).
-  static const cudaError_t attr = cudaFuncSetAttribute(
-      FlashForwardKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, ForwardSmem<D>());
+  const cudaError_t attr = OncePerDevice(
+      [] {
+        return cudaFuncSetAttribute(FlashForwardKernel<D>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, ForwardSmem<D>());
+      },
+      &forward_attr_set<D>);
   if (attr != cudaSuccess) {
     return absl::InternalError(std::string("flash_attention_forward: shared memory attribute: ") +
                                cudaGetErrorString(attr));
@@ -539,14 +563,16 @@ absl::Status Backward(float* dq, const AttentionSegment* segs, int64_t n_segs, c
                       cudaStream_t stream) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const float scale_log2 = kLog2e * scale;
-  static const cudaError_t attr = [] {
-    const cudaError_t a = cudaFuncSetAttribute(
-        FlashDqKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, BackwardSmem<D>());
-    return a != cudaSuccess ? a
-                            : cudaFuncSetAttribute(FlashDkDvKernel<D>,
-                                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   BackwardSmem<D>());
-  }();
+  const cudaError_t attr = OncePerDevice(
+      [] {
+        const cudaError_t a = cudaFuncSetAttribute(
+            FlashDqKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, BackwardSmem<D>());
+        return a != cudaSuccess ? a
+                                : cudaFuncSetAttribute(FlashDkDvKernel<D>,
+                                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                       BackwardSmem<D>());
+      },
+      &backward_attr_set<D>);
   if (attr != cudaSuccess) {
     return absl::InternalError(std::string("flash_attention_backward: shared memory attribute: ") +
                                cudaGetErrorString(attr));

@@ -35,7 +35,10 @@ TOOLS=(//cli:chunkflowctl)
 bazel build -c opt --jobs=2 "${TESTS[@]}" "${BENCHES[@]}" "${TOOLS[@]}"
 rm -rf "$OUT"
 mkdir -p "$OUT/bin" "$OUT/bench" "$OUT/tools" "$OUT/lib" "$OUT/scripts"
-echo libcublas.so.13 > "$OUT/EXPECTED_ON_TARGET.txt"
+# cuBLAS is loaded with dlopen under the soname of the toolkit it was built
+# against (kernels/cuda/cublas_loader.cc), so ldd does not list it.
+CUBLAS_MAJOR=$(sed -n 's/^#define CUBLAS_VER_MAJOR \([0-9]*\).*/\1/p' /usr/local/cuda/include/cublas_api.h)
+echo "libcublas.so.${CUBLAS_MAJOR:-13}" > "$OUT/EXPECTED_ON_TARGET.txt"
 cp tools/bench/torch_attention.py tools/bench/torch_gemm.py tools/bench/torch_step.py \
   tools/gpu/cluster_check.sh "$OUT/scripts/"
 copy() {  # target, destination folder
@@ -65,7 +68,13 @@ cat > "$OUT/env.sh" <<'ENV'
 # Sourced by run.sh, bench.sh and cluster_check.sh: unpacks the libraries once
 # and puts them, the CUDA toolkit's and pip's nvidia-* ones on LD_LIBRARY_PATH.
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-[[ -d "$HERE/lib" ]] || tar xzf "$HERE/lib.tar.gz" -C "$HERE"
+# Unpack once per lib.tar.gz: a stamp newer than the archive marks a complete
+# unpack (an interrupted one, or an older bundle's, is replaced).
+if [[ ! -f "$HERE/lib/.unpacked" || "$HERE/lib.tar.gz" -nt "$HERE/lib/.unpacked" ]]; then
+  rm -rf "$HERE/lib" "$HERE/lib.tmp" && mkdir "$HERE/lib.tmp" &&
+    tar xzf "$HERE/lib.tar.gz" -C "$HERE/lib.tmp" && mv "$HERE/lib.tmp/lib" "$HERE/lib" &&
+    rmdir "$HERE/lib.tmp" && touch "$HERE/lib/.unpacked" || echo "env.sh: cannot unpack lib.tar.gz" >&2
+fi
 extra=""
 for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
   [[ -d $dir ]] && extra="$extra:$dir"

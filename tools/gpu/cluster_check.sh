@@ -27,7 +27,10 @@ loss_of() {  # name, extra flags...
   if ! timeout 600 "$BIN" local --workdir="$W/$name" "${JOB[@]}" "$@" >"$out" 2>"$W/$name.err"; then
     echo "FAIL $name: chunkflowctl local failed" >&2; tail -5 "$W/$name.err" >&2; return 1
   fi
-  sed -n 's/.*completed: .*final loss \([0-9.eE+-]*\).*/\1/p' "$out" | tail -1
+  local loss
+  loss=$(sed -n 's/.*completed: .*final loss \([0-9.eE+-]*\).*/\1/p' "$out" | tail -1)
+  [[ -n $loss ]] || { echo "FAIL $name: no final loss in $out" >&2; return 1; }
+  echo "$loss"
 }
 compare() {  # name, got, want, tolerance
   if python3 -c "import sys; g, w, t = map(float, sys.argv[1:]); sys.exit(0 if abs(g - w) <= t * abs(w) else 1)" "$2" "$3" "$4"; then
@@ -52,11 +55,17 @@ train_loss() {  # name, extra flags...
   if ! timeout 600 "$BIN" train "${TRAIN[@]}" "$@" >"$W/$name.out" 2>"$W/$name.err"; then
     echo "FAIL $name: chunkflowctl train failed" >&2; tail -5 "$W/$name.err" >&2; return 1
   fi
-  sed -n 's/.*loss [0-9.]* -> \([0-9.eE+-]*\).*/\1/p' "$W/$name.out" | tail -1
+  local loss
+  loss=$(sed -n 's/.*loss [0-9.]* -> \([0-9.eE+-]*\).*/\1/p' "$W/$name.out" | tail -1)
+  [[ -n $loss ]] || { echo "FAIL $name: no final loss in $W/$name.out" >&2; return 1; }
+  echo "$loss"
 }
-tcpu=$(train_loss train-cpu --device=cpu) || fail=1
-echo "ok   train-cpu: final loss $tcpu"
-tfp32=$(train_loss train-cuda-fp32 --device=cuda --precision=fp32) && compare train-cuda-fp32 "$tfp32" "$tcpu" 1e-4 || fail=1
-tbf16=$(train_loss train-cuda-bf16 --device=cuda --precision=bf16) && compare train-cuda-bf16 "$tbf16" "$tcpu" 2e-2 || fail=1
+if tcpu=$(train_loss train-cpu --device=cpu); then
+  echo "ok   train-cpu: final loss $tcpu"
+  tfp32=$(train_loss train-cuda-fp32 --device=cuda --precision=fp32) && compare train-cuda-fp32 "$tfp32" "$tcpu" 1e-4 || fail=1
+  tbf16=$(train_loss train-cuda-bf16 --device=cuda --precision=bf16) && compare train-cuda-bf16 "$tbf16" "$tcpu" 2e-2 || fail=1
+else
+  fail=1
+fi
 echo "logs: $W"
 exit $fail

@@ -28,6 +28,27 @@ constexpr int64_t kF = static_cast<int64_t>(sizeof(float));
 // Biases and norm weights are not decayed (as engine::ApplyUpdate).
 bool Decayed(const ParamTensor& t) { return t.shape.size() == 2; }
 
+// The offloaded state's windows of one layer of an op: an error before the
+// op releases them (copying back what it wrote) discards them instead.
+class StateWindows {
+ public:
+  StateWindows(DeviceStateStore* store, int64_t layer) : store_(store), layer_(layer) {}
+  ~StateWindows() {
+    for (int64_t seq : seqs_) store_->Discard(seq, layer_);
+  }
+  absl::Status Acquire(int64_t seq, int64_t kv_rows, bool grads) {
+    seqs_.push_back(seq);
+    return store_->Acquire(seq, layer_, kv_rows, grads);
+  }
+  // The caller releases them from here on.
+  void Handover() { seqs_.clear(); }
+
+ private:
+  DeviceStateStore* store_;
+  int64_t layer_;
+  std::vector<int64_t> seqs_;
+};
+
 }  // namespace
 
 CudaStage::CudaStage(StageParams* params, DeviceContext* ctx, MemoryTracker* mem,
@@ -406,8 +427,13 @@ absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const Chun
   cudaStream_t st = ctx_->stream();
   constexpr MemoryTracker::Kind kS = MemoryTracker::kScratch;
 
-  // Offloaded state: this layer's K/V of the chunk's sequences come in.
-  for (const PieceRows& p : in.pieces) CF_RETURN_IF_ERROR(state_.Acquire(p.seq, l));
+  // Offloaded state: this layer's K/V of the chunk's sequences come in (the
+  // rows this forward writes need not).
+  StateWindows windows(&state_, l);
+  for (const PieceRows& p : in.pieces) {
+    CF_RETURN_IF_ERROR(
+        windows.Acquire(p.seq, write_kv ? p.offset : p.offset + p.length, /*grads=*/false));
+  }
   CF_RETURN_IF_ERROR(Alloc(a.x, kind, t * c_, "layer input"));
   CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, a.x.data(), inout, t * c_ * kF, "layer input"));
   CF_RETURN_IF_ERROR(Alloc(a.rstd1, kind, t, "rstd1"));
@@ -443,6 +469,7 @@ absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const Chun
     CF_RETURN_IF_ERROR(kc::attention_forward(a.att.data(), a.lse.data(), a.q.data(), segs.data(),
                                              static_cast<int64_t>(segs.size()), h, hk, d, st));
   }
+  windows.Handover();
   for (const PieceRows& p : in.pieces) {  // the rows this forward wrote go back
     CF_RETURN_IF_ERROR(state_.Release(
         p.seq, l, write_kv ? std::pair{p.offset, p.offset + p.length} : std::pair<int64_t, int64_t>{0, 0},
@@ -650,7 +677,10 @@ absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const Chu
   CF_RETURN_IF_ERROR(Alloc(datt, kS, t * qd_, "attention output gradient", true));
   CF_RETURN_IF_ERROR(Alloc(dq, kS, t * qd_, "q gradient", true));
   CF_RETURN_IF_ERROR(LinearBackward(datt.data(), w.wo, nullptr, dx, a.att.data(), t, qd_, c_));
-  for (const PieceRows& p : in.pieces) CF_RETURN_IF_ERROR(state_.Acquire(p.seq, l));
+  StateWindows windows(&state_, l);
+  for (const PieceRows& p : in.pieces) {
+    CF_RETURN_IF_ERROR(windows.Acquire(p.seq, p.offset + p.length, /*grads=*/true));
+  }
   const std::vector<kc::AttentionSegment> segs = Segments(in, l);
   if (flash_) {
     DArray<float> delta;
@@ -674,6 +704,7 @@ absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const Chu
   CF_RETURN_IF_ERROR(Alloc(dvv, kS, t * kvd_, "v gradient", true));
   CF_LAUNCH(kc::rope_backward(dqp.data(), dq.data(), rows.positions.data(), t, h, d, theta, st));
   dq.Release();
+  windows.Handover();
   for (const PieceRows& p : in.pieces) {
     CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, dkr.data() + p.row * kvd_,
                                     state_.dk(p.seq, l) + p.offset * kvd_, p.length * kvd_ * kF,

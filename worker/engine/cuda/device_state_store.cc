@@ -14,8 +14,48 @@ namespace {
 constexpr int64_t kF = static_cast<int64_t>(sizeof(float));
 }  // namespace
 
-DeviceStateStore::HostArray::~HostArray() {
-  if (p != nullptr) cudaFreeHost(p);
+DeviceStateStore::~DeviceStateStore() {
+  Clear();
+  for (auto& [n, p] : pinned_cache_) cudaFreeHost(p);
+}
+
+absl::Status DeviceStateStore::TakePinned(int64_t seq, int64_t n, HostArray* out) {
+  n = std::max<int64_t>(n, 1);
+  // The smallest cached buffer that fits, if it is at most twice the need.
+  auto it = pinned_cache_.lower_bound(n);
+  if (it != pinned_cache_.end() && it->first <= 2 * n) {
+    out->p = it->second;
+    out->n = it->first;
+    pinned_cache_.erase(it);
+  } else {
+    void* p = nullptr;
+    if (cudaHostAlloc(&p, static_cast<size_t>(n) * sizeof(float), cudaHostAllocDefault) !=
+        cudaSuccess) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "cannot pin ", n * kF, " bytes of host memory for the offloaded state of sequence ",
+          seq));
+    }
+    out->p = static_cast<float*>(p);
+    out->n = n;
+  }
+  std::memset(out->p, 0, static_cast<size_t>(out->n) * sizeof(float));
+  return absl::OkStatus();
+}
+
+void DeviceStateStore::DropPinned(Seq& s) {
+  bool synced = false;
+  for (Layer& l : s.layers) {
+    for (HostArray* h : {&l.hk, &l.hv, &l.hdk, &l.hdv}) {
+      if (h->p == nullptr) continue;
+      if (!synced) {
+        ctx_->Sync("return offloaded state buffers").IgnoreError();
+        synced = true;
+      }
+      pinned_cache_.emplace(h->n, h->p);
+      *h = HostArray();
+    }
+  }
 }
 
 absl::Status DeviceStateStore::NewLayer(int64_t seq, int64_t capacity, bool grads, Layer* layer) {
@@ -34,16 +74,7 @@ absl::Status DeviceStateStore::NewLayer(int64_t seq, int64_t capacity, bool grad
   }
   for (HostArray* h : {&layer->hk, &layer->hv, &layer->hdk, &layer->hdv}) {
     if (!grads && (h == &layer->hdk || h == &layer->hdv)) continue;
-    void* p = nullptr;
-    if (cudaHostAlloc(&p, static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float),
-                      cudaHostAllocDefault) != cudaSuccess) {
-      cudaGetLastError();
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "cannot pin ", n * kF, " bytes of host memory for the offloaded state of sequence ",
-          seq));
-    }
-    h->p = static_cast<float*>(p);
-    std::memset(h->p, 0, static_cast<size_t>(n) * sizeof(float));
+    if (absl::Status st = TakePinned(seq, n, h); !st.ok()) return st;
   }
   return absl::OkStatus();
 }
@@ -56,8 +87,12 @@ absl::Status DeviceStateStore::Grow(int64_t seq, int64_t rows, int64_t seq_lengt
     s.grads = grads;
     for (int64_t l = 0; l < layers_; ++l) {
       Layer layer;
-      if (absl::Status st = NewLayer(seq, s.capacity, grads, &layer); !st.ok()) return st;
+      absl::Status st = NewLayer(seq, s.capacity, grads, &layer);
       s.layers.push_back(std::move(layer));
+      if (!st.ok()) {
+        DropPinned(s);
+        return st;
+      }
     }
     it = seqs_.emplace(seq, std::move(s)).first;
   }
@@ -98,7 +133,7 @@ absl::Status DeviceStateStore::Grow(int64_t seq, int64_t rows, int64_t seq_lengt
   return absl::OkStatus();
 }
 
-absl::Status DeviceStateStore::Acquire(int64_t seq, int64_t layer) {
+absl::Status DeviceStateStore::Acquire(int64_t seq, int64_t layer, int64_t kv_rows, bool grads) {
   if (!offload_) return absl::OkStatus();
   auto it = seqs_.find(seq);
   if (it == seqs_.end() || it->second.layers[layer].acquired) {
@@ -111,19 +146,22 @@ absl::Status DeviceStateStore::Acquire(int64_t seq, int64_t layer) {
   const int64_t n = std::max<int64_t>(s.rows, 1) * kv_dim_;
   const std::string what = absl::StrCat("offloaded state window of sequence ", seq, " layer ",
                                         layer, " (", s.rows, " rows)");
+  kv_rows = std::clamp<int64_t>(kv_rows, 0, s.rows);
+  l.acquired = true;  // from here on, Discard undoes a partial acquisition
   for (auto [dev, host] : {std::pair{&l.k, &l.hk}, std::pair{&l.v, &l.hv},
                            std::pair{&l.dk, &l.hdk}, std::pair{&l.dv, &l.hdv}}) {
-    if (host->p == nullptr) continue;
+    const bool grad = dev == &l.dk || dev == &l.dv;
+    if (host->p == nullptr || (grad && !grads)) continue;
     if (absl::Status st = dev->Allocate(ctx_, mem_, MemoryTracker::kState, n, what); !st.ok()) {
       return st;
     }
-    if (absl::Status st = CopyToDevice(*ctx_, dev->data(), host->p, s.rows * kv_dim_ * kF,
+    const int64_t rows = grad ? s.rows : kv_rows;
+    if (absl::Status st = CopyToDevice(*ctx_, dev->data(), host->p, rows * kv_dim_ * kF,
                                        "state to the device");
         !st.ok()) {
       return st;
     }
   }
-  l.acquired = true;
   return absl::OkStatus();
 }
 
@@ -139,7 +177,7 @@ absl::Status DeviceStateStore::Release(int64_t seq, int64_t layer,
   // Device-to-host copies into pinned memory, queued on the stream: the next
   // Acquire's host-to-device copies queue behind them.
   auto back = [&](DeviceArray<float>& dev, HostArray& host, int64_t begin, int64_t end) {
-    if (host.p == nullptr || end <= begin) return absl::OkStatus();
+    if (host.p == nullptr || dev.empty() || end <= begin) return absl::OkStatus();
     return kernels::cuda::CudaCheck(
         cudaMemcpyAsync(host.p + begin * kv_dim_, dev.data() + begin * kv_dim_,
                         static_cast<size_t>((end - begin) * kv_dim_ * kF), cudaMemcpyDeviceToHost,
@@ -156,12 +194,19 @@ absl::Status DeviceStateStore::Release(int64_t seq, int64_t layer,
   return absl::OkStatus();
 }
 
+void DeviceStateStore::Discard(int64_t seq, int64_t layer) {
+  auto it = seqs_.find(seq);
+  if (!offload_ || it == seqs_.end()) return;
+  Layer& l = it->second.layers[layer];
+  for (DeviceArray<float>* a : {&l.k, &l.v, &l.dk, &l.dv}) a->Release();
+  l.acquired = false;
+}
+
 void DeviceStateStore::Truncate(int64_t seq, int64_t rows) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return;
   if (rows <= 0) {
-    // Pinned buffers may still be the target of queued copies.
-    if (offload_) ctx_->Sync("free offloaded state").IgnoreError();
+    DropPinned(it->second);
     seqs_.erase(it);
     return;
   }
@@ -169,7 +214,7 @@ void DeviceStateStore::Truncate(int64_t seq, int64_t rows) {
 }
 
 void DeviceStateStore::Clear() {
-  if (offload_ && !seqs_.empty()) ctx_->Sync("free offloaded state").IgnoreError();
+  for (auto& [seq, s] : seqs_) DropPinned(s);
   seqs_.clear();
 }
 

@@ -14,11 +14,14 @@
 // every layer to the pieces of one chunk x one layer, for PCIe traffic of
 // the sequence's rows per layer and chunk. Copies and kernels share the
 // context's stream, so no host wait is needed between a Release and the
-// next Acquire. Without offload, Acquire and Release do nothing.
+// next Acquire. Pinned buffers are kept and reused across sequences and
+// steps (pinning and unpinning are slow, and cudaFreeHost waits for the
+// whole device); they go back to the system with the store. Without
+// offload, Acquire, Release and Discard do nothing.
 //
 //   DeviceStateStore store(ctx, layers, kv_dim, &mem, /*offload=*/false);
 //   RETURN_IF_ERROR(store.Grow(seq, offset + length, seq_length, /*grads=*/true));
-//   RETURN_IF_ERROR(store.Acquire(seq, layer));
+//   RETURN_IF_ERROR(store.Acquire(seq, layer, /*kv_rows=*/offset, /*grads=*/false));
 //   float* k = store.k(seq, layer);          // device, rows(seq) x kv_dim at least
 //   ...
 //   RETURN_IF_ERROR(store.Release(seq, layer, {offset, offset + length}, /*grads_end=*/0));
@@ -44,7 +47,7 @@ class DeviceStateStore {
       : ctx_(ctx), layers_(layers), kv_dim_(kv_dim), mem_(mem), offload_(offload) {}
   DeviceStateStore(const DeviceStateStore&) = delete;
   DeviceStateStore& operator=(const DeviceStateStore&) = delete;
-  ~DeviceStateStore() { Clear(); }
+  ~DeviceStateStore();
 
   bool offload() const { return offload_; }
 
@@ -56,15 +59,19 @@ class DeviceStateStore {
   void Truncate(int64_t seq, int64_t rows);
   void Clear();
 
-  // Offload only: brings layer `layer` of `seq` (rows [0, rows(seq))) onto
-  // the device; k/v/dk/dv of it are valid until Release. Errors:
+  // Offload only: a device window of layer `layer` of `seq` (rows(seq)
+  // rows), holding K/V rows [0, kv_rows) from the host (rows the caller is
+  // about to write need not come in) and, with `grads`, dK/dV of every row
+  // (without, dk/dv are null). Valid until Release or Discard. Errors:
   // RESOURCE_EXHAUSTED (the window does not fit), FAILED_PRECONDITION
   // (already acquired, unknown sequence).
-  absl::Status Acquire(int64_t seq, int64_t layer);
+  absl::Status Acquire(int64_t seq, int64_t layer, int64_t kv_rows, bool grads);
   // Copies K/V rows [kv_rows.first, kv_rows.second) and dK/dV rows
   // [0, grads_end) back to the host and frees the window.
   absl::Status Release(int64_t seq, int64_t layer, std::pair<int64_t, int64_t> kv_rows,
                        int64_t grads_end);
+  // Frees the window without copying anything back (an op that failed).
+  void Discard(int64_t seq, int64_t layer);
 
   bool Has(int64_t seq) const { return seqs_.count(seq) > 0; }
   int64_t rows(int64_t seq) const;
@@ -76,16 +83,10 @@ class DeviceStateStore {
   float* dv(int64_t seq, int64_t layer) { return Get(seq, layer).dv.data(); }
 
  private:
-  // Pinned host memory (cudaHostAlloc), zeroed.
+  // Pinned host memory (cudaHostAlloc) of n floats, owned by the store.
   struct HostArray {
     float* p = nullptr;
-    HostArray() = default;
-    HostArray(HostArray&& o) noexcept : p(o.p) { o.p = nullptr; }
-    HostArray& operator=(HostArray&& o) noexcept {
-      std::swap(p, o.p);
-      return *this;
-    }
-    ~HostArray();
+    int64_t n = 0;
   };
   struct Layer {
     DeviceArray<float> k, v, dk, dv;   // on the device, or the window while acquired
@@ -100,6 +101,11 @@ class DeviceStateStore {
     std::vector<Layer> layers;
   };
   absl::Status NewLayer(int64_t seq, int64_t capacity, bool grads, Layer* layer);
+  // A zeroed pinned buffer of n floats (reused when one is cached).
+  absl::Status TakePinned(int64_t seq, int64_t n, HostArray* out);
+  // The sequence's pinned buffers back to the cache (after a stream wait:
+  // queued copies may still target them).
+  void DropPinned(Seq& s);
   Layer& Get(int64_t seq, int64_t layer) { return seqs_.at(seq).layers[layer]; }
 
   DeviceContext* ctx_;
@@ -108,6 +114,7 @@ class DeviceStateStore {
   MemoryTracker* mem_;
   bool offload_;
   std::map<int64_t, Seq> seqs_;
+  std::multimap<int64_t, float*> pinned_cache_;  // n -> free pinned buffer
 };
 
 }  // namespace chunkflow::engine::cuda
