@@ -101,6 +101,9 @@ class StepRunner {
   // the device (nothing to do on the CPU).
   absl::Status ParamsChanged();
   bool on_device() const { return cuda_stage_ != nullptr; }
+  // After a failed step on a GPU: non-empty (the CUDA error) when the device
+  // is unusable for this process and the worker must restart.
+  std::string DeviceLost() const { return ctx_ ? ctx_->Lost() : std::string(); }
   // Copies the device's weights and AdamW moments into params() and the
   // host moments (SaveShard does it itself; nothing to do on the CPU).
   absl::Status SyncToHost();

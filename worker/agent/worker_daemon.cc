@@ -151,6 +151,16 @@ class Daemon final : public WorkerDaemon {
 
   int metrics_port() const override { return metrics_server_ ? metrics_server_->port() : 0; }
 
+  // Stops the daemon; Run returns `s`.
+  void Fail(const absl::Status& s) {
+    Log(s.ToString());
+    {
+      absl::MutexLock lock(&fatal_mu_);
+      if (fatal_.ok()) fatal_ = s;
+    }
+    Stop();
+  }
+
   void Stop() override {
     stopping_ = true;
     {
@@ -191,7 +201,8 @@ class Daemon final : public WorkerDaemon {
       q_cv_.SignalAll();
     }
     if (job_thread_.joinable()) job_thread_.join();
-    return result;
+    absl::MutexLock lock(&fatal_mu_);
+    return fatal_.ok() ? result : fatal_;
   }
 
  private:
@@ -622,6 +633,16 @@ class Daemon final : public WorkerDaemon {
     const double seconds = absl::ToDoubleSeconds(absl::Now() - t0);
     if (!r.ok()) {
       SendError(p.job_id(), p.step(), r.status());
+      if (job_->runner->on_device()) {
+        if (const std::string lost = job_->runner->DeviceLost(); !lost.empty()) {
+          // A sticky CUDA error: nothing in this process can use the GPU
+          // again. Exit (non-zero) so the supervisor or Kubernetes restarts
+          // the worker, which rejoins as a new incarnation.
+          Fail(absl::InternalError(
+              absl::StrCat("the CUDA device is lost (", lost, "); exiting to restart")));
+          return;
+        }
+      }
       Teardown();  // the communicators are broken after an error
       return;
     }
@@ -690,6 +711,8 @@ class Daemon final : public WorkerDaemon {
   }
 
   const WorkerDaemonOptions options_;
+  absl::Mutex fatal_mu_;
+  absl::Status fatal_ ABSL_GUARDED_BY(fatal_mu_);
   uint64_t incarnation_ = 0;
   std::unique_ptr<v1::WorkerService::Stub> stub_;
   std::string worker_id_;

@@ -70,6 +70,14 @@ absl::Status DeviceContext::Sync(const char* what) const {
   return kernels::cuda::CudaSync(stream_, what);
 }
 
+std::string DeviceContext::Lost() const {
+  if (cudaSetDevice(device_) == cudaSuccess && cudaDeviceSynchronize() == cudaSuccess) return "";
+  (void)cudaGetLastError();  // clears an ordinary error; a sticky one stays
+  const cudaError_t again = cudaDeviceSynchronize();
+  if (again == cudaSuccess) return "";
+  return absl::StrCat(cudaGetErrorName(again), ": ", cudaGetErrorString(again));
+}
+
 absl::Status CopyToDevice(const DeviceContext& ctx, void* dst, const void* src, int64_t bytes,
                           const char* what) {
   if (bytes == 0) return absl::OkStatus();

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -60,6 +61,11 @@ class DeviceContext {
   absl::Status Activate() const;
   // Waits for the stream; reports any fault of the work queued on it.
   absl::Status Sync(const char* what) const;
+  // After a failed op: whether the device is unusable for this process (a
+  // kernel fault such as an illegal address leaves a "sticky" error that
+  // every later CUDA call returns; only a new process recovers). Waits for
+  // the whole device. The error's text when lost, empty otherwise.
+  std::string Lost() const;
 
  private:
   DeviceContext() = default;
