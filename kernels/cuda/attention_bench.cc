@@ -18,6 +18,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdio>
+#include <functional>
 #include <fstream>
 #include <map>
 #include <random>
@@ -33,6 +34,7 @@
 #include "absl/strings/str_split.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/flash_attention.h"
+#include "kernels/cuda/bench_timing.h"
 #include "kernels/cuda/status.h"
 #include "tools/bench/bench_util.h"
 
@@ -66,27 +68,8 @@ struct Buf {
   ~Buf() { cudaFree(p); }
 };
 
-// Milliseconds per call of fn over --iters calls after --warmup.
-template <typename F>
-absl::StatusOr<double> TimeMs(F fn) {
-  for (int i = 0; i < absl::GetFlag(FLAGS_warmup); ++i) {
-    if (absl::Status s = fn(); !s.ok()) return s;
-  }
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  cudaEventRecord(a, nullptr);
-  const int iters = absl::GetFlag(FLAGS_iters);
-  for (int i = 0; i < iters; ++i) {
-    if (absl::Status s = fn(); !s.ok()) return s;
-  }
-  cudaEventRecord(b, nullptr);
-  if (absl::Status s = CudaSync(nullptr, "attention_bench"); !s.ok()) return s;
-  float ms = 0;
-  cudaEventElapsedTime(&ms, a, b);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return ms / iters;
+absl::StatusOr<double> Time(const std::function<absl::Status()>& fn) {
+  return TimeMs(fn, absl::GetFlag(FLAGS_warmup), absl::GetFlag(FLAGS_iters));
 }
 
 struct Result {
@@ -113,10 +96,10 @@ absl::StatusOr<Result> Measure(bool flash, int64_t length, int64_t offset) {
                  : attention_backward(dq.p, &seg, 1, dout.p, q.p, out.p, lse.p, H, Hk, D, nullptr);
   };
   Result r;
-  absl::StatusOr<double> f = TimeMs(fwd);
+  absl::StatusOr<double> f = Time(fwd);
   if (!f.ok()) return f.status();
   r.fwd_ms = *f;
-  absl::StatusOr<double> fb = TimeMs(fwdbwd);
+  absl::StatusOr<double> fb = Time(fwdbwd);
   if (!fb.ok()) return fb.status();
   r.fwdbwd_ms = *fb;
   return r;

@@ -21,17 +21,13 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/test_util.h"
 #include "kernels/cuda/status.h"
+#include "kernels/cuda/test_util.h"
 
 namespace chunkflow::kernels {
 namespace {
 
 using cpu::testing::RandomVector;
 using cpu::testing::RelativeError;
-
-bool HaveGpu() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
 
 std::vector<float> RoundToBf16(std::vector<float> x) {
   for (float& f : x) {
@@ -44,32 +40,7 @@ std::vector<float> RoundToBf16(std::vector<float> x) {
   return x;
 }
 
-class Dev {
- public:
-  explicit Dev(const std::vector<float>& h) : n_(h.size()) {
-    EXPECT_EQ(cudaMalloc(reinterpret_cast<void**>(&p_), n_ * 4 + 4), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(p_, h.data(), n_ * 4, cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  static Dev Poisoned(size_t n) {
-    Dev d{std::vector<float>(n)};
-    EXPECT_EQ(cudaMemset(d.p_, 0xFF, n * 4), cudaSuccess);
-    return d;
-  }
-  Dev(Dev&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr; }
-  ~Dev() {
-    if (p_ != nullptr) cudaFree(p_);
-  }
-  float* get() { return p_; }
-  std::vector<float> Host() const {
-    std::vector<float> h(n_);
-    EXPECT_EQ(cudaMemcpy(h.data(), p_, n_ * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-    return h;
-  }
-
- private:
-  float* p_ = nullptr;
-  size_t n_;
-};
+using Dev = cuda::testing::DeviceBuffer<float>;
 
 struct Seg {
   int64_t offset, length;
@@ -82,10 +53,7 @@ struct Shape {
 class FlashAttentionTest : public ::testing::TestWithParam<Shape> {};
 
 TEST_P(FlashAttentionTest, MatchesCpuOnBf16Inputs) {
-  if (!HaveGpu()) {
-    std::printf("SKIPPED: no CUDA device (flash attention tests need a GPU)\n");
-    GTEST_SKIP() << "no CUDA device";
-  }
+  REQUIRE_GPU();
   const auto [H, Hk, D] = GetParam();
   const std::vector<Seg> segs = {{0, 150}, {70, 37}, {0, 1}, {130, 64}, {1000, 90}};
   int64_t T = 0;

@@ -11,6 +11,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdio>
+#include <functional>
 #include <fstream>
 #include <map>
 #include <string>
@@ -25,6 +26,7 @@
 #include "absl/strings/str_split.h"
 #include "kernels/cuda/linear.h"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/bench_timing.h"
 #include "kernels/cuda/status.h"
 #include "tools/bench/bench_util.h"
 
@@ -42,25 +44,8 @@ namespace {
 
 using namespace ::chunkflow::bench;  // NOLINT: the shared bench helpers
 
-template <typename F>
-absl::StatusOr<double> TimeMs(F fn) {
-  for (int i = 0; i < absl::GetFlag(FLAGS_warmup); ++i) {
-    if (absl::Status s = fn(); !s.ok()) return s;
-  }
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  cudaEventRecord(a, nullptr);
-  for (int i = 0; i < absl::GetFlag(FLAGS_iters); ++i) {
-    if (absl::Status s = fn(); !s.ok()) return s;
-  }
-  cudaEventRecord(b, nullptr);
-  if (absl::Status s = CudaSync(nullptr, "gemm_bench"); !s.ok()) return s;
-  float ms = 0;
-  cudaEventElapsedTime(&ms, a, b);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return ms / absl::GetFlag(FLAGS_iters);
+absl::StatusOr<double> Time(const std::function<absl::Status()>& fn) {
+  return TimeMs(fn, absl::GetFlag(FLAGS_warmup), absl::GetFlag(FLAGS_iters));
 }
 
 int Main() {
@@ -125,8 +110,8 @@ int Main() {
     cudaMemset(dy, 0x3c, T * OC * 2);
     cudaMemset(dx, 0, T * IC * 4);
     cudaMemset(dw, 0, OC * IC * 4);
-    absl::StatusOr<double> f = TimeMs([&] { return linear_forward_bf16(y, x, w, nullptr, T, IC, OC, *h); });
-    absl::StatusOr<double> b = TimeMs(
+    absl::StatusOr<double> f = Time([&] { return linear_forward_bf16(y, x, w, nullptr, T, IC, OC, *h); });
+    absl::StatusOr<double> b = Time(
         [&] { return linear_backward_bf16(dx, dw, nullptr, dy, x, w, T, IC, OC, *h); });
     cudaFree(x);
     cudaFree(w);

@@ -32,6 +32,7 @@
 #include "kernels/cuda/linear.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/status.h"
+#include "kernels/cuda/test_util.h"
 
 namespace chunkflow::kernels {
 namespace {
@@ -39,48 +40,7 @@ namespace {
 using cpu::testing::RandomVector;
 using cpu::testing::RelativeError;
 
-bool HaveGpu() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
-
-#define REQUIRE_GPU()                                                         \
-  do {                                                                        \
-    if (!HaveGpu()) {                                                         \
-      std::printf("SKIPPED: no CUDA device (kernels/cuda tests need a GPU)\n"); \
-      GTEST_SKIP() << "no CUDA device";                                       \
-    }                                                                         \
-  } while (0)
-
-// A device copy of a host vector; `poison` fills it with 0xFF bytes (NaN).
-template <typename T>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(const std::vector<T>& host) : n_(host.size()) {
-    EXPECT_EQ(cudaMalloc(reinterpret_cast<void**>(&ptr_), bytes()), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(ptr_, host.data(), bytes(), cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  static DeviceBuffer Poisoned(size_t n) {
-    DeviceBuffer b{std::vector<T>(n)};
-    EXPECT_EQ(cudaMemset(b.ptr_, 0xFF, b.bytes()), cudaSuccess);
-    return b;
-  }
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), n_(o.n_) { o.ptr_ = nullptr; }
-  ~DeviceBuffer() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-  }
-  T* get() { return ptr_; }
-  std::vector<T> Host() const {
-    std::vector<T> out(n_);
-    EXPECT_EQ(cudaMemcpy(out.data(), ptr_, bytes(), cudaMemcpyDeviceToHost), cudaSuccess);
-    return out;
-  }
-
- private:
-  size_t bytes() const { return n_ * sizeof(T); }
-  T* ptr_ = nullptr;
-  size_t n_;
-};
+using cuda::testing::DeviceBuffer;
 
 void Sync() {
   absl::Status s = cuda::CudaSync(nullptr, "test");

@@ -28,12 +28,6 @@ namespace {
 
 namespace ecuda = ::chunkflow::engine::cuda;
 
-#define CF_RETURN_IF_ERROR(expr)              \
-  do {                                        \
-    if (absl::Status s_ = (expr); !s_.ok()) { \
-      return s_;                              \
-    }                                         \
-  } while (false)
 
 // An activation or gradient buffer in the memory the links move: host
 // vectors, or device arrays on the CUDA stage's device.
@@ -207,11 +201,7 @@ absl::StatusOr<WorkerStepResult> StepRunner::RunStep(const planner::Plan& plan, 
   }
   result.peak_bytes = mem_.peak();
   if (cuda_stage_) result.peak_device_bytes = ctx_->allocator().peak_in_use();
-  if (absl::Status s = cuda_stage_ ? ReduceAndUpdateOnDevice(options, &result)
-                                   : ReduceAndUpdate(options, &result);
-      !s.ok()) {
-    return s;
-  }
+  if (absl::Status s = ReduceAndUpdate(options, &result); !s.ok()) return s;
   return result;
 }
 
@@ -322,61 +312,24 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
   return absl::OkStatus();
 }
 
+// After the op list: the dp all-reduce and the tied embedding's sum of the
+// stage's gradients, the global norm, clipping and the update. On a GPU the
+// gradients, weights and moments stay on the device: with device links the
+// all-reduces read device memory, with host links the gradients go through
+// the host for them.
 absl::Status StepRunner::ReduceAndUpdate(const engine::TrainOptions& options,
                                          WorkerStepResult* result) {
-  std::vector<float>& g = params_.grads();
-  const int64_t numel = params_.numel();
-  if (links_->dp_group != nullptr) {
-    if (absl::Status s = links_->dp_group->AllReduceSum(g.data(), numel); !s.ok()) {
-      return Annotate(s, "all-reduce of gradients over dp");
-    }
-  }
-  if (links_->tied != nullptr) {
-    const engine::ParamTensor* t = params_.Find("model.embed_tokens.weight");
-    if (t == nullptr) return absl::InternalError("a tied link on a stage without the embedding");
-    if (absl::Status s = links_->tied->AllReduceSum(g.data() + t->offset, t->numel); !s.ok()) {
-      return Annotate(s, "summing the tied embedding's gradients");
-    }
-  }
-  // Global norm: every stage's squares once (dp rank 0 contributes), as a
-  // float pair so the sum keeps double precision.
-  double sq = engine::StageGradSquares(params_);
-  if (links_->world != nullptr) {
-    const bool counts = links_->dp_group == nullptr || links_->dp_group->rank() == 0;
-    const double mine = counts ? sq : 0.0;
-    float pair[2] = {static_cast<float>(mine), 0.0f};
-    pair[1] = static_cast<float>(mine - static_cast<double>(pair[0]));
-    if (absl::Status s = links_->world->AllReduceSum(pair, 2); !s.ok()) {
-      return Annotate(s, "all-reduce of the gradient norm");
-    }
-    sq = static_cast<double>(pair[0]) + static_cast<double>(pair[1]);
-  }
-  result->grad_norm = std::sqrt(sq);
-  if (!std::isfinite(result->grad_norm)) {
-    return absl::InternalError(
-        absl::StrCat("gradient norm is ", result->grad_norm, "; the update was skipped"));
-  }
-  if (const float coef = engine::ClipCoefficient(result->grad_norm, options.clip); coef != 1.0f) {
-    kernels::cpu::scale(g.data(), numel, coef);
-  }
-  ++step_;
-  engine::ApplyUpdate(params_, m_, v_, step_, options);
-  return absl::OkStatus();
-}
-
-// The same reduction and update with the stage's gradients, weights and
-// moments on the device. With device links the all-reduces read device
-// memory; with host links the gradients go through the host for them.
-absl::Status StepRunner::ReduceAndUpdateOnDevice(const engine::TrainOptions& options,
-                                                 WorkerStepResult* result) {
-  CF_RETURN_IF_ERROR(ctx_->Sync("backward"));
+  const bool device = cuda_stage_ != nullptr;
+  const bool device_links = device && options_.device_links;
+  if (device) CF_RETURN_IF_ERROR(ctx_->Sync("backward"));
   const int64_t numel = params_.numel();
   const engine::ParamTensor* embed = params_.Find("model.embed_tokens.weight");
   if (links_->tied != nullptr && embed == nullptr) {
     return absl::InternalError("a tied link on a stage without the embedding");
   }
-  if (options_.device_links) {
-    float* g = cuda_stage_->device_grads();
+  if (links_->dp_group != nullptr || links_->tied != nullptr) {
+    if (device && !device_links) CF_RETURN_IF_ERROR(cuda_stage_->DownloadGrads());
+    float* g = device_links ? cuda_stage_->device_grads() : params_.grads().data();
     if (links_->dp_group != nullptr) {
       if (absl::Status s = links_->dp_group->AllReduceSum(g, numel); !s.ok()) {
         return Annotate(s, "all-reduce of gradients over dp");
@@ -387,43 +340,34 @@ absl::Status StepRunner::ReduceAndUpdateOnDevice(const engine::TrainOptions& opt
         return Annotate(s, "summing the tied embedding's gradients");
       }
     }
-  } else if (links_->dp_group != nullptr || links_->tied != nullptr) {
-    CF_RETURN_IF_ERROR(cuda_stage_->DownloadGrads());
-    std::vector<float>& g = params_.grads();
-    if (links_->dp_group != nullptr) {
-      if (absl::Status s = links_->dp_group->AllReduceSum(g.data(), numel); !s.ok()) {
-        return Annotate(s, "all-reduce of gradients over dp");
-      }
-    }
-    if (links_->tied != nullptr) {
-      if (absl::Status s = links_->tied->AllReduceSum(g.data() + embed->offset, embed->numel);
-          !s.ok()) {
-        return Annotate(s, "summing the tied embedding's gradients");
-      }
-    }
-    CF_RETURN_IF_ERROR(cuda_stage_->UploadGrads());
+    if (device && !device_links) CF_RETURN_IF_ERROR(cuda_stage_->UploadGrads());
   }
-  absl::StatusOr<double> squares = cuda_stage_->GradSquares();
-  if (!squares.ok()) return squares.status();
-  double sq = *squares;
+  // Global norm: every stage's squares once (dp rank 0 contributes), as a
+  // float pair so the sum keeps double precision.
+  double sq = 0;
+  if (device) {
+    absl::StatusOr<double> squares = cuda_stage_->GradSquares();
+    if (!squares.ok()) return squares.status();
+    sq = *squares;
+  } else {
+    sq = engine::StageGradSquares(params_);
+  }
   if (links_->world != nullptr) {
     const bool counts = links_->dp_group == nullptr || links_->dp_group->rank() == 0;
     const double mine = counts ? sq : 0.0;
     float pair[2] = {static_cast<float>(mine), 0.0f};
     pair[1] = static_cast<float>(mine - static_cast<double>(pair[0]));
-    if (options_.device_links) {
-      ecuda::DeviceArray<float> d;
+    ecuda::DeviceArray<float> d;  // the pair in device memory for device links
+    if (device_links) {
       CF_RETURN_IF_ERROR(
           d.Allocate(ctx_.get(), nullptr, engine::MemoryTracker::kScratch, 2, "gradient norm"));
       CF_RETURN_IF_ERROR(d.Upload(pair, 2));
       CF_RETURN_IF_ERROR(ctx_->Sync("gradient norm"));
-      if (absl::Status s = links_->world->AllReduceSum(d.data(), 2); !s.ok()) {
-        return Annotate(s, "all-reduce of the gradient norm");
-      }
-      CF_RETURN_IF_ERROR(d.Download(pair, 2));
-    } else if (absl::Status s = links_->world->AllReduceSum(pair, 2); !s.ok()) {
+    }
+    if (absl::Status s = links_->world->AllReduceSum(device_links ? d.data() : pair, 2); !s.ok()) {
       return Annotate(s, "all-reduce of the gradient norm");
     }
+    if (device_links) CF_RETURN_IF_ERROR(d.Download(pair, 2));
     sq = static_cast<double>(pair[0]) + static_cast<double>(pair[1]);
   }
   result->grad_norm = std::sqrt(sq);
@@ -431,10 +375,14 @@ absl::Status StepRunner::ReduceAndUpdateOnDevice(const engine::TrainOptions& opt
     return absl::InternalError(
         absl::StrCat("gradient norm is ", result->grad_norm, "; the update was skipped"));
   }
-  if (const float coef = engine::ClipCoefficient(result->grad_norm, options.clip); coef != 1.0f) {
-    CF_RETURN_IF_ERROR(cuda_stage_->ScaleGrads(coef));
-  }
+  const float coef = engine::ClipCoefficient(result->grad_norm, options.clip);
   ++step_;
+  if (!device) {
+    if (coef != 1.0f) kernels::cpu::scale(params_.grads().data(), numel, coef);
+    engine::ApplyUpdate(params_, m_, v_, step_, options);
+    return absl::OkStatus();
+  }
+  if (coef != 1.0f) CF_RETURN_IF_ERROR(cuda_stage_->ScaleGrads(coef));
   CF_RETURN_IF_ERROR(cuda_stage_->ApplyUpdate(step_, options));
   return ctx_->Sync("optimizer update");
 }

@@ -139,8 +139,6 @@ class StepRunner {
   absl::Status RunOps(const planner::Plan& plan, int32_t dp, const engine::StepData& data,
                       WorkerStepResult* result);
   absl::Status ReduceAndUpdate(const engine::TrainOptions& options, WorkerStepResult* result);
-  absl::Status ReduceAndUpdateOnDevice(const engine::TrainOptions& options,
-                                       WorkerStepResult* result);
   engine::StageExecutor& executor();
 
   engine::StageParams params_;

@@ -197,16 +197,7 @@ absl::StatusOr<StepResult> Engine::ComputeGradients(const StepData& data, int64_
     return run;
   }
   SumTiedGradients();
-  result.losses = stages_.back()->losses();
-  double sum = 0;
-  for (const auto& [id, l] : result.losses) sum += l.sum;
-  result.loss = result.targets > 0 ? sum / static_cast<double>(result.targets) : 0.0;
-  for (const auto& m : mem_) {
-    result.peak_bytes = std::max(result.peak_bytes, m->peak());
-    result.peak_activation_bytes =
-        std::max(result.peak_activation_bytes, m->peak(MemoryTracker::kActivations));
-    result.peak_state_bytes = std::max(result.peak_state_bytes, m->peak(MemoryTracker::kState));
-  }
+  SummarizeStep(stages_.back()->losses(), mem_, &result);
   result.grad_norm = GradNorm();
   result.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -262,6 +253,20 @@ double Engine::GradNorm() const {
 void Engine::ApplyOptimizer(const TrainOptions& o) {
   ++step_;
   for (size_t s = 0; s < params_.size(); ++s) ApplyUpdate(*params_[s], m_[s], v_[s], step_, o);
+}
+
+void SummarizeStep(const std::map<int64_t, SequenceLoss>& losses,
+                   const std::vector<std::unique_ptr<MemoryTracker>>& mem, StepResult* result) {
+  result->losses = losses;
+  double sum = 0;
+  for (const auto& [id, l] : losses) sum += l.sum;
+  result->loss = result->targets > 0 ? sum / static_cast<double>(result->targets) : 0.0;
+  for (const auto& m : mem) {
+    result->peak_bytes = std::max(result->peak_bytes, m->peak());
+    result->peak_activation_bytes =
+        std::max(result->peak_activation_bytes, m->peak(MemoryTracker::kActivations));
+    result->peak_state_bytes = std::max(result->peak_state_bytes, m->peak(MemoryTracker::kState));
+  }
 }
 
 absl::StatusOr<PlannedStep> PlanLocalStep(const ModelConfig& config, int32_t pp,

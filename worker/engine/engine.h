@@ -70,6 +70,12 @@ struct StepResult {
 // The planner's view of a model (for its cost model).
 planner::ModelShape ShapeOf(const ModelConfig& config);
 
+// A step's loss (the last stage's sums over result->targets) and the
+// stages' memory peaks into `result`.
+struct StepResult;
+void SummarizeStep(const std::map<int64_t, SequenceLoss>& losses,
+                   const std::vector<std::unique_ptr<MemoryTracker>>& mem, StepResult* result);
+
 // One process's plan of a global batch (dp 1): the planner's chunks and op
 // lists, each chunk's rows, and the loss scale 1 / targets.
 struct PlannedStep {

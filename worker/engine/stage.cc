@@ -53,17 +53,6 @@ void Stage::Reset() {
   state_.Clear();
 }
 
-absl::Status Stage::CheckState(const ChunkInput& in) const {
-  for (const PieceRows& p : in.pieces) {
-    if (state_.rows(p.seq) < p.offset + p.length) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "chunk ", in.id, ": the state store holds ", state_.rows(p.seq), " rows of sequence ",
-          p.seq, ", the chunk needs ", p.offset + p.length));
-    }
-  }
-  return absl::OkStatus();
-}
-
 // ---------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------
@@ -72,27 +61,13 @@ absl::Status Stage::Forward(const ChunkInput& in, const float* x, float* y, Forw
   const StageRange& r = params_->range();
   const int64_t t = in.rows;
   auto it = acts_.find(in.id);
-  if (kind == ForwardKind::kRecompute) {
-    if (it == acts_.end() || it->second.has_activations) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "recompute of chunk ", in.id, " without an earlier forward that dropped activations"));
-    }
-    if (absl::Status s = CheckState(in); !s.ok()) return s;
-  } else if (it != acts_.end()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("chunk ", in.id, " forwarded twice before its backward"));
+  const bool held = it != acts_.end();
+  if (absl::Status s = CheckForwardOrder(in, kind, held, held && it->second.has_activations,
+                                         [this](int64_t seq) { return state_.rows(seq); });
+      !s.ok()) {
+    return s;
   }
   if (kind != ForwardKind::kRecompute) {
-    // A first forward continues its sequence exactly where the state ends:
-    // the earlier chunks are forwarded, the later ones are not.
-    for (const PieceRows& p : in.pieces) {
-      if (state_.rows(p.seq) != p.offset) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "chunk ", in.id, ": sequence ", p.seq, " piece at position ", p.offset,
-            " but the state store holds ", state_.rows(p.seq),
-            " rows: forward the sequence's chunks in order, each once"));
-      }
-    }
     for (const PieceRows& p : in.pieces) {
       state_.Grow(p.seq, p.offset + p.length, p.seq_length, kind != ForwardKind::kInference);
     }
@@ -240,12 +215,12 @@ absl::Status Stage::Backward(const ChunkInput& in, const float* dy, float* dx) {
   const StageRange& r = params_->range();
   const int64_t t = in.rows;
   auto it = acts_.find(in.id);
-  if (it == acts_.end() || !it->second.has_activations) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "backward of chunk ", in.id, " without activations: forward it keeping them (or "
-        "recompute it) first"));
+  const bool held = it != acts_.end();
+  if (absl::Status s = CheckBackwardOrder(in, held, held && it->second.has_activations,
+                                          [this](int64_t seq) { return state_.rows(seq); });
+      !s.ok()) {
+    return s;
   }
-  if (absl::Status s = CheckState(in); !s.ok()) return s;
   ChunkActs& ca = it->second;
   TrackedBuffer dcur = Buf(MemoryTracker::kScratch, t * c_);
   if (r.last) {

@@ -74,7 +74,6 @@ class Stage : public StageExecutor {
   };
 
   TrackedBuffer Buf(MemoryTracker::Kind kind, int64_t n);
-  absl::Status CheckState(const ChunkInput& in) const;
   std::vector<kernels::cpu::AttentionSegment> Segments(const ChunkInput& in, int64_t l);
   void LayerForward(int64_t l, const ChunkInput& in, bool write_kv, MemoryTracker::Kind kind,
                     LayerActs& a, float* inout);

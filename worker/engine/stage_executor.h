@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <map>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "worker/engine/chunk_input.h"
 
@@ -29,6 +30,19 @@ struct SequenceLoss {
   double sum = 0;
   int64_t count = 0;
 };
+
+// The op-order checks every StageExecutor makes, so the CPU and CUDA
+// stages refuse the same lists with the same errors. `held`: the stage holds
+// something for in.id (a forward ran), `has_activations`: that it kept
+// activations; `state_rows(seq)`: rows of seq in the stage's state store.
+// Errors: FAILED_PRECONDITION naming the chunk (forwarded twice, a recompute
+// without a dropping forward, a backward without activations, sequences
+// forwarded out of order, K/V missing from the state).
+absl::Status CheckForwardOrder(const ChunkInput& in, ForwardKind kind, bool held,
+                               bool has_activations,
+                               absl::FunctionRef<int64_t(int64_t)> state_rows);
+absl::Status CheckBackwardOrder(const ChunkInput& in, bool held, bool has_activations,
+                                absl::FunctionRef<int64_t(int64_t)> state_rows);
 
 class StageExecutor {
  public:

@@ -133,16 +133,7 @@ absl::StatusOr<StepResult> CudaEngine::ComputeGradients(const StepData& data, in
     for (auto& st : stages_) st->Reset();
     return run;
   }
-  result.losses = stages_.back()->losses();
-  double sum = 0;
-  for (const auto& [id, l] : result.losses) sum += l.sum;
-  result.loss = result.targets > 0 ? sum / static_cast<double>(result.targets) : 0.0;
-  for (const auto& m : mem_) {
-    result.peak_bytes = std::max(result.peak_bytes, m->peak());
-    result.peak_activation_bytes =
-        std::max(result.peak_activation_bytes, m->peak(MemoryTracker::kActivations));
-    result.peak_state_bytes = std::max(result.peak_state_bytes, m->peak(MemoryTracker::kState));
-  }
+  SummarizeStep(stages_.back()->losses(), mem_, &result);
   result.peak_device_bytes = ctx_->allocator().peak_in_use();
   double sq = 0;
   for (auto& st : stages_) {

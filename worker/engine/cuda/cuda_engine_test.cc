@@ -28,6 +28,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/test_util.h"
 #include "worker/engine/engine.h"
+#include "worker/engine/testing.h"
 
 namespace chunkflow::engine::cuda {
 namespace {
@@ -44,31 +45,9 @@ double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
   return kernels::cpu::testing::RelativeError(a.data(), b.data(), static_cast<int64_t>(b.size()));
 }
 
-StepData RandomData(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(vocab) - 1);
-  StepData d;
-  for (size_t i = 0; i < lengths.size(); ++i) {
-    SequenceData s;
-    s.id = static_cast<int64_t>(i) * 3 + 1;
-    for (int64_t p = 0; p < lengths[i]; ++p) s.tokens.push_back(tok(rng));
-    if (i % 2 == 0) {  // some ignored targets
-      s.labels = s.tokens;
-      for (size_t p = 0; p < s.labels.size(); p += 5) s.labels[p] = kIgnoreIndex;
-    }
-    d.sequences[s.id] = s;
-  }
-  return d;
-}
+using engine::testing::RandomData;
 
-// Weights scaled up so every gradient is far from zero (as engine_test).
-void ScaleUp(StageParams& p) {
-  for (const ParamTensor& t : p.tensors()) {
-    float* w = p.values().data() + t.offset;
-    const bool norm = t.shape.size() == 1 && t.name.find("bias") == std::string::npos;
-    for (int64_t i = 0; i < t.numel; ++i) w[i] = norm ? 1.0f + 5.0f * (w[i] - 1.0f) : 5.0f * w[i];
-  }
-}
+void ScaleUp(StageParams& p) { engine::testing::ScaleUpWeights(p); }
 
 std::unique_ptr<Engine> CpuEngine(const ModelConfig& c, int32_t pp) {
   absl::StatusOr<std::unique_ptr<Engine>> e = Engine::Create(c, pp);

@@ -11,12 +11,6 @@ namespace chunkflow::engine::cuda {
 
 namespace kc = ::chunkflow::kernels::cuda;
 
-#define CF_RETURN_IF_ERROR(expr)                  \
-  do {                                            \
-    if (absl::Status s_ = (expr); !s_.ok()) {     \
-      return s_;                                  \
-    }                                             \
-  } while (false)
 // A kernel launch, checked and named by its call text.
 #define CF_LAUNCH(expr) CF_RETURN_IF_ERROR(kc::CudaCheck((expr), #expr))
 
@@ -297,17 +291,6 @@ absl::Status CudaStage::UploadRows(const ChunkInput& in, ChunkRows* rows) {
   return rows->positions.Upload(in.positions.data(), t);
 }
 
-absl::Status CudaStage::CheckState(const ChunkInput& in) const {
-  for (const PieceRows& p : in.pieces) {
-    if (state_.rows(p.seq) < p.offset + p.length) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "chunk ", in.id, ": the state store holds ", state_.rows(p.seq), " rows of sequence ",
-          p.seq, ", the chunk needs ", p.offset + p.length));
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status CudaStage::Forward(const ChunkInput& in, const float* x, float* y, ForwardKind kind) {
   CF_RETURN_IF_ERROR(ctx_->Activate());
   const StageRange& r = params_->range();
@@ -331,25 +314,10 @@ absl::Status CudaStage::ForwardDevice(const ChunkInput& in, const float* x, floa
   const StageRange& r = params_->range();
   const int64_t t = in.rows;
   auto it = acts_.find(in.id);
-  if (kind == ForwardKind::kRecompute) {
-    if (it == acts_.end() || it->second.has_activations) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "recompute of chunk ", in.id, " without an earlier forward that dropped activations"));
-    }
-    CF_RETURN_IF_ERROR(CheckState(in));
-  } else if (it != acts_.end()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("chunk ", in.id, " forwarded twice before its backward"));
-  }
+  const bool held = it != acts_.end();
+  CF_RETURN_IF_ERROR(CheckForwardOrder(in, kind, held, held && it->second.has_activations,
+                                 [this](int64_t seq) { return state_.rows(seq); }));
   if (kind != ForwardKind::kRecompute) {
-    for (const PieceRows& p : in.pieces) {
-      if (state_.rows(p.seq) != p.offset) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "chunk ", in.id, ": sequence ", p.seq, " piece at position ", p.offset,
-            " but the state store holds ", state_.rows(p.seq),
-            " rows: forward the sequence's chunks in order, each once"));
-      }
-    }
     for (const PieceRows& p : in.pieces) {
       CF_RETURN_IF_ERROR(state_.Grow(p.seq, p.offset + p.length, p.seq_length,
                                      kind != ForwardKind::kInference));
@@ -561,12 +529,9 @@ absl::Status CudaStage::BackwardDevice(const ChunkInput& in, const float* dy, fl
   const StageRange& r = params_->range();
   const int64_t t = in.rows;
   auto it = acts_.find(in.id);
-  if (it == acts_.end() || !it->second.has_activations) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "backward of chunk ", in.id, " without activations: forward it keeping them (or "
-        "recompute it) first"));
-  }
-  CF_RETURN_IF_ERROR(CheckState(in));
+  const bool held = it != acts_.end();
+  CF_RETURN_IF_ERROR(CheckBackwardOrder(in, held, held && it->second.has_activations,
+                                 [this](int64_t seq) { return state_.rows(seq); }));
   ChunkActs& ca = it->second;
   ChunkRows rows;
   CF_RETURN_IF_ERROR(UploadRows(in, &rows));

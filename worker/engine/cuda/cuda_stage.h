@@ -155,7 +155,6 @@ class CudaStage : public StageExecutor {
   absl::Status Alloc(DArray<T>& a, MemoryTracker::Kind kind, int64_t n, const char* what,
                      bool zero = false);
   absl::Status UploadRows(const ChunkInput& in, ChunkRows* rows);
-  absl::Status CheckState(const ChunkInput& in) const;
   std::vector<kernels::cuda::AttentionSegment> Segments(const ChunkInput& in, int64_t l);
   absl::Status RefreshBf16();
 

@@ -35,6 +35,17 @@
 #include "kernels/cuda/linear.h"
 #include "worker/engine/memory.h"
 
+// Returns the status of `expr` from the enclosing function when it is not OK
+// (the CUDA engine and the step runner chain many device calls).
+#ifndef CF_RETURN_IF_ERROR
+#define CF_RETURN_IF_ERROR(expr)              \
+  do {                                        \
+    if (absl::Status s_ = (expr); !s_.ok()) { \
+      return s_;                              \
+    }                                         \
+  } while (false)
+#endif
+
 namespace chunkflow::engine::cuda {
 
 // True when the CUDA runtime sees at least one device.

@@ -1,0 +1,59 @@
+#include "worker/engine/stage_executor.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace chunkflow::engine {
+namespace {
+
+// Every piece's rows up to the chunk's end are in the state store.
+absl::Status CheckState(const ChunkInput& in, absl::FunctionRef<int64_t(int64_t)> state_rows) {
+  for (const PieceRows& p : in.pieces) {
+    if (state_rows(p.seq) < p.offset + p.length) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "chunk ", in.id, ": the state store holds ", state_rows(p.seq), " rows of sequence ",
+          p.seq, ", the chunk needs ", p.offset + p.length));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CheckForwardOrder(const ChunkInput& in, ForwardKind kind, bool held,
+                               bool has_activations,
+                               absl::FunctionRef<int64_t(int64_t)> state_rows) {
+  if (kind == ForwardKind::kRecompute) {
+    if (!held || has_activations) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "recompute of chunk ", in.id, " without an earlier forward that dropped activations"));
+    }
+    return CheckState(in, state_rows);
+  }
+  if (held) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("chunk ", in.id, " forwarded twice before its backward"));
+  }
+  // A first forward continues its sequence exactly where the state ends: the
+  // earlier chunks are forwarded, the later ones are not.
+  for (const PieceRows& p : in.pieces) {
+    if (state_rows(p.seq) != p.offset) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "chunk ", in.id, ": sequence ", p.seq, " piece at position ", p.offset,
+          " but the state store holds ", state_rows(p.seq),
+          " rows: forward the sequence's chunks in order, each once"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckBackwardOrder(const ChunkInput& in, bool held, bool has_activations,
+                                absl::FunctionRef<int64_t(int64_t)> state_rows) {
+  if (!held || !has_activations) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "backward of chunk ", in.id, " without activations: forward it keeping them (or "
+        "recompute it) first"));
+  }
+  return CheckState(in, state_rows);
+}
+
+}  // namespace chunkflow::engine
