@@ -81,6 +81,56 @@ __device__ __forceinline__ void CToA(uint32_t a[4], const float c0[4], const flo
   a[3] = Pack(c1[2], c1[3]);
 }
 
+// c = A B^T for this warp's 16 rows r0.. of the shared tile `a` against the
+// kN rows of the shared tile `b` (both row-major, D columns, leading
+// dimension D + 8): kN / 8 C tiles. c is overwritten.
+template <int D, int kN>
+__device__ __forceinline__ void ProductNT(float (&c)[kN / 8][4], const bf16* a, const bf16* b,
+                                          int r0, int g, int t) {
+  constexpr int kLd = D + 8;
+#pragma unroll
+  for (int j = 0; j < kN / 8; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t fa[4];
+    LoadA(fa, a, r0, kk * 16, kLd, g, t);
+#pragma unroll
+    for (int j = 0; j < kN / 8; ++j) {
+      uint32_t fb[2];
+      LoadBT(fb, b, j * 8, kk * 16, kLd, g, t);
+      Mma(c[j], fa, fb);
+    }
+  }
+}
+
+// The backward's pair of products per tile: c1 = A1 B1^T and c2 = A2 B2^T
+// (S and dP, or S^T and dP^T), in one pass over the head dimension.
+template <int D, int kN>
+__device__ __forceinline__ void ProductsNT(float (&c1)[kN / 8][4], float (&c2)[kN / 8][4],
+                                           const bf16* a1, const bf16* a2, const bf16* b1,
+                                           const bf16* b2, int r0, int g, int t) {
+  constexpr int kLd = D + 8;
+#pragma unroll
+  for (int j = 0; j < kN / 8; ++j) {
+    c1[j][0] = c1[j][1] = c1[j][2] = c1[j][3] = 0.0f;
+    c2[j][0] = c2[j][1] = c2[j][2] = c2[j][3] = 0.0f;
+  }
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t f1[4], f2[4];
+    LoadA(f1, a1, r0, kk * 16, kLd, g, t);
+    LoadA(f2, a2, r0, kk * 16, kLd, g, t);
+#pragma unroll
+    for (int j = 0; j < kN / 8; ++j) {
+      uint32_t fb[2];
+      LoadBT(fb, b1, j * 8, kk * 16, kLd, g, t);
+      Mma(c1[j], f1, fb);
+      LoadBT(fb, b2, j * 8, kk * 16, kLd, g, t);
+      Mma(c2[j], f2, fb);
+    }
+  }
+}
+
 __device__ __forceinline__ float QuadMax(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
   return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
@@ -147,19 +197,7 @@ __global__ void __launch_bounds__(kThreads)
                      static_cast<int64_t>(Hk) * D);
     __syncthreads();
     float s[kBc / 8][4];
-#pragma unroll
-    for (int j = 0; j < kBc / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[4];
-      LoadA(a, sQ, warp * 16, kk * 16, kLd, g, t);
-#pragma unroll
-      for (int j = 0; j < kBc / 8; ++j) {
-        uint32_t b[2];
-        LoadBT(b, sK, j * 8, kk * 16, kLd, g, t);
-        Mma(s[j], a, b);
-      }
-    }
+    ProductNT<D, kBc>(s, sQ, sK, warp * 16, g, t);
     float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
     for (int j = 0; j < kBc / 8; ++j) {
@@ -293,26 +331,8 @@ __global__ void __launch_bounds__(kThreads)
     LoadTile<D, kBc>(sV, v + static_cast<int64_t>(hk) * D, k0, kv_rows,
                      static_cast<int64_t>(Hk) * D);
     __syncthreads();
-    float s[kBc / 8][4], dp[kBc / 8][4];
-#pragma unroll
-    for (int j = 0; j < kBc / 8; ++j) {
-      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-      dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0.0f;
-    }
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t aq[4], ao[4];
-      LoadA(aq, sQ, warp * 16, kk * 16, kLd, g, t);
-      LoadA(ao, sO, warp * 16, kk * 16, kLd, g, t);
-#pragma unroll
-      for (int j = 0; j < kBc / 8; ++j) {
-        uint32_t b[2];
-        LoadBT(b, sK, j * 8, kk * 16, kLd, g, t);
-        Mma(s[j], aq, b);
-        LoadBT(b, sV, j * 8, kk * 16, kLd, g, t);
-        Mma(dp[j], ao, b);
-      }
-    }
+    float s[kBc / 8][4], dp[kBc / 8][4];  // S = Q K^T, dP = dO V^T
+    ProductsNT<D, kBc>(s, dp, sQ, sO, sK, sV, warp * 16, g, t);
     // dS = P * (dP - delta), P recomputed from lse; masked entries are 0.
 #pragma unroll
     for (int j = 0; j < kBc / 8; ++j) {
@@ -402,25 +422,7 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();
       // S^T = K Q^T and dP^T = V dO^T: this warp's 16 keys x the tile's 64 queries.
       float st[kBr / 8][4], dpt[kBr / 8][4];
-#pragma unroll
-      for (int j = 0; j < kBr / 8; ++j) {
-        st[j][0] = st[j][1] = st[j][2] = st[j][3] = 0.0f;
-        dpt[j][0] = dpt[j][1] = dpt[j][2] = dpt[j][3] = 0.0f;
-      }
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t ak[4], av[4];
-        LoadA(ak, sK, warp * 16, kk * 16, kLd, g, t);
-        LoadA(av, sV, warp * 16, kk * 16, kLd, g, t);
-#pragma unroll
-        for (int j = 0; j < kBr / 8; ++j) {
-          uint32_t b[2];
-          LoadBT(b, sQ, j * 8, kk * 16, kLd, g, t);
-          Mma(st[j], ak, b);
-          LoadBT(b, sO, j * 8, kk * 16, kLd, g, t);
-          Mma(dpt[j], av, b);
-        }
-      }
+      ProductsNT<D, kBr>(st, dpt, sK, sV, sQ, sO, warp * 16, g, t);
       // P^T and dS^T = P^T * (dP^T - delta); masked entries are 0.
 #pragma unroll
       for (int j = 0; j < kBr / 8; ++j) {

@@ -1,5 +1,6 @@
 #include "tools/bench/bench_util.h"
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <algorithm>
@@ -143,5 +144,38 @@ std::string Quoted(const std::string& s) {
 }
 
 std::string Num(double v) { return absl::StrFormat("%.6g", v); }
+
+BaselineResult RunTorchBaseline(const std::string& python, const std::string& script,
+                                const std::string& args, int64_t checksum,
+                                const std::string& tag) {
+  BaselineResult r;
+  struct stat st;
+  if (python.empty()) {
+    r.note = "PyTorch: skipped (--torch_python is empty)";
+  } else if (std::system((ShellQuote(python) + " -c 'import torch' >/dev/null 2>&1").c_str()) !=
+             0) {
+    r.note = absl::StrCat("PyTorch: skipped (no torch: ", python, " cannot import torch)");
+  } else if (::stat(script.c_str(), &st) != 0) {
+    r.note = absl::StrCat("PyTorch: skipped (script not found: ", script,
+                          "; run from the repository root or set --torch_script)");
+  }
+  if (!r.note.empty()) return r;
+  const std::string cmd = absl::StrCat(ShellQuote(python), " ", ShellQuote(script), " ", args);
+  std::fprintf(stderr, "%s: PyTorch: %s\n", tag.c_str(), cmd.c_str());
+  absl::StatusOr<std::string> out = RunChild(cmd);
+  const std::string line = out.ok() ? LastJsonLine(*out) : "";
+  if (!JsonNumber(line, "step_seconds_median")) {
+    r.note = absl::StrCat("PyTorch: failed (",
+                          out.ok() ? "no JSON result" : out.status().message(), ")");
+    return r;
+  }
+  if (checksum >= 0 &&
+      JsonNumber(line, "token_checksum").value_or(-1) != static_cast<double>(checksum)) {
+    r.note = "PyTorch: failed (its tokens differ from ours: token_checksum mismatch)";
+    return r;
+  }
+  r.line = line;
+  return r;
+}
 
 }  // namespace chunkflow::bench

@@ -41,6 +41,20 @@ std::string LastJsonLine(const std::string& out);
 std::optional<double> JsonNumber(const std::string& line, const std::string& key);
 std::string JsonStringValue(const std::string& line, const std::string& key);
 std::string Quoted(const std::string& s);
+
+// A PyTorch baseline script run as a child process (`python script args`):
+// its JSON result line, or a note - printed in the table instead of numbers -
+// saying why there is none: skipped (no python, no torch, no script) or
+// failed (the child failed, no "step_seconds_median" in its result, or its
+// "token_checksum" differs from `checksum` when that is >= 0). Progress goes
+// to stderr prefixed with `tag`.
+struct BaselineResult {
+  std::string line;
+  std::string note;
+};
+BaselineResult RunTorchBaseline(const std::string& python, const std::string& script,
+                                const std::string& args, int64_t checksum,
+                                const std::string& tag);
 // %.6g
 std::string Num(double v);
 

@@ -241,41 +241,21 @@ ThroughputRow TimeTorch(const ModelConfig& cfg, const std::string& lengths, int 
                         int64_t checksum, std::string* json) {
   ThroughputRow row;
   row.implementation = "PyTorch eager";
-  const std::string python = absl::GetFlag(FLAGS_torch_python);
-  const std::string script = FindTorchScript();
-  struct stat st;
-  if (python.empty()) {
-    row.note = "PyTorch: skipped (--torch_python is empty)";
-  } else if (std::system((ShellQuote(python) + " -c 'import torch' >/dev/null 2>&1").c_str()) !=
-             0) {
-    row.note = absl::StrCat("PyTorch: skipped (no torch: ", python, " cannot import torch)");
-  } else if (::stat(script.c_str(), &st) != 0) {
-    row.note = absl::StrCat("PyTorch: skipped (script not found: ", script,
-                            "; run from the repository root or set --torch_script)");
-  }
-  if (!row.note.empty()) return row;
-  const std::string cmd =
-      absl::StrCat(ShellQuote(python), " ", ShellQuote(script), " --lengths=", lengths,
-                   " --seed=", absl::GetFlag(FLAGS_seed), " --layers=", cfg.num_hidden_layers,
-                   " --hidden=", cfg.hidden_size, " --intermediate=", cfg.intermediate_size,
-                   " --heads=", cfg.num_attention_heads, " --kv_heads=", cfg.num_key_value_heads,
-                   " --vocab=", cfg.vocab_size, " --rope_theta=", Num(cfg.rope_theta),
-                   " --eps=1e-6", " --threads=", threads, " --warmup=", absl::GetFlag(FLAGS_warmup),
-                   " --steps=", absl::GetFlag(FLAGS_steps));
-  std::fprintf(stderr, "engine_bench: [throughput] PyTorch: %s\n", cmd.c_str());
-  absl::StatusOr<std::string> out = RunChild(cmd);
-  const std::string line = out.ok() ? LastJsonLine(*out) : "";
-  const std::optional<double> sec = JsonNumber(line, "step_seconds_median");
-  if (!sec) {
-    row.note = absl::StrCat("PyTorch: failed (",
-                            out.ok() ? "no JSON result" : out.status().message(), ")");
+  const BaselineResult base = RunTorchBaseline(
+      absl::GetFlag(FLAGS_torch_python), FindTorchScript(),
+      absl::StrCat("--lengths=", lengths, " --seed=", absl::GetFlag(FLAGS_seed),
+                   " --layers=", cfg.num_hidden_layers, " --hidden=", cfg.hidden_size,
+                   " --intermediate=", cfg.intermediate_size, " --heads=", cfg.num_attention_heads,
+                   " --kv_heads=", cfg.num_key_value_heads, " --vocab=", cfg.vocab_size,
+                   " --rope_theta=", Num(cfg.rope_theta), " --eps=1e-6", " --threads=", threads,
+                   " --warmup=", absl::GetFlag(FLAGS_warmup), " --steps=", absl::GetFlag(FLAGS_steps)),
+      checksum, "engine_bench: [throughput]");
+  if (!base.note.empty()) {
+    row.note = base.note;
     return row;
   }
-  if (JsonNumber(line, "token_checksum").value_or(-1) != static_cast<double>(checksum)) {
-    row.note = "PyTorch: failed (its tokens differ from ours: token_checksum mismatch)";
-    return row;
-  }
-  row.seconds = *sec;
+  const std::string& line = base.line;
+  row.seconds = JsonNumber(line, "step_seconds_median").value_or(0);
   row.tokens = static_cast<int64_t>(JsonNumber(line, "tokens").value_or(0));
   row.loss = JsonNumber(line, "loss").value_or(0);
   row.config = absl::StrCat("torch ", JsonStringValue(line, "torch_version"), ", per-sequence, ",

@@ -160,39 +160,23 @@ absl::StatusOr<Row> TimeEngine(const ModelConfig& cfg, const StepData& data, int
 Row TimeTorch(const ModelConfig& cfg, const std::string& lengths, int64_t checksum) {
   Row row;
   row.implementation = "PyTorch eager";
-  const std::string python = absl::GetFlag(FLAGS_torch_python);
-  const std::string script = absl::GetFlag(FLAGS_torch_script);
-  if (python.empty()) {
-    row.note = "PyTorch: skipped (--torch_python is empty)";
+  const BaselineResult base = RunTorchBaseline(
+      absl::GetFlag(FLAGS_torch_python), absl::GetFlag(FLAGS_torch_script),
+      absl::StrCat("--device=cuda", absl::GetFlag(FLAGS_precision) == "bf16" ? " --bf16" : "",
+                   cfg.tie_word_embeddings ? " --tied" : "", " --lengths=", lengths,
+                   " --seed=", absl::GetFlag(FLAGS_seed), " --layers=", cfg.num_hidden_layers,
+                   " --hidden=", cfg.hidden_size, " --intermediate=", cfg.intermediate_size,
+                   " --heads=", cfg.num_attention_heads, " --kv_heads=", cfg.num_key_value_heads,
+                   " --vocab=", cfg.vocab_size, " --rope_theta=", Num(cfg.rope_theta),
+                   " --eps=1e-6", " --warmup=", absl::GetFlag(FLAGS_warmup),
+                   " --steps=", absl::GetFlag(FLAGS_steps)),
+      checksum, "cuda_step_bench");
+  if (!base.note.empty()) {
+    row.note = base.note;
     return row;
   }
-  if (std::system((ShellQuote(python) + " -c 'import torch' >/dev/null 2>&1").c_str()) != 0) {
-    row.note = absl::StrCat("PyTorch: skipped (", python, " cannot import torch)");
-    return row;
-  }
-  const std::string cmd = absl::StrCat(
-      ShellQuote(python), " ", ShellQuote(script), " --device=cuda",
-      absl::GetFlag(FLAGS_precision) == "bf16" ? " --bf16" : "",
-      cfg.tie_word_embeddings ? " --tied" : "", " --lengths=", lengths,
-      " --seed=", absl::GetFlag(FLAGS_seed), " --layers=", cfg.num_hidden_layers,
-      " --hidden=", cfg.hidden_size, " --intermediate=", cfg.intermediate_size,
-      " --heads=", cfg.num_attention_heads, " --kv_heads=", cfg.num_key_value_heads,
-      " --vocab=", cfg.vocab_size, " --rope_theta=", Num(cfg.rope_theta), " --eps=1e-6",
-      " --warmup=", absl::GetFlag(FLAGS_warmup), " --steps=", absl::GetFlag(FLAGS_steps));
-  std::fprintf(stderr, "cuda_step_bench: PyTorch: %s\n", cmd.c_str());
-  absl::StatusOr<std::string> out = RunChild(cmd);
-  const std::string line = out.ok() ? LastJsonLine(*out) : "";
-  const std::optional<double> sec = JsonNumber(line, "step_seconds_median");
-  if (!sec) {
-    row.note = absl::StrCat("PyTorch: failed (",
-                            out.ok() ? "no JSON result" : out.status().message(), ")");
-    return row;
-  }
-  if (JsonNumber(line, "token_checksum").value_or(-1) != static_cast<double>(checksum)) {
-    row.note = "PyTorch: failed (its tokens differ: token_checksum mismatch)";
-    return row;
-  }
-  row.seconds = *sec;
+  const std::string& line = base.line;
+  row.seconds = JsonNumber(line, "step_seconds_median").value_or(0);
   row.tokens = static_cast<int64_t>(JsonNumber(line, "tokens").value_or(0));
   row.loss = JsonNumber(line, "loss").value_or(0);
   row.peak_gib = JsonNumber(line, "peak_device_mib").value_or(0) / 1024.0;
