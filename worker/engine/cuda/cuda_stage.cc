@@ -1,6 +1,7 @@
 #include "worker/engine/cuda/cuda_stage.h"
 
 #include <algorithm>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -75,6 +76,7 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Create(StageParams* params
   }
   CF_RETURN_IF_ERROR(ctx->Activate());
   std::unique_ptr<CudaStage> s(new CudaStage(params, ctx, mem, options));
+  s->pack_ = options.precision == Precision::kBf16 && options.bf16_activations;
   s->flash_ = options.attention == AttentionKernel::kFlash ||
               (options.attention == AttentionKernel::kAuto &&
                options.precision == Precision::kBf16 && flash_ok);
@@ -352,6 +354,7 @@ absl::Status CudaStage::ForwardDevice(const ChunkInput& in, const float* x, floa
     CF_RETURN_IF_ERROR(LayerForward(l, in, rows, kind != ForwardKind::kRecompute,
                                     keep ? MemoryTracker::kActivations : MemoryTracker::kScratch,
                                     keep ? ca.layers[l] : scratch, cur.data()));
+    if (keep && pack_) CF_RETURN_IF_ERROR(Pack(ca.layers[l], t));
   }
   if (r.last) {
     if (kind != ForwardKind::kRecompute) CF_RETURN_IF_ERROR(HeadLoss(in, rows, cur.data()));
@@ -397,18 +400,21 @@ absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const Chun
 
   // Offloaded state: this layer's K/V of the chunk's sequences come in (the
   // rows this forward writes need not).
+  // Kept in bf16 (Pack, after the layer): the fp32 working copies are scratch.
+  const MemoryTracker::Kind wide =
+      kind == MemoryTracker::kActivations && pack_ ? MemoryTracker::kScratch : kind;
   StateWindows windows(&state_, l);
   for (const PieceRows& p : in.pieces) {
     CF_RETURN_IF_ERROR(
         windows.Acquire(p.seq, write_kv ? p.offset : p.offset + p.length, /*grads=*/false));
   }
-  CF_RETURN_IF_ERROR(Alloc(a.x, kind, t * c_, "layer input"));
+  CF_RETURN_IF_ERROR(Alloc(a.x, wide, t * c_, "layer input"));
   CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, a.x.data(), inout, t * c_ * kF, "layer input"));
   CF_RETURN_IF_ERROR(Alloc(a.rstd1, kind, t, "rstd1"));
   DArray<float> hn;
   CF_RETURN_IF_ERROR(Alloc(hn, kS, t * c_, "normed hidden"));
   CF_LAUNCH(kc::rmsnorm_forward(hn.data(), a.rstd1.data(), a.x.data(), W(w.ln1), t, c_, eps, st));
-  CF_RETURN_IF_ERROR(Alloc(a.q, kind, t * qd_, "q"));
+  CF_RETURN_IF_ERROR(Alloc(a.q, wide, t * qd_, "q"));
   CF_RETURN_IF_ERROR(Linear(a.q.data(), hn.data(), w.wq, w.bq, t, c_, qd_));
   CF_LAUNCH(kc::rope_forward(a.q.data(), a.q.data(), rows.positions.data(), t, h, d, theta, st));
   if (write_kv) {
@@ -426,7 +432,7 @@ absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const Chun
                                       vb.data() + p.row * kvd_, p.length * kvd_ * kF, "state V"));
     }
   }
-  CF_RETURN_IF_ERROR(Alloc(a.att, kind, t * qd_, "attention output"));
+  CF_RETURN_IF_ERROR(Alloc(a.att, wide, t * qd_, "attention output"));
   CF_RETURN_IF_ERROR(Alloc(a.lse, kind, t * h, "attention lse"));
   const std::vector<kc::AttentionSegment> segs = Segments(in, l);
   if (flash_) {
@@ -446,15 +452,15 @@ absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const Chun
   DArray<float> tmp;
   CF_RETURN_IF_ERROR(Alloc(tmp, kS, t * c_, "branch output"));
   CF_RETURN_IF_ERROR(Linear(tmp.data(), a.att.data(), w.wo, nullptr, t, qd_, c_));
-  CF_RETURN_IF_ERROR(Alloc(a.xmid, kind, t * c_, "x'"));
+  CF_RETURN_IF_ERROR(Alloc(a.xmid, wide, t * c_, "x'"));
   CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, a.xmid.data(), a.x.data(), t * c_ * kF, "x'"));
   CF_LAUNCH(kc::add_to(a.xmid.data(), tmp.data(), t * c_, st));
 
   CF_RETURN_IF_ERROR(Alloc(a.rstd2, kind, t, "rstd2"));
   CF_LAUNCH(
       kc::rmsnorm_forward(hn.data(), a.rstd2.data(), a.xmid.data(), W(w.ln2), t, c_, eps, st));
-  CF_RETURN_IF_ERROR(Alloc(a.gate, kind, t * inter_, "gate"));
-  CF_RETURN_IF_ERROR(Alloc(a.up, kind, t * inter_, "up"));
+  CF_RETURN_IF_ERROR(Alloc(a.gate, wide, t * inter_, "gate"));
+  CF_RETURN_IF_ERROR(Alloc(a.up, wide, t * inter_, "up"));
   CF_RETURN_IF_ERROR(Linear(a.gate.data(), hn.data(), w.wg, nullptr, t, c_, inter_));
   CF_RETURN_IF_ERROR(Linear(a.up.data(), hn.data(), w.wu, nullptr, t, c_, inter_));
   DArray<float> act;
@@ -598,8 +604,47 @@ absl::Status CudaStage::HeadBackward(const ChunkInput& in, const ChunkRows& rows
   return absl::OkStatus();
 }
 
+absl::Status CudaStage::Pack(LayerActs& a, int64_t /*t*/) {
+  DArray<float>* parts[] = {&a.x, &a.q, &a.att, &a.xmid, &a.gate, &a.up};
+  int64_t total = 0;
+  for (DArray<float>* p : parts) total += p->size();
+  CF_RETURN_IF_ERROR(Alloc(a.packed, MemoryTracker::kActivations, total, "bf16 activations"));
+  int64_t off = 0;
+  for (DArray<float>* p : parts) {
+    CF_LAUNCH(kc::float_to_bf16(a.packed.data() + off, p->data(), p->size(), ctx_->stream()));
+    off += p->size();
+    p->Release();  // stream-ordered: the conversion has read it first
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaStage::Unpack(const LayerActs& a, int64_t t, int64_t heads, LayerActs* w) {
+  constexpr MemoryTracker::Kind kS = MemoryTracker::kScratch;
+  const std::pair<DArray<float>*, int64_t> parts[] = {
+      {&w->x, t * c_},   {&w->q, t * qd_},        {&w->att, t * qd_},
+      {&w->xmid, t * c_}, {&w->gate, t * inter_}, {&w->up, t * inter_}};
+  int64_t off = 0;
+  for (auto [p, n] : parts) {
+    CF_RETURN_IF_ERROR(Alloc(*p, kS, n, "widened activations"));
+    CF_LAUNCH(kc::bf16_to_float(p->data(), a.packed.data() + off, n, ctx_->stream()));
+    off += n;
+  }
+  for (auto [dst, src, n] : {std::tuple{&w->rstd1, &a.rstd1, t}, std::tuple{&w->rstd2, &a.rstd2, t},
+                             std::tuple{&w->lse, &a.lse, t * heads}}) {
+    CF_RETURN_IF_ERROR(Alloc(*dst, kS, n, "widened activations"));
+    CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, dst->data(), src->data(), n * kF, "rstd / lse"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const ChunkRows& rows,
-                                      const LayerActs& a, float* dx) {
+                                      const LayerActs& kept, float* dx) {
+  // bf16-stored activations: fp32 copies for this layer's backward only.
+  LayerActs wide;
+  if (!kept.packed.empty()) {
+    CF_RETURN_IF_ERROR(Unpack(kept, in.rows, params_->config().num_attention_heads, &wide));
+  }
+  const LayerActs& a = kept.packed.empty() ? kept : wide;
   const ModelConfig& cfg = params_->config();
   const LayerView w = params_->weights().layers[l];
   const int64_t t = in.rows, h = cfg.num_attention_heads, hk = cfg.num_key_value_heads;

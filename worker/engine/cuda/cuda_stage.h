@@ -8,8 +8,9 @@
 // Upload / Download move values between the two). With Precision::kBf16 a
 // bf16 copy of the weights, refreshed after every update, feeds the GEMMs:
 // each GEMM's inputs are rounded to bf16, products are accumulated in fp32
-// and every output, activation and gradient is fp32 (norms, RoPE, softmax,
-// attention and the loss run in fp32). Precision::kFp32 runs every GEMM in
+// and every output and gradient is fp32 (norms, RoPE, softmax, attention and
+// the loss run in fp32); the activations kept for the backward are stored
+// in bf16 (CudaStageOptions::bf16_activations). Precision::kFp32 runs every GEMM in
 // pedantic fp32, so the stage can be held to the CPU oracle tightly.
 //
 // The LM head runs in row blocks of kHeadRows (the (rows, V) logits tile is
@@ -68,6 +69,10 @@ struct CudaStageOptions {
   // bring one layer of a chunk's sequences onto the device at a time
   // (DeviceStateStore's offload): for sequences whose state does not fit.
   bool offload_state = false;
+  // With Precision::kBf16: keep each layer's activations for the backward in
+  // bf16 (x, q, attention output, x', gate, up; rstd and lse stay fp32),
+  // widened again for the layer's backward. Halves activation memory.
+  bool bf16_activations = true;
 };
 
 class CudaStage : public StageExecutor {
@@ -135,6 +140,9 @@ class CudaStage : public StageExecutor {
 
   struct LayerActs {
     DArray<float> x, rstd1, q, att, lse, xmid, rstd2, gate, up;
+    // bf16 storage: x, q, att, xmid, gate, up back to back (the fp32 ones
+    // are released once packed).
+    DArray<Bf16> packed;
   };
   struct ChunkActs {
     DArray<float> input;
@@ -157,6 +165,10 @@ class CudaStage : public StageExecutor {
   absl::Status UploadRows(const ChunkInput& in, ChunkRows* rows);
   std::vector<kernels::cuda::AttentionSegment> Segments(const ChunkInput& in, int64_t l);
   absl::Status RefreshBf16();
+  // bf16 activation storage: a layer's fp32 activations into `packed`, and
+  // back into fp32 scratch copies (rstd and lse copied as they are).
+  absl::Status Pack(LayerActs& a, int64_t t);
+  absl::Status Unpack(const LayerActs& a, int64_t t, int64_t heads, LayerActs* wide);
 
   // Device pointers of a host weight / gradient pointer of params_'s views.
   const float* W(const float* host) const;
@@ -184,6 +196,7 @@ class CudaStage : public StageExecutor {
   int64_t c_, qd_, kvd_, inter_, vocab_;
   float loss_scale_ = 1.0f;
   bool flash_ = false;
+  bool pack_ = false;
 
   DArray<float> values_, grads_, m_, v_;
   DArray<Bf16> values_bf16_;
