@@ -76,10 +76,13 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Create(StageParams* params
   }
   CF_RETURN_IF_ERROR(ctx->Activate());
   std::unique_ptr<CudaStage> s(new CudaStage(params, ctx, mem, options));
-  s->pack_ = options.precision == Precision::kBf16 && options.bf16_activations;
   s->flash_ = options.attention == AttentionKernel::kFlash ||
               (options.attention == AttentionKernel::kAuto &&
                options.precision == Precision::kBf16 && flash_ok);
+  // bf16 storage needs the flash kernel: it rounds q to bf16 in the forward
+  // too, so the backward's scores from the stored q match the forward's lse
+  // (the reference kernel's fp32 forward would not).
+  s->pack_ = options.precision == Precision::kBf16 && options.bf16_activations && s->flash_;
   const int64_t n = params->numel();
   // Parameters are not activations, state or scratch: only the allocator
   // (the device total) counts them.
@@ -618,7 +621,7 @@ absl::Status CudaStage::Pack(LayerActs& a, int64_t /*t*/) {
   return absl::OkStatus();
 }
 
-absl::Status CudaStage::Unpack(const LayerActs& a, int64_t t, int64_t heads, LayerActs* w) {
+absl::Status CudaStage::Unpack(const LayerActs& a, int64_t t, LayerActs* w) {
   constexpr MemoryTracker::Kind kS = MemoryTracker::kScratch;
   const std::pair<DArray<float>*, int64_t> parts[] = {
       {&w->x, t * c_},   {&w->q, t * qd_},        {&w->att, t * qd_},
@@ -629,22 +632,17 @@ absl::Status CudaStage::Unpack(const LayerActs& a, int64_t t, int64_t heads, Lay
     CF_LAUNCH(kc::bf16_to_float(p->data(), a.packed.data() + off, n, ctx_->stream()));
     off += n;
   }
-  for (auto [dst, src, n] : {std::tuple{&w->rstd1, &a.rstd1, t}, std::tuple{&w->rstd2, &a.rstd2, t},
-                             std::tuple{&w->lse, &a.lse, t * heads}}) {
-    CF_RETURN_IF_ERROR(Alloc(*dst, kS, n, "widened activations"));
-    CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, dst->data(), src->data(), n * kF, "rstd / lse"));
-  }
   return absl::OkStatus();
 }
 
 absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const ChunkRows& rows,
                                       const LayerActs& kept, float* dx) {
-  // bf16-stored activations: fp32 copies for this layer's backward only.
+  // bf16-stored activations: fp32 copies for this layer's backward only
+  // (lse is kept in fp32; rstd is recomputed below from the stored x / x').
   LayerActs wide;
-  if (!kept.packed.empty()) {
-    CF_RETURN_IF_ERROR(Unpack(kept, in.rows, params_->config().num_attention_heads, &wide));
-  }
+  if (!kept.packed.empty()) CF_RETURN_IF_ERROR(Unpack(kept, in.rows, &wide));
   const LayerActs& a = kept.packed.empty() ? kept : wide;
+  const float* lse = kept.lse.data();
   const ModelConfig& cfg = params_->config();
   const LayerView w = params_->weights().layers[l];
   const int64_t t = in.rows, h = cfg.num_attention_heads, hk = cfg.num_key_value_heads;
@@ -679,8 +677,10 @@ absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const Chu
     CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wu, nullptr, dup.data(), hn.data(), t, c_,
                                       inter_));
     // dx becomes the gradient of x' (residual plus the MLP branch).
-    CF_LAUNCH(kc::rmsnorm_backward(dx, G(w.ln2), dh.data(), a.xmid.data(), W(w.ln2),
-                                   a.rstd2.data(), t, c_, st));
+    // With the rstd just recomputed from x' (bit-identical to the stored one
+    // in fp32; consistent with the bf16-stored x' otherwise).
+    CF_LAUNCH(kc::rmsnorm_backward(dx, G(w.ln2), dh.data(), a.xmid.data(), W(w.ln2), rstd.data(),
+                                   t, c_, st));
   }
   // Attention.
   DArray<float> datt, dq;
@@ -697,11 +697,11 @@ absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const Chu
     CF_RETURN_IF_ERROR(Alloc(delta, kS, t * h, "attention delta"));
     CF_RETURN_IF_ERROR(kc::flash_attention_backward(
         dq.data(), segs.data(), static_cast<int64_t>(segs.size()), datt.data(), a.q.data(),
-        a.att.data(), a.lse.data(), h, hk, d, delta.data(), t, st));
+        a.att.data(), lse, h, hk, d, delta.data(), t, st));
   } else {
     CF_RETURN_IF_ERROR(kc::attention_backward(dq.data(), segs.data(),
                                               static_cast<int64_t>(segs.size()), datt.data(),
-                                              a.q.data(), a.att.data(), a.lse.data(), h, hk, d,
+                                              a.q.data(), a.att.data(), lse, h, hk, d,
                                               st));
   }
   datt.Release();
@@ -733,7 +733,7 @@ absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const Chu
   CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wq, w.bq, dqp.data(), hn.data(), t, c_, qd_));
   CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wk, w.bk, dkp.data(), hn.data(), t, c_, kvd_));
   CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wv, w.bv, dvv.data(), hn.data(), t, c_, kvd_));
-  CF_LAUNCH(kc::rmsnorm_backward(dx, G(w.ln1), dh.data(), a.x.data(), W(w.ln1), a.rstd1.data(), t,
+  CF_LAUNCH(kc::rmsnorm_backward(dx, G(w.ln1), dh.data(), a.x.data(), W(w.ln1), rstd.data(), t,
                                  c_, st));
   return absl::OkStatus();
 }

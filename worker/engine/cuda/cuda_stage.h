@@ -69,9 +69,10 @@ struct CudaStageOptions {
   // bring one layer of a chunk's sequences onto the device at a time
   // (DeviceStateStore's offload): for sequences whose state does not fit.
   bool offload_state = false;
-  // With Precision::kBf16: keep each layer's activations for the backward in
-  // bf16 (x, q, attention output, x', gate, up; rstd and lse stay fp32),
-  // widened again for the layer's backward. Halves activation memory.
+  // With Precision::kBf16 and the flash kernel: keep each layer's
+  // activations for the backward in bf16 (x, q, attention output, x', gate,
+  // up; rstd and lse stay fp32), widened again for the layer's backward.
+  // Little more than half the activation memory.
   bool bf16_activations = true;
 };
 
@@ -166,9 +167,9 @@ class CudaStage : public StageExecutor {
   std::vector<kernels::cuda::AttentionSegment> Segments(const ChunkInput& in, int64_t l);
   absl::Status RefreshBf16();
   // bf16 activation storage: a layer's fp32 activations into `packed`, and
-  // back into fp32 scratch copies (rstd and lse copied as they are).
+  // back into fp32 scratch copies of them (rstd and lse stay in `a`).
   absl::Status Pack(LayerActs& a, int64_t t);
-  absl::Status Unpack(const LayerActs& a, int64_t t, int64_t heads, LayerActs* wide);
+  absl::Status Unpack(const LayerActs& a, int64_t t, LayerActs* wide);
 
   // Device pointers of a host weight / gradient pointer of params_'s views.
   const float* W(const float* host) const;
