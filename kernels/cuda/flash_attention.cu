@@ -528,6 +528,12 @@ cudaError_t OncePerDevice(F set, std::set<int>* done) {
   if (e == cudaSuccess) done->insert(device);
   return e;
 }
+absl::Status AttributeStatus(cudaError_t e, const char* op) {
+  if (e == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(std::string(op) + ": shared memory attribute: " +
+                             cudaGetErrorString(e));
+}
+
 template <int D>
 std::set<int> forward_attr_set;
 template <int D>
@@ -543,10 +549,7 @@ absl::Status Forward(float* out, float* lse, const float* q, const AttentionSegm
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, ForwardSmem<D>());
       },
       &forward_attr_set<D>);
-  if (attr != cudaSuccess) {
-    return absl::InternalError(std::string("flash_attention_forward: shared memory attribute: ") +
-                               cudaGetErrorString(attr));
-  }
+  if (absl::Status st = AttributeStatus(attr, "flash_attention_forward"); !st.ok()) return st;
   for (int64_t s = 0; s < n_segs; ++s) {
     const AttentionSegment& g = segs[s];
     if (g.length == 0) continue;
@@ -575,10 +578,7 @@ absl::Status Backward(float* dq, const AttentionSegment* segs, int64_t n_segs, c
                                                        BackwardSmem<D>());
       },
       &backward_attr_set<D>);
-  if (attr != cudaSuccess) {
-    return absl::InternalError(std::string("flash_attention_backward: shared memory attribute: ") +
-                               cudaGetErrorString(attr));
-  }
+  if (absl::Status st = AttributeStatus(attr, "flash_attention_backward"); !st.ok()) return st;
   for (int64_t s = 0; s < n_segs; ++s) {
     const AttentionSegment& g = segs[s];
     if (g.length == 0) continue;

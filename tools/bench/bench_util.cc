@@ -24,6 +24,23 @@ uint64_t NextSplitMix64(uint64_t& state) {
   return z ^ (z >> 31);
 }
 
+std::vector<std::vector<int32_t>> SplitMix64Tokens(const std::vector<int64_t>& lengths,
+                                                   int64_t vocab, uint64_t seed,
+                                                   int64_t* checksum) {
+  std::vector<std::vector<int32_t>> out(lengths.size());
+  uint64_t state = seed;
+  *checksum = 0;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    for (int64_t p = 0; p < lengths[i]; ++p) {
+      const auto tok =
+          static_cast<int32_t>((NextSplitMix64(state) >> 32) % static_cast<uint64_t>(vocab));
+      out[i].push_back(tok);
+      *checksum += tok;
+    }
+  }
+  return out;
+}
+
 absl::StatusOr<std::vector<int64_t>> ParseInts(const std::string& flag, const std::string& text) {
   std::vector<int64_t> out;
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {

@@ -16,6 +16,12 @@ namespace chunkflow::bench {
 
 // splitmix64; tools/bench/torch_step.py mirrors it so both see the same tokens.
 uint64_t NextSplitMix64(uint64_t& state);
+// The benchmarks' token ids: one splitmix64 stream over every sequence in
+// order, (z >> 32) % vocab per token; *checksum = the sum of the ids (what
+// the PyTorch scripts report back).
+std::vector<std::vector<int32_t>> SplitMix64Tokens(const std::vector<int64_t>& lengths,
+                                                   int64_t vocab, uint64_t seed,
+                                                   int64_t* checksum);
 
 // A comma-separated list of positive integers. Errors: INVALID_ARGUMENT
 // naming --flag and the bad part.

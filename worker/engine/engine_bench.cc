@@ -119,17 +119,11 @@ ModelConfig BenchConfig(int64_t layers, int64_t longest) {
 StepData MakeData(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed,
                   int64_t* checksum) {
   StepData data;
-  uint64_t state = seed;
-  *checksum = 0;
-  for (size_t i = 0; i < lengths.size(); ++i) {
+  std::vector<std::vector<int32_t>> tokens = SplitMix64Tokens(lengths, vocab, seed, checksum);
+  for (size_t i = 0; i < tokens.size(); ++i) {
     SequenceData& s = data.sequences[static_cast<int64_t>(i)];
     s.id = static_cast<int64_t>(i);
-    for (int64_t p = 0; p < lengths[i]; ++p) {
-      const int32_t tok =
-          static_cast<int32_t>((NextSplitMix64(state) >> 32) % static_cast<uint64_t>(vocab));
-      s.tokens.push_back(tok);
-      *checksum += tok;
-    }
+    s.tokens = std::move(tokens[i]);
   }
   return data;
 }
