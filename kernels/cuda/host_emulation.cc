@@ -8,7 +8,12 @@
 //  - every op of ops.h / linear.h / attention.h is its CPU twin from
 //    kernels/cpu (the bf16 GEMMs round their inputs to bf16, as the device
 //    path does, then run the fp32 CPU op);
-//  - streams are synchronous.
+//  - streams are synchronous, except for work a test library marks
+//    asynchronous (host_emulation.h: the NCCL emulation's), which events,
+//    cudaStreamQuery and cudaStreamSynchronize see;
+//  - CHUNKFLOW_EMULATED_GPUS devices (default 1), the current one per thread;
+//    cudaPointerGetAttributes knows cudaMalloc blocks (and their device) and
+//    cudaHostAlloc blocks.
 // The kernels themselves are checked against the same CPU twins on a GPU by
 // kernels/cuda:ops_test; the engine on real hardware by
 // worker/engine/cuda:cuda_engine_test. Link this library INSTEAD of
@@ -18,8 +23,14 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <condition_variable>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -34,25 +45,101 @@
 #include "kernels/cpu/swiglu.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/flash_attention.h"
+#include "kernels/cuda/host_emulation.h"
 #include "kernels/cuda/linear.h"
 #include "kernels/cuda/ops.h"
 
 // ---------------------------------------------------------------------------
-// The CUDA runtime calls (one emulated device, synchronous streams)
+// Streams, events, devices and the allocation registry
+// ---------------------------------------------------------------------------
+
+namespace chunkflow::kernels::cuda::emulation {
+namespace {
+
+// Work of the emulated kernels runs at once; only work a test library marks
+// asynchronous (EnqueueAsync, the NCCL emulation's) is pending on a stream.
+struct EmuStream {
+  int64_t enqueued = 0;
+  int64_t completed = 0;
+};
+
+struct EmuEvent {
+  EmuStream* stream = nullptr;
+  int64_t ticket = 0;  // done when stream->completed reaches it
+};
+
+struct Registry {
+  std::mutex mu;
+  std::condition_variable changed;
+  EmuStream default_stream;
+  // cudaMalloc blocks: base -> (bytes, device).
+  std::map<uintptr_t, std::pair<size_t, int>> device_blocks;
+  std::set<uintptr_t> host_blocks;  // cudaHostAlloc
+};
+
+Registry& R() {
+  static Registry* r = new Registry;
+  return *r;
+}
+
+thread_local int current_device = 0;
+
+// The legacy / per-thread default stream handles are one stream here.
+EmuStream* StreamOf(cudaStream_t s) {
+  const uintptr_t v = reinterpret_cast<uintptr_t>(s);
+  if (v <= 2) return &R().default_stream;
+  return reinterpret_cast<EmuStream*>(s);
+}
+
+}  // namespace
+
+int DeviceCount() {
+  const char* env = std::getenv("CHUNKFLOW_EMULATED_GPUS");
+  const int n = env != nullptr ? std::atoi(env) : 1;
+  return n < 1 ? 1 : (n > 64 ? 64 : n);
+}
+
+int CurrentDevice() { return current_device; }
+
+void EnqueueAsync(cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(R().mu);
+  ++StreamOf(stream)->enqueued;
+}
+
+void CompleteAsync(cudaStream_t stream) {
+  {
+    std::lock_guard<std::mutex> lock(R().mu);
+    ++StreamOf(stream)->completed;
+  }
+  R().changed.notify_all();
+}
+
+}  // namespace chunkflow::kernels::cuda::emulation
+
+namespace emu = chunkflow::kernels::cuda::emulation;
+
+// ---------------------------------------------------------------------------
+// The CUDA runtime calls (CHUNKFLOW_EMULATED_GPUS devices, default 1)
 // ---------------------------------------------------------------------------
 
 extern "C" {
 
 cudaError_t cudaGetDeviceCount(int* count) {
-  *count = 1;
+  *count = emu::DeviceCount();
   return cudaSuccess;
 }
 cudaError_t cudaSetDevice(int device) {
-  return device == 0 ? cudaSuccess : cudaErrorInvalidDevice;
+  if (device < 0 || device >= emu::DeviceCount()) return cudaErrorInvalidDevice;
+  emu::current_device = device;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* device) {
+  *device = emu::current_device;
+  return cudaSuccess;
 }
 cudaError_t cudaGetLastError(void) { return cudaSuccess; }
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
-  if (device != 0) return cudaErrorInvalidDevice;
+  if (device < 0 || device >= emu::DeviceCount()) return cudaErrorInvalidDevice;
   std::memset(prop, 0, sizeof(*prop));
   std::strcpy(prop->name, "host emulation");
   prop->major = 9;  // what the kernels are built for
@@ -63,25 +150,72 @@ const char* cudaGetErrorString(cudaError_t) { return "error (host emulation)"; }
 const char* cudaGetErrorName(cudaError_t) { return "cudaError (host emulation)"; }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
-  static int token;
-  *stream = reinterpret_cast<cudaStream_t>(&token);
+  *stream = reinterpret_cast<cudaStream_t>(new emu::EmuStream);
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  emu::EmuStream* s = emu::StreamOf(stream);
+  std::unique_lock<std::mutex> lock(emu::R().mu);
+  emu::R().changed.wait(lock, [&] { return s->completed >= s->enqueued; });
+  return cudaSuccess;
+}
+cudaError_t cudaStreamQuery(cudaStream_t stream) {
+  emu::EmuStream* s = emu::StreamOf(stream);
+  std::lock_guard<std::mutex> lock(emu::R().mu);
+  return s->completed >= s->enqueued ? cudaSuccess : cudaErrorNotReady;
+}
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
-cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  if (reinterpret_cast<uintptr_t>(stream) > 2) delete emu::StreamOf(stream);
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  *event = reinterpret_cast<cudaEvent_t>(new emu::EmuEvent);
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
+  return cudaEventCreate(event);
+}
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  delete reinterpret_cast<emu::EmuEvent*>(event);
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  auto* e = reinterpret_cast<emu::EmuEvent*>(event);
+  std::lock_guard<std::mutex> lock(emu::R().mu);
+  e->stream = emu::StreamOf(stream);
+  e->ticket = e->stream->enqueued;
+  return cudaSuccess;
+}
+cudaError_t cudaEventQuery(cudaEvent_t event) {
+  auto* e = reinterpret_cast<emu::EmuEvent*>(event);
+  std::lock_guard<std::mutex> lock(emu::R().mu);
+  return e->stream == nullptr || e->stream->completed >= e->ticket ? cudaSuccess
+                                                                  : cudaErrorNotReady;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  auto* e = reinterpret_cast<emu::EmuEvent*>(event);
+  std::unique_lock<std::mutex> lock(emu::R().mu);
+  emu::R().changed.wait(lock,
+                        [&] { return e->stream == nullptr || e->stream->completed >= e->ticket; });
+  return cudaSuccess;
+}
+// The stream's later work runs at once here, so the host waits instead.
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t event, unsigned int) {
+  return cudaEventSynchronize(event);
+}
 
 cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   *ptr = std::malloc(bytes == 0 ? 1 : bytes);
   if (*ptr == nullptr) return cudaErrorMemoryAllocation;
   std::memset(*ptr, 0xFF, bytes);  // NaN poison: unwritten memory shows
+  std::lock_guard<std::mutex> lock(emu::R().mu);
+  emu::R().device_blocks[reinterpret_cast<uintptr_t>(*ptr)] = {bytes == 0 ? 1 : bytes,
+                                                               emu::current_device};
   return cudaSuccess;
 }
 cudaError_t cudaMallocAsync(void** ptr, size_t bytes, cudaStream_t) { return cudaMalloc(ptr, bytes); }
-cudaError_t cudaGetDevice(int* device) {
-  *device = 0;
-  return cudaSuccess;
-}
 cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int) {
   *pool = nullptr;
   return cudaSuccess;
@@ -92,18 +226,56 @@ cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned int) {
   *ptr = std::malloc(bytes == 0 ? 1 : bytes);
   if (*ptr == nullptr) return cudaErrorMemoryAllocation;
   std::memset(*ptr, 0xFF, bytes);
+  std::lock_guard<std::mutex> lock(emu::R().mu);
+  emu::R().host_blocks.insert(reinterpret_cast<uintptr_t>(*ptr));
   return cudaSuccess;
 }
 cudaError_t cudaFreeHost(void* ptr) {
+  {
+    std::lock_guard<std::mutex> lock(emu::R().mu);
+    emu::R().host_blocks.erase(reinterpret_cast<uintptr_t>(ptr));
+  }
   std::free(ptr);
   return cudaSuccess;
 }
 cudaError_t cudaFree(void* ptr) {
+  {
+    std::lock_guard<std::mutex> lock(emu::R().mu);
+    emu::R().device_blocks.erase(reinterpret_cast<uintptr_t>(ptr));
+  }
   std::free(ptr);
+  return cudaSuccess;
+}
+// Device memory: inside a cudaMalloc block (its device); host: a
+// cudaHostAlloc block's base; anything else unregistered host memory.
+cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* ptr) {
+  std::memset(attr, 0, sizeof(*attr));
+  attr->type = cudaMemoryTypeUnregistered;
+  attr->device = -1;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
+  std::lock_guard<std::mutex> lock(emu::R().mu);
+  auto it = emu::R().device_blocks.upper_bound(p);
+  if (it != emu::R().device_blocks.begin()) {
+    --it;
+    if (p < it->first + it->second.first) {
+      attr->type = cudaMemoryTypeDevice;
+      attr->device = it->second.second;
+      attr->devicePointer = const_cast<void*>(ptr);
+      return cudaSuccess;
+    }
+  }
+  if (emu::R().host_blocks.count(p) != 0) {
+    attr->type = cudaMemoryTypeHost;
+    attr->hostPointer = const_cast<void*>(ptr);
+  }
   return cudaSuccess;
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind,
                             cudaStream_t) {
+  std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
   std::memmove(dst, src, bytes);
   return cudaSuccess;
 }

@@ -9,12 +9,9 @@
 #include <cmath>
 #include <deque>
 #include <map>
-#include <thread>
 #include <utility>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "kernels/cpu/optimizer.h"
@@ -55,67 +52,23 @@ class DeviceIo : public IoBuffer {
   ecuda::DeviceArray<float> a_;
 };
 
-struct Message {
+// A send in flight and the buffer it reads, kept until it is done.
+struct InFlight {
   std::unique_ptr<IoBuffer> buffer;
-  int64_t n = 0;
-  uint32_t tag = 0;
+  std::unique_ptr<comm::PendingOp> op;  // destroyed first: waits for the send
 };
 
-// Sends of one link on their own thread, in the order they were queued.
-class Sender {
- public:
-  explicit Sender(comm::Communicator* link) : link_(link) {
-    if (link_ != nullptr) thread_ = std::thread([this] { Loop(); });
+// Frees the sends that are done, oldest first (all of them with `all`,
+// waiting); the first error, if any.
+absl::Status Reap(std::deque<InFlight>* sends, bool all) {
+  absl::Status first;
+  while (!sends->empty() && (all || sends->front().op->Done())) {
+    absl::Status s = sends->front().op->Wait();
+    if (first.ok() && !s.ok()) first = s;
+    sends->pop_front();
   }
-  ~Sender() { (void)Finish(); }
-
-  void Send(std::unique_ptr<IoBuffer> data, int64_t n, uint32_t tag) {
-    absl::MutexLock lock(&mu_);
-    queue_.push_back(Message{std::move(data), n, tag});
-  }
-
-  // Waits for every queued send; the first error, if any.
-  absl::Status Finish() {
-    {
-      absl::MutexLock lock(&mu_);
-      closed_ = true;
-    }
-    if (thread_.joinable()) thread_.join();
-    absl::MutexLock lock(&mu_);
-    return status_;
-  }
-
- private:
-  void Loop() {
-    for (;;) {
-      Message item;
-      {
-        absl::MutexLock lock(&mu_);
-        mu_.Await(absl::Condition(
-            +[](Sender* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
-              return s->closed_ || !s->queue_.empty();
-            },
-            this));
-        if (queue_.empty()) return;  // closed and drained
-        item = std::move(queue_.front());
-        queue_.pop_front();
-        if (!status_.ok()) continue;  // drop the rest after an error
-      }
-      absl::Status s = link_->Send(item.buffer->data(), item.n, /*peer=*/1, item.tag);
-      if (!s.ok()) {
-        absl::MutexLock lock(&mu_);
-        if (status_.ok()) status_ = s;
-      }
-    }
-  }
-
-  comm::Communicator* link_;
-  std::thread thread_;
-  absl::Mutex mu_;
-  std::deque<Message> queue_ ABSL_GUARDED_BY(mu_);
-  bool closed_ ABSL_GUARDED_BY(mu_) = false;
-  absl::Status status_ ABSL_GUARDED_BY(mu_);
-};
+  return first;
+}
 
 absl::Status Annotate(const absl::Status& s, const std::string& what) {
   return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
@@ -226,7 +179,16 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
   const int64_t c = params_.config().hidden_size;
   const int64_t vocab = params_.config().vocab_size;
   std::map<int32_t, engine::ChunkInput> chunks;
-  Sender act_out(links_->act_out), grad_out(links_->grad_out);
+  // One thread drives every link: sends start and stay in flight (their
+  // buffers kept until done) while the next ops compute and receive, so two
+  // neighbours that send to each other at once (1F1B's steady state) never
+  // wait on each other. NCCL needs it so (its communicators must not be
+  // used from several threads at once).
+  std::deque<InFlight> in_flight;
+  auto finish_sends = [&](bool all) -> absl::Status {
+    absl::Status s = Reap(&in_flight, all);
+    return s.ok() ? s : Annotate(s, "sending");
+  };
   engine::StageExecutor& stage_exec = executor();
   // Device buffers when the links move device memory; host ones otherwise.
   const bool device_io = cuda_stage_ != nullptr && options_.device_links;
@@ -266,8 +228,10 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
     if (receives) {
       CF_RETURN_IF_ERROR(new_io(n, &in));
       if (device_io) CF_RETURN_IF_ERROR(ctx_->Sync("zero the receive buffer"));
-      if (absl::Status s = recv_link->Recv(in->data(), n, /*peer=*/0, static_cast<uint32_t>(op.chunk));
-          !s.ok()) {
+      absl::StatusOr<std::unique_ptr<comm::PendingOp>> r =
+          recv_link->StartRecv(in->data(), n, /*peer=*/0, static_cast<uint32_t>(op.chunk));
+      absl::Status s = r.ok() ? (*r)->Wait() : r.status();
+      if (!s.ok()) {
         return Annotate(s, absl::StrCat("op ", i, " receiving chunk ", op.chunk));
       }
     }
@@ -291,19 +255,26 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
     // transport) when the stage's stream is: wait, which also makes the op's
     // time the device time the cost model needs.
     if (ran.ok() && cuda_stage_) ran = ctx_->Sync("op");
-    if (!ran.ok()) return Annotate(ran, absl::StrCat("op ", i));
-    if (sends) {
-      (backward ? grad_out : act_out).Send(std::move(out), n, static_cast<uint32_t>(op.chunk));
+    if (!ran.ok()) {
+      return Annotate(ran, absl::StrCat("op ", i));
     }
+    if (sends) {
+      comm::Communicator* link = backward ? links_->grad_out : links_->act_out;
+      absl::StatusOr<std::unique_ptr<comm::PendingOp>> started =
+          link->StartSend(out->data(), n, /*peer=*/1, static_cast<uint32_t>(op.chunk));
+      if (!started.ok()) {
+        return Annotate(started.status(), absl::StrCat("op ", i, " sending chunk ", op.chunk));
+      }
+      in_flight.push_back(InFlight{std::move(out), std::move(*started)});
+    }
+    CF_RETURN_IF_ERROR(finish_sends(/*all=*/false));
     out.reset();
     in.reset();
     if (backward) chunks.erase(op.chunk);
     result->op_seconds.push_back(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
-  for (Sender* s : {&act_out, &grad_out}) {
-    if (absl::Status st = s->Finish(); !st.ok()) return Annotate(st, "sending");
-  }
+  CF_RETURN_IF_ERROR(finish_sends(/*all=*/true));
   if (stage_exec.live_chunks() != 0 || stage_exec.live_sequences() != 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "the op list left ", stage_exec.live_chunks(), " chunk(s) without a backward and ",

@@ -3,9 +3,12 @@
 // stages and gradients summed over the data-parallel group through
 // communicators — what LocalPipeline does in one process, across processes.
 //
-// Sends go through a sender thread per outgoing link, so two neighbouring
-// stages that both send at once (1F1B's steady state: one forwards, the other
-// backwards) never wait on each other; each link carries one direction.
+// One thread drives every link. Sends are started (Communicator::StartSend)
+// and stay in flight while the next ops compute and receive, so two
+// neighbouring stages that both send at once (1F1B's steady state: one
+// forwards, the other backwards) never wait on each other; each link carries
+// one direction. NCCL requires the single thread (its communicators must not
+// be driven from several threads at once).
 // After the op list: dp all-reduce of the stage's gradients, the tied
 // embedding's two copies summed (first and last stage), the global gradient
 // norm over every rank, clipping and the optimizer update — the same update

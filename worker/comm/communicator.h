@@ -38,6 +38,12 @@
 //    peers or tags, and Recvs, may run on different threads.
 //  - Collectives (AllReduceSum, Barrier) are called by every rank of the
 //    group, in the same order, with the same n.
+//  - StartSend / StartRecv begin a Send / Recv and return at once; the
+//    returned PendingOp's Wait finishes it. One thread can so keep sends to
+//    several peers (and links) in flight while it receives, which is how the
+//    step runner drives NCCL (whose communicators must not be used from
+//    several threads at once) and Gloo alike. The buffer belongs to the
+//    operation until Wait returns.
 //  - After any error other than INVALID_ARGUMENT the communicator is broken
 //    (the transport has torn down its connections); every later call returns
 //    FAILED_PRECONDITION carrying the first error. Create a new one.
@@ -45,10 +51,28 @@
 #define CHUNKFLOW_WORKER_COMM_COMMUNICATOR_H_
 
 #include <cstdint>
+#include <memory>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace chunkflow::comm {
+
+// A started Send or Recv (Communicator::StartSend / StartRecv).
+class PendingOp {
+ public:
+  // Waits for the operation if Wait was not called (its result is lost).
+  virtual ~PendingOp() = default;
+
+  // True once Wait would return without blocking. May stay false until
+  // Wait where the transport cannot tell (a Gloo receive).
+  virtual bool Done() = 0;
+
+  // Blocks until the operation finished, within the communicator's timeout
+  // from the start; returns its result (the errors of Send / Recv). Later
+  // calls return the same result. The communicator must outlive the op.
+  virtual absl::Status Wait() = 0;
+};
 
 class Communicator {
  public:
@@ -75,6 +99,16 @@ class Communicator {
   // arrived.
   // Errors: as Send; DEADLINE_EXCEEDED when the peer did not send in time.
   virtual absl::Status Recv(float* data, int64_t n, int peer, uint32_t tag) = 0;
+
+  // Start the Send / Recv above and return at once. `data` must stay valid
+  // (and, for a send, unchanged) until the op's Wait returns. Sends and
+  // receives between two ranks match in the order they are started, as
+  // with Send / Recv. Argument errors come back here (INVALID_ARGUMENT,
+  // FAILED_PRECONDITION); transport errors from Wait.
+  virtual absl::StatusOr<std::unique_ptr<PendingOp>> StartSend(const float* data, int64_t n,
+                                                               int peer, uint32_t tag) = 0;
+  virtual absl::StatusOr<std::unique_ptr<PendingOp>> StartRecv(float* data, int64_t n, int peer,
+                                                               uint32_t tag) = 0;
 
   // In place: afterwards data[i] on every rank is the sum over ranks of
   // data[i], bit-for-bit identical on every rank and deterministic for given

@@ -9,10 +9,14 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <exception>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -178,6 +182,87 @@ class StoreAdapter final : public gloo::rendezvous::Store {
 // The communicator
 // ---------------------------------------------------------------------------
 
+// The result of an operation run on a TaskThread.
+class AsyncResult {
+ public:
+  void Set(absl::Status status) {
+    absl::MutexLock lock(&mu_);
+    status_ = std::move(status);
+    done_ = true;
+  }
+  bool Done() {
+    absl::MutexLock lock(&mu_);
+    return done_;
+  }
+  absl::Status Wait() {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&done_));
+    return status_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
+};
+
+class AsyncOp final : public PendingOp {
+ public:
+  explicit AsyncOp(std::shared_ptr<AsyncResult> result)
+      : result_(std::move(result)) {}
+  ~AsyncOp() override { (void)result_->Wait(); }
+  bool Done() override { return result_->Done(); }
+  absl::Status Wait() override { return result_->Wait(); }
+
+ private:
+  std::shared_ptr<AsyncResult> result_;
+};
+
+// Runs queued tasks in order on its own thread. StartSend / StartRecv run
+// the blocking Send / Recv on one of these per (peer, direction): Gloo's
+// unbound buffers cannot be polled for completion (a timed-out wait tears
+// the whole context down), and a thread per peer keeps messages to one peer
+// in order while a slow peer never holds up another.
+class TaskThread {
+ public:
+  TaskThread() : thread_([this] { Loop(); }) {}
+  ~TaskThread() {
+    {
+      absl::MutexLock lock(&mu_);
+      closed_ = true;
+    }
+    thread_.join();
+  }
+  void Push(std::function<void()> task) {
+    absl::MutexLock lock(&mu_);
+    queue_.push_back(std::move(task));
+  }
+
+ private:
+  void Loop() {
+    for (;;) {
+      std::function<void()> task;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(
+            +[](TaskThread* t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu_) {
+              return t->closed_ || !t->queue_.empty();
+            },
+            this));
+        if (queue_.empty()) return;  // closed and drained
+        task = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      task();
+    }
+  }
+
+  absl::Mutex mu_;
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
 class GlooCommunicator final : public Communicator {
  public:
   GlooCommunicator(const GlooOptions& options,
@@ -189,6 +274,11 @@ class GlooCommunicator final : public Communicator {
         context_(std::move(context)) {}
 
   ~GlooCommunicator() override {
+    // Finish the started operations first (each is bounded by the timeout).
+    {
+      absl::MutexLock lock(&threads_mu_);
+      threads_.clear();
+    }
     // Closing may throw on an already broken pair; nothing to report to.
     try {
       context_.reset();
@@ -254,6 +344,34 @@ class GlooCommunicator final : public Communicator {
           "; the message was dropped. Both sides must pass the same n"));
     }
     return status;
+  }
+
+  absl::StatusOr<std::unique_ptr<PendingOp>> StartSend(const float* data,
+                                                       int64_t n, int peer,
+                                                       uint32_t tag) override {
+    const std::string what = absl::StrCat("StartSend(n=", n, ", peer=", peer,
+                                          ", tag=", tag, ")", Where());
+    if (absl::Status s = ValidateP2p(what, data, n, peer); !s.ok()) return s;
+    if (absl::Status s = CheckUsable(what); !s.ok()) return s;
+    auto result = std::make_shared<AsyncResult>();
+    Thread(peer, /*send=*/true).Push([this, data, n, peer, tag, result] {
+      result->Set(Send(data, n, peer, tag));
+    });
+    return std::unique_ptr<PendingOp>(new AsyncOp(std::move(result)));
+  }
+
+  absl::StatusOr<std::unique_ptr<PendingOp>> StartRecv(float* data, int64_t n,
+                                                       int peer,
+                                                       uint32_t tag) override {
+    const std::string what = absl::StrCat("StartRecv(n=", n, ", peer=", peer,
+                                          ", tag=", tag, ")", Where());
+    if (absl::Status s = ValidateP2p(what, data, n, peer); !s.ok()) return s;
+    if (absl::Status s = CheckUsable(what); !s.ok()) return s;
+    auto result = std::make_shared<AsyncResult>();
+    Thread(peer, /*send=*/false).Push([this, data, n, peer, tag, result] {
+      result->Set(Recv(data, n, peer, tag));
+    });
+    return std::unique_ptr<PendingOp>(new AsyncOp(std::move(result)));
   }
 
   absl::Status AllReduceSum(float* data, int64_t n) override {
@@ -336,6 +454,14 @@ class GlooCommunicator final : public Communicator {
     return status;
   }
 
+  // The task thread of (peer, direction), started on first use.
+  TaskThread& Thread(int peer, bool send) {
+    absl::MutexLock lock(&threads_mu_);
+    std::unique_ptr<TaskThread>& t = threads_[{peer, send}];
+    if (t == nullptr) t = std::make_unique<TaskThread>();
+    return *t;
+  }
+
   const GlooOptions options_;
   const std::chrono::milliseconds timeout_;
   std::shared_ptr<gloo::transport::Device> device_;
@@ -346,6 +472,10 @@ class GlooCommunicator final : public Communicator {
 
   mutable absl::Mutex error_mu_;
   absl::Status first_error_ ABSL_GUARDED_BY(error_mu_);
+
+  absl::Mutex threads_mu_;
+  std::map<std::pair<int, bool>, std::unique_ptr<TaskThread>> threads_
+      ABSL_GUARDED_BY(threads_mu_);
 };
 
 // Gloo's tcp::CreateDevice checks getaddrinfo() only for -1 and then walks

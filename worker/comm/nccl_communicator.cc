@@ -177,25 +177,29 @@ class NcclCommunicator final : public Communicator {
 
   absl::Status Send(const float* data, int64_t n, int peer,
                     uint32_t tag) override {
-    const std::string what =
-        Where(absl::StrCat("Send(n=", n, ", peer=", peer, ", tag=", tag, ")"));
-    if (absl::Status s = ValidateP2p(what, data, n, peer); !s.ok()) return s;
-    if (n == 0) return CheckUsable(what);
-    return Run(what, "ncclSend", [&] {
-      return ncclSend(data, static_cast<size_t>(n), ncclFloat, peer, comm_,
-                      stream_);
-    });
+    absl::StatusOr<std::unique_ptr<PendingOp>> op =
+        Start(/*send=*/true, const_cast<float*>(data), n, peer, tag);
+    if (!op.ok()) return op.status();
+    return (*op)->Wait();
   }
 
   absl::Status Recv(float* data, int64_t n, int peer, uint32_t tag) override {
-    const std::string what =
-        Where(absl::StrCat("Recv(n=", n, ", peer=", peer, ", tag=", tag, ")"));
-    if (absl::Status s = ValidateP2p(what, data, n, peer); !s.ok()) return s;
-    if (n == 0) return CheckUsable(what);
-    return Run(what, "ncclRecv", [&] {
-      return ncclRecv(data, static_cast<size_t>(n), ncclFloat, peer, comm_,
-                      stream_);
-    });
+    absl::StatusOr<std::unique_ptr<PendingOp>> op =
+        Start(/*send=*/false, data, n, peer, tag);
+    if (!op.ok()) return op.status();
+    return (*op)->Wait();
+  }
+
+  absl::StatusOr<std::unique_ptr<PendingOp>> StartSend(const float* data,
+                                                       int64_t n, int peer,
+                                                       uint32_t tag) override {
+    return Start(/*send=*/true, const_cast<float*>(data), n, peer, tag);
+  }
+
+  absl::StatusOr<std::unique_ptr<PendingOp>> StartRecv(float* data, int64_t n,
+                                                       int peer,
+                                                       uint32_t tag) override {
+    return Start(/*send=*/false, data, n, peer, tag);
   }
 
   absl::Status AllReduceSum(float* data, int64_t n) override {
@@ -220,6 +224,147 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
+  // A started ncclSend / ncclRecv: done when the event recorded after it on
+  // the communicator's stream is.
+  class NcclOp final : public PendingOp {
+   public:
+    NcclOp(NcclCommunicator* comm, std::string what, cudaEvent_t event,
+           absl::Time deadline)
+        : comm_(comm),
+          what_(std::move(what)),
+          event_(event),
+          deadline_(deadline) {}
+    // A finished op (n == 0).
+    explicit NcclOp(absl::Status result)
+        : comm_(nullptr), finished_(true), result_(std::move(result)) {}
+    ~NcclOp() override {
+      (void)Wait();
+      if (event_ != nullptr) cudaEventDestroy(event_);
+    }
+    bool Done() override {
+      if (finished_) return true;
+      const cudaError_t q = cudaEventQuery(event_);
+      if (q == cudaErrorNotReady) return false;
+      cudaGetLastError();
+      return true;  // finished, or failed: Wait says which
+    }
+    absl::Status Wait() override {
+      if (!finished_) {
+        result_ = comm_->WaitFor(what_, event_, deadline_);
+        finished_ = true;
+      }
+      return result_;
+    }
+
+   private:
+    NcclCommunicator* comm_;
+    std::string what_;
+    cudaEvent_t event_ = nullptr;
+    absl::Time deadline_;
+    bool finished_ = false;
+    absl::Status result_;
+  };
+
+  // Enqueues ncclSend / ncclRecv and an event after it; the first failure
+  // aborts the communicator.
+  absl::StatusOr<std::unique_ptr<PendingOp>> Start(bool send, float* data,
+                                                   int64_t n, int peer,
+                                                   uint32_t tag) {
+    const std::string what = Where(absl::StrCat(send ? "Send" : "Recv", "(n=",
+                                                n, ", peer=", peer,
+                                                ", tag=", tag, ")"));
+    if (absl::Status s = ValidateP2p(what, data, n, peer); !s.ok()) return s;
+    absl::MutexLock lock(&mu_);
+    if (absl::Status s = CheckUsableLocked(what); !s.ok()) return s;
+    if (n == 0) return std::unique_ptr<PendingOp>(new NcclOp(absl::OkStatus()));
+    const absl::Time deadline = absl::Now() + timeout_;
+    cudaEvent_t event = nullptr;
+    absl::Status status = StartLocked(what, send, data, n, peer, deadline, &event);
+    if (!status.ok()) {
+      if (event != nullptr) cudaEventDestroy(event);
+      Break(status);
+      return status;
+    }
+    return std::unique_ptr<PendingOp>(new NcclOp(this, what, event, deadline));
+  }
+
+  absl::Status StartLocked(absl::string_view what, bool send, float* data,
+                           int64_t n, int peer, absl::Time deadline,
+                           cudaEvent_t* event)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const char* call = send ? "ncclSend" : "ncclRecv";
+    CF_RETURN_IF_CUDA_ERROR(what, cudaSetDevice(device_));
+    CF_RETURN_IF_CUDA_ERROR(
+        what, cudaEventCreateWithFlags(event, cudaEventDisableTiming));
+    const ncclResult_t r =
+        send ? ncclSend(data, static_cast<size_t>(n), ncclFloat, peer, comm_,
+                        stream_)
+             : ncclRecv(data, static_cast<size_t>(n), ncclFloat, peer, comm_,
+                        stream_);
+    if (r != ncclSuccess && r != ncclInProgress) {
+      return NcclStatus(r, call, what, comm_);
+    }
+    if (absl::Status s = WaitForComm(comm_, call, what, deadline, timeout_,
+                                     "the enqueue did not complete");
+        !s.ok()) {
+      return s;
+    }
+    CF_RETURN_IF_CUDA_ERROR(what, cudaEventRecord(*event, stream_));
+    return absl::OkStatus();
+  }
+
+  // Polls `event` (and the communicator's async error) until it completes
+  // or `deadline`; a failure aborts the communicator.
+  absl::Status WaitFor(absl::string_view what, cudaEvent_t event,
+                       absl::Time deadline) {
+    for (int i = 0;; ++i) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (absl::Status s = CheckUsableLocked(what); !s.ok()) return s;
+        absl::StatusOr<bool> done = PollLocked(what, event, deadline);
+        if (!done.ok()) {
+          Break(done.status());
+          return done.status();
+        }
+        if (*done) return absl::OkStatus();
+      }
+      PollPause(i);
+    }
+  }
+
+  // One look at `event` and the async error: true when the event completed.
+  absl::StatusOr<bool> PollLocked(absl::string_view what, cudaEvent_t event,
+                                  absl::Time deadline)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const cudaError_t q = cudaEventQuery(event);
+    if (q != cudaSuccess && q != cudaErrorNotReady) {
+      return CudaStatus(q, "cudaEventQuery", what);
+    }
+    ncclResult_t async = ncclSuccess;
+    if (absl::Status s = NcclStatus(ncclCommGetAsyncError(comm_, &async),
+                                    "ncclCommGetAsyncError", what, comm_);
+        !s.ok()) {
+      return s;
+    }
+    if (async != ncclSuccess && async != ncclInProgress) {
+      return NcclStatus(async, "NCCL (async error)", what, comm_);
+    }
+    if (q == cudaSuccess) return true;
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          what, ": did not complete within ", absl::FormatDuration(timeout_),
+          "; check that the peer issued the matching call"));
+    }
+    return false;
+  }
+
+  // The first error breaks the communicator: recorded, and NCCL aborted.
+  void Break(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (first_error_.ok()) first_error_ = status;
+    if (comm_ != nullptr) ncclCommAbort(comm_);
+    comm_ = nullptr;
+  }
+
   std::string Where(absl::string_view op) const {
     return absl::StrCat(op, " on rank ", rank_, " of ", size_,
                         " of NCCL communicator '", prefix_, "' (CUDA device ",
@@ -286,11 +431,7 @@ class NcclCommunicator final : public Communicator {
     absl::MutexLock lock(&mu_);
     if (absl::Status s = CheckUsableLocked(what); !s.ok()) return s;
     absl::Status status = RunLocked(what, call, enqueue);
-    if (!status.ok()) {
-      first_error_ = status;
-      if (comm_ != nullptr) ncclCommAbort(comm_);
-      comm_ = nullptr;
-    }
+    if (!status.ok()) Break(status);
     return status;
   }
 
@@ -345,7 +486,8 @@ class NcclCommunicator final : public Communicator {
   const int device_;
   const absl::Duration timeout_;
 
-  mutable absl::Mutex mu_;  // one NCCL operation at a time
+  // Guards the communicator: one thread issues or polls at a time.
+  mutable absl::Mutex mu_;
   ncclComm_t comm_ ABSL_GUARDED_BY(mu_) = nullptr;
   cudaStream_t stream_ ABSL_GUARDED_BY(mu_) = nullptr;
   float* scratch_ ABSL_GUARDED_BY(mu_) = nullptr;  // device, barrier operand

@@ -23,11 +23,16 @@
 //  - Data must be ready when a call starts: NCCL runs on the communicator's
 //    own stream, which is ordered after the legacy default stream but not
 //    after other streams; synchronize those (or record/wait an event) first.
-//  - Calls are serialized (one NCCL operation on the stream at a time) and
-//    each returns when its work on the GPU is complete (the stream is
-//    polled, with the timeout). Issue a rank's Sends and Recvs from one
-//    thread in a deadlock-free order: two threads of one rank doing Send and
-//    Recv against each other would wait for each other until the timeout.
+//  - Send / Recv / collectives return when their work on the GPU is complete
+//    (polled, with the timeout). StartSend / StartRecv enqueue ncclSend /
+//    ncclRecv and an event on the communicator's stream and return; the op's
+//    Wait polls the event. NCCL communicators are not thread-safe, and NCCL
+//    does not support issuing to several communicators of one device from
+//    several threads at once: drive all of a rank's communicators from one
+//    thread, keeping sends in flight with StartSend where two ranks may send
+//    to each other at the same time (each direction of a pipeline link is
+//    its own communicator, so such sends never queue behind each other).
+//    Ops on one communicator run in the order they were started.
 //  - AllReduceSum is bit-identical on all ranks (ring and tree both reduce an
 //    element once and broadcast it); set NCCL_ALGO=Ring and NCCL_PROTO for
 //    bit-identical results across runs with different topologies.

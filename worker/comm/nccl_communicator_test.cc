@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -214,6 +215,139 @@ TEST(NcclCommunicatorTest,
   EXPECT_EQ(bad, 0);
   EXPECT_EQ(received[1], input[0]);
   EXPECT_EQ(received[0], input[0]);  // echoed back by rank 1
+}
+
+// Each direction its own communicator (as the pipeline links are): both
+// ranks start their send first, then receive; the sends stay in flight on
+// their own streams, so neither waits for the other. One thread per rank.
+TEST(NcclCommunicatorTest,
+     StartSendThenRecv_LinkPerDirection_BothRanksSendFirstAndBothArrive) {
+  SKIP_UNLESS_GPUS(2);
+  constexpr int kSize = 2;
+  constexpr int64_t kN = 1 << 16;
+  InMemoryKeyValueStore store;
+  // links[r][0]: r's outgoing link (r is rank 0), links[r][1]: incoming.
+  std::vector<std::vector<std::unique_ptr<Communicator>>> links(kSize);
+  std::vector<std::vector<float>> input = {RandomVector(kN, 20),
+                                           RandomVector(kN, 21)};
+  std::vector<std::vector<float>> received(kSize);
+  RunOnRanks(kSize, [&](int r) {
+    links[r].resize(2);
+    // Join in the same order on both ranks: "0to1" first.
+    for (int from : {0, 1}) {
+      const int my_rank = r == from ? 0 : 1;
+      auto comm = CreateNcclCommunicator(
+          my_rank, 2, from == 0 ? "test/link0to1" : "test/link1to0", &store, r);
+      ASSERT_TRUE(comm.ok()) << comm.status();
+      links[r][r == from ? 0 : 1] = std::move(*comm);
+    }
+    ASSERT_EQ(cudaSetDevice(r), cudaSuccess);
+    DeviceBuffer out(kN), in(kN);
+    out.Upload(input[r]);
+    auto send = links[r][0]->StartSend(out.get(), kN, /*peer=*/1, /*tag=*/7);
+    ASSERT_TRUE(send.ok()) << send.status();
+    auto recv = links[r][1]->StartRecv(in.get(), kN, /*peer=*/0, /*tag=*/7);
+    ASSERT_TRUE(recv.ok()) << recv.status();
+    absl::Status rs = (*recv)->Wait();
+    ASSERT_TRUE(rs.ok()) << rs;
+    absl::Status ss = (*send)->Wait();
+    ASSERT_TRUE(ss.ok()) << ss;
+    EXPECT_TRUE((*send)->Done());
+    EXPECT_TRUE((*recv)->Done());
+    received[r] = in.Download();
+  });
+  RunOnRanks(kSize, [&](int r) { links[r].clear(); });
+  EXPECT_EQ(received[0], input[1]);
+  EXPECT_EQ(received[1], input[0]);
+}
+
+// NCCL refuses two ranks of one communicator on one device.
+TEST(NcclCommunicatorTest, Create_TwoRanksOnOneDevice_Refused) {
+  SKIP_UNLESS_GPUS(1);
+  InMemoryKeyValueStore store;
+  std::vector<absl::Status> status(2);
+  RunOnRanks(2, [&](int r) {
+    auto comm = CreateNcclCommunicator(r, 2, "test/dup", &store, 0,
+                                       absl::Seconds(3));
+    status[r] = comm.status();
+  });
+  EXPECT_FALSE(status[0].ok());
+  EXPECT_FALSE(status[1].ok());
+  EXPECT_TRUE(absl::StrContains(status[0].message(), "Duplicate GPU") ||
+              absl::StrContains(status[1].message(), "Duplicate GPU"))
+      << status[0] << " / " << status[1];
+}
+
+// Emulation only (on a GPU a small send may complete into NCCL's buffers
+// before the receive is posted): ops on one communicator run in stream
+// order, so two ranks that each put a send ahead of their receive on ONE
+// communicator wait for each other until the timeout. This is the pattern
+// the step runner avoids with a communicator per link direction; the
+// emulation must catch it.
+TEST(NcclCommunicatorTest, StartSendThenRecv_OneCommunicator_EmulationDeadlocks) {
+  SKIP_UNLESS_GPUS(2);
+  cudaDeviceProp prop;
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+  if (std::string(prop.name) != "host emulation") {
+    std::cout << "SKIPPED: the host emulation's stream order" << std::endl;
+    GTEST_SKIP() << "the host emulation's stream order";
+  }
+  InMemoryKeyValueStore store;
+  std::vector<std::unique_ptr<Communicator>> comms(2);
+  std::vector<absl::Status> recv_status(2);
+  RunOnRanks(2, [&](int r) {
+    auto comm = CreateNcclCommunicator(r, 2, "test/one_comm", &store, r,
+                                       absl::Milliseconds(300));
+    ASSERT_TRUE(comm.ok()) << comm.status();
+    comms[r] = std::move(*comm);
+    ASSERT_EQ(cudaSetDevice(r), cudaSuccess);
+    DeviceBuffer out(16), in(16);
+    auto send = comms[r]->StartSend(out.get(), 16, 1 - r, 0);
+    ASSERT_TRUE(send.ok()) << send.status();
+    recv_status[r] = comms[r]->Recv(in.get(), 16, 1 - r, 0);
+  });
+  // One rank times out; the other sees its abort (or times out too).
+  EXPECT_FALSE(recv_status[0].ok());
+  EXPECT_FALSE(recv_status[1].ok());
+  EXPECT_TRUE(recv_status[0].code() == absl::StatusCode::kDeadlineExceeded ||
+              recv_status[1].code() == absl::StatusCode::kDeadlineExceeded)
+      << recv_status[0] << " / " << recv_status[1];
+  RunOnRanks(2, [&](int r) { comms[r].reset(); });
+}
+
+// Emulation only (how a real peer's failure surfaces depends on NCCL's
+// transport): a rank whose receive times out aborts its communicator, its
+// later calls fail with FAILED_PRECONDITION naming the first error, and the
+// peer's next operation reports the remote error instead of hanging.
+TEST(NcclCommunicatorTest, Wait_PeerAborted_PeerSeesRemoteErrorAndBothBreak) {
+  SKIP_UNLESS_GPUS(2);
+  cudaDeviceProp prop;
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+  if (std::string(prop.name) != "host emulation") {
+    std::cout << "SKIPPED: the host emulation's abort semantics" << std::endl;
+    GTEST_SKIP() << "the host emulation's abort semantics";
+  }
+  InMemoryKeyValueStore store;
+  std::vector<std::unique_ptr<Communicator>> comms(2);
+  absl::Status timed_out, later, remote;
+  RunOnRanks(2, [&](int r) {
+    auto comm = CreateNcclCommunicator(r, 2, "test/abort", &store, r,
+                                       absl::Milliseconds(300));
+    ASSERT_TRUE(comm.ok()) << comm.status();
+    comms[r] = std::move(*comm);
+  });
+  ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
+  DeviceBuffer buf1(8);
+  timed_out = comms[1]->Recv(buf1.get(), 8, /*peer=*/0, /*tag=*/1);
+  later = comms[1]->Barrier();
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  DeviceBuffer buf0(8);
+  remote = comms[0]->Recv(buf0.get(), 8, /*peer=*/1, /*tag=*/2);
+  EXPECT_EQ(timed_out.code(), absl::StatusCode::kDeadlineExceeded) << timed_out;
+  EXPECT_EQ(later.code(), absl::StatusCode::kFailedPrecondition) << later;
+  EXPECT_THAT(std::string(later.message()), HasSubstr("did not complete"));
+  EXPECT_EQ(remote.code(), absl::StatusCode::kUnavailable) << remote;
+  EXPECT_THAT(std::string(remote.message()), HasSubstr("rank 1"));
 }
 
 }  // namespace

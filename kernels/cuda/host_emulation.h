@@ -1,0 +1,23 @@
+// Hooks of the CUDA runtime host emulation (host_emulation.cc) for other
+// test-only emulations layered on it (worker/comm's NCCL emulation).
+#ifndef CHUNKFLOW_KERNELS_CUDA_HOST_EMULATION_H_
+#define CHUNKFLOW_KERNELS_CUDA_HOST_EMULATION_H_
+
+#include <cuda_runtime_api.h>
+
+namespace chunkflow::kernels::cuda::emulation {
+
+// The emulated device count (CHUNKFLOW_EMULATED_GPUS, 1 to 64, default 1)
+// and this thread's current device (cudaSetDevice).
+int DeviceCount();
+int CurrentDevice();
+
+// Asynchronous work on `stream`: EnqueueAsync counts one operation,
+// CompleteAsync marks the oldest one done. Events recorded after an
+// operation, cudaStreamQuery and cudaStreamSynchronize wait for it.
+void EnqueueAsync(cudaStream_t stream);
+void CompleteAsync(cudaStream_t stream);
+
+}  // namespace chunkflow::kernels::cuda::emulation
+
+#endif  // CHUNKFLOW_KERNELS_CUDA_HOST_EMULATION_H_
