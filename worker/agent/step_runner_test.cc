@@ -22,12 +22,19 @@
 #include "kernels/cpu/test_util.h"
 #include "worker/comm/gloo_communicator.h"
 #include "worker/comm/kv_store.h"
+#ifdef CHUNKFLOW_NCCL_LINKS
+#include <cuda_runtime_api.h>
+
+#include "worker/comm/nccl_communicator.h"
+#endif
 
 namespace chunkflow::worker {
 namespace {
 
 // The runners TrainDistributed builds (the CPU runner unless a test sets it).
 StepRunnerOptions g_runner_options;
+// Pipeline stages of the TrainDistributed running now (NCCL: device of a rank).
+int32_t g_pp = 1;
 
 engine::StepData Batch(int64_t step, int64_t vocab) {
   std::mt19937_64 rng(100 + step);
@@ -66,6 +73,17 @@ struct Rank {
 
 comm::Communicator* Connect(comm::KeyValueStore* store, Rank& r, const std::string& prefix, int rank,
                             int size) {
+#ifdef CHUNKFLOW_NCCL_LINKS
+  // NCCL: one device per (dp, stage), as in the cluster.
+  absl::StatusOr<std::unique_ptr<comm::Communicator>> c = comm::CreateNcclCommunicator(
+      rank, size, prefix, store, r.dp * g_pp + r.stage, absl::Seconds(60));
+  if (!c.ok()) {
+    r.status = c.status();
+    return nullptr;
+  }
+  r.owned.push_back(std::move(*c));
+  return r.owned.back().get();
+#else
   comm::GlooOptions o;
   o.rank = rank;
   o.size = size;
@@ -78,6 +96,7 @@ comm::Communicator* Connect(comm::KeyValueStore* store, Rank& r, const std::stri
   }
   r.owned.push_back(std::move(*c));
   return r.owned.back().get();
+#endif
 }
 
 // Trains `steps` steps distributed; returns each stage's tensors by name.
@@ -88,6 +107,7 @@ std::map<std::string, std::vector<float>> TrainDistributed(const engine::ModelCo
   const std::vector<engine::StageRange> ranges = *engine::PartitionStages(c.num_hidden_layers, kPp);
   std::vector<Rank> ranks(kDp * kPp);
   std::vector<std::thread> threads;
+  g_pp = kPp;
   for (int32_t d = 0; d < kDp; ++d) {
     for (int32_t s = 0; s < kPp; ++s) {
       Rank& r = ranks[d * kPp + s];
@@ -113,8 +133,12 @@ std::map<std::string, std::vector<float>> TrainDistributed(const engine::ModelCo
         }
         r.links.world = Connect(&store, r, "world", d * kPp + s, kDp * kPp);
         if (!r.status.ok()) return;
+        StepRunnerOptions options = g_runner_options;
+#ifdef CHUNKFLOW_NCCL_LINKS
+        options.cuda_device = d * kPp + s;
+#endif
         absl::StatusOr<std::unique_ptr<StepRunner>> made =
-            StepRunner::Create(c, ranges[s], &r.links, g_runner_options);
+            StepRunner::Create(c, ranges[s], &r.links, options);
         if (!made.ok()) {
           r.status = made.status();
           return;
@@ -258,7 +282,10 @@ TEST(StepRunner, SaveShard_LoadsWholeAndPerStage) {
 // pointers (what NCCL takes): under the host emulation (CI) device memory is
 // host memory, so Gloo carries them and the device path's orchestration is
 // checked; on a GPU only host links run here (Gloo cannot read device
-// memory), and the NCCL path is the cluster's GPU run.
+// memory). With CHUNKFLOW_NCCL_LINKS every link is an NCCL communicator on
+// the rank's own device: over the NCCL host emulation in CI (which keeps
+// NCCL's stream order and refuses two threads on one device's
+// communicators), and on a machine with 6 GPUs.
 class CudaStepRunner : public ::testing::TestWithParam<bool /*device_links*/> {
  protected:
   void SetUp() override {
@@ -266,7 +293,14 @@ class CudaStepRunner : public ::testing::TestWithParam<bool /*device_links*/> {
       std::printf("SKIPPED: no CUDA device (the CUDA step runner tests need a GPU)\n");
       GTEST_SKIP() << "no CUDA device";
     }
-#ifndef CHUNKFLOW_EMULATED_CUDA
+#ifdef CHUNKFLOW_NCCL_LINKS
+    if (!GetParam()) GTEST_SKIP() << "NCCL links take device memory";
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 6) {
+      std::printf("SKIPPED: %d CUDA device(s); NCCL links need one per rank (6)\n", devices);
+      GTEST_SKIP() << devices << " CUDA device(s); NCCL links need one per rank (6)";
+    }
+#elif !defined(CHUNKFLOW_EMULATED_CUDA)
     if (GetParam()) GTEST_SKIP() << "device links over Gloo need the host emulation";
 #endif
     g_runner_options = StepRunnerOptions();

@@ -315,6 +315,50 @@ TEST(NcclCommunicatorTest, StartSendThenRecv_OneCommunicator_EmulationDeadlocks)
   RunOnRanks(2, [&](int r) { comms[r].reset(); });
 }
 
+// Emulation only: NCCL does not support several threads issuing to the
+// communicators of one device (the step runner's old sender thread per
+// link did); the emulation refuses it, so CI catches a regression.
+TEST(NcclCommunicatorTest, Send_SecondThreadOnOneDevice_EmulationRefuses) {
+  SKIP_UNLESS_GPUS(2);
+  cudaDeviceProp prop;
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+  if (std::string(prop.name) != "host emulation") {
+    std::cout << "SKIPPED: the host emulation's thread check" << std::endl;
+    GTEST_SKIP() << "the host emulation's thread check";
+  }
+  InMemoryKeyValueStore store;
+  // Two links between ranks 0 (device 0) and 1 (device 1).
+  std::vector<std::vector<std::unique_ptr<Communicator>>> links(2);
+  RunOnRanks(2, [&](int r) {
+    for (const char* name : {"test/threads_a", "test/threads_b"}) {
+      auto comm = CreateNcclCommunicator(r, 2, name, &store, r);
+      ASSERT_TRUE(comm.ok()) << comm.status();
+      links[r].push_back(std::move(*comm));
+    }
+  });
+  ASSERT_EQ(links[0].size(), 2u);
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  DeviceBuffer a(4), b(4);
+  auto first = links[0][0]->StartSend(a.get(), 4, 1, 0);
+  ASSERT_TRUE(first.ok()) << first.status();
+  absl::Status second;
+  std::thread([&] {
+    cudaSetDevice(0);
+    second = links[0][1]->Send(b.get(), 4, 1, 0);
+  }).join();
+  EXPECT_EQ(second.code(), absl::StatusCode::kInternal) << second;
+  EXPECT_THAT(std::string(second.message()), HasSubstr("two threads"));
+  ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
+  DeviceBuffer c(4);
+  std::thread([&] {
+    cudaSetDevice(1);
+    EXPECT_TRUE(links[1][0]->Recv(c.get(), 4, 0, 0).ok());
+  }).join();
+  EXPECT_TRUE((*first)->Wait().ok());
+  first->reset();
+  RunOnRanks(2, [&](int r) { links[r].clear(); });
+}
+
 // Emulation only (how a real peer's failure surfaces depends on NCCL's
 // transport): a rank whose receive times out aborts its communicator, its
 // later calls fail with FAILED_PRECONDITION naming the first error, and the

@@ -24,7 +24,10 @@
 //  - ncclCommAbort tears its operations down; the other ranks' communicators
 //    then report ncclRemoteError.
 // What it adds: a send / receive pair with different counts or types fails
-// with ncclInvalidUsage on both ranks (NCCL's behaviour is undefined).
+// with ncclInvalidUsage on both ranks (NCCL's behaviour is undefined), and
+// so does an operation on a device whose communicators another thread has
+// already used (NCCL does not support several threads issuing to the
+// communicators of one device; the emulation refuses it outright).
 // Not emulated: every other NCCL call, reduction ops other than sum, types
 // other than ncclFloat / ncclDouble, and the timing of anything.
 
@@ -39,7 +42,9 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -80,6 +85,8 @@ struct Clique;
 }  // namespace
 
 struct ncclComm {
+  std::thread::id issuer;  // the thread of its first operation
+  bool has_issuer = false;
   Clique* clique = nullptr;
   int rank = -1;
   int device = -1;
@@ -105,6 +112,7 @@ struct State {
   std::map<std::string, std::unique_ptr<Clique>> cliques;
   // Each stream's items, oldest first; the front one is posted.
   std::map<cudaStream_t, std::deque<std::unique_ptr<Item>>> streams;
+  std::set<ncclComm*> live;
 };
 
 State& S() {
@@ -285,6 +293,20 @@ ncclResult_t Enqueue(std::unique_ptr<Op> op, cudaStream_t stream) {
     return ncclInvalidUsage;
   }
   if (state != ncclSuccess) return state;
+  // NCCL does not support driving communicators of one device from several
+  // threads; the emulation refuses it outright.
+  ncclComm* comm = op->comm;
+  for (ncclComm* m : S().live) {
+    if (m->device == comm->device && m->has_issuer &&
+        m->issuer != std::this_thread::get_id()) {
+      last_error = "emulated NCCL: communicators of CUDA device " + std::to_string(comm->device) +
+                   " used from two threads (NCCL does not support it)";
+      comm->last_error = last_error;
+      return ncclInvalidUsage;
+    }
+  }
+  comm->issuer = std::this_thread::get_id();
+  comm->has_issuer = true;
   if (group_depth > 0) {
     group_ops->push_back(std::move(op));
     group_streams->push_back(stream);
@@ -342,6 +364,7 @@ void TearDown(ncclComm* comm) {
     if (--found->item->remaining == 0) Advance(found->item->stream);
   }
   c->members[comm->rank] = nullptr;
+  S().live.erase(comm);
 }
 
 }  // namespace
@@ -388,6 +411,7 @@ ncclResult_t ncclCommInitRankConfig(ncclComm_t* out, int nranks, ncclUniqueId id
   comm->rank = rank;
   comm->device = device;
   c->members[rank] = comm;
+  S().live.insert(comm);
   *out = comm;
   if (++c->joined == nranks) {
     for (ncclComm* m : c->members) {
