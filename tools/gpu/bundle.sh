@@ -24,6 +24,7 @@ TESTS=(
   //kernels/cuda:flash_attention_test
   //worker/engine/cuda:cuda_engine_test
   //worker/agent:step_runner_cuda_test
+  //worker/agent:step_runner_nccl_test
   //worker/comm:nccl_communicator_test
 )
 BENCHES=(

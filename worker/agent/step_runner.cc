@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -11,6 +12,7 @@
 #include <map>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
@@ -82,9 +84,23 @@ StepRunner::StepRunner(const engine::ModelConfig& config, engine::StageRange ran
       stage_(&params_, &mem_),
       links_(links),
       m_(static_cast<size_t>(params_.numel()), 0.0f),
-      v_(static_cast<size_t>(params_.numel()), 0.0f) {}
+      v_(static_cast<size_t>(params_.numel()), 0.0f) {
+  for (int64_t l = range.first_layer; l < range.end_layer; ++l) {
+    const std::string prefix = absl::StrCat("model.layers.", l, ".");
+    int64_t lo = params_.numel(), hi = 0, count = 0;
+    for (const engine::ParamTensor& t : params_.tensors()) {
+      if (!absl::StartsWith(t.name, prefix)) continue;
+      lo = std::min(lo, t.offset);
+      hi = std::max(hi, t.offset + t.numel);
+      count += t.numel;
+    }
+    const bool contiguous = count > 0 && hi - lo == count;
+    layer_ranges_.emplace_back(contiguous ? lo : 0, contiguous ? count : 0);
+  }
+}
 
 StepRunner::~StepRunner() {
+  overlapped_.clear();  // in-flight all-reduces read the device gradients
   cuda_stage_.reset();  // device arrays back to the allocator before the context goes
 }
 
@@ -144,6 +160,8 @@ absl::StatusOr<WorkerStepResult> StepRunner::RunStep(const planner::Plan& plan, 
   stage.ClearLosses();
   stage.set_loss_scale(global_targets > 0 ? 1.0f / static_cast<float>(global_targets) : 0.0f);
   mem_.ResetPeak();
+  overlapped_.clear();
+  overlapped_ranges_.clear();
   if (absl::Status s = RunOps(plan, dp, data, &result); !s.ok()) {
     stage.Reset();
     return s;
@@ -205,6 +223,28 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
   };
   std::unique_ptr<IoBuffer> in, out;
   const std::vector<planner::Op>& ops = plan.ops(dp, stage).ops;
+  // With device links on a GPU, the dp all-reduce of a layer's gradients
+  // starts as soon as the step's last backward op has finished that layer
+  // (one bucket per layer), overlapping the layers still to go.
+  size_t last_backward = ops.size();
+  if (device_io && links_->dp_group != nullptr) {
+    for (size_t i = 0; i < ops.size(); ++i) {
+      if (ops[i].type == planner::OpType::kBackward) last_backward = i;
+    }
+  }
+  auto overlap = [&](int64_t l) -> absl::Status {
+    const auto [offset, count] = layer_ranges_[static_cast<size_t>(l)];
+    if (count == 0) return absl::OkStatus();
+    // The layer's gradient kernels must have finished before another
+    // stream reads them.
+    CF_RETURN_IF_ERROR(ctx_->Sync("layer gradients"));
+    absl::StatusOr<std::unique_ptr<comm::PendingOp>> op =
+        links_->dp_group->StartAllReduceSum(cuda_stage_->device_grads() + offset, count);
+    if (!op.ok()) return Annotate(op.status(), absl::StrCat("all-reduce of layer ", l, " over dp"));
+    overlapped_.push_back(std::move(*op));
+    overlapped_ranges_.emplace_back(offset, count);
+    return absl::OkStatus();
+  };
   for (size_t i = 0; i < ops.size(); ++i) {
     const planner::Op& op = ops[i];
     auto it = chunks.find(op.chunk);
@@ -241,7 +281,9 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
     if (device_io) {
       // Device pointers straight into the stage.
       if (backward) {
+        if (i == last_backward) cuda_stage_->set_layer_backward_hook(overlap);
         ran = cuda_stage_->BackwardDevice(chunk, in_ptr, out->data());
+        cuda_stage_->set_layer_backward_hook(nullptr);
       } else {
         ran = cuda_stage_->ForwardDevice(chunk, in_ptr, out->data(),
                                          op.recompute          ? engine::ForwardKind::kRecompute
@@ -302,8 +344,27 @@ absl::Status StepRunner::ReduceAndUpdate(const engine::TrainOptions& options,
     if (device && !device_links) CF_RETURN_IF_ERROR(cuda_stage_->DownloadGrads());
     float* g = device_links ? cuda_stage_->device_grads() : params_.grads().data();
     if (links_->dp_group != nullptr) {
-      if (absl::Status s = links_->dp_group->AllReduceSum(g, numel); !s.ok()) {
-        return Annotate(s, "all-reduce of gradients over dp");
+      // The buckets started during the backward, then the rest (the
+      // embedding, the final norm and head, any layer not started).
+      absl::Status first;
+      for (std::unique_ptr<comm::PendingOp>& op : overlapped_) {
+        absl::Status s = op->Wait();
+        if (first.ok() && !s.ok()) first = s;
+      }
+      result->overlapped_allreduces = static_cast<int32_t>(overlapped_.size());
+      overlapped_.clear();
+      if (!first.ok()) return Annotate(first, "all-reduce of gradients over dp");
+      std::vector<std::pair<int64_t, int64_t>> done = overlapped_ranges_;
+      std::sort(done.begin(), done.end());
+      int64_t at = 0;
+      done.emplace_back(numel, 0);
+      for (const auto& [offset, count] : done) {
+        if (offset > at) {
+          if (absl::Status s = links_->dp_group->AllReduceSum(g + at, offset - at); !s.ok()) {
+            return Annotate(s, "all-reduce of gradients over dp");
+          }
+        }
+        at = std::max(at, offset + count);
       }
     }
     if (links_->tied != nullptr) {

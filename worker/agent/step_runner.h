@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -71,6 +72,9 @@ struct WorkerStepResult {
   // gradients, AdamW state included); 0 on the CPU.
   int64_t peak_device_bytes = 0;
   std::vector<double> op_seconds;  // per op of the list, for the cost model
+  // GPU with device links and dp > 1: layer buckets whose dp all-reduce ran
+  // during the last backward op (overlapped with it).
+  int32_t overlapped_allreduces = 0;
 };
 
 struct StepRunnerOptions {
@@ -154,6 +158,14 @@ class StepRunner {
   std::unique_ptr<engine::cuda::CudaStage> cuda_stage_;
   std::vector<float> m_, v_;
   int64_t step_ = 0;
+  // Each stage-local layer's gradients as one contiguous (offset, count)
+  // range of the flat buffer (count 0 where they are not contiguous).
+  std::vector<std::pair<int64_t, int64_t>> layer_ranges_;
+  // dp all-reduces started during the step's last backward (GPU with device
+  // links), and the ranges they cover; ReduceAndUpdate finishes them and
+  // reduces the rest.
+  std::vector<std::unique_ptr<comm::PendingOp>> overlapped_;
+  std::vector<std::pair<int64_t, int64_t>> overlapped_ranges_;
 };
 
 }  // namespace chunkflow::worker

@@ -35,6 +35,8 @@ namespace {
 StepRunnerOptions g_runner_options;
 // Pipeline stages of the TrainDistributed running now (NCCL: device of a rank).
 int32_t g_pp = 1;
+// Device links: every step must overlap dp all-reduces with the backward.
+bool g_expect_overlap = false;
 
 engine::StepData Batch(int64_t step, int64_t vocab) {
   std::mt19937_64 rng(100 + step);
@@ -69,6 +71,7 @@ struct Rank {
   StageLinks links;
   std::unique_ptr<StepRunner> runner;
   absl::Status status;
+  int64_t steps_overlapped = 0;  // steps with overlapped dp all-reduces
 };
 
 comm::Communicator* Connect(comm::KeyValueStore* store, Rank& r, const std::string& prefix, int rank,
@@ -152,6 +155,7 @@ std::map<std::string, std::vector<float>> TrainDistributed(const engine::ModelCo
           absl::StatusOr<WorkerStepResult> res =
               r.runner->RunStep(plan, d, data, data.TargetCount(), o);
           if (!res.ok()) r.status = res.status();
+          if (res.ok() && res->overlapped_allreduces > 0) ++r.steps_overlapped;
         }
         if (r.status.ok()) r.status = r.runner->SyncToHost();
       });
@@ -161,6 +165,9 @@ std::map<std::string, std::vector<float>> TrainDistributed(const engine::ModelCo
   std::map<std::string, std::vector<float>> out;
   for (Rank& r : ranks) {
     EXPECT_TRUE(r.status.ok()) << "dp " << r.dp << " stage " << r.stage << ": " << r.status;
+    if (g_expect_overlap && kDp > 1) {
+      EXPECT_EQ(r.steps_overlapped, steps) << "dp " << r.dp << " stage " << r.stage;
+    }
     if (!r.runner) continue;
     const engine::StageParams& p = r.runner->params();
     for (const engine::ParamTensor& t : p.tensors()) {
@@ -307,8 +314,12 @@ class CudaStepRunner : public ::testing::TestWithParam<bool /*device_links*/> {
     g_runner_options.cuda_device = 0;
     g_runner_options.precision = engine::cuda::Precision::kFp32;
     g_runner_options.device_links = GetParam();
+    g_expect_overlap = GetParam();
   }
-  void TearDown() override { g_runner_options = StepRunnerOptions(); }
+  void TearDown() override {
+    g_runner_options = StepRunnerOptions();
+    g_expect_overlap = false;
+  }
 };
 
 TEST_P(CudaStepRunner, TwoStagesTwoDpRanksAdamWUntied_MatchOneProcess) {

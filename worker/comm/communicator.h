@@ -117,6 +117,14 @@ class Communicator {
   // DEADLINE_EXCEEDED, UNAVAILABLE, INTERNAL, FAILED_PRECONDITION as Send.
   virtual absl::Status AllReduceSum(float* data, int64_t n) = 0;
 
+  // Starts AllReduceSum and returns at once; the op's Wait finishes it. A
+  // started collective takes its place in the group's order when it starts
+  // (every rank starts and calls its collectives in the same order); `data`
+  // belongs to the op until Wait returns. Lets a rank overlap the reduction
+  // of finished gradients with the rest of its backward.
+  virtual absl::StatusOr<std::unique_ptr<PendingOp>> StartAllReduceSum(float* data,
+                                                                       int64_t n) = 0;
+
   // Returns once every rank of the group has entered Barrier.
   // Errors: DEADLINE_EXCEEDED, UNAVAILABLE, INTERNAL, FAILED_PRECONDITION as
   // Send.

@@ -374,7 +374,43 @@ class GlooCommunicator final : public Communicator {
     return std::unique_ptr<PendingOp>(new AsyncOp(std::move(result)));
   }
 
+  // Collectives run on one task thread, in the order they were called or
+  // started on this rank.
   absl::Status AllReduceSum(float* data, int64_t n) override {
+    absl::StatusOr<std::unique_ptr<PendingOp>> op = StartAllReduceSum(data, n);
+    if (!op.ok()) return op.status();
+    return (*op)->Wait();
+  }
+
+  absl::StatusOr<std::unique_ptr<PendingOp>> StartAllReduceSum(
+      float* data, int64_t n) override {
+    const std::string what = absl::StrCat("AllReduceSum(n=", n, ")", Where());
+    if (absl::Status s = internal::ValidateBuffer(what, data, n); !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = CheckUsable(what); !s.ok()) return s;
+    auto result = std::make_shared<AsyncResult>();
+    Thread(kCollectives, /*send=*/false).Push([this, data, n, result] {
+      result->Set(RunAllReduceSum(data, n));
+    });
+    return std::unique_ptr<PendingOp>(new AsyncOp(std::move(result)));
+  }
+
+  absl::Status Barrier() override {
+    const std::string what = absl::StrCat("Barrier()", Where());
+    if (absl::Status s = CheckUsable(what); !s.ok()) return s;
+    auto result = std::make_shared<AsyncResult>();
+    Thread(kCollectives, /*send=*/false).Push([this, result] {
+      result->Set(RunBarrier());
+    });
+    return AsyncOp(std::move(result)).Wait();
+  }
+
+ private:
+  // The task-thread key of the collectives (peers are >= 0).
+  static constexpr int kCollectives = -1;
+
+  absl::Status RunAllReduceSum(float* data, int64_t n) {
     const std::string what = absl::StrCat("AllReduceSum(n=", n, ")", Where());
     if (absl::Status s = internal::ValidateBuffer(what, data, n); !s.ok()) {
       return s;
@@ -402,7 +438,7 @@ class GlooCommunicator final : public Communicator {
     }));
   }
 
-  absl::Status Barrier() override {
+  absl::Status RunBarrier() {
     const std::string what = absl::StrCat("Barrier()", Where());
     if (absl::Status s = CheckUsable(what); !s.ok()) return s;
     if (options_.size == 1) return absl::OkStatus();
@@ -416,7 +452,6 @@ class GlooCommunicator final : public Communicator {
     }));
   }
 
- private:
   static size_t Bytes(int64_t n) {
     return static_cast<size_t>(n) * sizeof(float);
   }

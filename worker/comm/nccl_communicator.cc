@@ -202,6 +202,18 @@ class NcclCommunicator final : public Communicator {
     return Start(/*send=*/false, data, n, peer, tag);
   }
 
+  absl::StatusOr<std::unique_ptr<PendingOp>> StartAllReduceSum(
+      float* data, int64_t n) override {
+    const std::string what = Where(absl::StrCat("AllReduceSum(n=", n, ")"));
+    if (absl::Status s = internal::ValidateBuffer(what, data, n); !s.ok()) {
+      return s;
+    }
+    if (n > 0) {
+      if (absl::Status s = CheckDevicePointer(what, data); !s.ok()) return s;
+    }
+    return StartChecked(what, Kind::kAllReduce, data, n, /*peer=*/-1);
+  }
+
   absl::Status AllReduceSum(float* data, int64_t n) override {
     const std::string what = Where(absl::StrCat("AllReduceSum(n=", n, ")"));
     if (absl::Status s = internal::ValidateBuffer(what, data, n); !s.ok()) {
@@ -267,6 +279,8 @@ class NcclCommunicator final : public Communicator {
 
   // Enqueues ncclSend / ncclRecv and an event after it; the first failure
   // aborts the communicator.
+  enum class Kind { kSend, kRecv, kAllReduce };
+
   absl::StatusOr<std::unique_ptr<PendingOp>> Start(bool send, float* data,
                                                    int64_t n, int peer,
                                                    uint32_t tag) {
@@ -274,12 +288,18 @@ class NcclCommunicator final : public Communicator {
                                                 n, ", peer=", peer,
                                                 ", tag=", tag, ")"));
     if (absl::Status s = ValidateP2p(what, data, n, peer); !s.ok()) return s;
+    return StartChecked(what, send ? Kind::kSend : Kind::kRecv, data, n, peer);
+  }
+
+  // Arguments checked: enqueue and record the event.
+  absl::StatusOr<std::unique_ptr<PendingOp>> StartChecked(
+      const std::string& what, Kind kind, float* data, int64_t n, int peer) {
     absl::MutexLock lock(&mu_);
     if (absl::Status s = CheckUsableLocked(what); !s.ok()) return s;
     if (n == 0) return std::unique_ptr<PendingOp>(new NcclOp(absl::OkStatus()));
     const absl::Time deadline = absl::Now() + timeout_;
     cudaEvent_t event = nullptr;
-    absl::Status status = StartLocked(what, send, data, n, peer, deadline, &event);
+    absl::Status status = StartLocked(what, kind, data, n, peer, deadline, &event);
     if (!status.ok()) {
       if (event != nullptr) cudaEventDestroy(event);
       Break(status);
@@ -288,19 +308,24 @@ class NcclCommunicator final : public Communicator {
     return std::unique_ptr<PendingOp>(new NcclOp(this, what, event, deadline));
   }
 
-  absl::Status StartLocked(absl::string_view what, bool send, float* data,
+  absl::Status StartLocked(absl::string_view what, Kind kind, float* data,
                            int64_t n, int peer, absl::Time deadline,
                            cudaEvent_t* event)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const char* call = send ? "ncclSend" : "ncclRecv";
+    const char* call = kind == Kind::kSend   ? "ncclSend"
+                       : kind == Kind::kRecv ? "ncclRecv"
+                                             : "ncclAllReduce";
     CF_RETURN_IF_CUDA_ERROR(what, cudaSetDevice(device_));
     CF_RETURN_IF_CUDA_ERROR(
         what, cudaEventCreateWithFlags(event, cudaEventDisableTiming));
+    const size_t count = static_cast<size_t>(n);
     const ncclResult_t r =
-        send ? ncclSend(data, static_cast<size_t>(n), ncclFloat, peer, comm_,
-                        stream_)
-             : ncclRecv(data, static_cast<size_t>(n), ncclFloat, peer, comm_,
-                        stream_);
+        kind == Kind::kSend
+            ? ncclSend(data, count, ncclFloat, peer, comm_, stream_)
+        : kind == Kind::kRecv
+            ? ncclRecv(data, count, ncclFloat, peer, comm_, stream_)
+            : ncclAllReduce(data, data, count, ncclFloat, ncclSum, comm_,
+                            stream_);
     if (r != ncclSuccess && r != ncclInProgress) {
       return NcclStatus(r, call, what, comm_);
     }

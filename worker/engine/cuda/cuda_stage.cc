@@ -555,6 +555,7 @@ absl::Status CudaStage::BackwardDevice(const ChunkInput& in, const float* dy, fl
   for (int64_t l = r.end_layer - r.first_layer - 1; l >= 0; --l) {
     CF_RETURN_IF_ERROR(LayerBackward(l, in, rows, ca.layers[l], dcur.data()));
     ca.layers[l] = LayerActs();
+    if (layer_hook_) CF_RETURN_IF_ERROR(layer_hook_(l));
   }
   if (r.first) {
     // Rows grouped by token on the host: parallel over tokens and columns,

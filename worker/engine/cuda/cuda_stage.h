@@ -30,6 +30,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <vector>
@@ -107,6 +108,15 @@ class CudaStage : public StageExecutor {
   // When set, forwards on the last stage append each row's logits (V floats)
   // to `sink`, in row order (tests).
   void set_logits_sink(std::vector<float>* sink) { logits_sink_ = sink; }
+
+  // When set, BackwardDevice calls it once each layer's backward is
+  // enqueued on the stream (stage-local layer index, last layer first); its
+  // error fails the op. The step runner starts the dp all-reduce of a
+  // layer's finished gradients from it, overlapping the rest of the
+  // backward.
+  void set_layer_backward_hook(std::function<absl::Status(int64_t layer)> hook) {
+    layer_hook_ = std::move(hook);
+  }
 
   // --- parameters ---------------------------------------------------------
   // Host StageParams values -> device (and the bf16 copy).
@@ -207,6 +217,7 @@ class CudaStage : public StageExecutor {
   std::map<int32_t, ChunkActs> acts_;
   std::map<int64_t, SequenceLoss> losses_;
   std::vector<float>* logits_sink_ = nullptr;
+  std::function<absl::Status(int64_t)> layer_hook_;
 };
 
 }  // namespace chunkflow::engine::cuda
