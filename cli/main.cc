@@ -102,7 +102,7 @@ ABSL_FLAG(std::string, precision, "bf16",
           "train, worker, local --device=cuda: bf16 (bf16 GEMMs, fp32 master weights) or fp32");
 ABSL_FLAG(std::string, links, "gloo",
           "worker, local --device=cuda: gloo (through host memory; workers may share a GPU) or "
-          "nccl (device memory, one GPU per worker; experimental, see docs/cuda.md)");
+          "nccl (device memory, one GPU per worker; not yet run on GPUs, see docs/cuda.md)");
 ABSL_FLAG(std::string, reason, "", "cancel: why (recorded in the job's events)");
 ABSL_FLAG(bool, watch, false, "submit: watch the job's progress after submitting it");
 ABSL_FLAG(std::string, checkpoint_dir, "",

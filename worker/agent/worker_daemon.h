@@ -48,9 +48,8 @@ struct WorkerDaemonOptions {
   // `cuda_device` (bf16 GEMMs unless precision is "fp32"), its links Gloo
   // staged through host memory (`links` "gloo", the default; workers may
   // share a GPU) or NCCL on device memory (`links` "nccl", one GPU per
-  // worker; experimental: each neighbour link's sends run on their own
-  // thread and communicator, which NCCL does not promise to survive when a
-  // CUDA call synchronises the device meanwhile - grouped p2p comes next).
+  // worker; one thread drives every communicator, one per link direction;
+  // tested over the NCCL host emulation, not yet on GPUs: docs/cuda.md).
   std::string device = "cpu";
   int cuda_device = 0;
   std::string precision = "bf16";
