@@ -149,6 +149,9 @@ absl::StatusOr<WorkerStepResult> StepRunner::RunStep(const planner::Plan& plan, 
   if (absl::Status s = engine::ValidateTrainOptions(options); !s.ok()) return s;
   WorkerStepResult result;
   engine::StageExecutor& stage = executor();
+  // Nothing of an earlier, failed step may still write the gradients.
+  overlapped_.clear();
+  overlapped_ranges_.clear();
   if (cuda_stage_) {
     CF_RETURN_IF_ERROR(ctx_->Activate());
     CF_RETURN_IF_ERROR(cuda_stage_->ZeroGrads());
@@ -160,9 +163,10 @@ absl::StatusOr<WorkerStepResult> StepRunner::RunStep(const planner::Plan& plan, 
   stage.ClearLosses();
   stage.set_loss_scale(global_targets > 0 ? 1.0f / static_cast<float>(global_targets) : 0.0f);
   mem_.ResetPeak();
-  overlapped_.clear();
-  overlapped_ranges_.clear();
   if (absl::Status s = RunOps(plan, dp, data, &result); !s.ok()) {
+    // Finish (each bounded by the timeout) or abort the dp all-reduces
+    // already started: none may outlive the failed step on the device.
+    overlapped_.clear();
     stage.Reset();
     return s;
   }
@@ -172,7 +176,10 @@ absl::StatusOr<WorkerStepResult> StepRunner::RunStep(const planner::Plan& plan, 
   }
   result.peak_bytes = mem_.peak();
   if (cuda_stage_) result.peak_device_bytes = ctx_->allocator().peak_in_use();
-  if (absl::Status s = ReduceAndUpdate(options, &result); !s.ok()) return s;
+  if (absl::Status s = ReduceAndUpdate(options, &result); !s.ok()) {
+    overlapped_.clear();
+    return s;
+  }
   return result;
 }
 
@@ -227,24 +234,12 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
   // starts as soon as the step's last backward op has finished that layer
   // (one bucket per layer), overlapping the layers still to go.
   size_t last_backward = ops.size();
-  if (device_io && links_->dp_group != nullptr) {
+  if (OverlapsDpAllReduce()) {
     for (size_t i = 0; i < ops.size(); ++i) {
       if (ops[i].type == planner::OpType::kBackward) last_backward = i;
     }
   }
-  auto overlap = [&](int64_t l) -> absl::Status {
-    const auto [offset, count] = layer_ranges_[static_cast<size_t>(l)];
-    if (count == 0) return absl::OkStatus();
-    // The layer's gradient kernels must have finished before another
-    // stream reads them.
-    CF_RETURN_IF_ERROR(ctx_->Sync("layer gradients"));
-    absl::StatusOr<std::unique_ptr<comm::PendingOp>> op =
-        links_->dp_group->StartAllReduceSum(cuda_stage_->device_grads() + offset, count);
-    if (!op.ok()) return Annotate(op.status(), absl::StrCat("all-reduce of layer ", l, " over dp"));
-    overlapped_.push_back(std::move(*op));
-    overlapped_ranges_.emplace_back(offset, count);
-    return absl::OkStatus();
-  };
+  auto overlap = [this](int64_t l) { return StartLayerAllReduce(l); };
   for (size_t i = 0; i < ops.size(); ++i) {
     const planner::Op& op = ops[i];
     auto it = chunks.find(op.chunk);
@@ -325,6 +320,24 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
   return absl::OkStatus();
 }
 
+bool StepRunner::OverlapsDpAllReduce() const {
+  return cuda_stage_ != nullptr && options_.device_links && links_->dp_group != nullptr;
+}
+
+absl::Status StepRunner::StartLayerAllReduce(int64_t l) {
+  const auto [offset, count] = layer_ranges_[static_cast<size_t>(l)];
+  if (count == 0) return absl::OkStatus();
+  // The layer's gradient kernels must have finished before another stream
+  // reads them.
+  CF_RETURN_IF_ERROR(ctx_->Sync("layer gradients"));
+  absl::StatusOr<std::unique_ptr<comm::PendingOp>> op =
+      links_->dp_group->StartAllReduceSum(cuda_stage_->device_grads() + offset, count);
+  if (!op.ok()) return Annotate(op.status(), absl::StrCat("all-reduce of layer ", l, " over dp"));
+  overlapped_.push_back(std::move(*op));
+  overlapped_ranges_.emplace_back(offset, count);
+  return absl::OkStatus();
+}
+
 // After the op list: the dp all-reduce and the tied embedding's sum of the
 // stage's gradients, the global norm, clipping and the update. On a GPU the
 // gradients, weights and moments stay on the device: with device links the
@@ -345,13 +358,21 @@ absl::Status StepRunner::ReduceAndUpdate(const engine::TrainOptions& options,
     float* g = device_links ? cuda_stage_->device_grads() : params_.grads().data();
     if (links_->dp_group != nullptr) {
       // The buckets started during the backward, then the rest (the
-      // embedding, the final norm and head, any layer not started).
+      // embedding, the final norm and head, any layer not started). A rank
+      // without a backward this step (no chunks) starts the same buckets
+      // now, so every rank issues the same collectives in the same order.
+      const bool had_backward = !overlapped_ranges_.empty();
+      if (OverlapsDpAllReduce() && !had_backward) {
+        for (int64_t l = static_cast<int64_t>(layer_ranges_.size()) - 1; l >= 0; --l) {
+          CF_RETURN_IF_ERROR(StartLayerAllReduce(l));
+        }
+      }
       absl::Status first;
       for (std::unique_ptr<comm::PendingOp>& op : overlapped_) {
         absl::Status s = op->Wait();
         if (first.ok() && !s.ok()) first = s;
       }
-      result->overlapped_allreduces = static_cast<int32_t>(overlapped_.size());
+      result->overlapped_allreduces = had_backward ? static_cast<int32_t>(overlapped_.size()) : 0;
       overlapped_.clear();
       if (!first.ok()) return Annotate(first, "all-reduce of gradients over dp");
       std::vector<std::pair<int64_t, int64_t>> done = overlapped_ranges_;

@@ -147,6 +147,10 @@ class StepRunner {
                       WorkerStepResult* result);
   absl::Status ReduceAndUpdate(const engine::TrainOptions& options, WorkerStepResult* result);
   engine::StageExecutor& executor();
+  // GPU with device links and dp > 1: the dp all-reduce runs per layer,
+  // started from the last backward op (StartLayerAllReduce).
+  bool OverlapsDpAllReduce() const;
+  absl::Status StartLayerAllReduce(int64_t layer);
 
   engine::StageParams params_;
   engine::MemoryTracker mem_;

@@ -37,12 +37,14 @@ StepRunnerOptions g_runner_options;
 int32_t g_pp = 1;
 // Device links: every step must overlap dp all-reduces with the backward.
 bool g_expect_overlap = false;
+// Sequences per batch (the first g_sequences of the six below).
+int g_sequences = 6;
 
 engine::StepData Batch(int64_t step, int64_t vocab) {
   std::mt19937_64 rng(100 + step);
   engine::StepData d;
   const int64_t lengths[] = {70, 13, 31, 5, 44, 9};
-  for (int i = 0; i < 6; ++i) {
+  for (int i = 0; i < g_sequences; ++i) {
     engine::SequenceData s;
     s.id = step * 10 + i;
     for (int64_t p = 0; p < lengths[i]; ++p) s.tokens.push_back(static_cast<int32_t>(rng() % vocab));
@@ -165,7 +167,7 @@ std::map<std::string, std::vector<float>> TrainDistributed(const engine::ModelCo
   std::map<std::string, std::vector<float>> out;
   for (Rank& r : ranks) {
     EXPECT_TRUE(r.status.ok()) << "dp " << r.dp << " stage " << r.stage << ": " << r.status;
-    if (g_expect_overlap && kDp > 1) {
+    if (g_expect_overlap && kDp > 1 && g_sequences >= kDp) {
       EXPECT_EQ(r.steps_overlapped, steps) << "dp " << r.dp << " stage " << r.stage;
     }
     if (!r.runner) continue;
@@ -339,6 +341,18 @@ TEST_P(CudaStepRunner, ThreeStagesTiedSgd_MatchOneProcess) {
   o.clip = 0.3f;
   o.chunk_size = 16;
   ExpectMatchesOneProcess(c, o, 1e-4, /*dp=*/2, /*pp=*/3, o.chunk_size);
+}
+
+// One sequence for two dp replicas: replica 1 has no chunks and no
+// backward, yet must issue the same dp collectives as replica 0 (which
+// starts its per-layer all-reduces during its last backward).
+TEST_P(CudaStepRunner, OneSequenceTwoDpRanks_IdleReplicaKeepsCollectivesInStep) {
+  g_sequences = 1;
+  engine::TrainOptions o;
+  o.lr = 1e-3f;
+  o.chunk_size = 16;
+  ExpectMatchesOneProcess(engine::TinyLlamaConfig(), o, 1e-4);
+  g_sequences = 6;
 }
 
 // A shard saved from the device loads back onto the device exactly.

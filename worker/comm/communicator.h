@@ -68,9 +68,11 @@ class PendingOp {
   // Wait where the transport cannot tell (a Gloo receive).
   virtual bool Done() = 0;
 
-  // Blocks until the operation finished, within the communicator's timeout
-  // from the start; returns its result (the errors of Send / Recv). Later
-  // calls return the same result. The communicator must outlive the op.
+  // Blocks until the operation finished; returns its result (the errors of
+  // Send / Recv / AllReduceSum). Bounded by the communicator's timeout per
+  // operation (NCCL: from this call; Gloo: from when the transport took the
+  // op up, after the ones started before it). Later calls return the same
+  // result. The communicator must outlive the op.
   virtual absl::Status Wait() = 0;
 };
 
@@ -103,8 +105,10 @@ class Communicator {
   // Start the Send / Recv above and return at once. `data` must stay valid
   // (and, for a send, unchanged) until the op's Wait returns. Sends and
   // receives between two ranks match in the order they are started, as
-  // with Send / Recv. Argument errors come back here (INVALID_ARGUMENT,
-  // FAILED_PRECONDITION); transport errors from Wait.
+  // with Send / Recv; do not mix started and blocking calls to one peer and
+  // tag (their relative order is not defined). Argument errors come back
+  // here (INVALID_ARGUMENT, FAILED_PRECONDITION), and transport errors where
+  // the transport fails at once (NCCL's enqueue); the others from Wait.
   virtual absl::StatusOr<std::unique_ptr<PendingOp>> StartSend(const float* data, int64_t n,
                                                                int peer, uint32_t tag) = 0;
   virtual absl::StatusOr<std::unique_ptr<PendingOp>> StartRecv(float* data, int64_t n, int peer,

@@ -12,7 +12,6 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -215,37 +214,26 @@ class NcclCommunicator final : public Communicator {
   }
 
   absl::Status AllReduceSum(float* data, int64_t n) override {
-    const std::string what = Where(absl::StrCat("AllReduceSum(n=", n, ")"));
-    if (absl::Status s = internal::ValidateBuffer(what, data, n); !s.ok()) {
-      return s;
-    }
-    if (n == 0) return CheckUsable(what);
-    if (absl::Status s = CheckDevicePointer(what, data); !s.ok()) return s;
-    return Run(what, "ncclAllReduce", [&] {
-      return ncclAllReduce(data, data, static_cast<size_t>(n), ncclFloat,
-                           ncclSum, comm_, stream_);
-    });
+    absl::StatusOr<std::unique_ptr<PendingOp>> op = StartAllReduceSum(data, n);
+    if (!op.ok()) return op.status();
+    return (*op)->Wait();
   }
 
+  // A one-float all-reduce of the communicator's own scratch.
   absl::Status Barrier() override {
-    const std::string what = Where("Barrier()");
-    return Run(what, "ncclAllReduce (barrier)", [&] {
-      return ncclAllReduce(scratch_, scratch_, 1, ncclFloat, ncclSum, comm_,
-                           stream_);
-    });
+    absl::StatusOr<std::unique_ptr<PendingOp>> op =
+        StartChecked(Where("Barrier()"), Kind::kBarrier, nullptr, 1, -1);
+    if (!op.ok()) return op.status();
+    return (*op)->Wait();
   }
 
  private:
-  // A started ncclSend / ncclRecv: done when the event recorded after it on
+  // A started operation: done when the event recorded after it on
   // the communicator's stream is.
   class NcclOp final : public PendingOp {
    public:
-    NcclOp(NcclCommunicator* comm, std::string what, cudaEvent_t event,
-           absl::Time deadline)
-        : comm_(comm),
-          what_(std::move(what)),
-          event_(event),
-          deadline_(deadline) {}
+    NcclOp(NcclCommunicator* comm, std::string what, cudaEvent_t event)
+        : comm_(comm), what_(std::move(what)), event_(event) {}
     // A finished op (n == 0).
     explicit NcclOp(absl::Status result)
         : comm_(nullptr), finished_(true), result_(std::move(result)) {}
@@ -262,7 +250,7 @@ class NcclCommunicator final : public Communicator {
     }
     absl::Status Wait() override {
       if (!finished_) {
-        result_ = comm_->WaitFor(what_, event_, deadline_);
+        result_ = comm_->WaitFor(what_, event_);
         finished_ = true;
       }
       return result_;
@@ -272,14 +260,14 @@ class NcclCommunicator final : public Communicator {
     NcclCommunicator* comm_;
     std::string what_;
     cudaEvent_t event_ = nullptr;
-    absl::Time deadline_;
     bool finished_ = false;
     absl::Status result_;
   };
 
   // Enqueues ncclSend / ncclRecv and an event after it; the first failure
-  // aborts the communicator.
-  enum class Kind { kSend, kRecv, kAllReduce };
+  // aborts the communicator. Every operation goes through StartChecked;
+  // the blocking calls wait for it at once.
+  enum class Kind { kSend, kRecv, kAllReduce, kBarrier };
 
   absl::StatusOr<std::unique_ptr<PendingOp>> Start(bool send, float* data,
                                                    int64_t n, int peer,
@@ -305,7 +293,7 @@ class NcclCommunicator final : public Communicator {
       Break(status);
       return status;
     }
-    return std::unique_ptr<PendingOp>(new NcclOp(this, what, event, deadline));
+    return std::unique_ptr<PendingOp>(new NcclOp(this, what, event));
   }
 
   absl::Status StartLocked(absl::string_view what, Kind kind, float* data,
@@ -315,6 +303,7 @@ class NcclCommunicator final : public Communicator {
     const char* call = kind == Kind::kSend   ? "ncclSend"
                        : kind == Kind::kRecv ? "ncclRecv"
                                              : "ncclAllReduce";
+    if (kind == Kind::kBarrier) data = scratch_;
     CF_RETURN_IF_CUDA_ERROR(what, cudaSetDevice(device_));
     CF_RETURN_IF_CUDA_ERROR(
         what, cudaEventCreateWithFlags(event, cudaEventDisableTiming));
@@ -325,7 +314,7 @@ class NcclCommunicator final : public Communicator {
         : kind == Kind::kRecv
             ? ncclRecv(data, count, ncclFloat, peer, comm_, stream_)
             : ncclAllReduce(data, data, count, ncclFloat, ncclSum, comm_,
-                            stream_);
+                            stream_);  // kAllReduce, kBarrier
     if (r != ncclSuccess && r != ncclInProgress) {
       return NcclStatus(r, call, what, comm_);
     }
@@ -338,10 +327,12 @@ class NcclCommunicator final : public Communicator {
     return absl::OkStatus();
   }
 
-  // Polls `event` (and the communicator's async error) until it completes
-  // or `deadline`; a failure aborts the communicator.
-  absl::Status WaitFor(absl::string_view what, cudaEvent_t event,
-                       absl::Time deadline) {
+  // Polls `event` (and the communicator's async error) until it completes,
+  // for up to the timeout from now (an op queued behind others on the
+  // stream is not charged for their time); a failure aborts the
+  // communicator.
+  absl::Status WaitFor(absl::string_view what, cudaEvent_t event) {
+    const absl::Time deadline = absl::Now() + timeout_;
     for (int i = 0;; ++i) {
       {
         absl::MutexLock lock(&mu_);
@@ -434,11 +425,6 @@ class NcclCommunicator final : public Communicator {
     return absl::OkStatus();
   }
 
-  absl::Status CheckUsable(absl::string_view what) const {
-    absl::MutexLock lock(&mu_);
-    return CheckUsableLocked(what);
-  }
-
   absl::Status CheckUsableLocked(absl::string_view what) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (first_error_.ok()) return absl::OkStatus();
@@ -447,62 +433,6 @@ class NcclCommunicator final : public Communicator {
         ": communicator was aborted after an earlier error (create a "
         "new one): ",
         first_error_.ToString()));
-  }
-
-  // Enqueues one NCCL operation and waits (polling, bounded by the timeout)
-  // for the GPU to finish it. The first failure aborts the communicator.
-  absl::Status Run(absl::string_view what, absl::string_view call,
-                   absl::FunctionRef<ncclResult_t()> enqueue) {
-    absl::MutexLock lock(&mu_);
-    if (absl::Status s = CheckUsableLocked(what); !s.ok()) return s;
-    absl::Status status = RunLocked(what, call, enqueue);
-    if (!status.ok()) Break(status);
-    return status;
-  }
-
-  absl::Status RunLocked(absl::string_view what, absl::string_view call,
-                         absl::FunctionRef<ncclResult_t()> enqueue)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const absl::Time deadline = absl::Now() + timeout_;
-    CF_RETURN_IF_CUDA_ERROR(what, cudaSetDevice(device_));
-    const ncclResult_t r = enqueue();
-    if (r != ncclSuccess && r != ncclInProgress) {
-      return NcclStatus(r, call, what, comm_);
-    }
-    if (absl::Status s = WaitForComm(comm_, call, what, deadline, timeout_,
-                                     "the enqueue did not complete");
-        !s.ok()) {
-      return s;
-    }
-    for (int i = 0;; ++i) {
-      const cudaError_t q = cudaStreamQuery(stream_);
-      if (q == cudaSuccess) break;
-      if (q != cudaErrorNotReady) return CudaStatus(q, "cudaStreamQuery", what);
-      ncclResult_t async = ncclSuccess;
-      if (absl::Status s = NcclStatus(ncclCommGetAsyncError(comm_, &async),
-                                      "ncclCommGetAsyncError", what, comm_);
-          !s.ok()) {
-        return s;
-      }
-      if (async != ncclSuccess && async != ncclInProgress) {
-        return NcclStatus(async, absl::StrCat(call, " (async)"), what, comm_);
-      }
-      if (absl::Now() >= deadline) {
-        return absl::DeadlineExceededError(
-            absl::StrCat(what, ": ", call, " did not complete within ",
-                         absl::FormatDuration(timeout_),
-                         "; check that the peer(s) issued the matching call"));
-      }
-      PollPause(i);
-    }
-    // Async error watch: a failure NCCL noticed after the kernels finished.
-    ncclResult_t async = ncclSuccess;
-    if (absl::Status s = NcclStatus(ncclCommGetAsyncError(comm_, &async),
-                                    "ncclCommGetAsyncError", what, comm_);
-        !s.ok()) {
-      return s;
-    }
-    return NcclStatus(async, absl::StrCat(call, " (async)"), what, comm_);
   }
 
   const int rank_;

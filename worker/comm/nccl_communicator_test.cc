@@ -57,6 +57,17 @@ int CudaDeviceCount() {
     }                                                                        \
   } while (false)
 
+// Tests of what only the NCCL host emulation promises.
+#define SKIP_UNLESS_EMULATED(what)                                         \
+  do {                                                                     \
+    cudaDeviceProp prop_;                                                  \
+    ASSERT_EQ(cudaGetDeviceProperties(&prop_, 0), cudaSuccess);            \
+    if (std::string(prop_.name) != "host emulation") {                     \
+      std::cout << "SKIPPED: the host emulation's " << (what) << std::endl; \
+      GTEST_SKIP() << "the host emulation's " << (what);                   \
+    }                                                                      \
+  } while (false)
+
 // Device buffer of floats, freed on scope exit (current device at creation).
 class DeviceBuffer {
  public:
@@ -286,12 +297,7 @@ TEST(NcclCommunicatorTest, Create_TwoRanksOnOneDevice_Refused) {
 // emulation must catch it.
 TEST(NcclCommunicatorTest, StartSendThenRecv_OneCommunicator_EmulationDeadlocks) {
   SKIP_UNLESS_GPUS(2);
-  cudaDeviceProp prop;
-  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
-  if (std::string(prop.name) != "host emulation") {
-    std::cout << "SKIPPED: the host emulation's stream order" << std::endl;
-    GTEST_SKIP() << "the host emulation's stream order";
-  }
+  SKIP_UNLESS_EMULATED("stream order");
   InMemoryKeyValueStore store;
   std::vector<std::unique_ptr<Communicator>> comms(2);
   std::vector<absl::Status> recv_status(2);
@@ -320,12 +326,7 @@ TEST(NcclCommunicatorTest, StartSendThenRecv_OneCommunicator_EmulationDeadlocks)
 // link did); the emulation refuses it, so CI catches a regression.
 TEST(NcclCommunicatorTest, Send_SecondThreadOnOneDevice_EmulationRefuses) {
   SKIP_UNLESS_GPUS(2);
-  cudaDeviceProp prop;
-  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
-  if (std::string(prop.name) != "host emulation") {
-    std::cout << "SKIPPED: the host emulation's thread check" << std::endl;
-    GTEST_SKIP() << "the host emulation's thread check";
-  }
+  SKIP_UNLESS_EMULATED("thread check");
   InMemoryKeyValueStore store;
   // Two links between ranks 0 (device 0) and 1 (device 1).
   std::vector<std::vector<std::unique_ptr<Communicator>>> links(2);
@@ -365,12 +366,7 @@ TEST(NcclCommunicatorTest, Send_SecondThreadOnOneDevice_EmulationRefuses) {
 // peer's next operation reports the remote error instead of hanging.
 TEST(NcclCommunicatorTest, Wait_PeerAborted_PeerSeesRemoteErrorAndBothBreak) {
   SKIP_UNLESS_GPUS(2);
-  cudaDeviceProp prop;
-  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
-  if (std::string(prop.name) != "host emulation") {
-    std::cout << "SKIPPED: the host emulation's abort semantics" << std::endl;
-    GTEST_SKIP() << "the host emulation's abort semantics";
-  }
+  SKIP_UNLESS_EMULATED("abort semantics");
   InMemoryKeyValueStore store;
   std::vector<std::unique_ptr<Communicator>> comms(2);
   absl::Status timed_out, later, remote;

@@ -275,6 +275,19 @@ void Submit(std::vector<std::unique_ptr<Op>> ops, const std::vector<cudaStream_t
   }
 }
 
+std::unique_ptr<Op> MakeOp(Op::Kind kind, const void* send, void* recv, size_t count,
+                           ncclDataType_t type, int peer, ncclComm* comm) {
+  auto op = std::make_unique<Op>();
+  op->kind = kind;
+  op->send = send;
+  op->recv = recv;
+  op->count = count;
+  op->type = type;
+  op->peer = peer;
+  op->comm = comm;
+  return op;
+}
+
 ncclResult_t Enqueue(std::unique_ptr<Op> op, cudaStream_t stream) {
   if (op->comm == nullptr || op->comm->clique == nullptr) return ncclInvalidArgument;
   if (TypeSize(op->type) == 0) {
@@ -466,26 +479,12 @@ ncclResult_t ncclCommAbort(ncclComm_t comm) {
 
 ncclResult_t ncclSend(const void* sendbuff, size_t count, ncclDataType_t type, int peer,
                       ncclComm_t comm, cudaStream_t stream) {
-  auto op = std::make_unique<Op>();
-  op->kind = Op::kSend;
-  op->send = sendbuff;
-  op->count = count;
-  op->type = type;
-  op->peer = peer;
-  op->comm = comm;
-  return Enqueue(std::move(op), stream);
+  return Enqueue(MakeOp(Op::kSend, sendbuff, nullptr, count, type, peer, comm), stream);
 }
 
 ncclResult_t ncclRecv(void* recvbuff, size_t count, ncclDataType_t type, int peer,
                       ncclComm_t comm, cudaStream_t stream) {
-  auto op = std::make_unique<Op>();
-  op->kind = Op::kRecv;
-  op->recv = recvbuff;
-  op->count = count;
-  op->type = type;
-  op->peer = peer;
-  op->comm = comm;
-  return Enqueue(std::move(op), stream);
+  return Enqueue(MakeOp(Op::kRecv, nullptr, recvbuff, count, type, peer, comm), stream);
 }
 
 ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count,
@@ -495,14 +494,7 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count,
     last_error = "emulated NCCL: only ncclSum";
     return ncclInvalidArgument;
   }
-  auto op = std::make_unique<Op>();
-  op->kind = Op::kAllReduce;
-  op->send = sendbuff;
-  op->recv = recvbuff;
-  op->count = count;
-  op->type = type;
-  op->comm = comm;
-  return Enqueue(std::move(op), stream);
+  return Enqueue(MakeOp(Op::kAllReduce, sendbuff, recvbuff, count, type, -1, comm), stream);
 }
 
 ncclResult_t ncclGroupStart() {
