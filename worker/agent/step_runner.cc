@@ -424,10 +424,7 @@ absl::Status StepRunner::ReduceAndUpdate(const engine::TrainOptions& options,
     sq = static_cast<double>(pair[0]) + static_cast<double>(pair[1]);
   }
   result->grad_norm = std::sqrt(sq);
-  if (!std::isfinite(result->grad_norm)) {
-    return absl::InternalError(
-        absl::StrCat("gradient norm is ", result->grad_norm, "; the update was skipped"));
-  }
+  CF_RETURN_IF_ERROR(engine::CheckGradNorm(result->grad_norm));
   const float coef = engine::ClipCoefficient(result->grad_norm, options.clip);
   ++step_;
   if (!device) {

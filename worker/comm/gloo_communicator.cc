@@ -352,12 +352,8 @@ class GlooCommunicator final : public Communicator {
     const std::string what = absl::StrCat("StartSend(n=", n, ", peer=", peer,
                                           ", tag=", tag, ")", Where());
     if (absl::Status s = ValidateP2p(what, data, n, peer); !s.ok()) return s;
-    if (absl::Status s = CheckUsable(what); !s.ok()) return s;
-    auto result = std::make_shared<AsyncResult>();
-    Thread(peer, /*send=*/true).Push([this, data, n, peer, tag, result] {
-      result->Set(Send(data, n, peer, tag));
-    });
-    return std::unique_ptr<PendingOp>(new AsyncOp(std::move(result)));
+    return Start(what, peer, /*send=*/true,
+                 [this, data, n, peer, tag] { return Send(data, n, peer, tag); });
   }
 
   absl::StatusOr<std::unique_ptr<PendingOp>> StartRecv(float* data, int64_t n,
@@ -366,12 +362,8 @@ class GlooCommunicator final : public Communicator {
     const std::string what = absl::StrCat("StartRecv(n=", n, ", peer=", peer,
                                           ", tag=", tag, ")", Where());
     if (absl::Status s = ValidateP2p(what, data, n, peer); !s.ok()) return s;
-    if (absl::Status s = CheckUsable(what); !s.ok()) return s;
-    auto result = std::make_shared<AsyncResult>();
-    Thread(peer, /*send=*/false).Push([this, data, n, peer, tag, result] {
-      result->Set(Recv(data, n, peer, tag));
-    });
-    return std::unique_ptr<PendingOp>(new AsyncOp(std::move(result)));
+    return Start(what, peer, /*send=*/false,
+                 [this, data, n, peer, tag] { return Recv(data, n, peer, tag); });
   }
 
   // Collectives run on one task thread, in the order they were called or
@@ -388,27 +380,33 @@ class GlooCommunicator final : public Communicator {
     if (absl::Status s = internal::ValidateBuffer(what, data, n); !s.ok()) {
       return s;
     }
-    if (absl::Status s = CheckUsable(what); !s.ok()) return s;
-    auto result = std::make_shared<AsyncResult>();
-    Thread(kCollectives, /*send=*/false).Push([this, data, n, result] {
-      result->Set(RunAllReduceSum(data, n));
-    });
-    return std::unique_ptr<PendingOp>(new AsyncOp(std::move(result)));
+    return Start(what, kCollectives, /*send=*/false,
+                 [this, data, n] { return RunAllReduceSum(data, n); });
   }
 
   absl::Status Barrier() override {
-    const std::string what = absl::StrCat("Barrier()", Where());
-    if (absl::Status s = CheckUsable(what); !s.ok()) return s;
-    auto result = std::make_shared<AsyncResult>();
-    Thread(kCollectives, /*send=*/false).Push([this, result] {
-      result->Set(RunBarrier());
-    });
-    return AsyncOp(std::move(result)).Wait();
+    absl::StatusOr<std::unique_ptr<PendingOp>> op =
+        Start(absl::StrCat("Barrier()", Where()), kCollectives,
+              /*send=*/false, [this] { return RunBarrier(); });
+    if (!op.ok()) return op.status();
+    return (*op)->Wait();
   }
 
  private:
   // The task-thread key of the collectives (peers are >= 0).
   static constexpr int kCollectives = -1;
+
+  // Queues `task` on the task thread of (key, send); its result is the op's.
+  absl::StatusOr<std::unique_ptr<PendingOp>> Start(
+      absl::string_view what, int key, bool send,
+      std::function<absl::Status()> task) {
+    if (absl::Status s = CheckUsable(what); !s.ok()) return s;
+    auto result = std::make_shared<AsyncResult>();
+    Thread(key, send).Push([task = std::move(task), result] {
+      result->Set(task());
+    });
+    return std::unique_ptr<PendingOp>(new AsyncOp(std::move(result)));
+  }
 
   absl::Status RunAllReduceSum(float* data, int64_t n) {
     const std::string what = absl::StrCat("AllReduceSum(n=", n, ")", Where());

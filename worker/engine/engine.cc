@@ -333,15 +333,19 @@ float ClipCoefficient(double grad_norm, float clip) {
   return clip > 0 && grad_norm > clip ? static_cast<float>(clip / (grad_norm + 1e-6)) : 1.0f;
 }
 
+absl::Status CheckGradNorm(double grad_norm, std::optional<double> loss) {
+  if (std::isfinite(grad_norm)) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("gradient norm is ", grad_norm,
+                                          loss ? absl::StrCat(" (loss ", *loss, ")") : "",
+                                          "; the update was skipped"));
+}
+
 absl::StatusOr<StepResult> Engine::TrainStep(const StepData& data, const TrainOptions& options) {
   if (absl::Status s = ValidateTrainOptions(options); !s.ok()) return s;
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<StepResult> r = ComputeGradients(data, options.chunk_size, options.k);
   if (!r.ok()) return r;
-  if (!std::isfinite(r->grad_norm)) {
-    return absl::InternalError(absl::StrCat("gradient norm is ", r->grad_norm,
-                                            " (loss ", r->loss, "); the update was skipped"));
-  }
+  if (absl::Status s = CheckGradNorm(r->grad_norm, r->loss); !s.ok()) return s;
   if (const float coef = ClipCoefficient(r->grad_norm, options.clip); coef != 1.0f) {
     for (auto& p : params_) kernels::cpu::scale(p->grads().data(), p->numel(), coef);
   }

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -97,6 +98,10 @@ absl::Status ValidateTrainOptions(const TrainOptions& options);
 double StageGradSquares(const StageParams& params);
 // The factor torch's clip_grad_norm_ applies (1 when no clipping happens).
 float ClipCoefficient(double grad_norm, float clip);
+
+// OK for a finite gradient norm; otherwise INTERNAL saying the update was
+// skipped (`loss` named where the caller knows it).
+absl::Status CheckGradNorm(double grad_norm, std::optional<double> loss = std::nullopt);
 // Loads a directory (or file) of safetensors with Hugging Face names into
 // every stage's values; all or nothing (see StageParams::Load).
 absl::Status LoadStageWeights(const std::string& path,

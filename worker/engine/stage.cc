@@ -114,19 +114,7 @@ absl::Status Stage::Forward(const ChunkInput& in, const float* x, float* y, Forw
 }
 
 std::vector<k::AttentionSegment> Stage::Segments(const ChunkInput& in, int64_t l) {
-  std::vector<k::AttentionSegment> segs;
-  for (const PieceRows& p : in.pieces) {
-    k::AttentionSegment sg;
-    sg.q_begin = p.row;
-    sg.length = p.length;
-    sg.offset = p.offset;
-    sg.k = state_.k(p.seq, l);
-    sg.v = state_.v(p.seq, l);
-    sg.dk = state_.dk(p.seq, l);
-    sg.dv = state_.dv(p.seq, l);
-    segs.push_back(sg);
-  }
-  return segs;
+  return AttentionSegments<k::AttentionSegment>(in, l, state_);
 }
 
 void Stage::LayerForward(int64_t l, const ChunkInput& in, bool write_kv, MemoryTracker::Kind kind,

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <map>
+#include <vector>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
@@ -76,6 +77,27 @@ class StageExecutor {
   virtual int64_t live_chunks() const = 0;
   virtual int64_t live_sequences() const = 0;
 };
+
+// The attention segments of chunk `in` at stage-local layer `l`: one per
+// piece, pointing at its sequence's K/V and their gradients in `state` (the
+// CPU StateStore or the DeviceStateStore; Segment is the matching kernels'
+// AttentionSegment).
+template <typename Segment, typename Store>
+std::vector<Segment> AttentionSegments(const ChunkInput& in, int64_t l, Store& state) {
+  std::vector<Segment> segs;
+  for (const PieceRows& p : in.pieces) {
+    Segment sg;
+    sg.q_begin = p.row;
+    sg.length = p.length;
+    sg.offset = p.offset;
+    sg.k = state.k(p.seq, l);
+    sg.v = state.v(p.seq, l);
+    sg.dk = state.dk(p.seq, l);
+    sg.dv = state.dv(p.seq, l);
+    segs.push_back(sg);
+  }
+  return segs;
+}
 
 }  // namespace chunkflow::engine
 

@@ -153,10 +153,7 @@ absl::StatusOr<StepResult> CudaEngine::TrainStep(const StepData& data,
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<StepResult> r = ComputeGradients(data, options.chunk_size, options.k);
   if (!r.ok()) return r;
-  if (!std::isfinite(r->grad_norm)) {
-    return absl::InternalError(absl::StrCat("gradient norm is ", r->grad_norm,
-                                            " (loss ", r->loss, "); the update was skipped"));
-  }
+  if (absl::Status s = CheckGradNorm(r->grad_norm, r->loss); !s.ok()) return s;
   if (const float coef = ClipCoefficient(r->grad_norm, options.clip); coef != 1.0f) {
     for (auto& st : stages_) {
       if (absl::Status s = st->ScaleGrads(coef); !s.ok()) return s;

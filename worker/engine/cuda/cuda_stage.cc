@@ -374,19 +374,7 @@ absl::Status CudaStage::ForwardDevice(const ChunkInput& in, const float* x, floa
 }
 
 std::vector<kc::AttentionSegment> CudaStage::Segments(const ChunkInput& in, int64_t l) {
-  std::vector<kc::AttentionSegment> segs;
-  for (const PieceRows& p : in.pieces) {
-    kc::AttentionSegment sg;
-    sg.q_begin = p.row;
-    sg.length = p.length;
-    sg.offset = p.offset;
-    sg.k = state_.k(p.seq, l);
-    sg.v = state_.v(p.seq, l);
-    sg.dk = state_.dk(p.seq, l);
-    sg.dv = state_.dv(p.seq, l);
-    segs.push_back(sg);
-  }
-  return segs;
+  return AttentionSegments<kc::AttentionSegment>(in, l, state_);
 }
 
 absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const ChunkRows& rows,
