@@ -56,5 +56,9 @@ check train-missing-model 1 "/no/such/model" "$BIN" train --model_dir=/no/such/m
 mkdir -p "$TMP/gpt2" && printf '{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}' \
   > "$TMP/gpt2/config.json"
 check train-unknown-architecture 1 "GPT2LMHeadModel" "$BIN" train --model_config="$TMP/gpt2/config.json"
+check train-bad-offload 1 '--offload_state: state offload must be never, always or auto, got "sometimes"' \
+  "$BIN" train --offload_state=sometimes
+check worker-bad-offload 1 '--offload_state: state offload must be never, always or auto' \
+  "$BIN" worker --device=cuda --offload_state=sometimes --give_up_after_s=1
 check eval-bad-format 1 "--format must be 'table' or 'json'" "$BIN" eval --format=yaml
 exit $fail

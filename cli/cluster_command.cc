@@ -248,6 +248,7 @@ absl::Status RunWorkerCommand(const WorkerCommandOptions& o, std::ostream& out) 
   wo.cuda_device = o.cuda_device;
   wo.precision = o.precision;
   wo.links = o.links;
+  wo.offload_state = o.offload_state;
   wo.log = &out;
   absl::StatusOr<std::unique_ptr<worker::WorkerDaemon>> d = worker::WorkerDaemon::Create(wo);
   if (!d.ok()) return d.status();
@@ -582,7 +583,8 @@ absl::Status RunLocalCommand(const LocalCommandOptions& o, std::ostream& out,
             absl::StrCat(run, "/logs/worker-", i, ".log")};
     if (o.device == "cuda") {
       for (std::string a : {std::string("--device=cuda"), absl::StrCat("--cuda_device=", i % gpus),
-                            "--precision=" + o.precision, "--links=" + o.links}) {
+                            "--precision=" + o.precision, "--links=" + o.links,
+                            "--offload_state=" + o.offload_state}) {
         w.args.push_back(std::move(a));
       }
     }

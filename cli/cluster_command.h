@@ -35,6 +35,7 @@ struct WorkerCommandOptions {
   int cuda_device = 0;
   std::string precision = "bf16";
   std::string links = "gloo";
+  std::string offload_state = "auto";  // cuda: auto, never or always
 };
 // Serves until SIGINT/SIGTERM, a SHUTDOWN control, or give_up_after without
 // the coordinator.
@@ -68,10 +69,11 @@ struct LocalCommandOptions {
   std::string self;       // this binary (to start the daemons); empty: /proc/self/exe
   bool keep_running = false;  // serve until Ctrl-C after the job (for scraping)
   // Workers' engine: "cpu", or "cuda" (worker i on GPU i % GPUs, with
-  // `precision` and `links` as the worker command's).
+  // `precision`, `links` and `offload_state` as the worker command's).
   std::string device = "cpu";
   std::string precision = "bf16";
   std::string links = "gloo";
+  std::string offload_state = "auto";
 };
 // Starts the coordinator and dp x pp workers as child processes on loopback,
 // submits the job, prints progress, and stops everything when the job ends or

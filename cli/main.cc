@@ -103,6 +103,10 @@ ABSL_FLAG(std::string, precision, "bf16",
 ABSL_FLAG(std::string, links, "gloo",
           "worker, local --device=cuda: gloo (through host memory; workers may share a GPU) or "
           "nccl (device memory, one GPU per worker; not yet run on GPUs, see docs/cuda.md)");
+ABSL_FLAG(std::string, offload_state, "auto",
+          "train, worker, local --device=cuda: where a sequence's K/V state lives: auto (on the "
+          "device while it fits, else pinned host memory, one layer at a time on the device), "
+          "never (on the device; a step whose state does not fit fails), always (pinned host)");
 ABSL_FLAG(std::string, reason, "", "cancel: why (recorded in the job's events)");
 ABSL_FLAG(bool, watch, false, "submit: watch the job's progress after submitting it");
 ABSL_FLAG(std::string, checkpoint_dir, "",
@@ -136,7 +140,7 @@ Commands:
   worker    Run a worker daemon for one device.
               chunkflowctl worker --coordinator=coord:50051 --name=$POD_NAME --host=eth0
               On a GPU: --device=cuda [--cuda_device=N] [--precision=bf16|fp32]
-              [--links=nccl|gloo]
+              [--links=nccl|gloo] [--offload_state=auto|never|always]
   submit | get-job | list-jobs | cancel | list-workers | drain | update-schedule | watch | steps
             The AdminService calls (--format=json for machine output); steps
             lists a job's step log (documents, loss, tokens per step).
@@ -162,7 +166,8 @@ Commands:
                   --steps=20 --global_batch=16 --chunk_size=1024 --k=2 \
                   --output_dir=/tmp/ckpt
               chunkflowctl train --model_dir=/models/Qwen2.5-0.5B --dataset=data.jsonl
-            On a GPU: --device=cuda [--precision=bf16|fp32] (the same checkpoints).
+            On a GPU: --device=cuda [--precision=bf16|fp32]
+            [--offload_state=auto|never|always] (the same checkpoints).
   eval      Mean loss of each document (forward only, chunk by chunk).
               chunkflowctl eval --model_dir=/tmp/ckpt --dataset=data.jsonl --format=json
   convert   Convert JSONL (one {"input_ids": [...], "labels": [...]} per line)
@@ -215,6 +220,7 @@ int RunTrain() {
   o.output_dir = absl::GetFlag(FLAGS_output_dir);
   o.device = absl::GetFlag(FLAGS_device);
   o.precision = absl::GetFlag(FLAGS_precision);
+  o.offload_state = absl::GetFlag(FLAGS_offload_state);
   absl::Status s = chunkflow::cli::RunTrainCommand(o, std::cout, std::cerr);
   return s.ok() ? 0 : Fail(s);
 }
@@ -295,6 +301,7 @@ int RunCluster(const std::string& command) {
     o.cuda_device = absl::GetFlag(FLAGS_cuda_device);
     o.precision = absl::GetFlag(FLAGS_precision);
     o.links = absl::GetFlag(FLAGS_links);
+    o.offload_state = absl::GetFlag(FLAGS_offload_state);
     absl::Status s = chunkflow::cli::RunWorkerCommand(o, std::cerr);
     return s.ok() ? 0 : Fail(s);
   }
@@ -310,6 +317,7 @@ int RunCluster(const std::string& command) {
     o.device = absl::GetFlag(FLAGS_device);
     o.precision = absl::GetFlag(FLAGS_precision);
     o.links = absl::GetFlag(FLAGS_links);
+    o.offload_state = absl::GetFlag(FLAGS_offload_state);
     absl::Status s = chunkflow::cli::RunLocalCommand(o, std::cout, std::cerr);
     return s.ok() ? 0 : Fail(s);
   }

@@ -81,10 +81,16 @@ absl::StatusOr<std::unique_ptr<Engine>> LoadModel(const ModelSource& m, std::ost
 }
 
 absl::StatusOr<std::unique_ptr<engine::cuda::CudaEngine>> LoadCudaModel(
-    const ModelSource& m, const std::string& precision, std::ostream& progress) {
+    const ModelSource& m, const std::string& precision, const std::string& offload_state,
+    std::ostream& progress) {
   if (precision != "bf16" && precision != "fp32") {
     return absl::InvalidArgumentError(
         absl::StrCat("--precision must be bf16 or fp32, got '", precision, "'"));
+  }
+  absl::StatusOr<engine::cuda::StateOffload> offload =
+      engine::cuda::ParseStateOffload(offload_state);
+  if (!offload.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--offload_state: ", offload.status().message()));
   }
   absl::StatusOr<engine::ModelConfig> config = ModelConfigOf(m);
   if (!config.ok()) return config.status();
@@ -96,6 +102,7 @@ absl::StatusOr<std::unique_ptr<engine::cuda::CudaEngine>> LoadCudaModel(
   engine::cuda::CudaEngineOptions co;
   co.precision = precision == "fp32" ? engine::cuda::Precision::kFp32
                                      : engine::cuda::Precision::kBf16;
+  co.offload_state = *offload;
   absl::StatusOr<std::unique_ptr<engine::cuda::CudaEngine>> e =
       engine::cuda::CudaEngine::Create(*config, m.stages, co);
   if (!e.ok()) return e.status();
@@ -212,6 +219,11 @@ absl::Status TrainLoop(E& e, const TrainCommandOptions& o, const std::string& ba
       progress << absl::StrFormat("  device peak %.1f MiB (weights, gradients, AdamW included)\n",
                                   MiB(r->peak_device_bytes));
     }
+    if (r->offloaded_sequences > 0) {
+      progress << absl::StrFormat(
+          "  state of %d sequence(s) offloaded to pinned host memory (it did not fit)\n",
+          r->offloaded_sequences);
+    }
     progress.flush();
   }
   if (!o.output_dir.empty()) {
@@ -247,9 +259,14 @@ absl::Status RunTrainCommand(const TrainCommandOptions& o, std::ostream& out,
     return absl::InvalidArgumentError(
         absl::StrCat("--weight_decay must be >= 0, got ", o.train.weight_decay));
   }
+  if (absl::StatusOr<engine::cuda::StateOffload> m =
+          engine::cuda::ParseStateOffload(o.offload_state);
+      !m.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--offload_state: ", m.status().message()));
+  }
   if (o.device == "cuda") {
     absl::StatusOr<std::unique_ptr<engine::cuda::CudaEngine>> e =
-        LoadCudaModel(o.model, o.precision, progress);
+        LoadCudaModel(o.model, o.precision, o.offload_state, progress);
     if (!e.ok()) return e.status();
     return TrainLoop(**e, o, absl::StrCat("CUDA engine (", o.precision, ")"), out, progress);
   }

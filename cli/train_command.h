@@ -45,6 +45,9 @@ struct TrainCommandOptions {
   std::string output_dir;  // empty: no checkpoint
   std::string device = "cpu";      // or "cuda": the CUDA engine on device 0
   std::string precision = "bf16";  // cuda: bf16 GEMMs (fp32 master weights) or fp32
+  // cuda: where the K/V state lives: auto (the device while it fits, else
+  // pinned host memory), never (the device), always (pinned host memory).
+  std::string offload_state = "auto";
 };
 
 // Errors: INVALID_ARGUMENT naming the option (steps, global_batch, stages,

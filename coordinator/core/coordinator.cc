@@ -892,6 +892,7 @@ void Coordinator::CommitLocked(JobEntry* job, Outbox* out) {
                        {"peak_memory_bytes", r.peak_memory_bytes()},
                        {"step_seconds", r.step_seconds()},
                        {"grad_norm", r.grad_norm()},
+                       {"offloaded_sequences", r.offloaded_sequences()},
                        {"ops", r.timings_size()}});
   }
   for (const planner::Chunk& c : job->plan_struct.chunks) tokens += c.tokens;

@@ -216,6 +216,18 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   return cudaSuccess;
 }
 cudaError_t cudaMallocAsync(void** ptr, size_t bytes, cudaStream_t) { return cudaMalloc(ptr, bytes); }
+// An 80 GiB device less the blocks allocated on it.
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  constexpr size_t kTotal = size_t{80} << 30;
+  size_t used = 0;
+  std::lock_guard<std::mutex> lock(emu::R().mu);
+  for (const auto& [p, block] : emu::R().device_blocks) {
+    if (block.second == emu::current_device) used += block.first;
+  }
+  *total_bytes = kTotal;
+  *free_bytes = used < kTotal ? kTotal - used : 0;
+  return cudaSuccess;
+}
 cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int) {
   *pool = nullptr;
   return cudaSuccess;

@@ -117,6 +117,7 @@ absl::StatusOr<std::unique_ptr<StepRunner>> StepRunner::Create(const engine::Mod
   r->ctx_ = std::move(*ctx);
   ecuda::CudaStageOptions so;
   so.precision = options.precision;
+  so.offload_state = options.offload_state;
   absl::StatusOr<std::unique_ptr<ecuda::CudaStage>> st =
       ecuda::CudaStage::Create(&r->params_, r->ctx_.get(), &r->mem_, so);
   if (!st.ok()) return st.status();
@@ -175,7 +176,10 @@ absl::StatusOr<WorkerStepResult> StepRunner::RunStep(const planner::Plan& plan, 
     result.loss_count += l.count;
   }
   result.peak_bytes = mem_.peak();
-  if (cuda_stage_) result.peak_device_bytes = ctx_->allocator().peak_in_use();
+  if (cuda_stage_) {
+    result.peak_device_bytes = ctx_->allocator().peak_in_use();
+    result.offloaded_sequences = cuda_stage_->max_offloaded_sequences();
+  }
   if (absl::Status s = ReduceAndUpdate(options, &result); !s.ok()) {
     overlapped_.clear();
     return s;

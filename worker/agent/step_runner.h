@@ -75,6 +75,9 @@ struct WorkerStepResult {
   // GPU with device links and dp > 1: layer buckets whose dp all-reduce ran
   // during the last backward op (overlapped with it).
   int32_t overlapped_allreduces = 0;
+  // GPU: sequences whose state went to pinned host memory this step
+  // (StepRunnerOptions::offload_state).
+  int64_t offloaded_sequences = 0;
 };
 
 struct StepRunnerOptions {
@@ -89,6 +92,8 @@ struct StepRunnerOptions {
   // CUDA only: the links take device pointers (NCCL); false: host pointers
   // (Gloo), staged through host memory.
   bool device_links = true;
+  // GPU: where the state store lives (CudaStageOptions::offload_state).
+  engine::cuda::StateOffload offload_state = engine::cuda::StateOffload::kAuto;
 };
 
 class StepRunner {

@@ -74,6 +74,7 @@ struct Rank {
   std::unique_ptr<StepRunner> runner;
   absl::Status status;
   int64_t steps_overlapped = 0;  // steps with overlapped dp all-reduces
+  int64_t steps_offloaded = 0;   // steps that offloaded some state
 };
 
 comm::Communicator* Connect(comm::KeyValueStore* store, Rank& r, const std::string& prefix, int rank,
@@ -158,6 +159,7 @@ std::map<std::string, std::vector<float>> TrainDistributed(const engine::ModelCo
               r.runner->RunStep(plan, d, data, data.TargetCount(), o);
           if (!res.ok()) r.status = res.status();
           if (res.ok() && res->overlapped_allreduces > 0) ++r.steps_overlapped;
+          if (res.ok() && res->offloaded_sequences > 0) ++r.steps_offloaded;
         }
         if (r.status.ok()) r.status = r.runner->SyncToHost();
       });
@@ -170,13 +172,20 @@ std::map<std::string, std::vector<float>> TrainDistributed(const engine::ModelCo
     if (g_expect_overlap && kDp > 1 && g_sequences >= kDp) {
       EXPECT_EQ(r.steps_overlapped, steps) << "dp " << r.dp << " stage " << r.stage;
     }
+    if (g_runner_options.offload_state == engine::cuda::StateOffload::kAlways) {
+      EXPECT_EQ(r.steps_offloaded, steps) << "dp " << r.dp << " stage " << r.stage;
+    } else {
+      EXPECT_EQ(r.steps_offloaded, 0) << "dp " << r.dp << " stage " << r.stage;
+    }
     if (!r.runner) continue;
     const engine::StageParams& p = r.runner->params();
     for (const engine::ParamTensor& t : p.tensors()) {
       std::vector<float> v(p.values().begin() + t.offset, p.values().begin() + t.offset + t.numel);
       auto [it, inserted] = out.emplace(t.name, v);
       // Every dp replica, and both copies of a tied embedding, hold the same.
-      if (!inserted) EXPECT_EQ(it->second, v) << t.name << " differs between ranks";
+      if (!inserted) {
+        EXPECT_EQ(it->second, v) << t.name << " differs between ranks";
+      }
     }
   }
   return out;
@@ -353,6 +362,16 @@ TEST_P(CudaStepRunner, OneSequenceTwoDpRanks_IdleReplicaKeepsCollectivesInStep) 
   o.chunk_size = 16;
   ExpectMatchesOneProcess(engine::TinyLlamaConfig(), o, 1e-4);
   g_sequences = 6;
+}
+
+// Every rank's state in pinned host memory (the path kAuto takes for a
+// sequence that does not fit): the same training, and every step says so.
+TEST_P(CudaStepRunner, StateOffloaded_MatchesOneProcess) {
+  g_runner_options.offload_state = engine::cuda::StateOffload::kAlways;
+  engine::TrainOptions o;
+  o.lr = 1e-3f;
+  o.chunk_size = 16;
+  ExpectMatchesOneProcess(engine::TinyLlamaConfig(), o, 1e-4);
 }
 
 // A shard saved from the device loads back onto the device exactly.

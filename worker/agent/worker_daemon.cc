@@ -538,6 +538,7 @@ class Daemon final : public WorkerDaemon {
       // The job's budget is the coordinator's planning target (it replans on
       // the reported peak); the allocator's hard limit is the device.
       ro.device_links = options_.links == "nccl";
+      ro.offload_state = *engine::cuda::ParseStateOffload(options_.offload_state);  // checked
     }
     absl::StatusOr<std::unique_ptr<StepRunner>> runner =
         StepRunner::Create(j->config, range, &j->links, ro);
@@ -672,6 +673,7 @@ class Daemon final : public WorkerDaemon {
     rep.set_loss_tokens(r->loss_count);
     rep.set_step_seconds(seconds);
     rep.set_grad_norm(r->grad_norm);
+    rep.set_offloaded_sequences(r->offloaded_sequences);
     rep.set_generation(a.generation());
     rep.set_checkpoint_saved(checkpoint_saved);
     if (checkpoint_saved) rep.set_checkpoint_path(p.checkpoint_path());
@@ -770,6 +772,11 @@ absl::StatusOr<std::unique_ptr<WorkerDaemon>> WorkerDaemon::Create(
   if (options.links != "nccl" && options.links != "gloo") {
     return absl::InvalidArgumentError(
         absl::StrCat("--links must be nccl or gloo, got '", options.links, "'"));
+  }
+  if (absl::StatusOr<engine::cuda::StateOffload> o =
+          engine::cuda::ParseStateOffload(options.offload_state);
+      !o.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--offload_state: ", o.status().message()));
   }
   if (options.device == "cuda") {
     int count = 0;

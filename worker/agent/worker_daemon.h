@@ -54,12 +54,16 @@ struct WorkerDaemonOptions {
   int cuda_device = 0;
   std::string precision = "bf16";
   std::string links = "gloo";
+  // "cuda": where a sequence's K/V state lives: "auto" (on the device while
+  // it fits the device's memory, else pinned host memory), "never" or
+  // "always" (engine::cuda::StateOffload).
+  std::string offload_state = "auto";
 };
 
 class WorkerDaemon {
  public:
-  // Errors: INVALID_ARGUMENT (empty coordinator address; device, precision
-  // or links not one of their values); UNAVAILABLE (device "cuda" without a
+  // Errors: INVALID_ARGUMENT (empty coordinator address; device, precision,
+  // links or offload_state not one of their values); UNAVAILABLE (device "cuda" without a
   // CUDA device); the metrics server's errors.
   static absl::StatusOr<std::unique_ptr<WorkerDaemon>> Create(const WorkerDaemonOptions& options);
   virtual ~WorkerDaemon() = default;

@@ -30,6 +30,7 @@ class MemoryTracker {
     total_ += bytes;
     peak_ = std::max(peak_, total_);
     for (int k = 0; k < kNumKinds; ++k) peak_by_kind_[k] = std::max(peak_by_kind_[k], current_[k]);
+    working_high_water_ = std::max(working_high_water_, working());
   }
   int64_t current() const { return total_; }
   int64_t current(Kind kind) const { return current_[kind]; }
@@ -37,6 +38,12 @@ class MemoryTracker {
   int64_t peak() const { return peak_; }
   // Peak of one kind alone (not necessarily reached at the same time as peak()).
   int64_t peak(Kind kind) const { return peak_by_kind_[kind]; }
+  // Activations + scratch: everything but the state store.
+  int64_t working() const { return total_ - current_[kState]; }
+  // The most working() has been since construction (ResetPeak leaves it):
+  // the CUDA stage keeps that much of the budget free of state when it
+  // decides whether a new sequence's state goes on the device.
+  int64_t working_high_water() const { return working_high_water_; }
   void ResetPeak() {
     peak_ = total_;
     peak_by_kind_ = current_;
@@ -47,6 +54,7 @@ class MemoryTracker {
   std::array<int64_t, kNumKinds> peak_by_kind_{};
   int64_t total_ = 0;
   int64_t peak_ = 0;
+  int64_t working_high_water_ = 0;
 };
 
 // An fp32 buffer whose size is counted by a tracker. Movable, not copyable.

@@ -135,6 +135,7 @@ absl::StatusOr<StepResult> CudaEngine::ComputeGradients(const StepData& data, in
   }
   SummarizeStep(stages_.back()->losses(), mem_, &result);
   result.peak_device_bytes = ctx_->allocator().peak_in_use();
+  for (auto& st : stages_) result.offloaded_sequences += st->max_offloaded_sequences();
   double sq = 0;
   for (auto& st : stages_) {
     absl::StatusOr<double> part = st->GradSquares();

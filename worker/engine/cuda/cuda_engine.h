@@ -36,8 +36,8 @@ struct CudaEngineOptions {
   // The allocator's limit in bytes (0: the device's memory).
   int64_t memory_budget_bytes = 0;
   int64_t head_rows = 1024;
-  // The state store in pinned host memory (CudaStageOptions::offload_state).
-  bool offload_state = false;
+  // Where the state store lives (CudaStageOptions::offload_state).
+  StateOffload offload_state = StateOffload::kAuto;
 };
 
 class CudaEngine {

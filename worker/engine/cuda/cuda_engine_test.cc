@@ -266,7 +266,7 @@ TEST_P(CudaEngineTest, OffloadedState_SameStepLessDeviceState) {
   ASSERT_NE(on_device, nullptr);
   CudaEngineOptions o;
   o.precision = Precision::kFp32;
-  o.offload_state = true;
+  o.offload_state = StateOffload::kAlways;
   absl::StatusOr<std::unique_ptr<CudaEngine>> made = CudaEngine::Create(c, p.pp, o);
   ASSERT_TRUE(made.ok()) << made.status();
   std::unique_ptr<CudaEngine> offloaded = std::move(*made);
@@ -296,6 +296,77 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaEngineTest,
                            return std::string(info.param.llama ? "Llama" : "Qwen2") + "_pp" +
                                   std::to_string(info.param.pp);
                          });
+
+// StateOffload::kAuto offloads only the state that does not fit: with room
+// for everything nothing moves; with a budget the long sequence's state
+// does not fit (kNever fails there, naming the state store), that sequence
+// goes to pinned host memory, the short ones stay on the device, and the
+// step is the same.
+TEST(CudaEngine, AutoOffload_OnlyTheStateThatDoesNotFit) {
+  REQUIRE_GPU();
+  const ModelConfig c = Qwen2();
+  const int64_t long_len = 600;
+  const StepData d = RandomData({long_len, 9, 5}, c.vocab_size, 4);
+  auto make = [&](StateOffload mode, int64_t budget) {
+    CudaEngineOptions o;
+    o.precision = Precision::kFp32;
+    o.offload_state = mode;
+    o.memory_budget_bytes = budget;
+    absl::StatusOr<std::unique_ptr<CudaEngine>> e = CudaEngine::Create(c, 1, o);
+    EXPECT_TRUE(e.ok()) << e.status();
+    if (!e.ok()) return std::unique_ptr<CudaEngine>();
+    EXPECT_TRUE((*e)->InitRandom(5).ok());
+    ScaleUp((*e)->stage_params(0));
+    EXPECT_TRUE((*e)->UploadWeights().ok());
+    return std::move(*e);
+  };
+  std::unique_ptr<CudaEngine> never = make(StateOffload::kNever, 0);
+  ASSERT_NE(never, nullptr);
+  const Grads want = Compute(*never, d, 16, 1);
+  ASSERT_EQ(want.result.offloaded_sequences, 0);
+  const int64_t long_state = long_len * c.kv_dim() * 4 * 4 * c.num_hidden_layers;
+  ASSERT_GT(want.result.peak_device_bytes, long_state);
+
+  // Room for everything.
+  std::unique_ptr<CudaEngine> roomy = make(StateOffload::kAuto, 0);
+  ASSERT_NE(roomy, nullptr);
+  const Grads same = Compute(*roomy, d, 16, 1);
+  EXPECT_EQ(same.result.offloaded_sequences, 0);
+  EXPECT_EQ(same.result.peak_device_bytes, want.result.peak_device_bytes);
+
+  // Half the long sequence's state short.
+  const int64_t budget = want.result.peak_device_bytes - long_state / 2;
+  std::unique_ptr<CudaEngine> tight = make(StateOffload::kNever, budget);
+  ASSERT_NE(tight, nullptr);
+  absl::StatusOr<StepResult> fails = tight->ComputeGradients(d, 16, 1);
+  ASSERT_FALSE(fails.ok());
+  EXPECT_EQ(fails.status().code(), absl::StatusCode::kResourceExhausted) << fails.status();
+  EXPECT_NE(fails.status().message().find("state store"), std::string::npos) << fails.status();
+
+  std::unique_ptr<CudaEngine> autod = make(StateOffload::kAuto, budget);
+  ASSERT_NE(autod, nullptr);
+  const Grads got = Compute(*autod, d, 16, 1);
+  EXPECT_EQ(got.result.offloaded_sequences, 1);
+  EXPECT_LE(got.result.peak_device_bytes, budget);
+  EXPECT_EQ(got.loss, want.loss);
+  for (const auto& [name, g] : want.by_name) EXPECT_EQ(got.by_name.at(name), g) << name;
+  // The next step decides again, the same way.
+  const Grads again = Compute(*autod, d, 16, 1);
+  EXPECT_EQ(again.result.offloaded_sequences, 1);
+  EXPECT_EQ(again.loss, want.loss);
+}
+
+TEST(StateOffload, ParsesItsNames) {
+  for (StateOffload m : {StateOffload::kNever, StateOffload::kAlways, StateOffload::kAuto}) {
+    absl::StatusOr<StateOffload> back = ParseStateOffload(StateOffloadName(m));
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(*back, m);
+  }
+  absl::StatusOr<StateOffload> bad = ParseStateOffload("sometimes");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("sometimes"), std::string::npos) << bad.status();
+}
 
 TEST(CudaEngine, OverBudget_FailsNamingTheAllocation) {
   REQUIRE_GPU();

@@ -117,6 +117,7 @@ absl::Status CudaStage::Alloc(DArray<T>& a, MemoryTracker::Kind kind, int64_t n,
 void CudaStage::Reset() {
   acts_.clear();
   state_.Clear();
+  max_offloaded_ = 0;
 }
 
 // ---------------------------------------------------------------------------
@@ -323,10 +324,15 @@ absl::Status CudaStage::ForwardDevice(const ChunkInput& in, const float* x, floa
   CF_RETURN_IF_ERROR(CheckForwardOrder(in, kind, held, held && it->second.has_activations,
                                  [this](int64_t seq) { return state_.rows(seq); }));
   if (kind != ForwardKind::kRecompute) {
+    // kAuto: keep free what the working set grew to beyond what it holds
+    // now, and at least this chunk's estimate.
+    const int64_t headroom =
+        std::max(mem_->working_high_water() - mem_->working(), EstimateChunkWorkingBytes(t));
     for (const PieceRows& p : in.pieces) {
       CF_RETURN_IF_ERROR(state_.Grow(p.seq, p.offset + p.length, p.seq_length,
-                                     kind != ForwardKind::kInference));
+                                     kind != ForwardKind::kInference, headroom));
     }
+    max_offloaded_ = std::max(max_offloaded_, state_.offloaded_sequences());
   }
   const bool keep = kind == ForwardKind::kKeep || kind == ForwardKind::kRecompute;
   ChunkActs local;
@@ -371,6 +377,21 @@ absl::Status CudaStage::ForwardDevice(const ChunkInput& in, const float* x, floa
   }
   ca.has_activations = keep;
   return absl::OkStatus();
+}
+
+int64_t CudaStage::EstimateChunkWorkingBytes(int64_t rows) const {
+  const ModelConfig& cfg = params_->config();
+  const StageRange& r = params_->range();
+  const int64_t layers = r.end_layer - r.first_layer;
+  // Per row: the activations kept per layer (bf16 when packed; rstd x2 and
+  // lse stay fp32), one layer's fp32 working arrays, and the chunk's
+  // hidden state, kept input and final hidden.
+  const int64_t wide = 2 * c_ + 2 * qd_ + 2 * inter_;
+  const int64_t kept = (pack_ ? 2 : kF) * wide + kF * (2 + cfg.num_attention_heads);
+  const int64_t layer_scratch = kF * (wide + 3 * c_ + 2 * kvd_ + inter_);
+  int64_t bytes = rows * (layers * kept + layer_scratch + 3 * c_ * kF);
+  if (r.last) bytes += std::min(rows, options_.head_rows) * vocab_ * kF;
+  return bytes;
 }
 
 std::vector<kc::AttentionSegment> CudaStage::Segments(const ChunkInput& in, int64_t l) {

@@ -66,10 +66,14 @@ struct CudaStageOptions {
   AttentionKernel attention = AttentionKernel::kAuto;
   // Rows of the LM head evaluated at once (bounds the logits tile).
   int64_t head_rows = 1024;
-  // Keep the state store (K/V and their gradients) in pinned host memory and
-  // bring one layer of a chunk's sequences onto the device at a time
-  // (DeviceStateStore's offload): for sequences whose state does not fit.
-  bool offload_state = false;
+  // Where each sequence's state (K/V and their gradients) lives
+  // (DeviceStateStore): kAuto keeps it on the device while its whole state
+  // fits the memory limit with the stage's working set left free (the most
+  // activations + scratch have held so far, at least an estimate of this
+  // chunk's), and otherwise in pinned host memory, one layer of a chunk's
+  // sequences on the device at a time. kNever fails an over-budget step
+  // instead; kAlways offloads every sequence.
+  StateOffload offload_state = StateOffload::kAuto;
   // With Precision::kBf16 and the flash kernel: keep each layer's
   // activations for the backward in bf16 (x, q, attention output, x', gate,
   // up; rstd and lse stay fp32), widened again for the layer's backward.
@@ -98,6 +102,14 @@ class CudaStage : public StageExecutor {
   int64_t hidden_size() const override { return c_; }
   int64_t live_chunks() const override { return static_cast<int64_t>(acts_.size()); }
   int64_t live_sequences() const override { return state_.sequences(); }
+  // Live sequences whose state is in pinned host memory, and the most there
+  // were at once since Reset (a step's count).
+  int64_t offloaded_sequences() const { return state_.offloaded_sequences(); }
+  int64_t max_offloaded_sequences() const { return max_offloaded_; }
+  // The activations + scratch a forward of `rows` rows needs beyond what the
+  // stage holds (kept activations of every layer, one layer's scratch, the
+  // LM head's logits tile): kAuto's headroom before anything was measured.
+  int64_t EstimateChunkWorkingBytes(int64_t rows) const;
 
   // The same with x, y, dy, dx in device memory of this context (a device
   // transport's buffers); y / dx may be null where the stage has no
@@ -208,6 +220,7 @@ class CudaStage : public StageExecutor {
   float loss_scale_ = 1.0f;
   bool flash_ = false;
   bool pack_ = false;
+  int64_t max_offloaded_ = 0;
 
   DArray<float> values_, grads_, m_, v_;
   DArray<Bf16> values_bf16_;

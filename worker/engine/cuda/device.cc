@@ -44,6 +44,15 @@ absl::StatusOr<std::unique_ptr<DeviceContext>> DeviceContext::Create(int device,
       !s.ok()) {
     return s;
   }
+  ctx->memory_limit_ = budget_bytes;
+  if (budget_bytes == 0) {
+    size_t free_bytes = 0, total_bytes = 0;
+    if (absl::Status s = CudaCheck(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
+        !s.ok()) {
+      return s;
+    }
+    ctx->memory_limit_ = static_cast<int64_t>(free_bytes);
+  }
   absl::StatusOr<kernels::cuda::CublasHandle> h = kernels::cuda::CublasHandle::Create(ctx->stream_);
   if (!h.ok()) return h.status();
   ctx->blas_.emplace(std::move(*h));

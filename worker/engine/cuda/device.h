@@ -66,6 +66,9 @@ class DeviceContext {
   cudaStream_t stream() const { return stream_; }
   const kernels::cuda::CublasHandle& blas() const { return *blas_; }
   kernels::cuda::CachingAllocator& allocator() { return *alloc_; }
+  // What the allocator may hold: the budget, or without one the device
+  // memory that was free when the context was created.
+  int64_t memory_limit_bytes() const { return memory_limit_; }
 
   // Makes this context's device current on the calling thread (CUDA's current
   // device is per thread).
@@ -81,6 +84,7 @@ class DeviceContext {
  private:
   DeviceContext() = default;
   int device_ = 0;
+  int64_t memory_limit_ = 0;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<kernels::cuda::RawDeviceMemory> raw_;
   std::unique_ptr<kernels::cuda::CachingAllocator> alloc_;

@@ -14,6 +14,26 @@ namespace {
 constexpr int64_t kF = static_cast<int64_t>(sizeof(float));
 }  // namespace
 
+const char* StateOffloadName(StateOffload mode) {
+  switch (mode) {
+    case StateOffload::kNever:
+      return "never";
+    case StateOffload::kAlways:
+      return "always";
+    case StateOffload::kAuto:
+      return "auto";
+  }
+  return "?";
+}
+
+absl::StatusOr<StateOffload> ParseStateOffload(absl::string_view name) {
+  for (StateOffload m : {StateOffload::kNever, StateOffload::kAlways, StateOffload::kAuto}) {
+    if (name == StateOffloadName(m)) return m;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("state offload must be never, always or auto, got \"", name, "\""));
+}
+
 DeviceStateStore::~DeviceStateStore() {
   Clear();
   for (auto& [n, p] : pinned_cache_) cudaFreeHost(p);
@@ -58,10 +78,15 @@ void DeviceStateStore::DropPinned(Seq& s) {
   }
 }
 
-absl::Status DeviceStateStore::NewLayer(int64_t seq, int64_t capacity, bool grads, Layer* layer) {
-  const int64_t n = capacity * kv_dim_;
-  if (!offload_) {
-    const std::string what = absl::StrCat("state store K/V of sequence ", seq, " (", capacity,
+int64_t DeviceStateStore::StateBytes(int64_t capacity, bool grads) const {
+  return capacity * kv_dim_ * kF * (grads ? 4 : 2) * layers_;
+}
+
+absl::Status DeviceStateStore::NewLayer(int64_t seq, const Seq& s, Layer* layer) {
+  const int64_t n = s.capacity * kv_dim_;
+  const bool grads = s.grads;
+  if (!s.offloaded) {
+    const std::string what = absl::StrCat("state store K/V of sequence ", seq, " (", s.capacity,
                                           " rows x ", layers_, " layers)");
     for (DeviceArray<float>* a : {&layer->k, &layer->v, &layer->dk, &layer->dv}) {
       if (!grads && (a == &layer->dk || a == &layer->dv)) continue;
@@ -79,21 +104,43 @@ absl::Status DeviceStateStore::NewLayer(int64_t seq, int64_t capacity, bool grad
   return absl::OkStatus();
 }
 
-absl::Status DeviceStateStore::Grow(int64_t seq, int64_t rows, int64_t seq_length, bool grads) {
+absl::Status DeviceStateStore::AllocateLayers(int64_t seq, Seq& s) {
+  s.layers.clear();
+  for (int64_t l = 0; l < layers_; ++l) {
+    Layer layer;
+    absl::Status st = NewLayer(seq, s, &layer);
+    s.layers.push_back(std::move(layer));
+    if (!st.ok()) {
+      DropPinned(s);
+      s.layers.clear();  // device arrays back to the allocator
+      return st;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DeviceStateStore::Grow(int64_t seq, int64_t rows, int64_t seq_length, bool grads,
+                                    int64_t headroom_bytes) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) {
     Seq s;
     s.capacity = std::max(rows, seq_length);
     s.grads = grads;
-    for (int64_t l = 0; l < layers_; ++l) {
-      Layer layer;
-      absl::Status st = NewLayer(seq, s.capacity, grads, &layer);
-      s.layers.push_back(std::move(layer));
-      if (!st.ok()) {
-        DropPinned(s);
-        return st;
-      }
+    s.offloaded = mode_ == StateOffload::kAlways;
+    if (mode_ == StateOffload::kAuto) {
+      const int64_t need = ctx_->allocator().in_use() + StateBytes(s.capacity, grads) +
+                           std::max<int64_t>(headroom_bytes, 0);
+      s.offloaded = need > ctx_->memory_limit_bytes();
     }
+    absl::Status st = AllocateLayers(seq, s);
+    if (!st.ok() && absl::IsResourceExhausted(st) && mode_ == StateOffload::kAuto &&
+        !s.offloaded) {
+      // The device ran out after all (the headroom was an estimate, or the
+      // cache is fragmented): the host takes it.
+      s.offloaded = true;
+      st = AllocateLayers(seq, s);
+    }
+    if (!st.ok()) return st;
     it = seqs_.emplace(seq, std::move(s)).first;
   }
   Seq& s = it->second;
@@ -106,13 +153,13 @@ absl::Status DeviceStateStore::Grow(int64_t seq, int64_t rows, int64_t seq_lengt
     // Rows dropped by an earlier Truncate come back zero, as on the CPU.
     const int64_t dirty = std::max<int64_t>(std::min(rows, s.dirty_end) - s.rows, 0);
     const int64_t bytes = dirty * kv_dim_ * kF;
-    if (bytes > 0 && offload_) {
+    if (bytes > 0 && s.offloaded) {
       // Host writes: first let queued copies into these buffers finish.
       if (absl::Status st = ctx_->Sync("regrow offloaded state"); !st.ok()) return st;
     }
     for (Layer& l : s.layers) {
       if (bytes == 0) break;
-      if (offload_) {
+      if (s.offloaded) {
         for (HostArray* h : {&l.hk, &l.hv, &l.hdk, &l.hdv}) {
           if (h->p != nullptr) std::memset(h->p + s.rows * kv_dim_, 0, static_cast<size_t>(bytes));
         }
@@ -134,8 +181,9 @@ absl::Status DeviceStateStore::Grow(int64_t seq, int64_t rows, int64_t seq_lengt
 }
 
 absl::Status DeviceStateStore::Acquire(int64_t seq, int64_t layer, int64_t kv_rows, bool grads) {
-  if (!offload_) return absl::OkStatus();
   auto it = seqs_.find(seq);
+  if (it != seqs_.end() && !it->second.offloaded) return absl::OkStatus();
+  if (it == seqs_.end() && mode_ == StateOffload::kNever) return absl::OkStatus();
   if (it == seqs_.end() || it->second.layers[layer].acquired) {
     return absl::FailedPreconditionError(absl::StrCat(
         "state of sequence ", seq, " layer ", layer,
@@ -167,8 +215,9 @@ absl::Status DeviceStateStore::Acquire(int64_t seq, int64_t layer, int64_t kv_ro
 
 absl::Status DeviceStateStore::Release(int64_t seq, int64_t layer,
                                        std::pair<int64_t, int64_t> kv_rows, int64_t grads_end) {
-  if (!offload_) return absl::OkStatus();
   auto it = seqs_.find(seq);
+  if (it != seqs_.end() && !it->second.offloaded) return absl::OkStatus();
+  if (it == seqs_.end() && mode_ == StateOffload::kNever) return absl::OkStatus();
   if (it == seqs_.end() || !it->second.layers[layer].acquired) {
     return absl::FailedPreconditionError(
         absl::StrCat("state of sequence ", seq, " layer ", layer, " is not on the device"));
@@ -196,7 +245,7 @@ absl::Status DeviceStateStore::Release(int64_t seq, int64_t layer,
 
 void DeviceStateStore::Discard(int64_t seq, int64_t layer) {
   auto it = seqs_.find(seq);
-  if (!offload_ || it == seqs_.end()) return;
+  if (it == seqs_.end() || !it->second.offloaded) return;
   Layer& l = it->second.layers[layer];
   for (DeviceArray<float>* a : {&l.k, &l.v, &l.dk, &l.dv}) a->Release();
   l.acquired = false;
@@ -216,6 +265,17 @@ void DeviceStateStore::Truncate(int64_t seq, int64_t rows) {
 void DeviceStateStore::Clear() {
   for (auto& [seq, s] : seqs_) DropPinned(s);
   seqs_.clear();
+}
+
+bool DeviceStateStore::offloaded(int64_t seq) const {
+  auto it = seqs_.find(seq);
+  return it != seqs_.end() && it->second.offloaded;
+}
+
+int64_t DeviceStateStore::offloaded_sequences() const {
+  int64_t n = 0;
+  for (const auto& [seq, s] : seqs_) n += s.offloaded ? 1 : 0;
+  return n;
 }
 
 int64_t DeviceStateStore::rows(int64_t seq) const {

@@ -6,9 +6,9 @@
 // reallocate; Truncate(seq, 0) forgets the sequence and returns its memory
 // to the allocator's cache.
 //
-// Offload (the constructor's `offload`): the state lives in pinned host
-// memory instead, and a layer's K/V (and dK/dV) of a sequence come onto the
-// device only while a chunk works on that layer: Acquire copies rows
+// Offload: a sequence's state lives in pinned host memory instead, and a
+// layer's K/V (and dK/dV) of it come onto the device only while a chunk
+// works on that layer: Acquire copies rows
 // [0, rows) in, Release copies back what the chunk wrote and frees the
 // device window. Device memory for the state drops from every sequence x
 // every layer to the pieces of one chunk x one layer, for PCIe traffic of
@@ -16,11 +16,19 @@
 // context's stream, so no host wait is needed between a Release and the
 // next Acquire. Pinned buffers are kept and reused across sequences and
 // steps (pinning and unpinning are slow, and cudaFreeHost waits for the
-// whole device); they go back to the system with the store. Without
-// offload, Acquire, Release and Discard do nothing.
+// whole device); they go back to the system with the store. For a sequence
+// on the device, Acquire, Release and Discard do nothing.
 //
-//   DeviceStateStore store(ctx, layers, kv_dim, &mem, /*offload=*/false);
-//   RETURN_IF_ERROR(store.Grow(seq, offset + length, seq_length, /*grads=*/true));
+// Where a sequence's state goes is decided when it is first grown
+// (StateOffload): always the device, always the host, or (kAuto) the device
+// when the whole state fits under the context's memory limit with the
+// caller's headroom left free, the host otherwise - a long sequence whose
+// state does not fit is offloaded instead of failing the step, and the
+// short ones stay on the device.
+//
+//   DeviceStateStore store(ctx, layers, kv_dim, &mem, StateOffload::kAuto);
+//   RETURN_IF_ERROR(store.Grow(seq, offset + length, seq_length, /*grads=*/true,
+//                              /*headroom_bytes=*/working_set));
 //   RETURN_IF_ERROR(store.Acquire(seq, layer, /*kv_rows=*/offset, /*grads=*/false));
 //   float* k = store.k(seq, layer);          // device, rows(seq) x kv_dim at least
 //   ...
@@ -35,31 +43,47 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "worker/engine/cuda/device.h"
 #include "worker/engine/memory.h"
 
 namespace chunkflow::engine::cuda {
 
+enum class StateOffload {
+  kNever,   // every sequence's state on the device (over the budget: the step fails)
+  kAlways,  // every sequence's state in pinned host memory
+  kAuto,    // on the device while it fits the memory limit, else pinned host memory
+};
+
+// "never", "always", "auto" (flags and logs).
+const char* StateOffloadName(StateOffload mode);
+// Errors: INVALID_ARGUMENT naming the value and the choices.
+absl::StatusOr<StateOffload> ParseStateOffload(absl::string_view name);
+
 class DeviceStateStore {
  public:
   DeviceStateStore(DeviceContext* ctx, int64_t layers, int64_t kv_dim, MemoryTracker* mem,
-                   bool offload = false)
-      : ctx_(ctx), layers_(layers), kv_dim_(kv_dim), mem_(mem), offload_(offload) {}
+                   StateOffload mode = StateOffload::kNever)
+      : ctx_(ctx), layers_(layers), kv_dim_(kv_dim), mem_(mem), mode_(mode) {}
   DeviceStateStore(const DeviceStateStore&) = delete;
   DeviceStateStore& operator=(const DeviceStateStore&) = delete;
   ~DeviceStateStore();
 
-  bool offload() const { return offload_; }
+  StateOffload mode() const { return mode_; }
 
-  // Makes rows [0, rows) of `seq` exist at every layer (never shrinks).
-  // Errors: RESOURCE_EXHAUSTED (over the memory budget) naming the sequence;
-  // INVALID_ARGUMENT when rows exceed the length the sequence was first
-  // grown with.
-  absl::Status Grow(int64_t seq, int64_t rows, int64_t seq_length, bool grads);
+  // Makes rows [0, rows) of `seq` exist at every layer (never shrinks). The
+  // first Grow of a sequence places it (kAuto: on the device when the
+  // allocator's bytes in use + its whole state + headroom_bytes fit the
+  // context's memory limit). Errors: RESOURCE_EXHAUSTED (over the memory
+  // budget, or no pinned memory) naming the sequence; INVALID_ARGUMENT when
+  // rows exceed the length the sequence was first grown with.
+  absl::Status Grow(int64_t seq, int64_t rows, int64_t seq_length, bool grads,
+                    int64_t headroom_bytes = 0);
   void Truncate(int64_t seq, int64_t rows);
   void Clear();
 
-  // Offload only: a device window of layer `layer` of `seq` (rows(seq)
+  // Offloaded sequences only: a device window of layer `layer` of `seq` (rows(seq)
   // rows), holding K/V rows [0, kv_rows) from the host (rows the caller is
   // about to write need not come in) and, with `grads`, dK/dV of every row
   // (without, dk/dv are null). Valid until Release or Discard. Errors:
@@ -74,6 +98,13 @@ class DeviceStateStore {
   void Discard(int64_t seq, int64_t layer);
 
   bool Has(int64_t seq) const { return seqs_.count(seq) > 0; }
+  // Whether the sequence's state is in pinned host memory.
+  bool offloaded(int64_t seq) const;
+  // Live sequences whose state is offloaded.
+  int64_t offloaded_sequences() const;
+  // The bytes of a sequence's whole state (every layer; K/V, and dK/dV with
+  // grads) of `capacity` rows.
+  int64_t StateBytes(int64_t capacity, bool grads) const;
   int64_t rows(int64_t seq) const;
   int64_t sequences() const { return static_cast<int64_t>(seqs_.size()); }
 
@@ -98,9 +129,13 @@ class DeviceStateStore {
     int64_t capacity = 0;
     int64_t dirty_end = 0;  // rows >= dirty_end are still zero
     bool grads = true;
+    bool offloaded = false;
     std::vector<Layer> layers;
   };
-  absl::Status NewLayer(int64_t seq, int64_t capacity, bool grads, Layer* layer);
+  absl::Status NewLayer(int64_t seq, const Seq& s, Layer* layer);
+  // Every layer of a new sequence, where s.offloaded says; on an error
+  // nothing stays allocated.
+  absl::Status AllocateLayers(int64_t seq, Seq& s);
   // A zeroed pinned buffer of n floats (reused when one is cached).
   absl::Status TakePinned(int64_t seq, int64_t n, HostArray* out);
   // The sequence's pinned buffers back to the cache (after a stream wait:
@@ -112,7 +147,7 @@ class DeviceStateStore {
   int64_t layers_;
   int64_t kv_dim_;
   MemoryTracker* mem_;
-  bool offload_;
+  StateOffload mode_;
   std::map<int64_t, Seq> seqs_;
   std::multimap<int64_t, float*> pinned_cache_;  // n -> free pinned buffer
 };
