@@ -1,6 +1,7 @@
-// gemm_bench: the CUDA linear layer's bf16 GEMMs (linear.h: cublasGemmEx,
-// bf16 inputs, fp32 accumulation and fp32 outputs / gradients) on the
-// Qwen2-0.5B projections at --tokens rows, beside torch.matmul in bf16 (bf16
+// gemm_bench: the CUDA linear layer's bf16 GEMMs (linear.h: cuBLASLt with a
+// 32 MiB workspace as the engine runs them, bf16 inputs, fp32 accumulation
+// and fp32 outputs / gradients) on the Qwen2-0.5B projections at --tokens
+// rows, beside the cublasGemmEx fallback and torch.matmul in bf16 (bf16
 // outputs) in the same run (tools/bench/torch_gemm.py). Forward: y = x W^T;
 // backward: dx += dy W and dW += dy^T x. TFLOP/s = 2 T IC OC per product.
 //
@@ -87,14 +88,23 @@ int Main() {
       }
     }
   }
-  absl::StatusOr<CublasHandle> h = CublasHandle::Create(nullptr);
-  if (!h.ok()) {
-    std::fprintf(stderr, "gemm_bench: %s\n", h.status().ToString().c_str());
+  constexpr size_t kWorkspace = size_t{32} << 20;  // the engine's (device.h)
+  void* workspace = nullptr;
+  cudaMalloc(&workspace, kWorkspace);
+  CublasOptions lt_options, ex_options;
+  lt_options.workspace = ex_options.workspace = workspace;
+  lt_options.workspace_bytes = ex_options.workspace_bytes = kWorkspace;
+  ex_options.bf16 = GemmBackend::kGemmEx;
+  absl::StatusOr<CublasHandle> h = CublasHandle::Create(nullptr, lt_options);
+  absl::StatusOr<CublasHandle> hx = CublasHandle::Create(nullptr, ex_options);
+  if (!h.ok() || !hx.ok()) {
+    std::fprintf(stderr, "gemm_bench: %s\n", (!h.ok() ? h : hx).status().ToString().c_str());
     return 1;
   }
+  const char* ours = h->bf16_backend() == GemmBackend::kLt ? "cuBLASLt" : "cublasGemmEx";
   std::vector<std::vector<std::string>> table = {
       {"T x IC -> OC", "ours fwd ms", "TFLOP/s", "torch fwd ms", "TFLOP/s", "ours bwd ms",
-       "TFLOP/s", "torch bwd ms", "TFLOP/s", "fwd+bwd vs PyTorch"}};
+       "TFLOP/s", "torch bwd ms", "TFLOP/s", "fwd+bwd vs PyTorch", "GemmEx fwd+bwd ms"}};
   std::vector<std::string> json;
   for (auto [IC, OC] : shapes) {
     __nv_bfloat16 *x, *w, *dy;
@@ -113,15 +123,21 @@ int Main() {
     absl::StatusOr<double> f = Time([&] { return linear_forward_bf16(y, x, w, nullptr, T, IC, OC, *h); });
     absl::StatusOr<double> b = Time(
         [&] { return linear_backward_bf16(dx, dw, nullptr, dy, x, w, T, IC, OC, *h); });
+    absl::StatusOr<double> xf =
+        Time([&] { return linear_forward_bf16(y, x, w, nullptr, T, IC, OC, *hx); });
+    absl::StatusOr<double> xb = Time(
+        [&] { return linear_backward_bf16(dx, dw, nullptr, dy, x, w, T, IC, OC, *hx); });
     cudaFree(x);
     cudaFree(w);
     cudaFree(dy);
     cudaFree(y);
     cudaFree(dx);
     cudaFree(dw);
-    if (!f.ok() || !b.ok()) {
-      std::fprintf(stderr, "gemm_bench: %s\n", (!f.ok() ? f.status() : b.status()).ToString().c_str());
-      return 1;
+    for (const absl::StatusOr<double>* r : {&f, &b, &xf, &xb}) {
+      if (!r->ok()) {
+        std::fprintf(stderr, "gemm_bench: %s\n", r->status().ToString().c_str());
+        return 1;
+      }
     }
     const double flop = 2.0 * T * IC * OC;
     auto tf = [](double fl, double ms) { return ms > 0 ? fl / (ms * 1e-3) / 1e12 : 0.0; };
@@ -136,15 +152,18 @@ int Main() {
          absl::StrFormat("%.3f", *b), absl::StrFormat("%.0f", tf(2 * flop, *b)),
          have ? absl::StrFormat("%.3f", it->second.second) : "n/a",
          have ? absl::StrFormat("%.0f", tf(2 * flop, it->second.second)) : "",
-         have ? absl::StrFormat("%.2fx", (it->second.first + it->second.second) / (*f + *b)) : ""});
+         have ? absl::StrFormat("%.2fx", (it->second.first + it->second.second) / (*f + *b)) : "",
+         absl::StrFormat("%.3f", *xf + *xb)});
     json.push_back(absl::StrCat("{\"shape\":", Quoted(key), ",\"fwd_ms\":", Num(*f),
                                 ",\"bwd_ms\":", Num(*b), ",\"torch_fwd_ms\":",
                                 Num(have ? it->second.first : -1), ",\"torch_bwd_ms\":",
-                                Num(have ? it->second.second : -1), "}"));
+                                Num(have ? it->second.second : -1), ",\"gemmex_fwd_ms\":",
+                                Num(*xf), ",\"gemmex_bwd_ms\":", Num(*xb), "}"));
   }
-  PrintTable(absl::StrCat("bf16 GEMMs of the linear layer (ours: fp32 outputs and gradients); ",
-                          note),
+  PrintTable(absl::StrCat("bf16 GEMMs of the linear layer (ours: ", ours,
+                          ", fp32 outputs and gradients); ", note),
              1, table);
+  cudaFree(workspace);
   if (const std::string path = absl::GetFlag(FLAGS_json); !path.empty()) {
     std::ofstream(path) << "[" << absl::StrJoin(json, ",\n") << "]\n";
   }

@@ -434,15 +434,34 @@ cudaError_t column_sums(float* sums, const float* x, int64_t T, int64_t C, cudaS
   }
   return cudaSuccess;
 }
+cudaError_t column_sums(float* sums, const __nv_bfloat16* x, int64_t T, int64_t C, cudaStream_t) {
+  for (int64_t c = 0; c < C; ++c) {
+    double s = 0;
+    for (int64_t t = 0; t < T; ++t) s += __bfloat162float(x[t * C + c]);
+    sums[c] += static_cast<float>(s);
+  }
+  return cudaSuccess;
+}
 
 // ---------------------------------------------------------------------------
 // linear.h
 // ---------------------------------------------------------------------------
 
-absl::StatusOr<CublasHandle> CublasHandle::Create(cudaStream_t stream) {
-  return CublasHandle(nullptr, stream);
+// The bf16 GEMMs below are the CPU op whatever the backend.
+struct CublasHandle::Lt {};
+CublasHandle::CublasHandle(cublasHandle_t h, cudaStream_t s) : h_(h), stream_(s) {}
+CublasHandle::CublasHandle(CublasHandle&& o) noexcept
+    : h_(o.h_), stream_(o.stream_), lt_(std::move(o.lt_)) {}
+absl::StatusOr<CublasHandle> CublasHandle::Create(cudaStream_t stream,
+                                                  const CublasOptions& options) {
+  CublasHandle out(nullptr, stream);
+  if (options.bf16 == GemmBackend::kLt) out.lt_ = std::make_unique<Lt>();
+  return out;
 }
 CublasHandle::~CublasHandle() = default;
+GemmBackend CublasHandle::bf16_backend() const {
+  return lt_ != nullptr ? GemmBackend::kLt : GemmBackend::kGemmEx;
+}
 
 absl::Status linear_forward(float* out, const float* inp, const float* weight, const float* bias,
                             int64_t T, int64_t IC, int64_t OC, const CublasHandle&) {

@@ -1,6 +1,12 @@
 #include "kernels/cuda/linear.h"
 
+#include <cublasLt.h>
+
+#include <array>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/ops.h"
@@ -26,7 +32,40 @@ absl::Status CheckDims(int64_t T, int64_t IC, int64_t OC, const char* what) {
 
 }  // namespace
 
-absl::StatusOr<CublasHandle> CublasHandle::Create(cudaStream_t stream) {
+// One GEMM shape's cuBLASLt descriptors and the algorithm picked for it; ok
+// false: cuBLASLt has none, cublasGemmEx runs it.
+struct LtPlan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  bool ok = false;
+};
+
+struct CublasHandle::Lt {
+  ~Lt() {
+    for (auto& [key, p] : plans) {
+      for (cublasLtMatrixLayout_t l : {p.a, p.b, p.c}) {
+        if (l != nullptr) cublasLtMatrixLayoutDestroy(l);
+      }
+      if (p.desc != nullptr) cublasLtMatmulDescDestroy(p.desc);
+    }
+    if (handle != nullptr) cublasLtDestroy(handle);
+  }
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  // (transa, transb, m, n, k, lda, ldb, ldc, beta != 0, alignment of A, B, C)
+  std::map<std::array<int64_t, 12>, LtPlan> plans;
+};
+
+CublasHandle::CublasHandle(cublasHandle_t h, cudaStream_t s) : h_(h), stream_(s) {}
+CublasHandle::CublasHandle(CublasHandle&& o) noexcept
+    : h_(o.h_), stream_(o.stream_), lt_(std::move(o.lt_)) {
+  o.h_ = nullptr;
+}
+
+absl::StatusOr<CublasHandle> CublasHandle::Create(cudaStream_t stream,
+                                                  const CublasOptions& options) {
   cublasHandle_t h = nullptr;
   if (absl::Status s = Cublas(cublasCreate(&h), "cublasCreate"); !s.ok()) return s;
   CublasHandle out(h, stream);
@@ -36,11 +75,36 @@ absl::StatusOr<CublasHandle> CublasHandle::Create(cudaStream_t stream) {
       !s.ok()) {
     return s;
   }
+  if (options.workspace != nullptr && options.workspace_bytes > 0) {
+    if (absl::Status s = Cublas(cublasSetWorkspace(h, options.workspace, options.workspace_bytes),
+                                "cublasSetWorkspace");
+        !s.ok()) {
+      return s;
+    }
+  }
+  const char* env = std::getenv("CHUNKFLOW_BF16_GEMM");
+  const bool gemm_ex =
+      options.bf16 == GemmBackend::kGemmEx || (env != nullptr && std::strcmp(env, "gemmex") == 0);
+  if (!gemm_ex) {
+    auto lt = std::make_unique<Lt>();
+    // Without cuBLASLt (cannot be loaded) the bf16 GEMMs fall back to
+    // cublasGemmEx: bf16_backend() says so.
+    if (cublasLtCreate(&lt->handle) == CUBLAS_STATUS_SUCCESS) {
+      lt->workspace = options.workspace;
+      lt->workspace_bytes = options.workspace != nullptr ? options.workspace_bytes : 0;
+      out.lt_ = std::move(lt);
+    }
+  }
   return out;
 }
 
 CublasHandle::~CublasHandle() {
+  lt_.reset();
   if (h_ != nullptr) cublasDestroy(h_);
+}
+
+GemmBackend CublasHandle::bf16_backend() const {
+  return lt_ != nullptr ? GemmBackend::kLt : GemmBackend::kGemmEx;
 }
 
 absl::Status linear_forward(float* out, const float* inp, const float* weight, const float* bias,
@@ -99,12 +163,84 @@ absl::Status linear_backward(float* dinp, float* dweight, float* dbias, const fl
 
 namespace {
 
-// C (m x n, column-major, fp32) = alpha op(A) op(B) + beta C with bf16 A, B.
+// The largest power of two up to 256 that divides the address (cuBLASLt's
+// algorithms state the alignment they need).
+int64_t Alignment(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  int64_t align = 256;
+  while (align > 1 && a % static_cast<uintptr_t>(align) != 0) align /= 2;
+  return align;
+}
+
+// Descriptors and the heuristic's first algorithm for one shape; ok false
+// when cuBLASLt refuses (the caller then uses cublasGemmEx).
+void MakePlan(const CublasHandle::Lt& lt, cublasOperation_t ta, cublasOperation_t tb, int64_t m,
+              int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc,
+              const std::array<int64_t, 12>& key, LtPlan* p) {
+  const int32_t opa = ta, opb = tb;
+  if (cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS ||
+      cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)) !=
+          CUBLAS_STATUS_SUCCESS ||
+      cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)) !=
+          CUBLAS_STATUS_SUCCESS) {
+    return;
+  }
+  // Column-major layouts of the stored matrices (before op()).
+  const bool na = ta == CUBLAS_OP_N, nb = tb == CUBLAS_OP_N;
+  if (cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, na ? m : k, na ? k : m, lda) !=
+          CUBLAS_STATUS_SUCCESS ||
+      cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, nb ? k : n, nb ? n : k, ldb) !=
+          CUBLAS_STATUS_SUCCESS ||
+      cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, m, n, ldc) != CUBLAS_STATUS_SUCCESS) {
+    return;
+  }
+  cublasLtMatmulPreference_t pref = nullptr;
+  if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return;
+  const uint64_t ws = lt.workspace_bytes;
+  const uint32_t align_a = static_cast<uint32_t>(key[9]), align_b = static_cast<uint32_t>(key[10]),
+                 align_c = static_cast<uint32_t>(key[11]);
+  bool ok =
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                           sizeof(ws)) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                           &align_a, sizeof(align_a)) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                           &align_b, sizeof(align_b)) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                           &align_c, sizeof(align_c)) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                           &align_c, sizeof(align_c)) == CUBLAS_STATUS_SUCCESS;
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  ok = ok && cublasLtMatmulAlgoGetHeuristic(lt.handle, p->desc, p->a, p->b, p->c, p->c, pref, 1,
+                                            &result, &found) == CUBLAS_STATUS_SUCCESS;
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (ok && found > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
+    p->algo = result.algo;
+    p->ok = true;
+  }
+}
+
+// C (m x n, column-major, fp32) = op(A) op(B) + beta C with bf16 A, B and
+// fp32 accumulation: cuBLASLt with the shape's kept plan, else cublasGemmEx.
 absl::Status GemmBf16(const CublasHandle& h, cublasOperation_t ta, cublasOperation_t tb, int64_t m,
                       int64_t n, int64_t k, const __nv_bfloat16* a, int64_t lda,
                       const __nv_bfloat16* b, int64_t ldb, float beta, float* c, int64_t ldc,
                       const char* what) {
   const float alpha = 1.0f;
+  if (CublasHandle::Lt* lt = h.lt()) {
+    const std::array<int64_t, 12> key = {ta,  tb,  m,   n,
+                                         k,   lda, ldb, ldc,
+                                         beta != 0.0f, Alignment(a), Alignment(b), Alignment(c)};
+    auto [it, made] = lt->plans.try_emplace(key);
+    if (made) MakePlan(*lt, ta, tb, m, n, k, lda, ldb, ldc, key, &it->second);
+    const LtPlan& p = it->second;
+    if (p.ok) {
+      return Cublas(cublasLtMatmul(lt->handle, p.desc, &alpha, a, p.a, b, p.b, &beta, c, p.c, c,
+                                   p.c, &p.algo, lt->workspace, lt->workspace_bytes, h.stream()),
+                    what);
+    }
+  }
   return Cublas(cublasGemmEx(h.get(), ta, tb, static_cast<int>(m), static_cast<int>(n),
                              static_cast<int>(k), &alpha, a, CUDA_R_16BF, static_cast<int>(lda), b,
                              CUDA_R_16BF, static_cast<int>(ldb), &beta, c, CUDA_R_32F,
@@ -151,18 +287,8 @@ absl::Status linear_backward_bf16(float* dinp, float* dweight, float* dbias,
     return s;
   }
   if (dbias == nullptr) return absl::OkStatus();
-  // dbias from the bf16 dout: widen it, then the fp32 column sums.
-  float* wide = nullptr;
-  if (absl::Status s = CudaCheck(cudaMallocAsync(reinterpret_cast<void**>(&wide),
-                                                 sizeof(float) * T * OC, h.stream()),
-                                 "linear_backward_bf16 scratch");
-      !s.ok()) {
-    return s;
-  }
-  absl::Status s = CudaCheck(bf16_to_float(wide, dout, T * OC, h.stream()), "linear_backward_bf16");
-  if (s.ok()) s = CudaCheck(column_sums(dbias, wide, T, OC, h.stream()), "linear_backward_bf16 dbias");
-  (void)cudaFreeAsync(wide, h.stream());
-  return s;
+  // Straight from the bf16 dout: no widened copy, nothing allocated.
+  return CudaCheck(column_sums(dbias, dout, T, OC, h.stream()), "linear_backward_bf16 dbias");
 }
 
 }  // namespace chunkflow::kernels::cuda

@@ -1,13 +1,23 @@
 // The linear layer's CUDA twin (kernels/cpu/linear.h): y = x W^T + b with W
-// stored (OC, IC), fp32 GEMMs through cuBLAS (FP32 math mode: no TF32, so it
-// can be held to the CPU oracle; the bf16 cuBLASLt path comes with mixed
-// precision). Same argument order and gradient contract as the CPU op, plus
-// the cuBLAS handle and stream.
+// stored (OC, IC). Same argument order and gradient contract as the CPU op,
+// plus the cuBLAS handle and its stream.
+//  - fp32: cublasSgemm in pedantic FP32 math (no TF32), so it can be held to
+//    the CPU oracle.
+//  - bf16 (mixed precision): cuBLASLt matmuls, bf16 inputs, fp32
+//    accumulation and fp32 outputs. Each GEMM shape's descriptors and the
+//    algorithm cuBLASLt's heuristic picks for it are made once per handle
+//    and kept. cublasGemmEx stays as the fallback (GemmBackend::kGemmEx,
+//    chosen by the caller or by CHUNKFLOW_BF16_GEMM=gemmex, or taken when
+//    cuBLASLt cannot be loaded or has no algorithm for a shape).
+//  - The workspace both use is the caller's (the CUDA engine's allocator
+//    holds it, so it counts in the exact peak), never one cuBLAS allocates
+//    on its own behind the allocator's back.
 //
 // Row-major (T, IC) x (IC, OC) is computed as the column-major product of
 // the transposed views: out^T = W (x^T), so no data is transposed.
 //
-//   absl::StatusOr<CublasHandle> h = CublasHandle::Create(stream);
+//   absl::StatusOr<CublasHandle> h = CublasHandle::Create(stream, {.workspace = ws,
+//                                                                   .workspace_bytes = n});
 //   linear_forward(y, x, w, b, T, IC, OC, *h);
 
 #ifndef CHUNKFLOW_KERNELS_CUDA_LINEAR_H_
@@ -17,28 +27,54 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace chunkflow::kernels::cuda {
 
-// A cuBLAS handle bound to a stream, in FP32 (pedantic) math mode.
+// What the bf16 GEMMs run on.
+enum class GemmBackend {
+  kLt,      // cuBLASLt matmuls, algorithms picked once per shape
+  kGemmEx,  // cublasGemmEx (the fallback)
+};
+
+struct CublasOptions {
+  // Device memory for cuBLAS and cuBLASLt on the handle's device, owned by
+  // the caller and outliving the handle, 256-byte aligned. Null / 0: none
+  // (cuBLASLt then picks algorithms that need none; cuBLAS allocates its own).
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  GemmBackend bf16 = GemmBackend::kLt;
+};
+
+// A cuBLAS handle (and a cuBLASLt one) bound to a stream, in FP32 (pedantic)
+// math mode. One thread at a time.
 class CublasHandle {
  public:
   // Errors: INTERNAL naming the cuBLAS status (no device, out of memory).
-  static absl::StatusOr<CublasHandle> Create(cudaStream_t stream);
-  CublasHandle(CublasHandle&& o) noexcept : h_(o.h_), stream_(o.stream_) { o.h_ = nullptr; }
+  static absl::StatusOr<CublasHandle> Create(cudaStream_t stream,
+                                             const CublasOptions& options = {});
+  CublasHandle(CublasHandle&& o) noexcept;
   CublasHandle& operator=(CublasHandle&&) = delete;
   ~CublasHandle();
   cublasHandle_t get() const { return h_; }
   cudaStream_t stream() const { return stream_; }
+  // kGemmEx when asked for, or when cuBLASLt could not be set up.
+  GemmBackend bf16_backend() const;
+
+  // cuBLASLt's handle, workspace and per-shape plans (linear.cc).
+  struct Lt;
+  Lt* lt() const { return lt_.get(); }
 
  private:
-  CublasHandle(cublasHandle_t h, cudaStream_t s) : h_(h), stream_(s) {}
+  CublasHandle(cublasHandle_t h, cudaStream_t s);
   cublasHandle_t h_;
   cudaStream_t stream_;
+  std::unique_ptr<Lt> lt_;
 };
 
 // out[t, o] = sum_i inp[t, i] * weight[o, i] + (bias ? bias[o] : 0).

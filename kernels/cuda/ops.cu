@@ -124,6 +124,14 @@ struct ColumnTerm {
   __device__ double operator()(int64_t t, int64_t c) const { return x[t * C + c]; }
 };
 
+struct ColumnTermBf16 {
+  const __nv_bfloat16* x;
+  int64_t C;
+  __device__ double operator()(int64_t t, int64_t c) const {
+    return __bfloat162float(x[t * C + c]);
+  }
+};
+
 // A block per token group, a thread per column: the group's rows in order,
 // added one by one into dwte (the CPU twin's sequence of fp32 additions).
 __global__ void EmbeddingBackwardGroupedKernel(float* dwte, const float* dout,
@@ -588,6 +596,12 @@ cudaError_t broadcast_rows(float* out, const float* row, int64_t T, int64_t C,
 cudaError_t column_sums(float* sums, const float* x, int64_t T, int64_t C, cudaStream_t stream) {
   if (C == 0) return cudaSuccess;
   return LaunchColumnReduce(sums, T, C, ColumnTerm{x, C}, stream);
+}
+
+cudaError_t column_sums(float* sums, const __nv_bfloat16* x, int64_t T, int64_t C,
+                        cudaStream_t stream) {
+  if (C == 0) return cudaSuccess;
+  return LaunchColumnReduce(sums, T, C, ColumnTermBf16{x, C}, stream);
 }
 
 cudaError_t scale(float* x, int64_t n, float factor, cudaStream_t stream) {

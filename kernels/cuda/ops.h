@@ -161,6 +161,10 @@ cudaError_t broadcast_rows(float* out, const float* row, int64_t T, int64_t C,
                            cudaStream_t stream);
 // sums[c] += sum_t x[t, c] in double (32 row lanes, then the lanes in order).
 cudaError_t column_sums(float* sums, const float* x, int64_t T, int64_t C, cudaStream_t stream);
+// The same over bf16 x (each element widened exactly, then summed as above:
+// equal to bf16_to_float followed by the fp32 overload, without the copy).
+cudaError_t column_sums(float* sums, const __nv_bfloat16* x, int64_t T, int64_t C,
+                        cudaStream_t stream);
 
 }  // namespace chunkflow::kernels::cuda
 

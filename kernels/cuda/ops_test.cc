@@ -14,6 +14,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -377,11 +378,24 @@ TEST(CudaOps, Bf16Conversions_RoundToNearestEven) {
 }
 
 // bf16 GEMMs against the fp32 CPU op on the same bf16-rounded values: the
-// products are exact in fp32, only the summation order differs (1e-5).
-TEST(CudaOps, LinearBf16_MatchesCpuOnRoundedInputs) {
+// products are exact in fp32, only the summation order differs (1e-5). On
+// cuBLASLt (with a workspace, as the engine runs it, and without one) and
+// on the cublasGemmEx fallback.
+class LinearBf16 : public ::testing::TestWithParam<std::pair<cuda::GemmBackend, bool>> {};
+
+TEST_P(LinearBf16, MatchesCpuOnRoundedInputs) {
   REQUIRE_GPU();
-  absl::StatusOr<cuda::CublasHandle> h = cuda::CublasHandle::Create(nullptr);
+  const auto [backend, with_workspace] = GetParam();
+  auto ws = DeviceBuffer<uint8_t>::Poisoned(size_t{32} << 20);
+  cuda::CublasOptions options;
+  options.bf16 = backend;
+  if (with_workspace) {
+    options.workspace = ws.get();
+    options.workspace_bytes = size_t{32} << 20;
+  }
+  absl::StatusOr<cuda::CublasHandle> h = cuda::CublasHandle::Create(nullptr, options);
   ASSERT_TRUE(h.ok()) << h.status();
+  if (std::getenv("CHUNKFLOW_BF16_GEMM") == nullptr) EXPECT_EQ(h->bf16_backend(), backend);
   const int64_t T = 96, IC = 136, OC = 72;
   auto rounded = [](std::vector<float> v, std::vector<uint16_t>* bits) {
     bits->resize(v.size());
@@ -420,6 +434,42 @@ TEST(CudaOps, LinearBf16_MatchesCpuOnRoundedInputs) {
   EXPECT_LT(RelativeError(gdx.data(), dx.data(), T * IC), 1e-5);
   EXPECT_LT(RelativeError(gdw.data(), dw.data(), OC * IC), 1e-5);
   EXPECT_EQ(gdb, db);
+  // Again with the plans kept from the first calls: the same results.
+  auto d_y2 = DeviceBuffer<float>::Poisoned(T * OC);
+  s = cuda::linear_forward_bf16(d_y2.get(), bf(d_x), bf(d_w), d_b.get(), T, IC, OC, *h);
+  ASSERT_TRUE(s.ok()) << s;
+  Sync();
+  EXPECT_EQ(d_y2.Host(), gy);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Backends, LinearBf16,
+    ::testing::Values(std::pair{cuda::GemmBackend::kLt, true},
+                      std::pair{cuda::GemmBackend::kLt, false},
+                      std::pair{cuda::GemmBackend::kGemmEx, true}),
+    [](const auto& info) {
+      return std::string(info.param.first == cuda::GemmBackend::kLt ? "CublasLt" : "GemmEx") +
+             (info.param.second ? "_Workspace" : "_NoWorkspace");
+    });
+
+// The bf16 column sums equal widening then the fp32 ones, to the bit.
+TEST(CudaOps, ColumnSumsBf16_EqualWidenedFp32) {
+  REQUIRE_GPU();
+  const int64_t T = 1'000, C = 77;
+  std::vector<uint16_t> bits(T * C);
+  const std::vector<float> x = RandomVector(T * C, 103, 4.0f);
+  for (int64_t i = 0; i < T * C; ++i) bits[i] = HostToBf16(x[i]);
+  DeviceBuffer<uint16_t> d_x(bits);
+  const std::vector<float> start = RandomVector(C, 104);
+  DeviceBuffer<float> d_got(start), d_want(start);
+  auto d_wide = DeviceBuffer<float>::Poisoned(T * C);
+  auto* xb = reinterpret_cast<__nv_bfloat16*>(d_x.get());
+  ASSERT_EQ(cuda::column_sums(d_got.get(), xb, T, C, nullptr), cudaSuccess);
+  ASSERT_EQ(cuda::bf16_to_float(d_wide.get(), xb, T * C, nullptr), cudaSuccess);
+  ASSERT_EQ(cuda::column_sums(d_want.get(), d_wide.get(), T, C, nullptr), cudaSuccess);
+  Sync();
+  EXPECT_EQ(d_got.Host(), d_want.Host());
+  EXPECT_NE(d_got.Host(), start);
 }
 
 TEST(CudaOps, Swiglu_MatchesCpu) {

@@ -36,10 +36,12 @@ TOOLS=(//cli:chunkflowctl)
 bazel build -c opt --jobs=2 "${TESTS[@]}" "${BENCHES[@]}" "${TOOLS[@]}"
 rm -rf "$OUT"
 mkdir -p "$OUT/bin" "$OUT/bench" "$OUT/tools" "$OUT/lib" "$OUT/scripts"
-# cuBLAS is loaded with dlopen under the soname of the toolkit it was built
-# against (kernels/cuda/cublas_loader.cc), so ldd does not list it.
+# cuBLAS and cuBLASLt are loaded with dlopen under the sonames of the
+# toolkit they were built against (kernels/cuda/cublas_loader.cc), so ldd
+# does not list them.
 CUBLAS_MAJOR=$(sed -n 's/^#define CUBLAS_VER_MAJOR \([0-9]*\).*/\1/p' /usr/local/cuda/include/cublas_api.h)
-echo "libcublas.so.${CUBLAS_MAJOR:-13}" > "$OUT/EXPECTED_ON_TARGET.txt"
+printf 'libcublas.so.%s\nlibcublasLt.so.%s\n' "${CUBLAS_MAJOR:-13}" "${CUBLAS_MAJOR:-13}" \
+  > "$OUT/EXPECTED_ON_TARGET.txt"
 cp tools/bench/torch_attention.py tools/bench/torch_gemm.py tools/bench/torch_step.py \
   tools/gpu/cluster_check.sh "$OUT/scripts/"
 copy() {  # target, destination folder

@@ -53,21 +53,31 @@ absl::StatusOr<std::unique_ptr<DeviceContext>> DeviceContext::Create(int device,
     }
     ctx->memory_limit_ = static_cast<int64_t>(free_bytes);
   }
-  absl::StatusOr<kernels::cuda::CublasHandle> h = kernels::cuda::CublasHandle::Create(ctx->stream_);
-  if (!h.ok()) return h.status();
-  ctx->blas_.emplace(std::move(*h));
   // Stream-ordered raw allocations: no device-wide synchronisation, ever.
   ctx->raw_ = kernels::cuda::CudaRawMemory(ctx->stream_);
   kernels::cuda::CachingAllocatorOptions opts;
   opts.budget_bytes = budget_bytes;
   ctx->alloc_ = std::make_unique<kernels::cuda::CachingAllocator>(ctx->raw_.get(), opts);
+  // cuBLAS's and cuBLASLt's workspace from the allocator: counted in the
+  // exact peak, and cuBLAS never allocates on its own mid-step.
+  absl::StatusOr<void*> ws = ctx->alloc_->Allocate(kCublasWorkspaceBytes, "cuBLAS workspace");
+  if (!ws.ok()) return ws.status();
+  ctx->workspace_ = *ws;
+  kernels::cuda::CublasOptions bo;
+  bo.workspace = ctx->workspace_;
+  bo.workspace_bytes = kCublasWorkspaceBytes;
+  absl::StatusOr<kernels::cuda::CublasHandle> h =
+      kernels::cuda::CublasHandle::Create(ctx->stream_, bo);
+  if (!h.ok()) return h.status();
+  ctx->blas_.emplace(std::move(*h));
   return ctx;
 }
 
 DeviceContext::~DeviceContext() {
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  blas_.reset();  // before its workspace goes
+  if (workspace_ != nullptr) alloc_->Free(workspace_).IgnoreError();
   alloc_.reset();  // returns the cache before the stream goes
-  blas_.reset();
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 

@@ -1,7 +1,8 @@
 // The device side of the CUDA engine: one context per process (its device,
 // one stream every kernel of the engine runs on, the cuBLAS handle bound to
-// it, the caching allocator that holds the job's memory budget) and RAII
-// device arrays allocated from it.
+// it, the caching allocator that holds the job's memory budget, and the
+// 32 MiB cuBLAS workspace taken from it) and RAII device arrays allocated
+// from it.
 //
 // Every array is also counted in a MemoryTracker by kind (activations, state,
 // scratch), with the same sizes the CPU engine's buffers have, so the two
@@ -83,8 +84,12 @@ class DeviceContext {
 
  private:
   DeviceContext() = default;
+  // cuBLAS / cuBLASLt workspace (NVIDIA's recommendation for Hopper).
+  static constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
+
   int device_ = 0;
   int64_t memory_limit_ = 0;
+  void* workspace_ = nullptr;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<kernels::cuda::RawDeviceMemory> raw_;
   std::unique_ptr<kernels::cuda::CachingAllocator> alloc_;
