@@ -49,6 +49,11 @@ absl::StatusOr<double> Time(const std::function<absl::Status()>& fn) {
   return TimeMs(fn, absl::GetFlag(FLAGS_warmup), absl::GetFlag(FLAGS_iters));
 }
 
+// The table, with both backends' handles on `workspace`.
+int Run(int64_t T, const std::vector<std::pair<int64_t, int64_t>>& shapes,
+        const std::map<std::string, std::pair<double, double>>& torch, const std::string& note,
+        void* workspace, size_t workspace_bytes);
+
 int Main() {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
@@ -91,9 +96,17 @@ int Main() {
   constexpr size_t kWorkspace = size_t{32} << 20;  // the engine's (device.h)
   void* workspace = nullptr;
   cudaMalloc(&workspace, kWorkspace);
+  const int rc = Run(T, shapes, torch, note, workspace, kWorkspace);
+  cudaFree(workspace);  // after the handles that used it
+  return rc;
+}
+
+int Run(int64_t T, const std::vector<std::pair<int64_t, int64_t>>& shapes,
+        const std::map<std::string, std::pair<double, double>>& torch, const std::string& note,
+        void* workspace, size_t workspace_bytes) {
   CublasOptions lt_options, ex_options;
   lt_options.workspace = ex_options.workspace = workspace;
-  lt_options.workspace_bytes = ex_options.workspace_bytes = kWorkspace;
+  lt_options.workspace_bytes = ex_options.workspace_bytes = workspace_bytes;
   ex_options.bf16 = GemmBackend::kGemmEx;
   absl::StatusOr<CublasHandle> h = CublasHandle::Create(nullptr, lt_options);
   absl::StatusOr<CublasHandle> hx = CublasHandle::Create(nullptr, ex_options);
@@ -163,7 +176,6 @@ int Main() {
   PrintTable(absl::StrCat("bf16 GEMMs of the linear layer (ours: ", ours,
                           ", fp32 outputs and gradients); ", note),
              1, table);
-  cudaFree(workspace);
   if (const std::string path = absl::GetFlag(FLAGS_json); !path.empty()) {
     std::ofstream(path) << "[" << absl::StrJoin(json, ",\n") << "]\n";
   }

@@ -455,7 +455,7 @@ CublasHandle::CublasHandle(CublasHandle&& o) noexcept
 absl::StatusOr<CublasHandle> CublasHandle::Create(cudaStream_t stream,
                                                   const CublasOptions& options) {
   CublasHandle out(nullptr, stream);
-  if (options.bf16 == GemmBackend::kLt) out.lt_ = std::make_unique<Lt>();
+  if (RequestedBf16Backend(options) == GemmBackend::kLt) out.lt_ = std::make_unique<Lt>();
   return out;
 }
 CublasHandle::~CublasHandle() = default;

@@ -3,8 +3,6 @@
 #include <cublasLt.h>
 
 #include <array>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <map>
 
@@ -42,14 +40,25 @@ struct LtPlan {
 };
 
 struct CublasHandle::Lt {
+  // Plans kept at most: chunk row counts vary, so a long run meets many
+  // shapes; past this the cache starts over (a heuristic call per shape,
+  // tens of microseconds, against GEMMs of milliseconds).
+  static constexpr size_t kMaxPlans = 1024;
+
   ~Lt() {
-    for (auto& [key, p] : plans) {
-      for (cublasLtMatrixLayout_t l : {p.a, p.b, p.c}) {
-        if (l != nullptr) cublasLtMatrixLayoutDestroy(l);
-      }
-      if (p.desc != nullptr) cublasLtMatmulDescDestroy(p.desc);
-    }
+    ClearPlans();
     if (handle != nullptr) cublasLtDestroy(handle);
+  }
+  void ClearPlans() {
+    for (auto& [key, p] : plans) Destroy(p);
+    plans.clear();
+  }
+  static void Destroy(LtPlan& p) {
+    for (cublasLtMatrixLayout_t l : {p.a, p.b, p.c}) {
+      if (l != nullptr) cublasLtMatrixLayoutDestroy(l);
+    }
+    if (p.desc != nullptr) cublasLtMatmulDescDestroy(p.desc);
+    p = LtPlan();
   }
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
@@ -76,16 +85,16 @@ absl::StatusOr<CublasHandle> CublasHandle::Create(cudaStream_t stream,
     return s;
   }
   if (options.workspace != nullptr && options.workspace_bytes > 0) {
+    if (reinterpret_cast<uintptr_t>(options.workspace) % 256 != 0) {
+      return absl::InvalidArgumentError("the cuBLAS workspace must be 256-byte aligned");
+    }
     if (absl::Status s = Cublas(cublasSetWorkspace(h, options.workspace, options.workspace_bytes),
                                 "cublasSetWorkspace");
         !s.ok()) {
       return s;
     }
   }
-  const char* env = std::getenv("CHUNKFLOW_BF16_GEMM");
-  const bool gemm_ex =
-      options.bf16 == GemmBackend::kGemmEx || (env != nullptr && std::strcmp(env, "gemmex") == 0);
-  if (!gemm_ex) {
+  if (RequestedBf16Backend(options) == GemmBackend::kLt) {
     auto lt = std::make_unique<Lt>();
     // Without cuBLASLt (cannot be loaded) the bf16 GEMMs fall back to
     // cublasGemmEx: bf16_backend() says so.
@@ -173,8 +182,10 @@ int64_t Alignment(const void* p) {
 }
 
 // Descriptors and the heuristic's first algorithm for one shape; ok false
-// when cuBLASLt refuses (the caller then uses cublasGemmEx).
-void MakePlan(const CublasHandle::Lt& lt, cublasOperation_t ta, cublasOperation_t tb, int64_t m,
+// when cuBLASLt has no algorithm for it (the caller then uses cublasGemmEx).
+// Returns false when cuBLASLt failed otherwise (out of host memory, say):
+// not worth remembering.
+bool MakePlan(const CublasHandle::Lt& lt, cublasOperation_t ta, cublasOperation_t tb, int64_t m,
               int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc,
               const std::array<int64_t, 12>& key, LtPlan* p) {
   const int32_t opa = ta, opb = tb;
@@ -183,7 +194,7 @@ void MakePlan(const CublasHandle::Lt& lt, cublasOperation_t ta, cublasOperation_
           CUBLAS_STATUS_SUCCESS ||
       cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)) !=
           CUBLAS_STATUS_SUCCESS) {
-    return;
+    return false;
   }
   // Column-major layouts of the stored matrices (before op()).
   const bool na = ta == CUBLAS_OP_N, nb = tb == CUBLAS_OP_N;
@@ -192,10 +203,10 @@ void MakePlan(const CublasHandle::Lt& lt, cublasOperation_t ta, cublasOperation_
       cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, nb ? k : n, nb ? n : k, ldb) !=
           CUBLAS_STATUS_SUCCESS ||
       cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, m, n, ldc) != CUBLAS_STATUS_SUCCESS) {
-    return;
+    return false;
   }
   cublasLtMatmulPreference_t pref = nullptr;
-  if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return;
+  if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return false;
   const uint64_t ws = lt.workspace_bytes;
   const uint32_t align_a = static_cast<uint32_t>(key[9]), align_b = static_cast<uint32_t>(key[10]),
                  align_c = static_cast<uint32_t>(key[11]);
@@ -212,13 +223,17 @@ void MakePlan(const CublasHandle::Lt& lt, cublasOperation_t ta, cublasOperation_
                                            &align_c, sizeof(align_c)) == CUBLAS_STATUS_SUCCESS;
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  ok = ok && cublasLtMatmulAlgoGetHeuristic(lt.handle, p->desc, p->a, p->b, p->c, p->c, pref, 1,
-                                            &result, &found) == CUBLAS_STATUS_SUCCESS;
+  const cublasStatus_t h =
+      ok ? cublasLtMatmulAlgoGetHeuristic(lt.handle, p->desc, p->a, p->b, p->c, p->c, pref, 1,
+                                          &result, &found)
+         : CUBLAS_STATUS_INVALID_VALUE;
   cublasLtMatmulPreferenceDestroy(pref);
-  if (ok && found > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
+  if (h == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
     p->algo = result.algo;
     p->ok = true;
   }
+  // No algorithm for this shape (NOT_SUPPORTED, or none found) is an answer.
+  return p->ok || h == CUBLAS_STATUS_NOT_SUPPORTED || (h == CUBLAS_STATUS_SUCCESS && found == 0);
 }
 
 // C (m x n, column-major, fp32) = op(A) op(B) + beta C with bf16 A, B and
@@ -232,10 +247,18 @@ absl::Status GemmBf16(const CublasHandle& h, cublasOperation_t ta, cublasOperati
     const std::array<int64_t, 12> key = {ta,  tb,  m,   n,
                                          k,   lda, ldb, ldc,
                                          beta != 0.0f, Alignment(a), Alignment(b), Alignment(c)};
-    auto [it, made] = lt->plans.try_emplace(key);
-    if (made) MakePlan(*lt, ta, tb, m, n, k, lda, ldb, ldc, key, &it->second);
-    const LtPlan& p = it->second;
-    if (p.ok) {
+    auto it = lt->plans.find(key);
+    if (it == lt->plans.end()) {
+      if (lt->plans.size() >= CublasHandle::Lt::kMaxPlans) lt->ClearPlans();
+      it = lt->plans.try_emplace(key).first;
+      if (!MakePlan(*lt, ta, tb, m, n, k, lda, ldb, ldc, key, &it->second)) {
+        CublasHandle::Lt::Destroy(it->second);
+        lt->plans.erase(it);
+        it = lt->plans.end();
+      }
+    }
+    if (it != lt->plans.end() && it->second.ok) {
+      const LtPlan& p = it->second;
       return Cublas(cublasLtMatmul(lt->handle, p.desc, &alpha, a, p.a, b, p.b, &beta, c, p.c, c,
                                    p.c, &p.algo, lt->workspace, lt->workspace_bytes, h.stream()),
                     what);

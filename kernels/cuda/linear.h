@@ -29,7 +29,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -51,11 +53,20 @@ struct CublasOptions {
   GemmBackend bf16 = GemmBackend::kLt;
 };
 
+// options.bf16, unless the environment's CHUNKFLOW_BF16_GEMM=gemmex forces
+// the fallback (an escape hatch on a machine where cuBLASLt misbehaves).
+inline GemmBackend RequestedBf16Backend(const CublasOptions& options) {
+  const char* env = std::getenv("CHUNKFLOW_BF16_GEMM");
+  if (env != nullptr && std::string_view(env) == "gemmex") return GemmBackend::kGemmEx;
+  return options.bf16;
+}
+
 // A cuBLAS handle (and a cuBLASLt one) bound to a stream, in FP32 (pedantic)
 // math mode. One thread at a time.
 class CublasHandle {
  public:
-  // Errors: INTERNAL naming the cuBLAS status (no device, out of memory).
+  // Errors: INTERNAL naming the cuBLAS status (no device, out of memory);
+  // INVALID_ARGUMENT for a workspace not 256-byte aligned.
   static absl::StatusOr<CublasHandle> Create(cudaStream_t stream,
                                              const CublasOptions& options = {});
   CublasHandle(CublasHandle&& o) noexcept;

@@ -178,7 +178,8 @@ absl::StatusOr<WorkerStepResult> StepRunner::RunStep(const planner::Plan& plan, 
   result.peak_bytes = mem_.peak();
   if (cuda_stage_) {
     result.peak_device_bytes = ctx_->allocator().peak_in_use();
-    result.offloaded_sequences = cuda_stage_->max_offloaded_sequences();
+    result.offloaded_sequences =
+        static_cast<int64_t>(cuda_stage_->offloaded_this_step().size());
   }
   if (absl::Status s = ReduceAndUpdate(options, &result); !s.ok()) {
     overlapped_.clear();
@@ -234,6 +235,7 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
   };
   std::unique_ptr<IoBuffer> in, out;
   const std::vector<planner::Op>& ops = plan.ops(dp, stage).ops;
+  if (cuda_stage_) cuda_stage_->set_chunks_held(engine::MaxChunksHeld(ops));
   // With device links on a GPU, the dp all-reduce of a layer's gradients
   // starts as soon as the step's last backward op has finished that layer
   // (one bucket per layer), overlapping the layers still to go.

@@ -75,8 +75,8 @@ struct WorkerStepResult {
   // GPU with device links and dp > 1: layer buckets whose dp all-reduce ran
   // during the last backward op (overlapped with it).
   int32_t overlapped_allreduces = 0;
-  // GPU: sequences whose state went to pinned host memory this step
-  // (StepRunnerOptions::offload_state).
+  // GPU: sequences whose state this stage put in pinned host memory this
+  // step (StepRunnerOptions::offload_state).
   int64_t offloaded_sequences = 0;
 };
 

@@ -64,8 +64,8 @@ struct StepResult {
   // CUDA engine: the device allocator's exact peak during the step, of
   // everything on the device (weights, gradients, optimizer state included).
   int64_t peak_device_bytes = 0;
-  // CUDA engine: sequences whose state went to pinned host memory (summed
-  // over stages; CudaStageOptions::offload_state).
+  // CUDA engine: sequences whose state went to pinned host memory on some
+  // stage (CudaStageOptions::offload_state).
   int64_t offloaded_sequences = 0;
   double seconds = 0;
   std::map<int64_t, SequenceLoss> losses;  // by sequence

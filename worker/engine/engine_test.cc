@@ -5,6 +5,7 @@
 #include "worker/engine/engine.h"
 
 #include "worker/engine/pipeline.h"
+#include "worker/engine/stage_executor.h"
 
 #include <cmath>
 #include <random>
@@ -372,6 +373,29 @@ TEST(Engine, Evaluate_MatchesTrainingForwardLosses) {
     EXPECT_EQ(ev->at(id).count, l.count);
     EXPECT_NEAR(ev->at(id).sum, l.sum, 1e-5 * std::fabs(l.sum)) << "sequence " << id;
   }
+}
+
+// The chunks an op list holds activations for at once: forwards that keep
+// them (recomputes included) less the backwards done; dropping forwards
+// hold none.
+TEST(MaxChunksHeld, CountsKeptForwardsLessBackwards) {
+  using planner::Op;
+  using planner::OpType;
+  auto fwd = [](int32_t c, bool keep, bool recompute = false) {
+    return Op{OpType::kForward, c, keep, recompute};
+  };
+  auto bwd = [](int32_t c) { return Op{OpType::kBackward, c, true, false}; };
+  EXPECT_EQ(MaxChunksHeld({}), 1);
+  EXPECT_EQ(MaxChunksHeld({fwd(0, true), bwd(0), fwd(1, true), bwd(1)}), 1);
+  // 1F1B warm-up of three chunks.
+  EXPECT_EQ(MaxChunksHeld({fwd(0, true), fwd(1, true), fwd(2, true), bwd(0), fwd(3, true), bwd(1),
+                           bwd(2), bwd(3)}),
+            3);
+  // A chain of four with K = 2: two dropped, two kept, then the dropped
+  // ones recomputed as the backward reaches them.
+  EXPECT_EQ(MaxChunksHeld({fwd(0, false), fwd(1, false), fwd(2, true), fwd(3, true), bwd(3),
+                           bwd(2), fwd(0, true, true), fwd(1, true, true), bwd(1), bwd(0)}),
+            2);
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "worker/engine/stage_executor.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace chunkflow::engine {
@@ -54,6 +56,18 @@ absl::Status CheckBackwardOrder(const ChunkInput& in, bool held, bool has_activa
         "recompute it) first"));
   }
   return CheckState(in, state_rows);
+}
+
+int64_t MaxChunksHeld(const std::vector<planner::Op>& ops) {
+  int64_t held = 0, most = 1;
+  for (const planner::Op& op : ops) {
+    if (op.type == planner::OpType::kBackward) {
+      --held;
+    } else if (op.keep_activations) {
+      most = std::max(most, ++held);
+    }
+  }
+  return most;
 }
 
 }  // namespace chunkflow::engine

@@ -45,6 +45,11 @@ absl::Status CheckForwardOrder(const ChunkInput& in, ForwardKind kind, bool held
 absl::Status CheckBackwardOrder(const ChunkInput& in, bool held, bool has_activations,
                                 absl::FunctionRef<int64_t(int64_t)> state_rows);
 
+// The most chunks whose activations an op list keeps on its stage at once
+// (forwards that keep them, recomputes included, less the backwards done),
+// at least 1: the room a stage's working set needs.
+int64_t MaxChunksHeld(const std::vector<planner::Op>& ops);
+
 class StageExecutor {
  public:
   virtual ~StageExecutor() = default;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -124,6 +125,7 @@ absl::StatusOr<StepResult> CudaEngine::ComputeGradients(const StepData& data, in
     mem_[s]->ResetPeak();
     stages.push_back(stages_[s].get());
     ops.push_back(planned->plan.ops(0, s).ops);
+    stages_[s]->set_chunks_held(MaxChunksHeld(ops.back()));
   }
   ctx_->allocator().ResetPeak();
   absl::Status run = LocalPipeline(stages).Run(ops, planned->chunks);
@@ -135,7 +137,11 @@ absl::StatusOr<StepResult> CudaEngine::ComputeGradients(const StepData& data, in
   }
   SummarizeStep(stages_.back()->losses(), mem_, &result);
   result.peak_device_bytes = ctx_->allocator().peak_in_use();
-  for (auto& st : stages_) result.offloaded_sequences += st->max_offloaded_sequences();
+  std::set<int64_t> offloaded;
+  for (auto& st : stages_) {
+    offloaded.insert(st->offloaded_this_step().begin(), st->offloaded_this_step().end());
+  }
+  result.offloaded_sequences = static_cast<int64_t>(offloaded.size());
   double sq = 0;
   for (auto& st : stages_) {
     absl::StatusOr<double> part = st->GradSquares();

@@ -117,7 +117,7 @@ absl::Status CudaStage::Alloc(DArray<T>& a, MemoryTracker::Kind kind, int64_t n,
 void CudaStage::Reset() {
   acts_.clear();
   state_.Clear();
-  max_offloaded_ = 0;
+  offloaded_.clear();
 }
 
 // ---------------------------------------------------------------------------
@@ -325,14 +325,14 @@ absl::Status CudaStage::ForwardDevice(const ChunkInput& in, const float* x, floa
                                  [this](int64_t seq) { return state_.rows(seq); }));
   if (kind != ForwardKind::kRecompute) {
     // kAuto: keep free what the working set grew to beyond what it holds
-    // now, and at least this chunk's estimate.
-    const int64_t headroom =
-        std::max(mem_->working_high_water() - mem_->working(), EstimateChunkWorkingBytes(t));
+    // now, and at least the estimate for the chunks this step holds at once.
+    const int64_t headroom = std::max(mem_->working_high_water() - mem_->working(),
+                                      chunks_held_ * EstimateChunkWorkingBytes(t, kind));
     for (const PieceRows& p : in.pieces) {
       CF_RETURN_IF_ERROR(state_.Grow(p.seq, p.offset + p.length, p.seq_length,
                                      kind != ForwardKind::kInference, headroom));
+      if (state_.offloaded(p.seq)) offloaded_.insert(p.seq);
     }
-    max_offloaded_ = std::max(max_offloaded_, state_.offloaded_sequences());
   }
   const bool keep = kind == ForwardKind::kKeep || kind == ForwardKind::kRecompute;
   ChunkActs local;
@@ -379,7 +379,7 @@ absl::Status CudaStage::ForwardDevice(const ChunkInput& in, const float* x, floa
   return absl::OkStatus();
 }
 
-int64_t CudaStage::EstimateChunkWorkingBytes(int64_t rows) const {
+int64_t CudaStage::EstimateChunkWorkingBytes(int64_t rows, ForwardKind kind) const {
   const ModelConfig& cfg = params_->config();
   const StageRange& r = params_->range();
   const int64_t layers = r.end_layer - r.first_layer;
@@ -389,7 +389,8 @@ int64_t CudaStage::EstimateChunkWorkingBytes(int64_t rows) const {
   const int64_t wide = 2 * c_ + 2 * qd_ + 2 * inter_;
   const int64_t kept = (pack_ ? 2 : kF) * wide + kF * (2 + cfg.num_attention_heads);
   const int64_t layer_scratch = kF * (wide + 3 * c_ + 2 * kvd_ + inter_);
-  int64_t bytes = rows * (layers * kept + layer_scratch + 3 * c_ * kF);
+  const int64_t kept_layers = kind == ForwardKind::kInference ? 1 : layers;
+  int64_t bytes = rows * (kept_layers * kept + layer_scratch + 3 * c_ * kF);
   if (r.last) bytes += std::min(rows, options_.head_rows) * vocab_ * kF;
   return bytes;
 }

@@ -31,8 +31,10 @@
 
 #include <cstdint>
 #include <functional>
+#include <algorithm>
 #include <map>
 #include <memory>
+#include <set>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -102,14 +104,18 @@ class CudaStage : public StageExecutor {
   int64_t hidden_size() const override { return c_; }
   int64_t live_chunks() const override { return static_cast<int64_t>(acts_.size()); }
   int64_t live_sequences() const override { return state_.sequences(); }
-  // Live sequences whose state is in pinned host memory, and the most there
-  // were at once since Reset (a step's count).
-  int64_t offloaded_sequences() const { return state_.offloaded_sequences(); }
-  int64_t max_offloaded_sequences() const { return max_offloaded_; }
-  // The activations + scratch a forward of `rows` rows needs beyond what the
-  // stage holds (kept activations of every layer, one layer's scratch, the
-  // LM head's logits tile): kAuto's headroom before anything was measured.
-  int64_t EstimateChunkWorkingBytes(int64_t rows) const;
+  // The sequences whose state went to pinned host memory since Reset (a
+  // step's).
+  const std::set<int64_t>& offloaded_this_step() const { return offloaded_; }
+  // How many chunks' activations this step's op list keeps at once
+  // (MaxChunksHeld; the engine and the step runner set it per step): kAuto
+  // leaves room for that many chunks' working sets.
+  void set_chunks_held(int64_t n) { chunks_held_ = std::max<int64_t>(n, 1); }
+  // The activations + scratch a forward of `rows` rows adds (the kept
+  // activations of every layer - none for inference -, one layer's scratch,
+  // the LM head's logits tile): kAuto's headroom per chunk before the
+  // working set's high water says more.
+  int64_t EstimateChunkWorkingBytes(int64_t rows, ForwardKind kind) const;
 
   // The same with x, y, dy, dx in device memory of this context (a device
   // transport's buffers); y / dx may be null where the stage has no
@@ -220,7 +226,8 @@ class CudaStage : public StageExecutor {
   float loss_scale_ = 1.0f;
   bool flash_ = false;
   bool pack_ = false;
-  int64_t max_offloaded_ = 0;
+  std::set<int64_t> offloaded_;
+  int64_t chunks_held_ = 1;
 
   DArray<float> values_, grads_, m_, v_;
   DArray<Bf16> values_bf16_;

@@ -1,5 +1,7 @@
 #include "worker/engine/cuda/device.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/status.h"
 
@@ -37,21 +39,13 @@ absl::StatusOr<std::unique_ptr<DeviceContext>> DeviceContext::Create(int device,
   }
   std::unique_ptr<DeviceContext> ctx(new DeviceContext());
   ctx->device_ = device;
+  ctx->budget_ = budget_bytes;
   if (absl::Status s = CudaCheck(cudaSetDevice(device), "cudaSetDevice"); !s.ok()) return s;
   if (absl::Status s =
           CudaCheck(cudaStreamCreateWithFlags(&ctx->stream_, cudaStreamNonBlocking),
                     "cudaStreamCreate");
       !s.ok()) {
     return s;
-  }
-  ctx->memory_limit_ = budget_bytes;
-  if (budget_bytes == 0) {
-    size_t free_bytes = 0, total_bytes = 0;
-    if (absl::Status s = CudaCheck(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
-        !s.ok()) {
-      return s;
-    }
-    ctx->memory_limit_ = static_cast<int64_t>(free_bytes);
   }
   // Stream-ordered raw allocations: no device-wide synchronisation, ever.
   ctx->raw_ = kernels::cuda::CudaRawMemory(ctx->stream_);
@@ -79,6 +73,22 @@ DeviceContext::~DeviceContext() {
   if (workspace_ != nullptr) alloc_->Free(workspace_).IgnoreError();
   alloc_.reset();  // returns the cache before the stream goes
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+int64_t DeviceContext::AvailableBytes() {
+  const int64_t in_use = alloc_->in_use();
+  // The allocator's cached blocks are free for it; the device's free memory
+  // now counts what other processes and libraries (NCCL) took since.
+  int64_t available = alloc_->reserved() - in_use;
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaSetDevice(device_) == cudaSuccess &&
+      cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
+    available += static_cast<int64_t>(free_bytes);
+  } else {
+    (void)cudaGetLastError();
+  }
+  if (budget_ > 0) available = std::min(available, budget_ - in_use);
+  return std::max<int64_t>(available, 0);
 }
 
 absl::Status DeviceContext::Activate() const {

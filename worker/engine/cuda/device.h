@@ -67,9 +67,12 @@ class DeviceContext {
   cudaStream_t stream() const { return stream_; }
   const kernels::cuda::CublasHandle& blas() const { return *blas_; }
   kernels::cuda::CachingAllocator& allocator() { return *alloc_; }
-  // What the allocator may hold: the budget, or without one the device
-  // memory that was free when the context was created.
-  int64_t memory_limit_bytes() const { return memory_limit_; }
+  // Bytes a new allocation can have now: what the budget leaves beyond the
+  // allocator's bytes in use, and at most its cached blocks plus the
+  // device's free memory (cudaMemGetInfo: other processes and libraries
+  // count). Not a promise (the cache's best fit may hand out up to twice a
+  // request).
+  int64_t AvailableBytes();
 
   // Makes this context's device current on the calling thread (CUDA's current
   // device is per thread).
@@ -88,7 +91,7 @@ class DeviceContext {
   static constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
 
   int device_ = 0;
-  int64_t memory_limit_ = 0;
+  int64_t budget_ = 0;
   void* workspace_ = nullptr;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<kernels::cuda::RawDeviceMemory> raw_;

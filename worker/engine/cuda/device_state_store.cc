@@ -82,6 +82,14 @@ int64_t DeviceStateStore::StateBytes(int64_t capacity, bool grads) const {
   return capacity * kv_dim_ * kF * (grads ? 4 : 2) * layers_;
 }
 
+int64_t DeviceStateStore::LargestOffloadedWindowBytes() const {
+  int64_t most = 0;
+  for (const auto& [seq, s] : seqs_) {
+    if (s.offloaded) most = std::max(most, StateBytes(s.capacity, s.grads) / layers_);
+  }
+  return most;
+}
+
 absl::Status DeviceStateStore::NewLayer(int64_t seq, const Seq& s, Layer* layer) {
   const int64_t n = s.capacity * kv_dim_;
   const bool grads = s.grads;
@@ -127,17 +135,26 @@ absl::Status DeviceStateStore::Grow(int64_t seq, int64_t rows, int64_t seq_lengt
     s.capacity = std::max(rows, seq_length);
     s.grads = grads;
     s.offloaded = mode_ == StateOffload::kAlways;
-    if (mode_ == StateOffload::kAuto) {
-      const int64_t need = ctx_->allocator().in_use() + StateBytes(s.capacity, grads) +
-                           std::max<int64_t>(headroom_bytes, 0);
-      s.offloaded = need > ctx_->memory_limit_bytes();
+    const bool automatic = mode_ == StateOffload::kAuto;
+    int64_t in_use = 0, room = 0;
+    if (automatic) {
+      // Kept free: the caller's headroom and the largest window an
+      // offloaded sequence brings onto the device.
+      in_use = ctx_->allocator().in_use();
+      room = ctx_->AvailableBytes() - std::max<int64_t>(headroom_bytes, 0) -
+             LargestOffloadedWindowBytes();
+      s.offloaded = StateBytes(s.capacity, grads) > room;
     }
     absl::Status st = AllocateLayers(seq, s);
-    if (!st.ok() && absl::IsResourceExhausted(st) && mode_ == StateOffload::kAuto &&
-        !s.offloaded) {
-      // The device ran out after all (the headroom was an estimate, or the
-      // cache is fragmented): the host takes it.
+    if (automatic && st.ok() && !s.offloaded && ctx_->allocator().in_use() - in_use > room) {
+      // The cache's best fit handed out larger blocks than asked for: over
+      // the room after all.
       s.offloaded = true;
+      st = AllocateLayers(seq, s);
+    } else if (automatic && absl::IsResourceExhausted(st)) {
+      // The device ran out (the headroom is an estimate), or host memory
+      // could not be pinned: the other place takes it.
+      s.offloaded = !s.offloaded;
       st = AllocateLayers(seq, s);
     }
     if (!st.ok()) return st;

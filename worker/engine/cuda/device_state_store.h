@@ -21,7 +21,7 @@
 //
 // Where a sequence's state goes is decided when it is first grown
 // (StateOffload): always the device, always the host, or (kAuto) the device
-// when the whole state fits under the context's memory limit with the
+// when the whole state fits the device memory available now with the
 // caller's headroom left free, the host otherwise - a long sequence whose
 // state does not fit is offloaded instead of failing the step, and the
 // short ones stay on the device.
@@ -53,7 +53,7 @@ namespace chunkflow::engine::cuda {
 enum class StateOffload {
   kNever,   // every sequence's state on the device (over the budget: the step fails)
   kAlways,  // every sequence's state in pinned host memory
-  kAuto,    // on the device while it fits the memory limit, else pinned host memory
+  kAuto,    // on the device while it fits the memory available, else pinned host memory
 };
 
 // "never", "always", "auto" (flags and logs).
@@ -73,9 +73,11 @@ class DeviceStateStore {
   StateOffload mode() const { return mode_; }
 
   // Makes rows [0, rows) of `seq` exist at every layer (never shrinks). The
-  // first Grow of a sequence places it (kAuto: on the device when the
-  // allocator's bytes in use + its whole state + headroom_bytes fit the
-  // context's memory limit). Errors: RESOURCE_EXHAUSTED (over the memory
+  // first Grow of a sequence places it. kAuto: on the device when its whole
+  // state fits DeviceContext::AvailableBytes() with headroom_bytes and the
+  // largest offloaded window left free (and still does once allocated: the
+  // cache may hand out larger blocks); else in pinned host memory; if the
+  // chosen place runs out, the other one. Errors: RESOURCE_EXHAUSTED (over the memory
   // budget, or no pinned memory) naming the sequence; INVALID_ARGUMENT when
   // rows exceed the length the sequence was first grown with.
   absl::Status Grow(int64_t seq, int64_t rows, int64_t seq_length, bool grads,
@@ -105,6 +107,9 @@ class DeviceStateStore {
   // The bytes of a sequence's whole state (every layer; K/V, and dK/dV with
   // grads) of `capacity` rows.
   int64_t StateBytes(int64_t capacity, bool grads) const;
+  // The most one layer's window of a live offloaded sequence takes on the
+  // device while acquired.
+  int64_t LargestOffloadedWindowBytes() const;
   int64_t rows(int64_t seq) const;
   int64_t sequences() const { return static_cast<int64_t>(seqs_.size()); }
 
