@@ -98,8 +98,10 @@ cat > "$OUT/run.sh" <<'RUN'
 # Runs every GPU test binary of this bundle and the cluster check; ends with
 # "N passed, N failed". Extra arguments go to each test binary (e.g.
 # --gtest_filter=...). SANITIZE=1 adds compute-sanitizer memcheck and
-# racecheck runs of each test binary.
+# racecheck runs of each test binary (SANITIZE_FILTER: their gtest filter).
+# Each run is bounded by TEST_TIMEOUT_S (default 300) seconds.
 set -u
+T="${TEST_TIMEOUT_S:-300}"
 source "$(dirname "$0")/env.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "(no nvidia-smi)"
 pass=0; fail=0
@@ -107,11 +109,12 @@ for b in "$HERE"/bin/*; do
   echo "=== $(basename "$b")"
   missing=$(ldd "$b" | awk '/not found/ {print $1}')
   if [[ -n $missing ]]; then echo "missing libraries: $missing"; fail=$((fail + 1)); continue; fi
-  if "$b" "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
+  if timeout "$T" "$b" "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
   if [[ ${SANITIZE:-0} == 1 ]] && command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck; do
       echo "--- compute-sanitizer --tool $tool"
-      if compute-sanitizer --tool "$tool" --error-exitcode 9 "$b" "$@" >/dev/null; then
+      if timeout "$T" compute-sanitizer --tool "$tool" --error-exitcode 9 "$b" \
+          --gtest_filter="${SANITIZE_FILTER:-*}" >/dev/null; then
         echo "$tool: clean"; pass=$((pass + 1))
       else
         echo "$tool: ERRORS"; fail=$((fail + 1))
@@ -138,7 +141,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 "$HERE/bench/kernels_cuda_attention_bench" --torch_script="$HERE/scripts/torch_attention.py" --json="$J/attention.json"
 "$HERE/bench/worker_engine_cuda_cuda_step_bench" --torch_script="$HERE/scripts/torch_step.py" --json="$J/step.json" "$@"
 BENCH
-chmod +x "$OUT/run.sh" "$OUT/bench.sh" "$OUT/scripts/cluster_check.sh"
+cp tools/gpu/check.sh "$OUT/check.sh"
+chmod +x "$OUT/run.sh" "$OUT/bench.sh" "$OUT/check.sh" "$OUT/scripts/cluster_check.sh"
 du -sh "$OUT"
 echo "bundle: $OUT (tests: $(ls "$OUT/bin" | tr '\n' ' '); benches: $(ls "$OUT/bench" | tr '\n' ' '))"
 echo "expected on the target: $(tr '\n' ' ' < "$OUT/EXPECTED_ON_TARGET.txt")"
