@@ -15,16 +15,16 @@ H="$(cd "$(dirname "$0")" && pwd)"
 O="${OUT:-/tmp/chunkflow-gpu}"
 mkdir -p "$O"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -3
-echo "== 1. tests (${TESTS_S:=240} s at most)"
+echo "== 1. tests (${TESTS_S:=150} s at most)"
 timeout "$TESTS_S" "$H/run.sh" >"$O/tests.log" 2>&1
 echo "exit $? ; $(grep -cE '^\[  FAILED  \]' "$O/tests.log") failed test lines"
 grep -E '^=== |^\[  (PASSED|FAILED) +\]|^\[  SKIPPED \] [0-9]+ tests?,|^(ok|FAIL) |passed, [0-9]+ failed' \
   "$O/tests.log" | head -80
-echo "== 2. benchmarks (${BENCH_S:=300} s at most)"
+echo "== 2. benchmarks (${BENCH_S:=240} s at most)"
 JSON_DIR="$O" timeout "$BENCH_S" "$H/bench.sh" >"$O/bench.log" 2>&1
 echo "exit $?"
 grep -vE '^(cuda_step_bench|attention_bench|gemm_bench): .*\.\.\.$' "$O/bench.log" | tail -60
-echo "== 3. compute-sanitizer (${SANITIZE_S:=240} s at most)"
+echo "== 3. compute-sanitizer (${SANITIZE_S:=120} s at most)"
 if command -v compute-sanitizer >/dev/null; then
   : >"$O/sanitize.log"
   deadline=$((SECONDS + SANITIZE_S))
