@@ -5,9 +5,9 @@
 //  - "device" memory is host memory; cudaMalloc fills new blocks with 0xFF
 //    bytes (NaN), so a buffer the engine forgets to zero or write poisons
 //    the result;
-//  - every op of ops.h / linear.h / attention.h is its CPU twin from
-//    kernels/cpu (the bf16 GEMMs round their inputs to bf16, as the device
-//    path does, then run the fp32 CPU op);
+//  - every op of ops.h / attention.h is its CPU twin from kernels/cpu, and
+//    so is linear.h's (host_emulation_linear.cc: the bf16 GEMMs round their
+//    inputs to bf16, as the device path does, then run the fp32 CPU op);
 //  - streams are synchronous, except for work a test library marks
 //    asynchronous (host_emulation.h: the NCCL emulation's), which events,
 //    cudaStreamQuery and cudaStreamSynchronize see;
@@ -16,9 +16,10 @@
 //    cudaHostAlloc blocks.
 // The kernels themselves are checked against the same CPU twins on a GPU by
 // kernels/cuda:ops_test; the engine on real hardware by
-// worker/engine/cuda:cuda_engine_test. Link this library INSTEAD of
+// worker/engine/cuda:cuda_engine_test. Link :host_emulation INSTEAD of
 // :ops / :linear / :allocator and the CUDA runtime (it defines the runtime
-// functions it emulates).
+// functions it emulates); :host_emulation_runtime leaves linear.h out, for
+// running the real linear.cc over cublas_emulation.cc.
 
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
@@ -38,7 +39,6 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/embedding.h"
-#include "kernels/cpu/linear.h"
 #include "kernels/cpu/optimizer.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
@@ -46,7 +46,6 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/host_emulation.h"
-#include "kernels/cuda/linear.h"
 #include "kernels/cuda/ops.h"
 
 // ---------------------------------------------------------------------------
@@ -299,16 +298,6 @@ cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) {
 }  // extern "C"
 
 namespace chunkflow::kernels::cuda {
-namespace {
-
-std::vector<float> Widen(const __nv_bfloat16* x, int64_t n) {
-  std::vector<float> out(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) out[i] = __bfloat162float(x[i]);
-  return out;
-}
-
-}  // namespace
-
 // ---------------------------------------------------------------------------
 // ops.h
 // ---------------------------------------------------------------------------
@@ -426,6 +415,10 @@ cudaError_t bf16_to_float(float* out, const __nv_bfloat16* in, int64_t n, cudaSt
   for (int64_t i = 0; i < n; ++i) out[i] = __bfloat162float(in[i]);
   return cudaSuccess;
 }
+cudaError_t broadcast_rows(float* out, const float* row, int64_t T, int64_t C, cudaStream_t) {
+  for (int64_t t = 0; t < T; ++t) std::memcpy(out + t * C, row, sizeof(float) * C);
+  return cudaSuccess;
+}
 cudaError_t column_sums(float* sums, const float* x, int64_t T, int64_t C, cudaStream_t) {
   for (int64_t c = 0; c < C; ++c) {
     double s = 0;
@@ -441,54 +434,6 @@ cudaError_t column_sums(float* sums, const __nv_bfloat16* x, int64_t T, int64_t 
     sums[c] += static_cast<float>(s);
   }
   return cudaSuccess;
-}
-
-// ---------------------------------------------------------------------------
-// linear.h
-// ---------------------------------------------------------------------------
-
-// The bf16 GEMMs below are the CPU op whatever the backend.
-struct CublasHandle::Lt {};
-CublasHandle::CublasHandle(cublasHandle_t h, cudaStream_t s) : h_(h), stream_(s) {}
-CublasHandle::CublasHandle(CublasHandle&& o) noexcept
-    : h_(o.h_), stream_(o.stream_), lt_(std::move(o.lt_)) {}
-absl::StatusOr<CublasHandle> CublasHandle::Create(cudaStream_t stream,
-                                                  const CublasOptions& options) {
-  CublasHandle out(nullptr, stream);
-  if (RequestedBf16Backend(options) == GemmBackend::kLt) out.lt_ = std::make_unique<Lt>();
-  return out;
-}
-CublasHandle::~CublasHandle() = default;
-GemmBackend CublasHandle::bf16_backend() const {
-  return lt_ != nullptr ? GemmBackend::kLt : GemmBackend::kGemmEx;
-}
-
-absl::Status linear_forward(float* out, const float* inp, const float* weight, const float* bias,
-                            int64_t T, int64_t IC, int64_t OC, const CublasHandle&) {
-  cpu::linear_forward(out, inp, weight, bias, T, IC, OC);
-  return absl::OkStatus();
-}
-absl::Status linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                             const float* inp, const float* weight, int64_t T, int64_t IC,
-                             int64_t OC, const CublasHandle&) {
-  cpu::linear_backward(dinp, dweight, dbias, dout, inp, weight, T, IC, OC);
-  return absl::OkStatus();
-}
-absl::Status linear_forward_bf16(float* out, const __nv_bfloat16* inp,
-                                 const __nv_bfloat16* weight, const float* bias, int64_t T,
-                                 int64_t IC, int64_t OC, const CublasHandle&) {
-  const std::vector<float> x = Widen(inp, T * IC), w = Widen(weight, OC * IC);
-  cpu::linear_forward(out, x.data(), w.data(), bias, T, IC, OC);
-  return absl::OkStatus();
-}
-absl::Status linear_backward_bf16(float* dinp, float* dweight, float* dbias,
-                                  const __nv_bfloat16* dout, const __nv_bfloat16* inp,
-                                  const __nv_bfloat16* weight, int64_t T, int64_t IC, int64_t OC,
-                                  const CublasHandle&) {
-  const std::vector<float> d = Widen(dout, T * OC), x = Widen(inp, T * IC),
-                           w = Widen(weight, OC * IC);
-  cpu::linear_backward(dinp, dweight, dbias, d.data(), x.data(), w.data(), T, IC, OC);
-  return absl::OkStatus();
 }
 
 // ---------------------------------------------------------------------------
