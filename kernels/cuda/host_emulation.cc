@@ -5,9 +5,9 @@
 //  - "device" memory is host memory; cudaMalloc fills new blocks with 0xFF
 //    bytes (NaN), so a buffer the engine forgets to zero or write poisons
 //    the result;
-//  - every op of ops.h / attention.h is its CPU twin from kernels/cpu, and
-//    so is linear.h's (host_emulation_linear.cc: the bf16 GEMMs round their
-//    inputs to bf16, as the device path does, then run the fp32 CPU op);
+//  - every op of ops.h / attention.h is its CPU twin from kernels/cpu;
+//    linear.h's ops are the real linear.cc over cublas_emulation.cc (cuBLAS
+//    and cuBLASLt on the CPU, in double);
 //  - streams are synchronous, except for work a test library marks
 //    asynchronous (host_emulation.h: the NCCL emulation's), which events,
 //    cudaStreamQuery and cudaStreamSynchronize see;
@@ -18,12 +18,12 @@
 // kernels/cuda:ops_test; the engine on real hardware by
 // worker/engine/cuda:cuda_engine_test. Link :host_emulation INSTEAD of
 // :ops / :linear / :allocator and the CUDA runtime (it defines the runtime
-// functions it emulates); :host_emulation_runtime leaves linear.h out, for
-// running the real linear.cc over cublas_emulation.cc.
+// functions it emulates).
 
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
@@ -206,7 +206,8 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t event, unsigned int) {
 }
 
 cudaError_t cudaMalloc(void** ptr, size_t bytes) {
-  *ptr = std::malloc(bytes == 0 ? 1 : bytes);
+  // 256-byte aligned, as cudaMalloc's blocks are (cuBLASLt relies on it).
+  *ptr = std::aligned_alloc(256, (std::max<size_t>(bytes, 1) + 255) / 256 * 256);
   if (*ptr == nullptr) return cudaErrorMemoryAllocation;
   std::memset(*ptr, 0xFF, bytes);  // NaN poison: unwritten memory shows
   std::lock_guard<std::mutex> lock(emu::R().mu);
