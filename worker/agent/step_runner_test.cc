@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <thread>
 
@@ -373,6 +374,26 @@ TEST_P(CudaStepRunner, StateOffloaded_MatchesOneProcess) {
   o.chunk_size = 16;
   ExpectMatchesOneProcess(engine::TinyLlamaConfig(), o, 1e-4);
 }
+
+#if defined(CHUNKFLOW_NCCL_LINKS) && defined(CHUNKFLOW_EMULATED_CUDA)
+// Devices that run at most two NCCL kernels at once, in launch order
+// (CHUNKFLOW_EMULATED_NCCL_SLOTS=2): the crossing link sends of 1F1B and
+// the per-layer dp all-reduces started during the backward still complete,
+// so the runner never needs more than two NCCL kernels co-resident on a
+// GPU. (One is not enough for any 1F1B with a send in flight: see
+// nccl_communicator_test's CrossingSends_OneNcclKernelPerDevice.)
+TEST_P(CudaStepRunner, TwoNcclKernelsPerDevice_StillMatchesOneProcess) {
+  setenv("CHUNKFLOW_EMULATED_NCCL_SLOTS", "2", 1);
+  engine::ModelConfig c = engine::TinyQwen2Config();
+  c.num_hidden_layers = 3;
+  engine::TrainOptions o;
+  o.optimizer = engine::OptimizerKind::kSgd;
+  o.lr = 0.5f;
+  o.chunk_size = 16;
+  ExpectMatchesOneProcess(c, o, 1e-4, /*dp=*/2, /*pp=*/3, o.chunk_size);
+  unsetenv("CHUNKFLOW_EMULATED_NCCL_SLOTS");
+}
+#endif
 
 // A shard saved from the device loads back onto the device exactly.
 TEST_P(CudaStepRunner, SaveShardFromDevice_LoadsBack) {

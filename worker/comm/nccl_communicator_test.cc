@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <iostream>
@@ -319,6 +320,51 @@ TEST(NcclCommunicatorTest, StartSendThenRecv_OneCommunicator_EmulationDeadlocks)
               recv_status[1].code() == absl::StatusCode::kDeadlineExceeded)
       << recv_status[0] << " / " << recv_status[1];
   RunOnRanks(2, [&](int r) { comms[r].reset(); });
+}
+
+// Emulation only: a device that runs one NCCL kernel at a time, in launch
+// order (CHUNKFLOW_EMULATED_NCCL_SLOTS=1; NCCL's documentation warns that
+// communicators used concurrently rely on their kernels running together):
+// even with a communicator per direction, both ranks' sends hold their
+// device's one slot while the receives that would match them wait behind.
+// With two slots (what the step runner needs; see step_runner_test) the
+// same exchange completes, as in the test above.
+TEST(NcclCommunicatorTest, CrossingSends_OneNcclKernelPerDevice_EmulationDeadlocks) {
+  SKIP_UNLESS_GPUS(2);
+  SKIP_UNLESS_EMULATED("kernel slots");
+  for (const char* slots : {"1", "2"}) {
+    setenv("CHUNKFLOW_EMULATED_NCCL_SLOTS", slots, 1);
+    InMemoryKeyValueStore store;
+    std::vector<std::vector<std::unique_ptr<Communicator>>> links(2);
+    std::vector<absl::Status> recv_status(2);
+    RunOnRanks(2, [&](int r) {
+      links[r].resize(2);
+      for (int from : {0, 1}) {
+        auto comm = CreateNcclCommunicator(r == from ? 0 : 1, 2,
+                                           from == 0 ? "test/slots0to1" : "test/slots1to0",
+                                           &store, r, absl::Milliseconds(300));
+        ASSERT_TRUE(comm.ok()) << comm.status();
+        links[r][r == from ? 0 : 1] = std::move(*comm);
+      }
+      ASSERT_EQ(cudaSetDevice(r), cudaSuccess);
+      DeviceBuffer out(16), in(16);
+      auto send = links[r][0]->StartSend(out.get(), 16, /*peer=*/1, 0);
+      ASSERT_TRUE(send.ok()) << send.status();
+      recv_status[r] = links[r][1]->Recv(in.get(), 16, /*peer=*/0, 0);
+      if (recv_status[r].ok()) recv_status[r] = (*send)->Wait();
+    });
+    RunOnRanks(2, [&](int r) { links[r].clear(); });
+    unsetenv("CHUNKFLOW_EMULATED_NCCL_SLOTS");
+    if (std::string(slots) == "1") {
+      EXPECT_FALSE(recv_status[0].ok() && recv_status[1].ok());
+      EXPECT_TRUE(recv_status[0].code() == absl::StatusCode::kDeadlineExceeded ||
+                  recv_status[1].code() == absl::StatusCode::kDeadlineExceeded)
+          << recv_status[0] << " / " << recv_status[1];
+    } else {
+      EXPECT_TRUE(recv_status[0].ok()) << recv_status[0];
+      EXPECT_TRUE(recv_status[1].ok()) << recv_status[1];
+    }
+  }
 }
 
 // Emulation only: NCCL does not support several threads issuing to the

@@ -28,6 +28,10 @@
 // so does an operation on a device whose communicators another thread has
 // already used (NCCL does not support several threads issuing to the
 // communicators of one device; the emulation refuses it outright).
+// With CHUNKFLOW_EMULATED_NCCL_SLOTS=N a device runs at most N NCCL kernels
+// (items: one call, or one group's operations on one stream) at once; the
+// others wait for a slot in the order they reached the front of their
+// streams.
 // Not emulated: every other NCCL call, reduction ops other than sum, types
 // other than ncclFloat / ncclDouble, and the timing of anything.
 
@@ -37,6 +41,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -72,12 +77,15 @@ struct Op {
   bool done = false;
 };
 
-// The operations one call (or one group) put on one stream.
+// The operations one call (or one group) put on one stream: one kernel.
 struct Item {
   cudaStream_t stream = nullptr;
   std::vector<std::unique_ptr<Op>> ops;
   int remaining = 0;
   bool posted = false;
+  int device = -1;
+  bool admitted = false;  // holds one of its device's kernel slots
+  bool waiting = false;   // in its device's queue for a slot
 };
 
 struct Clique;
@@ -106,8 +114,15 @@ struct Clique {
   std::vector<std::deque<Op*>> collectives;
 };
 
+// CHUNKFLOW_EMULATED_NCCL_SLOTS: the NCCL kernels a device runs at once.
+struct Slots {
+  int running = 0;
+  std::deque<Item*> waiting;  // at the front of their streams, oldest first
+};
+
 struct State {
   std::mutex mu;
+  std::map<int, Slots> devices;
   std::condition_variable joined;
   std::map<std::string, std::unique_ptr<Clique>> cliques;
   // Each stream's items, oldest first; the front one is posted.
@@ -139,6 +154,55 @@ size_t TypeSize(ncclDataType_t type) {
 void Post(Op* op);
 void Advance(cudaStream_t stream);
 
+// How many NCCL kernels a device runs at once (CHUNKFLOW_EMULATED_NCCL_SLOTS;
+// unset or 0: no limit). With a limit, a kernel at the front of its stream
+// waits for a slot behind the device's older waiting kernels, as launches
+// share a GPU's hardware queues; 1 is a device that runs one NCCL kernel at
+// a time in launch order, the case NCCL's documentation warns deadlocks
+// communicators used concurrently.
+int SlotLimit() {
+  const char* e = std::getenv("CHUNKFLOW_EMULATED_NCCL_SLOTS");
+  return e != nullptr ? std::atoi(e) : 0;
+}
+
+void Unwait(Slots& d, Item* item) {
+  if (!item->waiting) return;
+  d.waiting.erase(std::find(d.waiting.begin(), d.waiting.end(), item));
+  item->waiting = false;
+}
+
+// Whether the item may start now; if not, it waits for a slot.
+bool Admit(Item* item) {
+  if (item->admitted) return true;
+  const int limit = SlotLimit();
+  Slots& d = S().devices[item->device];
+  if (limit > 0 &&
+      (d.running >= limit || (!d.waiting.empty() && d.waiting.front() != item))) {
+    if (!item->waiting) {
+      item->waiting = true;
+      d.waiting.push_back(item);
+    }
+    return false;
+  }
+  Unwait(d, item);
+  item->admitted = true;
+  ++d.running;
+  return true;
+}
+
+// A finished (or torn down) item gives its slot to the oldest waiting one.
+void Leave(Item* item) {
+  Slots& d = S().devices[item->device];
+  Unwait(d, item);
+  if (!item->admitted) return;
+  --d.running;
+  while (!d.waiting.empty()) {
+    Item* next = d.waiting.front();
+    Advance(next->stream);  // posts it: it is the front of its stream
+    if (!d.waiting.empty() && d.waiting.front() == next) break;  // no slot after all
+  }
+}
+
 // Marks `op` done and lets its stream move on when its item is complete.
 void Complete(Op* op) {
   if (op->done) return;
@@ -151,11 +215,14 @@ void Complete(Op* op) {
 void Advance(cudaStream_t stream) {
   auto& q = S().streams[stream];
   while (!q.empty() && q.front()->remaining == 0) {
+    std::unique_ptr<Item> done = std::move(q.front());
     q.pop_front();
     emu::CompleteAsync(stream);
+    Leave(done.get());
   }
   if (!q.empty() && !q.front()->posted) {
     Item* item = q.front().get();
+    if (!Admit(item)) return;
     item->posted = true;
     std::vector<Op*> ops;
     for (auto& op : item->ops) {
@@ -262,6 +329,7 @@ void Submit(std::vector<std::unique_ptr<Op>> ops, const std::vector<cudaStream_t
     if (item == nullptr) {
       item = std::make_unique<Item>();
       item->stream = streams[i];
+      item->device = ops[i]->comm->device;
       order.push_back(streams[i]);
     }
     ops[i]->item = item.get();
