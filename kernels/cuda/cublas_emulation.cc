@@ -6,8 +6,10 @@
 
 #include <cublasLt.h>
 #include <cublas_v2.h>
+#include <cblas.h>
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <mutex>
 #include <vector>
@@ -63,22 +65,36 @@ double Bf16(const void* p, int64_t i) {
 }
 double F32(const void* p, int64_t i) { return static_cast<const float*>(p)[i]; }
 
-// C (m x n, column-major) = alpha op(A) op(B) + beta C, in double; C is not
-// read when beta is 0.
+// A stored column-major matrix (rows x cols, leading dimension ld) widened
+// to double, in the same layout.
+template <typename Get>
+std::vector<double> Widen(const void* x, int64_t rows, int64_t cols, int64_t ld, Get get) {
+  const int64_t n = cols > 0 && rows > 0 ? ld * (cols - 1) + rows : 0;
+  std::vector<double> out(static_cast<size_t>(std::max<int64_t>(n, 1)));
+  for (int64_t i = 0; i < n; ++i) out[i] = get(x, i);
+  return out;
+}
+
+// C (m x n, column-major) = alpha op(A) op(B) + beta C, in double (OpenBLAS's
+// dgemm) and rounded once to fp32; C is not read when beta is 0.
 template <typename Get>
 void Gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const void* a,
           int64_t lda, const void* b, int64_t ldb, double beta, float* c, int64_t ldc, Get get) {
+  if (m == 0 || n == 0) return;
+  const std::vector<double> ad = Widen(a, ta ? k : m, ta ? m : k, lda, get);
+  const std::vector<double> bd = Widen(b, tb ? n : k, tb ? k : n, ldb, get);
+  std::vector<double> cd = beta != 0 ? Widen(c, m, n, ldc, F32)
+                                     : std::vector<double>(static_cast<size_t>(ldc * (n - 1) + m));
+  if (k > 0) {
+    cblas_dgemm(CblasColMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, ad.data(),
+                static_cast<int>(lda), bd.data(), static_cast<int>(ldb), beta, cd.data(),
+                static_cast<int>(ldc));
+  } else {
+    for (double& v : cd) v *= beta;
+  }
   for (int64_t j = 0; j < n; ++j) {
-    for (int64_t i = 0; i < m; ++i) {
-      double s = 0;
-      for (int64_t p = 0; p < k; ++p) {
-        const double x = ta ? get(a, p + i * lda) : get(a, i + p * lda);
-        const double y = tb ? get(b, j + p * ldb) : get(b, p + j * ldb);
-        s += x * y;
-      }
-      float& out = c[i + j * ldc];
-      out = static_cast<float>(alpha * s + (beta != 0 ? beta * out : 0.0));
-    }
+    for (int64_t i = 0; i < m; ++i) c[i + j * ldc] = static_cast<float>(cd[i + j * ldc]);
   }
 }
 
