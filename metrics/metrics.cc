@@ -304,6 +304,11 @@ absl::StatusOr<std::unique_ptr<WorkerMetrics>> WorkerMetrics::Create(
     m->heartbeats_ = &r.Family(prometheus::BuildCounter(), "chunkflow_heartbeats_total",
                                "Heartbeats sent to the coordinator.")
                           .Add({});
+    m->offloaded_ =
+        &r.Family(prometheus::BuildCounter(), "chunkflow_offloaded_sequences_total",
+                  "Sequences whose K/V state a step kept in pinned host memory because it did "
+                  "not fit the device (GPU workers).")
+             .Add({});
   } catch (const std::exception& e) {
     return RegistrationError("worker", r, e);
   }
@@ -365,5 +370,14 @@ absl::Status WorkerMetrics::SetMemory(const MemorySample& sample) {
 }
 
 void WorkerMetrics::OnHeartbeat() { heartbeats_->Increment(); }
+
+absl::Status WorkerMetrics::OnStateOffloaded(int64_t sequences) {
+  if (sequences < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("offloaded sequences must be >= 0, got ", sequences));
+  }
+  offloaded_->Increment(static_cast<double>(sequences));
+  return absl::OkStatus();
+}
 
 }  // namespace chunkflow::metrics

@@ -206,6 +206,11 @@ class WorkerMetrics {
 
   void OnHeartbeat();
 
+  // A step that put `sequences` sequences' K/V state in pinned host memory
+  // (GPU workers, --offload_state). Errors: INVALID_ARGUMENT for a negative
+  // count (then nothing changes).
+  absl::Status OnStateOffloaded(int64_t sequences);
+
  private:
   WorkerMetrics() = default;
 
@@ -215,6 +220,7 @@ class WorkerMetrics {
   std::map<std::string, prometheus::Gauge*, std::less<>> memory_;   // by kind
   prometheus::Gauge* memory_peak_ = nullptr;
   prometheus::Counter* heartbeats_ = nullptr;
+  prometheus::Counter* offloaded_ = nullptr;
 
   absl::Mutex mu_;
   // Family::Add allocates a fresh Histogram per call even when the series

@@ -145,6 +145,9 @@ TEST(MetricsServer, Start_FreePort_ServesWorkerSamples) {
   ASSERT_TRUE((*w)->SetMemory({/*activations=*/1000, /*state=*/200, /*scratch=*/30, 0}).ok());
   (*w)->OnHeartbeat();
   (*w)->OnHeartbeat();
+  ASSERT_TRUE((*w)->OnStateOffloaded(2).ok());
+  ASSERT_TRUE((*w)->OnStateOffloaded(0).ok());
+  EXPECT_EQ((*w)->OnStateOffloaded(-1).code(), absl::StatusCode::kInvalidArgument);
 
   absl::StatusOr<std::string> body = HttpGet((*server)->port(), "/metrics");
   ASSERT_TRUE(body.ok()) << body.status();
@@ -162,6 +165,7 @@ TEST(MetricsServer, Start_FreePort_ServesWorkerSamples) {
            "\nchunkflow_memory_bytes{kind=\"scratch\"} 30\n",
            "\nchunkflow_memory_peak_bytes 1230\n",
            "\nchunkflow_heartbeats_total 2\n",
+           "\nchunkflow_offloaded_sequences_total 2\n",
        }) {
     EXPECT_THAT(*body, HasSubstr(sample));
   }

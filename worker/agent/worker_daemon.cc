@@ -703,6 +703,7 @@ class Daemon final : public WorkerDaemon {
     mem.scratch_bytes = tracker.current(engine::MemoryTracker::kScratch);
     mem.peak_bytes = r->peak_bytes;
     (void)metrics_->SetMemory(mem);
+    (void)metrics_->OnStateOffloaded(r->offloaded_sequences);
     last_step_ = p.step();
     SetHeld(job_.get(), last_step_);
     job_->last_report = rep;
