@@ -17,7 +17,7 @@
 //  - AdamW over 3 steps, fp32: weights within 1e-5 (the update is elementwise,
 //    same op order as the CPU; the differences are the gradients'), except
 //    k_proj's bias, whose near-zero gradient components AdamW's
-//    normalisation makes ill-conditioned: within 3 steps of lr per element.
+//    normalisation makes ill-conditioned: within a tenth of lr per element.
 
 #include "worker/engine/cuda/cuda_engine.h"
 
@@ -219,12 +219,15 @@ TEST_P(CudaEngineTest, AdamWSteps_MatchCpuEngine) {
     // part every key of a query shares cancels in the softmax), so many of
     // its gradient components are near zero, and AdamW's normalised step
     // g / (sqrt(v) + eps) turns the GEMMs' last-bit differences there into
-    // different steps: it is held to 3 steps of lr per element only.
+    // different steps. Its values are small, so their relative error is
+    // large (1e-3 seen): it is held to a tenth of one step of lr per
+    // element instead (under a hundredth seen).
     if (name.find("k_proj.bias") == std::string::npos) {
       EXPECT_LT(RelErr(*got, *want), 1e-5) << name;
+      continue;
     }
     for (size_t i = 0; i < want->size(); ++i) {
-      ASSERT_LE(std::fabs((*got)[i] - (*want)[i]), 3 * o.lr * 1.001f) << name << "[" << i << "]";
+      ASSERT_LE(std::fabs((*got)[i] - (*want)[i]), 0.1f * o.lr) << name << "[" << i << "]";
     }
   }
 }
