@@ -306,8 +306,9 @@ absl::StatusOr<std::unique_ptr<WorkerMetrics>> WorkerMetrics::Create(
                           .Add({});
     m->offloaded_ =
         &r.Family(prometheus::BuildCounter(), "chunkflow_offloaded_sequences_total",
-                  "Sequences whose K/V state a step kept in pinned host memory because it did "
-                  "not fit the device (GPU workers).")
+                  "Sequences whose K/V state a step kept in pinned host memory on this "
+                  "worker's stage because it did not fit the device (GPU workers; a sequence "
+                  "offloaded on several stages counts once per stage).")
              .Add({});
   } catch (const std::exception& e) {
     return RegistrationError("worker", r, e);

@@ -323,12 +323,16 @@ cublasStatus_t CUBLASWINAPI cublasLtMatmulAlgoGetHeuristic(
   const emu::Pref& p = *emu::P(preference);
   cublasLtMatmulHeuristicResult_t& r = heuristicResultsArray[0];
   r = cublasLtMatmulHeuristicResult_t{};
+  r.workspaceSize = std::min<uint64_t>(p.max_workspace, emu::kAlgoWorkspace);
+  // What the algorithm was picked for: the shape, the transposes, the
+  // alignments (16 bits each) and the workspace it needs.
   r.algo.data[0] = emu::kAlgoMagic;
   r.algo.data[1] = m;
   r.algo.data[2] = n;
   r.algo.data[3] = k;
-  for (int i = 0; i < 4; ++i) r.algo.data[4 + i] = p.align[i];
-  r.workspaceSize = std::min<uint64_t>(p.max_workspace, emu::kAlgoWorkspace);
+  for (int i = 0; i < 4; ++i) r.algo.data[4] |= static_cast<uint64_t>(p.align[i] & 0xFFFF) << (16 * i);
+  r.algo.data[5] = r.workspaceSize;
+  r.algo.data[6] = static_cast<uint64_t>(d.ta) | static_cast<uint64_t>(d.tb) << 8;
   r.state = CUBLAS_STATUS_SUCCESS;
   r.wavesCount = 1.0f;
   *returnAlgoCount = 1;
@@ -349,19 +353,30 @@ cublasStatus_t CUBLASWINAPI cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_
   uint64_t m = 0, n = 0, k = 0;
   if (!emu::Shape(d, a, b, c, dd, &m, &n, &k) || algo == nullptr ||
       algo->data[0] != emu::kAlgoMagic || algo->data[1] != m || algo->data[2] != n ||
-      algo->data[3] != k) {
+      algo->data[3] != k ||
+      algo->data[6] != (static_cast<uint64_t>(d.ta) | static_cast<uint64_t>(d.tb) << 8)) {
     return CUBLAS_STATUS_INVALID_VALUE;
+  }
+  if (d.compute != CUBLAS_COMPUTE_32F || d.scale != CUDA_R_32F || a.type != CUDA_R_16BF ||
+      b.type != CUDA_R_16BF || c.type != CUDA_R_32F || dd.type != CUDA_R_32F) {
+    return CUBLAS_STATUS_NOT_SUPPORTED;
   }
   // The algorithm was picked for these alignments: the pointers must have them.
   const void* ptrs[4] = {A, B, C, Dp};
   for (int i = 0; i < 4; ++i) {
-    if (!emu::Aligned(ptrs[i], algo->data[4 + i])) return CUBLAS_STATUS_INVALID_VALUE;
+    if (!emu::Aligned(ptrs[i], (algo->data[4] >> (16 * i)) & 0xFFFF)) {
+      return CUBLAS_STATUS_INVALID_VALUE;
+    }
   }
-  const uint64_t need = std::min<uint64_t>(emu::kAlgoWorkspace, workspaceSizeInBytes);
-  if (need > 0 && (workspace == nullptr || !emu::Aligned(workspace, 256))) {
+  // At least the workspace the algorithm needs, 256-byte aligned.
+  const uint64_t need = algo->data[5];
+  if (workspaceSizeInBytes < need ||
+      (need > 0 && (workspace == nullptr || !emu::Aligned(workspace, 256)))) {
     return CUBLAS_STATUS_INVALID_VALUE;
   }
-  if (C != Dp) return CUBLAS_STATUS_NOT_SUPPORTED;  // linear.cc runs in place
+  // In place (linear.cc's use) needs C's and D's descriptors to agree.
+  if (C == Dp && (c.ld != dd.ld || c.type != dd.type)) return CUBLAS_STATUS_INVALID_VALUE;
+  if (C != Dp) return CUBLAS_STATUS_NOT_SUPPORTED;  // not emulated
   const bool ta = d.ta != CUBLAS_OP_N, tb = d.tb != CUBLAS_OP_N;
   emu::Gemm(ta, tb, static_cast<int64_t>(m), static_cast<int64_t>(n), static_cast<int64_t>(k),
             *static_cast<const float*>(alpha), A, a.ld, B, b.ld, *static_cast<const float*>(beta),

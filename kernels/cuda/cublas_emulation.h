@@ -8,9 +8,10 @@
 // (TRANSA/B int32_t, workspace uint64_t, alignments uint32_t), layouts that
 // disagree with each other, A/B types other than bf16 with fp32 C/D,
 // compute or scale types other than 32F, an algorithm used with a pointer
-// less aligned than the preference it was picked under, a workspace that is
-// not 256-byte aligned or smaller than the preference said. It computes in
-// double and rounds once to fp32.
+// less aligned than the preference it was picked under or with other
+// transposes, a workspace that is not 256-byte aligned or smaller than the
+// algorithm needs, C and D descriptors that differ for an in-place matmul.
+// It computes in double (OpenBLAS's dgemm) and rounds once to fp32.
 //
 //   cublas_emulation::Reset();
 //   cublas_emulation::FailHeuristic(/*m=*/24, CUBLAS_STATUS_NOT_SUPPORTED);

@@ -207,6 +207,7 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t event, unsigned int) {
 
 cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   // 256-byte aligned, as cudaMalloc's blocks are (cuBLASLt relies on it).
+  if (bytes > (size_t{1} << 48)) return cudaErrorMemoryAllocation;
   *ptr = std::aligned_alloc(256, (std::max<size_t>(bytes, 1) + 255) / 256 * 256);
   if (*ptr == nullptr) return cudaErrorMemoryAllocation;
   std::memset(*ptr, 0xFF, bytes);  // NaN poison: unwritten memory shows
@@ -235,7 +236,9 @@ cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int) {
 cudaError_t cudaMemPoolTrimTo(cudaMemPool_t, size_t) { return cudaSuccess; }
 cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) { return cudaFree(ptr); }
 cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned int) {
-  *ptr = std::malloc(bytes == 0 ? 1 : bytes);
+  // Page-aligned, as pinned allocations are.
+  if (bytes > (size_t{1} << 48)) return cudaErrorMemoryAllocation;
+  *ptr = std::aligned_alloc(4096, (std::max<size_t>(bytes, 1) + 4095) / 4096 * 4096);
   if (*ptr == nullptr) return cudaErrorMemoryAllocation;
   std::memset(*ptr, 0xFF, bytes);
   std::lock_guard<std::mutex> lock(emu::R().mu);

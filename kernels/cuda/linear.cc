@@ -3,6 +3,7 @@
 #include <cublasLt.h>
 
 #include <array>
+#include <string>
 #include <limits>
 #include <map>
 
@@ -181,60 +182,78 @@ int64_t Alignment(const void* p) {
   return align;
 }
 
-// Descriptors and the heuristic's first algorithm for one shape; ok false
-// when cuBLASLt has no algorithm for it (the caller then uses cublasGemmEx).
-// Returns false when cuBLASLt failed otherwise (out of host memory, say):
-// not worth remembering.
-bool MakePlan(const CublasHandle::Lt& lt, cublasOperation_t ta, cublasOperation_t tb, int64_t m,
-              int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc,
-              const std::array<int64_t, 12>& key, LtPlan* p) {
+// A cuBLASLt call's status: ALLOC_FAILED is transient (UNAVAILABLE); any
+// other failure means the call itself was refused, a bug here (INTERNAL).
+absl::Status LtCheck(cublasStatus_t s, const char* call) {
+  if (s == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+  const std::string why = absl::StrCat(call, ": ", cublasGetStatusName(s));
+  return s == CUBLAS_STATUS_ALLOC_FAILED ? absl::UnavailableError(why) : absl::InternalError(why);
+}
+
+#define CF_LT(call, name)                                  \
+  do {                                                     \
+    if (absl::Status s_ = LtCheck((call), name); !s_.ok()) { \
+      return s_;                                           \
+    }                                                      \
+  } while (false)
+
+// Descriptors and the heuristic's first algorithm for one shape. OK with
+// p->ok false when cuBLASLt has no algorithm for it (NOT_SUPPORTED, or none
+// found): an answer worth keeping, cublasGemmEx runs the shape. UNAVAILABLE:
+// a transient failure, not kept (cublasGemmEx runs it this time). INTERNAL:
+// cuBLASLt refused a call, which no fallback should hide.
+absl::Status MakePlan(const CublasHandle::Lt& lt, cublasOperation_t ta, cublasOperation_t tb,
+                      int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc,
+                      const std::array<int64_t, 12>& key, LtPlan* p) {
   const int32_t opa = ta, opb = tb;
-  if (cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS ||
-      cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)) !=
-          CUBLAS_STATUS_SUCCESS ||
-      cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)) !=
-          CUBLAS_STATUS_SUCCESS) {
-    return false;
-  }
+  CF_LT(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+        "cublasLtMatmulDescCreate");
+  CF_LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)),
+        "cublasLtMatmulDescSetAttribute(TRANSA)");
+  CF_LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)),
+        "cublasLtMatmulDescSetAttribute(TRANSB)");
   // Column-major layouts of the stored matrices (before op()).
   const bool na = ta == CUBLAS_OP_N, nb = tb == CUBLAS_OP_N;
-  if (cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, na ? m : k, na ? k : m, lda) !=
-          CUBLAS_STATUS_SUCCESS ||
-      cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, nb ? k : n, nb ? n : k, ldb) !=
-          CUBLAS_STATUS_SUCCESS ||
-      cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, m, n, ldc) != CUBLAS_STATUS_SUCCESS) {
-    return false;
-  }
+  CF_LT(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, na ? m : k, na ? k : m, lda),
+        "cublasLtMatrixLayoutCreate(A)");
+  CF_LT(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, nb ? k : n, nb ? n : k, ldb),
+        "cublasLtMatrixLayoutCreate(B)");
+  CF_LT(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, m, n, ldc), "cublasLtMatrixLayoutCreate(C)");
   cublasLtMatmulPreference_t pref = nullptr;
-  if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return false;
+  CF_LT(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
   const uint64_t ws = lt.workspace_bytes;
-  const uint32_t align_a = static_cast<uint32_t>(key[9]), align_b = static_cast<uint32_t>(key[10]),
-                 align_c = static_cast<uint32_t>(key[11]);
-  bool ok =
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                           sizeof(ws)) == CUBLAS_STATUS_SUCCESS &&
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                                           &align_a, sizeof(align_a)) == CUBLAS_STATUS_SUCCESS &&
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                                           &align_b, sizeof(align_b)) == CUBLAS_STATUS_SUCCESS &&
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                                           &align_c, sizeof(align_c)) == CUBLAS_STATUS_SUCCESS &&
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                                           &align_c, sizeof(align_c)) == CUBLAS_STATUS_SUCCESS;
+  const uint32_t align[4] = {static_cast<uint32_t>(key[9]), static_cast<uint32_t>(key[10]),
+                             static_cast<uint32_t>(key[11]), static_cast<uint32_t>(key[11])};
+  absl::Status st = LtCheck(cublasLtMatmulPreferenceSetAttribute(
+                                pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)),
+                            "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)");
+  const cublasLtMatmulPreferenceAttributes_t align_attr[4] = {
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+  for (int i = 0; i < 4 && st.ok(); ++i) {
+    st = LtCheck(cublasLtMatmulPreferenceSetAttribute(pref, align_attr[i], &align[i],
+                                                      sizeof(align[i])),
+                 "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)");
+  }
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  const cublasStatus_t h =
-      ok ? cublasLtMatmulAlgoGetHeuristic(lt.handle, p->desc, p->a, p->b, p->c, p->c, pref, 1,
-                                          &result, &found)
-         : CUBLAS_STATUS_INVALID_VALUE;
+  cublasStatus_t h = CUBLAS_STATUS_SUCCESS;
+  if (st.ok()) {
+    h = cublasLtMatmulAlgoGetHeuristic(lt.handle, p->desc, p->a, p->b, p->c, p->c, pref, 1,
+                                       &result, &found);
+  }
   cublasLtMatmulPreferenceDestroy(pref);
-  if (h == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
+  if (!st.ok()) return st;
+  if (h == CUBLAS_STATUS_NOT_SUPPORTED) return absl::OkStatus();  // no algorithm: kept
+  CF_LT(h, "cublasLtMatmulAlgoGetHeuristic");
+  if (found > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
     p->algo = result.algo;
     p->ok = true;
   }
-  // No algorithm for this shape (NOT_SUPPORTED, or none found) is an answer.
-  return p->ok || h == CUBLAS_STATUS_NOT_SUPPORTED || (h == CUBLAS_STATUS_SUCCESS && found == 0);
+  return absl::OkStatus();
 }
+
+#undef CF_LT
 
 // C (m x n, column-major, fp32) = op(A) op(B) + beta C with bf16 A, B and
 // fp32 accumulation: cuBLASLt with the shape's kept plan, else cublasGemmEx.
@@ -251,10 +270,14 @@ absl::Status GemmBf16(const CublasHandle& h, cublasOperation_t ta, cublasOperati
     if (it == lt->plans.end()) {
       if (lt->plans.size() >= CublasHandle::Lt::kMaxPlans) lt->ClearPlans();
       it = lt->plans.try_emplace(key).first;
-      if (!MakePlan(*lt, ta, tb, m, n, k, lda, ldb, ldc, key, &it->second)) {
+      if (absl::Status st = MakePlan(*lt, ta, tb, m, n, k, lda, ldb, ldc, key, &it->second);
+          !st.ok()) {
         CublasHandle::Lt::Destroy(it->second);
         lt->plans.erase(it);
         it = lt->plans.end();
+        if (!absl::IsUnavailable(st)) {
+          return absl::InternalError(absl::StrCat(what, ": ", st.message()));
+        }
       }
     }
     if (it != lt->plans.end() && it->second.ok) {

@@ -10,11 +10,13 @@
 // workspace handed through. The emulation computes in double, so the
 // tolerances are the fp32 CPU op's rounding (1e-6).
 
+#include <cublasLt.h>
 #include <cublas_api.h>
 #include <cuda_bf16.h>
 
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -259,6 +261,104 @@ TEST_F(LinearEmulated, PlanCache_BoundedAndReleased) {
     EXPECT_EQ(emu::Get().heuristic_calls, 1026);
   }
   EXPECT_EQ(emu::Get().live_descriptors, base);
+}
+
+// The emulation's own refusals, called directly: what the libraries would
+// refuse must not pass here either, or the tests above prove little.
+TEST_F(LinearEmulated, Emulation_RefusesWhatCublasLtWould) {
+  cublasLtHandle_t lt = nullptr;
+  ASSERT_EQ(cublasLtCreate(&lt), CUBLAS_STATUS_SUCCESS);
+  cublasLtMatmulDesc_t desc = nullptr;
+  ASSERT_EQ(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+            CUBLAS_STATUS_SUCCESS);
+  const int64_t wide_op = CUBLAS_OP_T;  // the attribute is an int32_t
+  EXPECT_EQ(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &wide_op,
+                                           sizeof(wide_op)),
+            CUBLAS_STATUS_INVALID_VALUE);
+  const int32_t op_t = CUBLAS_OP_T;
+  ASSERT_EQ(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_t, sizeof(op_t)),
+            CUBLAS_STATUS_SUCCESS);
+  // C (8 x 4) = A^T B with A stored 16 x 8 and B 16 x 4.
+  const int64_t m = 8, n = 4, k = 16;
+  cublasLtMatrixLayout_t a = nullptr, a_swapped = nullptr, b = nullptr, c = nullptr,
+                         c_bf16 = nullptr, c_other_ld = nullptr;
+  ASSERT_EQ(cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, k, m, k), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasLtMatrixLayoutCreate(&a_swapped, CUDA_R_16BF, m, k, m), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, k, n, k), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, m, n, m), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasLtMatrixLayoutCreate(&c_bf16, CUDA_R_16BF, m, n, m), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasLtMatrixLayoutCreate(&c_other_ld, CUDA_R_32F, m, n, m + 8),
+            CUBLAS_STATUS_SUCCESS);
+  cublasLtMatmulPreference_t pref = nullptr;
+  ASSERT_EQ(cublasLtMatmulPreferenceCreate(&pref), CUBLAS_STATUS_SUCCESS);
+  const uint32_t narrow_ws = 1 << 16;  // the attribute is a uint64_t
+  EXPECT_EQ(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                 &narrow_ws, sizeof(narrow_ws)),
+            CUBLAS_STATUS_INVALID_VALUE);
+  const uint64_t ws_bytes = 1 << 16;
+  ASSERT_EQ(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                 &ws_bytes, sizeof(ws_bytes)),
+            CUBLAS_STATUS_SUCCESS);
+  const uint64_t wide_align = 256;  // the alignments are uint32_t
+  EXPECT_EQ(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                                 &wide_align, sizeof(wide_align)),
+            CUBLAS_STATUS_INVALID_VALUE);
+
+  cublasLtMatmulHeuristicResult_t r{};
+  int found = 0;
+  EXPECT_EQ(cublasLtMatmulAlgoGetHeuristic(lt, desc, a_swapped, b, c, c, pref, 1, &r, &found),
+            CUBLAS_STATUS_INVALID_VALUE);  // A's layout disagrees with C and B
+  EXPECT_EQ(cublasLtMatmulAlgoGetHeuristic(lt, desc, a, b, c_bf16, c_bf16, pref, 1, &r, &found),
+            CUBLAS_STATUS_NOT_SUPPORTED);  // bf16 output
+  ASSERT_EQ(cublasLtMatmulAlgoGetHeuristic(lt, desc, a, b, c, c, pref, 1, &r, &found),
+            CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(found, 1);
+  ASSERT_GT(r.workspaceSize, 0u);
+
+  // Buffers 256-byte aligned (the preference's default claim).
+  Workspace a_buf(2 * k * m + 256), b_buf(2 * k * n), c_buf(4 * m * (n + 2)), ws(1 << 16);
+  const float one = 1.0f, zero = 0.0f;
+  auto matmul = [&](const void* a_ptr, cublasLtMatrixLayout_t d_layout, void* w, size_t w_bytes) {
+    return cublasLtMatmul(lt, desc, &one, a_ptr, a, b_buf.ptr, b, &zero, c_buf.ptr, c, c_buf.ptr,
+                          d_layout, &r.algo, w, w_bytes, nullptr);
+  };
+  EXPECT_EQ(matmul(a_buf.ptr, c, ws.ptr, 1 << 16), CUBLAS_STATUS_SUCCESS);
+  EXPECT_EQ(matmul(a_buf.ptr + 2, c, ws.ptr, 1 << 16), CUBLAS_STATUS_INVALID_VALUE);  // alignment
+  EXPECT_EQ(matmul(a_buf.ptr, c, ws.ptr, r.workspaceSize - 1), CUBLAS_STATUS_INVALID_VALUE);
+  EXPECT_EQ(matmul(a_buf.ptr, c, ws.ptr + 8, 1 << 16), CUBLAS_STATUS_INVALID_VALUE);
+  EXPECT_EQ(matmul(a_buf.ptr, c_other_ld, ws.ptr, 1 << 16), CUBLAS_STATUS_INVALID_VALUE);
+  // The algorithm was picked for A^T: not for A.
+  const int32_t op_n = CUBLAS_OP_N;
+  cublasLtMatrixLayout_t a_n = nullptr;
+  ASSERT_EQ(cublasLtMatrixLayoutCreate(&a_n, CUDA_R_16BF, m, k, m), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_n, sizeof(op_n)),
+            CUBLAS_STATUS_SUCCESS);
+  EXPECT_EQ(cublasLtMatmul(lt, desc, &one, a_buf.ptr, a_n, b_buf.ptr, b, &zero, c_buf.ptr, c,
+                           c_buf.ptr, c, &r.algo, ws.ptr, 1 << 16, nullptr),
+            CUBLAS_STATUS_INVALID_VALUE);
+
+  for (cublasLtMatrixLayout_t l : {a, a_swapped, b, c, c_bf16, c_other_ld, a_n}) {
+    cublasLtMatrixLayoutDestroy(l);
+  }
+  cublasLtMatmulPreferenceDestroy(pref);
+  cublasLtMatmulDescDestroy(desc);
+  cublasLtDestroy(lt);
+}
+
+// cuBLASLt refusing a call (here: layouts the emulation finds inconsistent,
+// as for a bug in linear.cc) fails the GEMM naming it; no fallback hides it.
+TEST_F(LinearEmulated, RefusedHeuristic_FailsTheGemm) {
+  CublasHandle h = Handle(GemmBackend::kLt, nullptr);
+  const int64_t T = 3, IC = 8, OC = 16;
+  emu::FailHeuristic(OC, CUBLAS_STATUS_INVALID_VALUE);
+  const Bf16Values x(T * IC, 61), w(OC * IC, 62);
+  std::vector<float> y(T * OC);
+  absl::Status s =
+      linear_forward_bf16(y.data(), x.narrow.data(), w.narrow.data(), nullptr, T, IC, OC, h);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+  EXPECT_NE(s.message().find("linear_forward_bf16 gemm"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("cublasLtMatmulAlgoGetHeuristic"), std::string::npos) << s;
+  EXPECT_EQ(emu::Get().gemm_ex_calls, 0);
 }
 
 TEST_F(LinearEmulated, MisalignedWorkspace_IsRefused) {

@@ -376,12 +376,13 @@ TEST_P(CudaStepRunner, StateOffloaded_MatchesOneProcess) {
 }
 
 #if defined(CHUNKFLOW_NCCL_LINKS) && defined(CHUNKFLOW_EMULATED_CUDA)
-// Devices that run at most two NCCL kernels at once, in launch order
-// (CHUNKFLOW_EMULATED_NCCL_SLOTS=2): the crossing link sends of 1F1B and
-// the per-layer dp all-reduces started during the backward still complete,
-// so the runner never needs more than two NCCL kernels co-resident on a
-// GPU. (One is not enough for any 1F1B with a send in flight: see
-// nccl_communicator_test's CrossingSends_OneNcclKernelPerDevice.)
+// Devices that run at most two NCCL kernels at once, in the order they
+// reach the front of their streams (CHUNKFLOW_EMULATED_NCCL_SLOTS=2): the
+// crossing link sends of 1F1B and the per-layer dp all-reduces started
+// during the backward still complete, so this run (dp 2 x pp 3) needs no
+// more than two NCCL kernels co-resident on a GPU. (One is not enough for
+// crossing sends: see nccl_communicator_test's
+// CrossingSends_OneNcclKernelPerDevice.)
 TEST_P(CudaStepRunner, TwoNcclKernelsPerDevice_StillMatchesOneProcess) {
   setenv("CHUNKFLOW_EMULATED_NCCL_SLOTS", "2", 1);
   engine::ModelConfig c = engine::TinyQwen2Config();

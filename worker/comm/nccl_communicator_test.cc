@@ -322,13 +322,13 @@ TEST(NcclCommunicatorTest, StartSendThenRecv_OneCommunicator_EmulationDeadlocks)
   RunOnRanks(2, [&](int r) { comms[r].reset(); });
 }
 
-// Emulation only: a device that runs one NCCL kernel at a time, in launch
-// order (CHUNKFLOW_EMULATED_NCCL_SLOTS=1; NCCL's documentation warns that
+// Emulation only: a device that runs one NCCL kernel at a time, in the
+// order they reach the front of their streams (CHUNKFLOW_EMULATED_NCCL_SLOTS=1; NCCL's documentation warns that
 // communicators used concurrently rely on their kernels running together):
 // even with a communicator per direction, both ranks' sends hold their
 // device's one slot while the receives that would match them wait behind.
-// With two slots (what the step runner needs; see step_runner_test) the
-// same exchange completes, as in the test above.
+// With two slots (enough for the step runner's tests; see step_runner_test)
+// the same exchange completes, as in the test above.
 TEST(NcclCommunicatorTest, CrossingSends_OneNcclKernelPerDevice_EmulationDeadlocks) {
   SKIP_UNLESS_GPUS(2);
   SKIP_UNLESS_EMULATED("kernel slots");
@@ -340,9 +340,10 @@ TEST(NcclCommunicatorTest, CrossingSends_OneNcclKernelPerDevice_EmulationDeadloc
     RunOnRanks(2, [&](int r) {
       links[r].resize(2);
       for (int from : {0, 1}) {
-        auto comm = CreateNcclCommunicator(r == from ? 0 : 1, 2,
-                                           from == 0 ? "test/slots0to1" : "test/slots1to0",
-                                           &store, r, absl::Milliseconds(300));
+        // Short where the deadlock is expected, long where it must not be.
+        auto comm = CreateNcclCommunicator(
+            r == from ? 0 : 1, 2, from == 0 ? "test/slots0to1" : "test/slots1to0", &store, r,
+            std::string(slots) == "1" ? absl::Milliseconds(300) : absl::Seconds(30));
         ASSERT_TRUE(comm.ok()) << comm.status();
         links[r][r == from ? 0 : 1] = std::move(*comm);
       }

@@ -154,12 +154,14 @@ size_t TypeSize(ncclDataType_t type) {
 void Post(Op* op);
 void Advance(cudaStream_t stream);
 
-// How many NCCL kernels a device runs at once (CHUNKFLOW_EMULATED_NCCL_SLOTS;
+// How many NCCL kernels a device runs at once (CHUNKFLOW_EMULATED_NCCL_SLOTS,
+// read at each admission: set it before the communicators are created;
 // unset or 0: no limit). With a limit, a kernel at the front of its stream
-// waits for a slot behind the device's older waiting kernels, as launches
-// share a GPU's hardware queues; 1 is a device that runs one NCCL kernel at
-// a time in launch order, the case NCCL's documentation warns deadlocks
-// communicators used concurrently.
+// waits for a slot behind the device's older waiting kernels (by the time
+// they reached the front of their streams, an approximation of launches
+// sharing a GPU's hardware queues); 1 is a device that runs one NCCL kernel
+// at a time, the case NCCL's documentation warns deadlocks communicators
+// used concurrently.
 int SlotLimit() {
   const char* e = std::getenv("CHUNKFLOW_EMULATED_NCCL_SLOTS");
   return e != nullptr ? std::atoi(e) : 0;
