@@ -3,8 +3,9 @@
 # time is short and every start costs minutes):
 #   1. the tests (run.sh: every GPU test binary, then the cluster check);
 #   2. the benchmarks beside PyTorch (bench.sh), JSON next to the logs;
-#   3. compute-sanitizer memcheck and racecheck on the kernel and engine
-#      tests (SANITIZE_FILTER narrows them).
+#   3. compute-sanitizer memcheck, racecheck and synccheck on the kernel and
+#      engine tests, as far as SANITIZE_S allows (SANITIZE_FILTER narrows
+#      them).
 # Each phase is bounded (TESTS_S, BENCH_S, SANITIZE_S seconds) so a hang in
 # one leaves time for the others. Logs and JSON go to $OUT (the device tool
 # brings that folder back; at most 8 files) or /tmp/chunkflow-gpu; the
@@ -31,7 +32,7 @@ if command -v compute-sanitizer >/dev/null; then
   source "$H/env.sh"
   for b in "$H"/bin/kernels_cuda_ops_test "$H"/bin/kernels_cuda_flash_attention_test \
            "$H"/bin/worker_engine_cuda_cuda_engine_test; do
-    for tool in memcheck racecheck; do
+    for tool in memcheck racecheck synccheck; do
       left=$((deadline - SECONDS))
       if [[ $left -le 5 ]]; then echo "$(basename "$b") $tool: no time left"; continue; fi
       timeout "$left" compute-sanitizer --tool "$tool" --error-exitcode 9 "$b" \
