@@ -378,6 +378,22 @@ TEST(CudaEngine, AutoOffload_OnlyTheStateThatDoesNotFit) {
   EXPECT_EQ(again.loss, want.loss);
 }
 
+// The exact fp32 reference attention is for checks: a sequence longer than
+// it can serve in reasonable time is refused at its first chunk, naming it.
+TEST(CudaEngine, Fp32ReferenceAttention_RefusesLongSequences) {
+  REQUIRE_GPU();
+  const ModelConfig c = Qwen2();
+  std::unique_ptr<CudaEngine> e = GpuEngine(c, 1, Precision::kFp32);
+  ASSERT_NE(e, nullptr);
+  const StepData d = RandomData({CudaStage::kReferenceAttentionMaxKeys + 1, 5}, c.vocab_size, 6);
+  absl::StatusOr<StepResult> r = e->ComputeGradients(d, 1024, 1);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_NE(r.status().message().find("16385 tokens"), std::string::npos) << r.status();
+  // Short sequences still run on it.
+  EXPECT_TRUE(e->ComputeGradients(RandomData({40, 5}, c.vocab_size, 7), 16, 1).ok());
+}
+
 TEST(StateOffload, ParsesItsNames) {
   for (StateOffload m : {StateOffload::kNever, StateOffload::kAlways, StateOffload::kAuto}) {
     absl::StatusOr<StateOffload> back = ParseStateOffload(StateOffloadName(m));

@@ -321,6 +321,7 @@ absl::Status CudaStage::ForwardDevice(const ChunkInput& in, const float* x, floa
   const int64_t t = in.rows;
   auto it = acts_.find(in.id);
   const bool held = it != acts_.end();
+  CF_RETURN_IF_ERROR(CheckReferenceAttention(in));
   CF_RETURN_IF_ERROR(CheckForwardOrder(in, kind, held, held && it->second.has_activations,
                                  [this](int64_t seq) { return state_.rows(seq); }));
   if (kind != ForwardKind::kRecompute) {
@@ -376,6 +377,22 @@ absl::Status CudaStage::ForwardDevice(const ChunkInput& in, const float* x, floa
     CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, y, cur.data(), t * c_ * kF, "stage output"));
   }
   ca.has_activations = keep;
+  return absl::OkStatus();
+}
+
+absl::Status CudaStage::CheckReferenceAttention(const ChunkInput& in) const {
+  if (flash_) return absl::OkStatus();
+  for (const PieceRows& p : in.pieces) {
+    // The whole sequence: refused at its first chunk, not after hours.
+    const int64_t keys = std::max(p.offset + p.length, p.seq_length);
+    if (keys > kReferenceAttentionMaxKeys) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sequence ", p.seq, " has ", keys,
+          " tokens; the exact fp32 reference attention kernel (Precision::kFp32 or "
+          "AttentionKernel::kReference) is for checks and would take hours beyond ",
+          kReferenceAttentionMaxKeys, ": use bf16 precision (the flash kernel)"));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -549,6 +566,7 @@ absl::Status CudaStage::BackwardDevice(const ChunkInput& in, const float* dy, fl
   const int64_t t = in.rows;
   auto it = acts_.find(in.id);
   const bool held = it != acts_.end();
+  CF_RETURN_IF_ERROR(CheckReferenceAttention(in));
   CF_RETURN_IF_ERROR(CheckBackwardOrder(in, held, held && it->second.has_activations,
                                  [this](int64_t seq) { return state_.rows(seq); }));
   ChunkActs& ca = it->second;

@@ -117,6 +117,10 @@ class CudaStage : public StageExecutor {
   // working set's high water says more.
   int64_t EstimateChunkWorkingBytes(int64_t rows, ForwardKind kind) const;
 
+  // The reference attention kernel (exact fp32, one thread per query row)
+  // is for checks: sequences beyond this many keys are refused on it.
+  static constexpr int64_t kReferenceAttentionMaxKeys = 16384;
+
   // The same with x, y, dy, dx in device memory of this context (a device
   // transport's buffers); y / dx may be null where the stage has no
   // neighbour that way.
@@ -209,6 +213,9 @@ class CudaStage : public StageExecutor {
   absl::Status LinearBackward(float* dinp, const float* w, const float* b, const float* dout,
                               const float* inp, int64_t T, int64_t IC, int64_t OC);
 
+  // FAILED_PRECONDITION naming the sequence when the reference kernel would
+  // attend to a sequence longer than kReferenceAttentionMaxKeys.
+  absl::Status CheckReferenceAttention(const ChunkInput& in) const;
   absl::Status LayerForward(int64_t l, const ChunkInput& in, const ChunkRows& rows, bool write_kv,
                             MemoryTracker::Kind kind, LayerActs& a, float* inout);
   absl::Status LayerBackward(int64_t l, const ChunkInput& in, const ChunkRows& rows,
