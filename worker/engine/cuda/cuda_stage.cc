@@ -278,7 +278,8 @@ absl::Status CudaStage::LinearBackward(float* dinp, const float* w, const float*
   CF_LAUNCH(kc::float_to_bf16(x16.data(), inp, T * IC, ctx_->stream()));
   CF_RETURN_IF_ERROR(kc::linear_backward_bf16(dinp, G(w), nullptr, d16.data(), x16.data(), WB(w),
                                               T, IC, OC, ctx_->blas()));
-  // The bias gradient from the fp32 output gradient, rows in order.
+  // The bias gradient from the fp32 output gradient (column_sums: a fixed
+  // order, deterministic, in double).
   if (b != nullptr) CF_LAUNCH(kc::column_sums(G(b), dout, T, OC, ctx_->stream()));
   return absl::OkStatus();
 }
