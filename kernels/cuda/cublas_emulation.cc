@@ -56,6 +56,13 @@ Desc* D(cublasLtMatmulDesc_t d) { return reinterpret_cast<Desc*>(d); }
 Layout* L(cublasLtMatrixLayout_t l) { return reinterpret_cast<Layout*>(l); }
 Pref* P(cublasLtMatmulPreference_t p) { return reinterpret_cast<Pref*>(p); }
 
+// Counts descriptors made (+1) and destroyed (-1).
+cublasStatus_t Track(int delta) {
+  std::lock_guard<std::mutex> lock(mu);
+  counters.live_descriptors += delta;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
 bool Aligned(const void* p, uint64_t align) {
   return align == 0 || reinterpret_cast<uintptr_t>(p) % align == 0;
 }
@@ -222,15 +229,11 @@ cublasStatus_t CUBLASWINAPI cublasLtMatmulDescCreate(cublasLtMatmulDesc_t* matmu
                                                      cublasComputeType_t computeType,
                                                      cudaDataType_t scaleType) {
   *matmulDesc = reinterpret_cast<cublasLtMatmulDesc_t>(new emu::Desc{computeType, scaleType});
-  std::lock_guard<std::mutex> lock(emu::mu);
-  ++emu::counters.live_descriptors;
-  return CUBLAS_STATUS_SUCCESS;
+  return emu::Track(+1);
 }
 cublasStatus_t CUBLASWINAPI cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t matmulDesc) {
   delete emu::D(matmulDesc);
-  std::lock_guard<std::mutex> lock(emu::mu);
-  --emu::counters.live_descriptors;
-  return CUBLAS_STATUS_SUCCESS;
+  return emu::Track(-1);
 }
 cublasStatus_t CUBLASWINAPI cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t matmulDesc,
                                                            cublasLtMatmulDescAttributes_t attr,
@@ -249,28 +252,20 @@ cublasStatus_t CUBLASWINAPI cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t* m
                                                        cudaDataType type, uint64_t rows,
                                                        uint64_t cols, int64_t ld) {
   *matLayout = reinterpret_cast<cublasLtMatrixLayout_t>(new emu::Layout{type, rows, cols, ld});
-  std::lock_guard<std::mutex> lock(emu::mu);
-  ++emu::counters.live_descriptors;
-  return CUBLAS_STATUS_SUCCESS;
+  return emu::Track(+1);
 }
 cublasStatus_t CUBLASWINAPI cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t matLayout) {
   delete emu::L(matLayout);
-  std::lock_guard<std::mutex> lock(emu::mu);
-  --emu::counters.live_descriptors;
-  return CUBLAS_STATUS_SUCCESS;
+  return emu::Track(-1);
 }
 
 cublasStatus_t CUBLASWINAPI cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t* pref) {
   *pref = reinterpret_cast<cublasLtMatmulPreference_t>(new emu::Pref());
-  std::lock_guard<std::mutex> lock(emu::mu);
-  ++emu::counters.live_descriptors;
-  return CUBLAS_STATUS_SUCCESS;
+  return emu::Track(+1);
 }
 cublasStatus_t CUBLASWINAPI cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t pref) {
   delete emu::P(pref);
-  std::lock_guard<std::mutex> lock(emu::mu);
-  --emu::counters.live_descriptors;
-  return CUBLAS_STATUS_SUCCESS;
+  return emu::Track(-1);
 }
 cublasStatus_t CUBLASWINAPI cublasLtMatmulPreferenceSetAttribute(
     cublasLtMatmulPreference_t pref, cublasLtMatmulPreferenceAttributes_t attr, const void* buf,

@@ -342,7 +342,9 @@ TEST_P(CudaStepRunner, TwoStagesTwoDpRanksAdamWUntied_MatchOneProcess) {
   ExpectMatchesOneProcess(engine::TinyLlamaConfig(), o, 1e-4);
 }
 
-TEST_P(CudaStepRunner, ThreeStagesTiedSgd_MatchOneProcess) {
+// dp 2 x pp 3, tied embeddings split across the first and last stage, SGD
+// with clipping, against one process.
+void ExpectThreeStagesTiedSgdMatch() {
   engine::ModelConfig c = engine::TinyQwen2Config();
   c.num_hidden_layers = 3;
   engine::TrainOptions o;
@@ -352,6 +354,8 @@ TEST_P(CudaStepRunner, ThreeStagesTiedSgd_MatchOneProcess) {
   o.chunk_size = 16;
   ExpectMatchesOneProcess(c, o, 1e-4, /*dp=*/2, /*pp=*/3, o.chunk_size);
 }
+
+TEST_P(CudaStepRunner, ThreeStagesTiedSgd_MatchOneProcess) { ExpectThreeStagesTiedSgdMatch(); }
 
 // One sequence for two dp replicas: replica 1 has no chunks and no
 // backward, yet must issue the same dp collectives as replica 0 (which
@@ -385,13 +389,7 @@ TEST_P(CudaStepRunner, StateOffloaded_MatchesOneProcess) {
 // CrossingSends_OneNcclKernelPerDevice.)
 TEST_P(CudaStepRunner, TwoNcclKernelsPerDevice_StillMatchesOneProcess) {
   setenv("CHUNKFLOW_EMULATED_NCCL_SLOTS", "2", 1);
-  engine::ModelConfig c = engine::TinyQwen2Config();
-  c.num_hidden_layers = 3;
-  engine::TrainOptions o;
-  o.optimizer = engine::OptimizerKind::kSgd;
-  o.lr = 0.5f;
-  o.chunk_size = 16;
-  ExpectMatchesOneProcess(c, o, 1e-4, /*dp=*/2, /*pp=*/3, o.chunk_size);
+  ExpectThreeStagesTiedSgdMatch();
   unsetenv("CHUNKFLOW_EMULATED_NCCL_SLOTS");
 }
 #endif
