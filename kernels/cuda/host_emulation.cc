@@ -31,6 +31,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -60,6 +61,7 @@ namespace {
 struct EmuStream {
   int64_t enqueued = 0;
   int64_t completed = 0;
+  int device = 0;
 };
 
 struct EmuEvent {
@@ -74,6 +76,11 @@ struct Registry {
   // cudaMalloc blocks: base -> (bytes, device).
   std::map<uintptr_t, std::pair<size_t, int>> device_blocks;
   std::set<uintptr_t> host_blocks;  // cudaHostAlloc
+  // Asynchronous work pending per device, and the implicitly synchronising
+  // calls made while some was (ImplicitSyncHazards).
+  std::map<int, int64_t> pending;
+  int64_t hazards = 0;
+  std::string last_hazard;
 };
 
 Registry& R() {
@@ -102,16 +109,45 @@ int CurrentDevice() { return current_device; }
 
 void EnqueueAsync(cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(R().mu);
-  ++StreamOf(stream)->enqueued;
+  EmuStream* s = StreamOf(stream);
+  ++s->enqueued;
+  ++R().pending[s->device];
 }
 
 void CompleteAsync(cudaStream_t stream) {
   {
     std::lock_guard<std::mutex> lock(R().mu);
-    ++StreamOf(stream)->completed;
+    EmuStream* s = StreamOf(stream);
+    ++s->completed;
+    --R().pending[s->device];
   }
   R().changed.notify_all();
 }
+
+int64_t ImplicitSyncHazards(std::string* last) {
+  std::lock_guard<std::mutex> lock(R().mu);
+  if (last != nullptr) *last = R().last_hazard;
+  return R().hazards;
+}
+
+void ResetImplicitSyncHazards() {
+  std::lock_guard<std::mutex> lock(R().mu);
+  R().hazards = 0;
+  R().last_hazard.clear();
+}
+
+namespace {
+
+// A call that synchronises the device (or all its streams) made while
+// asynchronous work is pending on the calling thread's current device.
+void NoteImplicitSync(const char* call) {
+  std::lock_guard<std::mutex> lock(R().mu);
+  if (R().pending[current_device] <= 0) return;
+  ++R().hazards;
+  R().last_hazard = std::string(call) + " on device " + std::to_string(current_device);
+}
+
+}  // namespace
 
 }  // namespace chunkflow::kernels::cuda::emulation
 
@@ -149,7 +185,9 @@ const char* cudaGetErrorString(cudaError_t) { return "error (host emulation)"; }
 const char* cudaGetErrorName(cudaError_t) { return "cudaError (host emulation)"; }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
-  *stream = reinterpret_cast<cudaStream_t>(new emu::EmuStream);
+  auto* s = new emu::EmuStream;
+  s->device = emu::current_device;
+  *stream = reinterpret_cast<cudaStream_t>(s);
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
@@ -163,7 +201,10 @@ cudaError_t cudaStreamQuery(cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(emu::R().mu);
   return s->completed >= s->enqueued ? cudaSuccess : cudaErrorNotReady;
 }
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) {
+  emu::NoteImplicitSync("cudaDeviceSynchronize");
+  return cudaSuccess;
+}
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   if (reinterpret_cast<uintptr_t>(stream) > 2) delete emu::StreamOf(stream);
   return cudaSuccess;
@@ -205,7 +246,12 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t event, unsigned int) {
   return cudaEventSynchronize(event);
 }
 
-cudaError_t cudaMalloc(void** ptr, size_t bytes) {
+}  // extern "C"
+
+namespace chunkflow::kernels::cuda::emulation {
+namespace {
+
+cudaError_t AllocateDevice(void** ptr, size_t bytes) {
   // 256-byte aligned, as cudaMalloc's blocks are (cuBLASLt relies on it).
   if (bytes > (size_t{1} << 48)) return cudaErrorMemoryAllocation;
   *ptr = std::aligned_alloc(256, (std::max<size_t>(bytes, 1) + 255) / 256 * 256);
@@ -216,7 +262,30 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
                                                                emu::current_device};
   return cudaSuccess;
 }
-cudaError_t cudaMallocAsync(void** ptr, size_t bytes, cudaStream_t) { return cudaMalloc(ptr, bytes); }
+
+cudaError_t FreeDevice(void* ptr) {
+  {
+    std::lock_guard<std::mutex> lock(R().mu);
+    R().device_blocks.erase(reinterpret_cast<uintptr_t>(ptr));
+  }
+  std::free(ptr);
+  return cudaSuccess;
+}
+
+}  // namespace
+}  // namespace chunkflow::kernels::cuda::emulation
+
+extern "C" {
+
+// cudaMalloc / cudaFree and the pinned-host pair synchronise the device
+// (CUDA's "implicit synchronization"); the stream-ordered pair does not.
+cudaError_t cudaMalloc(void** ptr, size_t bytes) {
+  emu::NoteImplicitSync("cudaMalloc");
+  return emu::AllocateDevice(ptr, bytes);
+}
+cudaError_t cudaMallocAsync(void** ptr, size_t bytes, cudaStream_t) {
+  return emu::AllocateDevice(ptr, bytes);
+}
 // An 80 GiB device less the blocks allocated on it.
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   constexpr size_t kTotal = size_t{80} << 30;
@@ -234,8 +303,9 @@ cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int) {
   return cudaSuccess;
 }
 cudaError_t cudaMemPoolTrimTo(cudaMemPool_t, size_t) { return cudaSuccess; }
-cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) { return cudaFree(ptr); }
+cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) { return emu::FreeDevice(ptr); }
 cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned int) {
+  emu::NoteImplicitSync("cudaHostAlloc");
   // Page-aligned, as pinned allocations are.
   if (bytes > (size_t{1} << 48)) return cudaErrorMemoryAllocation;
   *ptr = std::aligned_alloc(4096, (std::max<size_t>(bytes, 1) + 4095) / 4096 * 4096);
@@ -246,6 +316,7 @@ cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned int) {
   return cudaSuccess;
 }
 cudaError_t cudaFreeHost(void* ptr) {
+  emu::NoteImplicitSync("cudaFreeHost");
   {
     std::lock_guard<std::mutex> lock(emu::R().mu);
     emu::R().host_blocks.erase(reinterpret_cast<uintptr_t>(ptr));
@@ -254,12 +325,8 @@ cudaError_t cudaFreeHost(void* ptr) {
   return cudaSuccess;
 }
 cudaError_t cudaFree(void* ptr) {
-  {
-    std::lock_guard<std::mutex> lock(emu::R().mu);
-    emu::R().device_blocks.erase(reinterpret_cast<uintptr_t>(ptr));
-  }
-  std::free(ptr);
-  return cudaSuccess;
+  emu::NoteImplicitSync("cudaFree");
+  return emu::FreeDevice(ptr);
 }
 // Device memory: inside a cudaMalloc block (its device); host: a
 // cudaHostAlloc block's base; anything else unregistered host memory.

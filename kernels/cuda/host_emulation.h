@@ -5,6 +5,9 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
+#include <string>
+
 namespace chunkflow::kernels::cuda::emulation {
 
 // The emulated device count (CHUNKFLOW_EMULATED_GPUS, 1 to 64, default 1)
@@ -17,6 +20,15 @@ int CurrentDevice();
 // operation, cudaStreamQuery and cudaStreamSynchronize wait for it.
 void EnqueueAsync(cudaStream_t stream);
 void CompleteAsync(cudaStream_t stream);
+
+// Calls that synchronise a device implicitly (cudaMalloc, cudaFree,
+// cudaHostAlloc, cudaFreeHost, cudaDeviceSynchronize) made while
+// asynchronous work (an NCCL operation) was pending on the calling thread's
+// device: on a GPU each waits for a kernel that may be waiting for a peer,
+// NCCL's documented deadlock. The count since the last reset; `last` gets
+// the last one's call and device.
+int64_t ImplicitSyncHazards(std::string* last = nullptr);
+void ResetImplicitSyncHazards();
 
 }  // namespace chunkflow::kernels::cuda::emulation
 

@@ -28,6 +28,9 @@
 
 #include "worker/comm/nccl_communicator.h"
 #endif
+#ifdef CHUNKFLOW_EMULATED_CUDA
+#include "kernels/cuda/host_emulation.h"
+#endif
 
 namespace chunkflow::worker {
 namespace {
@@ -115,6 +118,9 @@ std::map<std::string, std::vector<float>> TrainDistributed(const engine::ModelCo
   std::vector<Rank> ranks(kDp * kPp);
   std::vector<std::thread> threads;
   g_pp = kPp;
+#ifdef CHUNKFLOW_EMULATED_CUDA
+  kernels::cuda::emulation::ResetImplicitSyncHazards();
+#endif
   for (int32_t d = 0; d < kDp; ++d) {
     for (int32_t s = 0; s < kPp; ++s) {
       Rank& r = ranks[d * kPp + s];
@@ -167,6 +173,13 @@ std::map<std::string, std::vector<float>> TrainDistributed(const engine::ModelCo
     }
   }
   for (std::thread& t : threads) t.join();
+#ifdef CHUNKFLOW_EMULATED_CUDA
+  // No rank may synchronise its device while its NCCL work is in flight
+  // (on a GPU that waits for a kernel that may be waiting for a peer).
+  std::string hazard;
+  EXPECT_EQ(kernels::cuda::emulation::ImplicitSyncHazards(&hazard), 0)
+      << "device-synchronising call with NCCL work pending, the last: " << hazard;
+#endif
   std::map<std::string, std::vector<float>> out;
   for (Rank& r : ranks) {
     EXPECT_TRUE(r.status.ok()) << "dp " << r.dp << " stage " << r.stage << ": " << r.status;

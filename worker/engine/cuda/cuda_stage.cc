@@ -381,6 +381,25 @@ absl::Status CudaStage::ForwardDevice(const ChunkInput& in, const float* x, floa
   return absl::OkStatus();
 }
 
+int64_t CudaStage::PrepareStep(const std::vector<std::pair<int64_t, int64_t>>& sequences,
+                               int64_t chunk_rows) {
+  if (options_.offload_state == StateOffload::kNever) return 0;
+  std::vector<int64_t> capacities;
+  const int64_t headroom =
+      std::max(mem_->working_high_water() - mem_->working(),
+               chunks_held_ * EstimateChunkWorkingBytes(chunk_rows, ForwardKind::kKeep));
+  const int64_t room = options_.offload_state == StateOffload::kAuto
+                           ? ctx_->AvailableBytes() - headroom
+                           : 0;
+  for (const auto& [seq, tokens] : sequences) {
+    if (options_.offload_state == StateOffload::kAlways ||
+        state_.StateBytes(tokens, /*grads=*/true) > room) {
+      capacities.push_back(tokens);
+    }
+  }
+  return capacities.empty() ? 0 : state_.ReservePinned(capacities, /*grads=*/true);
+}
+
 absl::Status CudaStage::CheckReferenceAttention(const ChunkInput& in) const {
   if (flash_) return absl::OkStatus();
   for (const PieceRows& p : in.pieces) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/status.h"
@@ -80,6 +81,37 @@ void DeviceStateStore::DropPinned(Seq& s) {
 
 int64_t DeviceStateStore::StateBytes(int64_t capacity, bool grads) const {
   return capacity * kv_dim_ * kF * (grads ? 4 : 2) * layers_;
+}
+
+int64_t DeviceStateStore::ReservePinned(const std::vector<int64_t>& capacities, bool grads) {
+  // Every buffer the sequences will take (TakePinned: the smallest cached
+  // one of at least n floats and at most 2n), largest first, matched
+  // against the cache as TakePinned would; the rest pinned now.
+  std::vector<int64_t> needs;
+  for (int64_t capacity : capacities) {
+    const int64_t n = std::max<int64_t>(capacity * kv_dim_, 1);
+    for (int64_t i = 0; i < layers_ * (grads ? 4 : 2); ++i) needs.push_back(n);
+  }
+  std::sort(needs.rbegin(), needs.rend());
+  std::multiset<int64_t> free_sizes;
+  for (const auto& [n, p] : pinned_cache_) free_sizes.insert(n);
+  int64_t pinned = 0;
+  for (int64_t n : needs) {
+    auto it = free_sizes.lower_bound(n);
+    if (it != free_sizes.end() && *it <= 2 * n) {
+      free_sizes.erase(it);
+      continue;
+    }
+    void* p = nullptr;
+    if (cudaHostAlloc(&p, static_cast<size_t>(n) * sizeof(float), cudaHostAllocDefault) !=
+        cudaSuccess) {
+      cudaGetLastError();
+      break;  // Grow pins (or places on the device) what is missing
+    }
+    pinned_cache_.emplace(n, static_cast<float*>(p));
+    pinned += n * kF;
+  }
+  return pinned;
 }
 
 int64_t DeviceStateStore::LargestOffloadedWindowBytes() const {

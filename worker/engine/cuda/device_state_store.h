@@ -110,6 +110,13 @@ class DeviceStateStore {
   // The most one layer's window of a live offloaded sequence takes on the
   // device while acquired.
   int64_t LargestOffloadedWindowBytes() const;
+
+  // Pins host memory now for sequences of these capacities (rows) to be
+  // offloaded later, so their first Grow finds it cached: cudaHostAlloc
+  // synchronises the device, which must not happen while a step's NCCL
+  // operations are in flight. Best effort: what cannot be pinned now is
+  // pinned by Grow. Returns the bytes newly pinned.
+  int64_t ReservePinned(const std::vector<int64_t>& capacities, bool grads);
   int64_t rows(int64_t seq) const;
   int64_t sequences() const { return static_cast<int64_t>(seqs_.size()); }
 
