@@ -19,7 +19,6 @@
 
 #include <cstdio>
 #include <functional>
-#include <fstream>
 #include <map>
 #include <random>
 #include <string>
@@ -204,8 +203,9 @@ int Main() {
                           " D=", D, "; ", torch_note.empty() ? "PyTorch: n/a" : torch_note,
                           "; vs PyTorch = PyTorch ms / this ms"),
              1, table);
-  if (const std::string path = absl::GetFlag(FLAGS_json); !path.empty()) {
-    std::ofstream(path) << "[" << absl::StrJoin(json, ",\n") << "]\n";
+  if (absl::Status s = WriteJsonArray(absl::GetFlag(FLAGS_json), json); !s.ok()) {
+    std::fprintf(stderr, "attention_bench: %s\n", s.ToString().c_str());
+    return 1;
   }
   return 0;
 }

@@ -13,7 +13,6 @@
 
 #include <cstdio>
 #include <functional>
-#include <fstream>
 #include <map>
 #include <string>
 #include <vector>
@@ -176,8 +175,9 @@ int Run(int64_t T, const std::vector<std::pair<int64_t, int64_t>>& shapes,
   PrintTable(absl::StrCat("bf16 GEMMs of the linear layer (ours: ", ours,
                           ", fp32 outputs and gradients); ", note),
              1, table);
-  if (const std::string path = absl::GetFlag(FLAGS_json); !path.empty()) {
-    std::ofstream(path) << "[" << absl::StrJoin(json, ",\n") << "]\n";
+  if (absl::Status s = WriteJsonArray(absl::GetFlag(FLAGS_json), json); !s.ok()) {
+    std::fprintf(stderr, "gemm_bench: %s\n", s.ToString().c_str());
+    return 1;
   }
   return 0;
 }

@@ -7,10 +7,12 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 
 namespace chunkflow::bench {
@@ -161,6 +163,14 @@ std::string Quoted(const std::string& s) {
 }
 
 std::string Num(double v) { return absl::StrFormat("%.6g", v); }
+
+absl::Status WriteJsonArray(const std::string& path, const std::vector<std::string>& rows) {
+  if (path.empty()) return absl::OkStatus();
+  std::ofstream out(path);
+  out << "[" << absl::StrJoin(rows, ",\n") << "]\n";
+  if (!out) return absl::UnavailableError(absl::StrCat("cannot write --json=", path));
+  return absl::OkStatus();
+}
 
 BaselineResult RunTorchBaseline(const std::string& python, const std::string& script,
                                 const std::string& args, int64_t checksum,

@@ -64,6 +64,10 @@ BaselineResult RunTorchBaseline(const std::string& python, const std::string& sc
 // %.6g
 std::string Num(double v);
 
+// The --json output of a benchmark: its rows (JSON objects) as an array.
+// Nothing for an empty path. Errors: UNAVAILABLE naming the path.
+absl::Status WriteJsonArray(const std::string& path, const std::vector<std::string>& rows);
+
 }  // namespace chunkflow::bench
 
 #endif  // CHUNKFLOW_TOOLS_BENCH_BENCH_UTIL_H_

@@ -188,6 +188,31 @@ absl::StatusOr<WorkerStepResult> StepRunner::RunStep(const planner::Plan& plan, 
   return result;
 }
 
+void StepRunner::PrepareDeviceStep(const planner::Plan& plan,
+                                   const std::vector<planner::Op>& ops,
+                                   const engine::StepData& data) {
+  cuda_stage_->set_chunks_held(engine::MaxChunksHeld(ops));
+  // Pin what offloaded state needs now, before any NCCL operation of the
+  // step is in flight (cudaHostAlloc synchronises the device).
+  std::map<int64_t, int64_t> sequences;  // id -> tokens
+  int64_t chunk_rows = 1;
+  for (const planner::Op& op : ops) {
+    if (op.type != planner::OpType::kForward || op.recompute || op.chunk < 0 ||
+        op.chunk >= static_cast<int32_t>(plan.chunks.size())) {
+      continue;
+    }
+    const planner::Chunk& c = plan.chunks[op.chunk];
+    chunk_rows = std::max(chunk_rows, c.tokens);
+    for (const planner::Piece& p : c.pieces) {
+      auto s = data.sequences.find(p.seq);
+      if (s != data.sequences.end()) {
+        sequences[p.seq] = static_cast<int64_t>(s->second.tokens.size());
+      }
+    }
+  }
+  cuda_stage_->PrepareStep({sequences.begin(), sequences.end()}, chunk_rows);
+}
+
 absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
                                 const engine::StepData& data, WorkerStepResult* result) {
   const engine::StageRange& r = params_.range();
@@ -235,28 +260,7 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
   };
   std::unique_ptr<IoBuffer> in, out;
   const std::vector<planner::Op>& ops = plan.ops(dp, stage).ops;
-  if (cuda_stage_) {
-    cuda_stage_->set_chunks_held(engine::MaxChunksHeld(ops));
-    // Pin what offloaded state needs now, before any NCCL operation of the
-    // step is in flight (cudaHostAlloc synchronises the device).
-    std::map<int64_t, int64_t> sequences;
-    int64_t chunk_rows = 1;
-    for (const planner::Op& op : ops) {
-      if (op.type != planner::OpType::kForward || op.recompute || op.chunk < 0 ||
-          op.chunk >= static_cast<int32_t>(plan.chunks.size())) {
-        continue;
-      }
-      const planner::Chunk& c = plan.chunks[op.chunk];
-      chunk_rows = std::max(chunk_rows, c.tokens);
-      for (const planner::Piece& p : c.pieces) {
-        auto s = data.sequences.find(p.seq);
-        if (s != data.sequences.end()) {
-          sequences[p.seq] = static_cast<int64_t>(s->second.tokens.size());
-        }
-      }
-    }
-    cuda_stage_->PrepareStep({sequences.begin(), sequences.end()}, chunk_rows);
-  }
+  if (cuda_stage_) PrepareDeviceStep(plan, ops, data);
   // With device links on a GPU, the dp all-reduce of a layer's gradients
   // starts as soon as the step's last backward op has finished that layer
   // (one bucket per layer), overlapping the layers still to go.

@@ -148,6 +148,10 @@ class StepRunner {
                                            const engine::TrainOptions& options);
 
  private:
+  // GPU, before a step's ops: how many chunks the op list holds at once,
+  // and the pinned memory of the state it will offload.
+  void PrepareDeviceStep(const planner::Plan& plan, const std::vector<planner::Op>& ops,
+                         const engine::StepData& data);
   absl::Status RunOps(const planner::Plan& plan, int32_t dp, const engine::StepData& data,
                       WorkerStepResult* result);
   absl::Status ReduceAndUpdate(const engine::TrainOptions& options, WorkerStepResult* result);

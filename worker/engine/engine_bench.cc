@@ -51,6 +51,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "tools/bench/bench_util.h"
+#include "worker/engine/torch_step_args.h"
 #include "worker/engine/engine.h"
 
 ABSL_FLAG(std::string, sections, "throughput,memory",
@@ -238,23 +239,19 @@ ThroughputRow TimeTorch(const ModelConfig& cfg, const std::string& lengths, int 
   const BaselineResult base = RunTorchBaseline(
       absl::GetFlag(FLAGS_torch_python), FindTorchScript(),
       absl::StrCat("--lengths=", lengths, " --seed=", absl::GetFlag(FLAGS_seed),
-                   " --layers=", cfg.num_hidden_layers, " --hidden=", cfg.hidden_size,
-                   " --intermediate=", cfg.intermediate_size, " --heads=", cfg.num_attention_heads,
-                   " --kv_heads=", cfg.num_key_value_heads, " --vocab=", cfg.vocab_size,
-                   " --rope_theta=", Num(cfg.rope_theta), " --eps=1e-6", " --threads=", threads,
+                   TorchStepModelArgs(cfg), " --threads=", threads,
                    " --warmup=", absl::GetFlag(FLAGS_warmup), " --steps=", absl::GetFlag(FLAGS_steps)),
       checksum, "engine_bench: [throughput]");
   if (!base.note.empty()) {
     row.note = base.note;
     return row;
   }
-  const std::string& line = base.line;
-  row.seconds = JsonNumber(line, "step_seconds_median").value_or(0);
-  row.tokens = static_cast<int64_t>(JsonNumber(line, "tokens").value_or(0));
-  row.loss = JsonNumber(line, "loss").value_or(0);
-  row.config = absl::StrCat("torch ", JsonStringValue(line, "torch_version"), ", per-sequence, ",
-                            JsonStringValue(line, "attention"));
-  *json = line;
+  const TorchStepResult r = ParseTorchStepResult(base.line);
+  row.seconds = r.seconds;
+  row.tokens = r.tokens;
+  row.loss = r.loss;
+  row.config = absl::StrCat("torch ", r.torch_version, ", per-sequence, ", r.attention);
+  *json = base.line;
   return row;
 }
 

@@ -26,7 +26,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -37,6 +36,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "tools/bench/bench_util.h"
+#include "worker/engine/torch_step_args.h"
 #include "worker/engine/cuda/cuda_engine.h"
 #include "worker/engine/model_config.h"
 
@@ -158,24 +158,21 @@ Row TimeTorch(const ModelConfig& cfg, const std::string& lengths, int64_t checks
       absl::GetFlag(FLAGS_torch_python), absl::GetFlag(FLAGS_torch_script),
       absl::StrCat("--device=cuda", absl::GetFlag(FLAGS_precision) == "bf16" ? " --bf16" : "",
                    cfg.tie_word_embeddings ? " --tied" : "", " --lengths=", lengths,
-                   " --seed=", absl::GetFlag(FLAGS_seed), " --layers=", cfg.num_hidden_layers,
-                   " --hidden=", cfg.hidden_size, " --intermediate=", cfg.intermediate_size,
-                   " --heads=", cfg.num_attention_heads, " --kv_heads=", cfg.num_key_value_heads,
-                   " --vocab=", cfg.vocab_size, " --rope_theta=", Num(cfg.rope_theta),
-                   " --eps=1e-6", " --warmup=", absl::GetFlag(FLAGS_warmup),
+                   " --seed=", absl::GetFlag(FLAGS_seed), TorchStepModelArgs(cfg),
+                   " --warmup=", absl::GetFlag(FLAGS_warmup),
                    " --steps=", absl::GetFlag(FLAGS_steps)),
       checksum, "cuda_step_bench");
   if (!base.note.empty()) {
     row.note = base.note;
     return row;
   }
-  const std::string& line = base.line;
-  row.seconds = JsonNumber(line, "step_seconds_median").value_or(0);
-  row.tokens = static_cast<int64_t>(JsonNumber(line, "tokens").value_or(0));
-  row.loss = JsonNumber(line, "loss").value_or(0);
-  row.peak_gib = JsonNumber(line, "peak_device_mib").value_or(0) / 1024.0;
-  row.config = absl::StrCat("torch ", JsonStringValue(line, "torch_version"),
-                            ", autocast bf16, per-sequence, ", JsonStringValue(line, "attention"));
+  const TorchStepResult r = ParseTorchStepResult(base.line);
+  row.seconds = r.seconds;
+  row.tokens = r.tokens;
+  row.loss = r.loss;
+  row.peak_gib = JsonNumber(base.line, "peak_device_mib").value_or(0) / 1024.0;
+  row.config =
+      absl::StrCat("torch ", r.torch_version, ", autocast bf16, per-sequence, ", r.attention);
   return row;
 }
 
@@ -307,13 +304,9 @@ int Main() {
       return 1;
     }
   }
-  if (const std::string path = absl::GetFlag(FLAGS_json); !path.empty()) {
-    std::ofstream out(path);
-    out << "[" << absl::StrJoin(json, ",\n") << "]\n";
-    if (!out) {
-      std::fprintf(stderr, "cuda_step_bench: cannot write %s\n", path.c_str());
-      return 1;
-    }
+  if (absl::Status s = WriteJsonArray(absl::GetFlag(FLAGS_json), json); !s.ok()) {
+    std::fprintf(stderr, "cuda_step_bench: %s\n", s.ToString().c_str());
+    return 1;
   }
   return 0;
 }
