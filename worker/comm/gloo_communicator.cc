@@ -2,6 +2,7 @@
 
 #include <net/if.h>
 #include <netdb.h>
+#include <signal.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -48,6 +50,26 @@ namespace {
 // tag << 24), so a Send/Recv tag never collides with a collective.
 constexpr uint8_t kHeaderSlotPrefix = 0x20;
 constexpr uint8_t kPayloadSlotPrefix = 0x21;
+
+// Gloo's TCP transport writes with writev, which cannot take MSG_NOSIGNAL:
+// a write racing a peer's close (its process died, or it tore the
+// communicator down) raises SIGPIPE, whose default action ends this whole
+// process without a word, where the send should fail and the step be
+// retried. Ignore SIGPIPE once, before the first pair connects, unless the
+// program installed a handler of its own. gRPC and civetweb send with
+// MSG_NOSIGNAL or ignore it themselves, so nothing else relies on it.
+void IgnoreSigpipe() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction current {};
+    if (::sigaction(SIGPIPE, nullptr, &current) != 0) return;
+    if ((current.sa_flags & SA_SIGINFO) != 0 || current.sa_handler != SIG_DFL) return;
+    struct sigaction ignore {};
+    ignore.sa_handler = SIG_IGN;
+    sigemptyset(&ignore.sa_mask);
+    (void)::sigaction(SIGPIPE, &ignore, nullptr);
+  });
+}
 
 std::chrono::milliseconds ToChronoMs(absl::Duration d) {
   return std::max(absl::ToChronoMilliseconds(d), std::chrono::milliseconds(1));
@@ -535,6 +557,7 @@ absl::Status CheckResolves(absl::string_view what, const std::string& host) {
 
 absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicator(
     const GlooOptions& options, KeyValueStore* store) {
+  IgnoreSigpipe();
   if (absl::Status s = internal::ValidateGroup(
           "CreateGlooCommunicator", options.rank, options.size, options.prefix,
           store, options.timeout);

@@ -1,5 +1,9 @@
 #include "worker/comm/gloo_communicator.h"
 
+#include <errno.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -400,6 +404,46 @@ TEST(GlooCommunicatorTest, Create_UnresolvableHostname_UnavailableNamingIt) {
       << comm.status();
   EXPECT_THAT(std::string(comm.status().message()),
               HasSubstr("'no-such-host.invalid'"));
+}
+
+// A peer that went away (its process died, or the worker tore the
+// communicator down) must fail this rank's sends with an error, not kill the
+// process: Gloo writes with writev, which raises SIGPIPE on a closed
+// connection, and SIGPIPE's default action ends the process silently.
+TEST(GlooCommunicatorTest, Send_PeerClosedMidMessage_ErrorNotSigpipe) {
+  InMemoryKeyValueStore store;
+  auto comms = Connect(2, "test/peer-closed", &store, absl::Seconds(5));
+  ASSERT_EQ(comms.size(), 2u);
+  // 64 MiB cannot fit the socket buffers: the write is still in progress
+  // (waiting for the peer to read) when the peer closes without reading.
+  std::vector<float> big(int64_t{16} << 20, 1.0f);
+  absl::StatusOr<std::unique_ptr<PendingOp>> op =
+      comms[0]->StartSend(big.data(), static_cast<int64_t>(big.size()), /*peer=*/1, /*tag=*/1);
+  ASSERT_TRUE(op.ok()) << op.status();
+  absl::SleepFor(absl::Milliseconds(100));
+  comms[1].reset();  // closes rank 1's sockets with the message unread
+  const absl::Status s = (*op)->Wait();
+  ASSERT_FALSE(s.ok()) << "a 64 MiB send to a peer that closed unread succeeded";
+  EXPECT_THAT(std::string(s.message()), HasSubstr("peer=1")) << s;
+}
+
+// The race the test above cannot force (Gloo's event loop usually sees the
+// close before the next write): a write to a socket whose peer has gone. Once
+// a Gloo communicator exists it must return EPIPE, not raise SIGPIPE (whose
+// default action would end this test binary with no output at all).
+TEST(GlooCommunicatorTest, AfterCreate_WriteToClosedSocket_EpipeNotSigpipe) {
+  InMemoryKeyValueStore store;
+  auto comms = Connect(1, "test/sigpipe", &store);
+  ASSERT_EQ(comms.size(), 1u);
+  int fds[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  ::close(fds[1]);
+  const char byte = 1;
+  const ssize_t n = ::write(fds[0], &byte, 1);
+  const int err = errno;
+  ::close(fds[0]);
+  EXPECT_EQ(n, -1);
+  EXPECT_EQ(err, EPIPE);
 }
 
 TEST(GlooCommunicatorTest,
