@@ -194,23 +194,7 @@ void StepRunner::PrepareDeviceStep(const planner::Plan& plan,
   cuda_stage_->set_chunks_held(engine::MaxChunksHeld(ops));
   // Pin what offloaded state needs now, before any NCCL operation of the
   // step is in flight (cudaHostAlloc synchronises the device).
-  std::map<int64_t, int64_t> sequences;  // id -> tokens
-  int64_t chunk_rows = 1;
-  for (const planner::Op& op : ops) {
-    if (op.type != planner::OpType::kForward || op.recompute || op.chunk < 0 ||
-        op.chunk >= static_cast<int32_t>(plan.chunks.size())) {
-      continue;
-    }
-    const planner::Chunk& c = plan.chunks[op.chunk];
-    chunk_rows = std::max(chunk_rows, c.tokens);
-    for (const planner::Piece& p : c.pieces) {
-      auto s = data.sequences.find(p.seq);
-      if (s != data.sequences.end()) {
-        sequences[p.seq] = static_cast<int64_t>(s->second.tokens.size());
-      }
-    }
-  }
-  cuda_stage_->PrepareStep({sequences.begin(), sequences.end()}, chunk_rows);
+  cuda_stage_->PrepareStep(engine::StateTimelineOf(plan, ops, data));
 }
 
 absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,

@@ -398,5 +398,39 @@ TEST(MaxChunksHeld, CountsKeptForwardsLessBackwards) {
             2);
 }
 
+// A sequence's state is allocated at its first forward and freed by the
+// backward of its first chunk; recomputes and sequences not in the data
+// add nothing.
+TEST(StateTimelineOf, FirstForwardReachesFirstChunksBackwardFrees) {
+  using planner::Op;
+  using planner::OpType;
+  planner::Plan plan;
+  auto chunk = [](std::vector<planner::Piece> pieces) {
+    planner::Chunk c;
+    for (const planner::Piece& p : pieces) c.tokens += p.length;
+    c.pieces = std::move(pieces);
+    return c;
+  };
+  // Sequence 7 (20 tokens) in two chunks, the second packed with 9 (5).
+  plan.chunks = {chunk({{7, 0, 12}}), chunk({{7, 12, 8}, {9, 0, 5}}), chunk({{42, 0, 3}})};
+  StepData data;
+  data.sequences[7].tokens.assign(20, 1);
+  data.sequences[9].tokens.assign(5, 1);
+  const std::vector<Op> ops = {
+      {OpType::kForward, 0, false, false}, {OpType::kForward, 1, true, false},
+      {OpType::kForward, 2, true, false},  {OpType::kBackward, 1, true, false},
+      {OpType::kForward, 0, true, true},   {OpType::kBackward, 0, true, false}};
+  const StateTimeline t = StateTimelineOf(plan, ops, data);
+  EXPECT_EQ(t.chunk_rows, 13);
+  ASSERT_EQ(t.events.size(), 4u);
+  auto is = [](const StateEvent& e, int64_t seq, int64_t tokens, bool freed) {
+    return e.seq == seq && e.tokens == tokens && e.freed == freed;
+  };
+  EXPECT_TRUE(is(t.events[0], 7, 20, false));
+  EXPECT_TRUE(is(t.events[1], 9, 5, false));
+  EXPECT_TRUE(is(t.events[2], 9, 5, true));   // chunk 1 holds 9's first piece
+  EXPECT_TRUE(is(t.events[3], 7, 20, true));  // chunk 0's backward
+}
+
 }  // namespace
 }  // namespace chunkflow::engine

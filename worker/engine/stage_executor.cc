@@ -1,6 +1,7 @@
 #include "worker/engine/stage_executor.h"
 
 #include <algorithm>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 
@@ -68,6 +69,34 @@ int64_t MaxChunksHeld(const std::vector<planner::Op>& ops) {
     }
   }
   return most;
+}
+
+StateTimeline StateTimelineOf(const planner::Plan& plan, const std::vector<planner::Op>& ops,
+                              const StepData& data) {
+  StateTimeline out;
+  std::map<int64_t, int64_t> live;  // reached and not yet freed: id -> tokens
+  for (const planner::Op& op : ops) {
+    if (op.recompute || op.chunk < 0 || op.chunk >= static_cast<int32_t>(plan.chunks.size())) {
+      continue;
+    }
+    const planner::Chunk& c = plan.chunks[op.chunk];
+    if (op.type == planner::OpType::kForward) out.chunk_rows = std::max(out.chunk_rows, c.tokens);
+    for (const planner::Piece& p : c.pieces) {
+      if (op.type == planner::OpType::kForward) {
+        auto s = data.sequences.find(p.seq);
+        if (s == data.sequences.end() || live.count(p.seq) > 0) continue;
+        const int64_t tokens = static_cast<int64_t>(s->second.tokens.size());
+        live.emplace(p.seq, tokens);
+        out.events.push_back({p.seq, tokens, /*freed=*/false});
+      } else if (p.offset == 0) {
+        auto s = live.find(p.seq);
+        if (s == live.end()) continue;
+        out.events.push_back({p.seq, s->second, /*freed=*/true});
+        live.erase(s);
+      }
+    }
+  }
+  return out;
 }
 
 }  // namespace chunkflow::engine

@@ -50,6 +50,22 @@ absl::Status CheckBackwardOrder(const ChunkInput& in, bool held, bool has_activa
 // at least 1: the room a stage's working set needs.
 int64_t MaxChunksHeld(const std::vector<planner::Op>& ops);
 
+// What an op list does to a stage's state store, in order: a sequence's
+// first forward reaches it (its state is allocated, `tokens` rows), and the
+// backward of its first chunk (offset 0) frees it; and the most rows one of
+// its chunks has. What CudaStage::PrepareStep replays before the step.
+struct StateEvent {
+  int64_t seq = 0;
+  int64_t tokens = 0;  // the sequence's length in `data`
+  bool freed = false;  // false: first reached
+};
+struct StateTimeline {
+  std::vector<StateEvent> events;
+  int64_t chunk_rows = 1;
+};
+StateTimeline StateTimelineOf(const planner::Plan& plan, const std::vector<planner::Op>& ops,
+                              const StepData& data);
+
 class StageExecutor {
  public:
   virtual ~StageExecutor() = default;

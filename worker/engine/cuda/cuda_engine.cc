@@ -126,6 +126,11 @@ absl::StatusOr<StepResult> CudaEngine::ComputeGradients(const StepData& data, in
     stages.push_back(stages_[s].get());
     ops.push_back(planned->plan.ops(0, s).ops);
     stages_[s]->set_chunks_held(MaxChunksHeld(ops.back()));
+    // Offloaded state pinned before the first op, as the step runner does
+    // (here nothing waits on a peer, so it only keeps the timing the same).
+    // The stages share one device: each predicts against the room the
+    // others' state has not taken yet, and Grow decides again.
+    stages_[s]->PrepareStep(StateTimelineOf(planned->plan, ops.back(), data));
   }
   ctx_->allocator().ResetPeak();
   absl::Status run = LocalPipeline(stages).Run(ops, planned->chunks);

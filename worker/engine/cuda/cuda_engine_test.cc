@@ -324,24 +324,28 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaEngineTest,
 // does not fit (kNever fails there, naming the state store), that sequence
 // goes to pinned host memory, the short ones stay on the device, and the
 // step is the same.
+// One fp32 stage with this offload mode and memory budget (0: the device's).
+std::unique_ptr<CudaEngine> OffloadEngine(const ModelConfig& c, StateOffload mode,
+                                          int64_t budget) {
+  CudaEngineOptions o;
+  o.precision = Precision::kFp32;
+  o.offload_state = mode;
+  o.memory_budget_bytes = budget;
+  absl::StatusOr<std::unique_ptr<CudaEngine>> e = CudaEngine::Create(c, 1, o);
+  EXPECT_TRUE(e.ok()) << e.status();
+  if (!e.ok()) return nullptr;
+  EXPECT_TRUE((*e)->InitRandom(5).ok());
+  ScaleUp((*e)->stage_params(0));
+  EXPECT_TRUE((*e)->UploadWeights().ok());
+  return std::move(*e);
+}
+
 TEST(CudaEngine, AutoOffload_OnlyTheStateThatDoesNotFit) {
   REQUIRE_GPU();
   const ModelConfig c = Qwen2();
   const int64_t long_len = 600;
   const StepData d = RandomData({long_len, 9, 5}, c.vocab_size, 4);
-  auto make = [&](StateOffload mode, int64_t budget) {
-    CudaEngineOptions o;
-    o.precision = Precision::kFp32;
-    o.offload_state = mode;
-    o.memory_budget_bytes = budget;
-    absl::StatusOr<std::unique_ptr<CudaEngine>> e = CudaEngine::Create(c, 1, o);
-    EXPECT_TRUE(e.ok()) << e.status();
-    if (!e.ok()) return std::unique_ptr<CudaEngine>();
-    EXPECT_TRUE((*e)->InitRandom(5).ok());
-    ScaleUp((*e)->stage_params(0));
-    EXPECT_TRUE((*e)->UploadWeights().ok());
-    return std::move(*e);
-  };
+  auto make = [&](StateOffload mode, int64_t budget) { return OffloadEngine(c, mode, budget); };
   std::unique_ptr<CudaEngine> never = make(StateOffload::kNever, 0);
   ASSERT_NE(never, nullptr);
   const Grads want = Compute(*never, d, 16, 1);
@@ -376,6 +380,75 @@ TEST(CudaEngine, AutoOffload_OnlyTheStateThatDoesNotFit) {
   const Grads again = Compute(*autod, d, 16, 1);
   EXPECT_EQ(again.result.offloaded_sequences, 1);
   EXPECT_EQ(again.loss, want.loss);
+}
+
+// PrepareStep replays the step's state events as Grow will meet them. Two
+// long sequences whose states each fit the room but not both: while both
+// are live the second is predicted offloaded, and its host memory is pinned
+// before the step (not mid-step, where in the step runner NCCL work is in
+// flight); when the first is freed before the second is reached, neither
+// is. (The prediction once compared every sequence with the whole room
+// and pinned nothing in the first case.)
+TEST(CudaStage, PrepareStep_ReplaysWhatTheLiveSequencesLeave) {
+  REQUIRE_GPU();
+  const ModelConfig c = Qwen2();
+  const int64_t len = 400;
+  auto state_of = [&](int64_t tokens) {
+    return tokens * c.kv_dim() * 4 * 4 * c.num_hidden_layers;
+  };
+  const int64_t state = state_of(len);
+  const StageRange whole = (*PartitionStages(c.num_hidden_layers, 1))[0];
+  StageParams params(c, whole);
+  params.InitRandom(5);
+  CudaStageOptions so;
+  so.precision = Precision::kFp32;
+  auto make = [&](int64_t budget, MemoryTracker* mem,
+                  std::unique_ptr<DeviceContext>* ctx) -> std::unique_ptr<CudaStage> {
+    absl::StatusOr<std::unique_ptr<DeviceContext>> made = DeviceContext::Create(0, budget);
+    EXPECT_TRUE(made.ok()) << made.status();
+    if (!made.ok()) return nullptr;
+    *ctx = std::move(*made);
+    absl::StatusOr<std::unique_ptr<CudaStage>> st = CudaStage::Create(&params, ctx->get(), mem, so);
+    EXPECT_TRUE(st.ok()) << st.status();
+    return st.ok() ? std::move(*st) : nullptr;
+  };
+  // What the stage itself takes, and the headroom a 16-row chunk asks for.
+  MemoryTracker mem0;
+  std::unique_ptr<DeviceContext> ctx0;
+  std::unique_ptr<CudaStage> probe = make(0, &mem0, &ctx0);
+  ASSERT_NE(probe, nullptr);
+  const int64_t fixed = ctx0->allocator().in_use();
+  const int64_t headroom = probe->EstimateChunkWorkingBytes(16, ForwardKind::kKeep);
+
+  StateTimeline overlapping;  // 1 and 2 live at once; 3 short
+  overlapping.chunk_rows = 16;
+  overlapping.events = {{1, len, false}, {2, len, false}, {3, 7, false},
+                        {3, 7, true},    {2, len, true},  {1, len, true}};
+  StateTimeline sequential = overlapping;  // 1 freed before 2 is reached
+  sequential.events = {{1, len, false}, {1, len, true}, {2, len, false},
+                       {3, 7, false},   {3, 7, true},   {2, len, true}};
+  // Room for 1.75 long states beyond the headroom: the second long one does
+  // not fit beside the first; the short one fits beside the first and the
+  // second's window (half a state with 2 layers).
+  const int64_t budget = fixed + headroom + state * 7 / 4;
+  struct Case {
+    StateOffload mode;
+    const StateTimeline* timeline;
+    int64_t want;
+  };
+  for (const Case& k : {Case{StateOffload::kAuto, &overlapping, state},
+                        Case{StateOffload::kAuto, &sequential, 0},
+                        Case{StateOffload::kAlways, &sequential, 2 * state + state_of(7)},
+                        Case{StateOffload::kNever, &overlapping, 0}}) {
+    so.offload_state = k.mode;
+    MemoryTracker mem;
+    std::unique_ptr<DeviceContext> ctx;
+    std::unique_ptr<CudaStage> stage = make(budget, &mem, &ctx);
+    ASSERT_NE(stage, nullptr);
+    ASSERT_EQ(ctx->allocator().in_use(), fixed);
+    EXPECT_EQ(stage->PrepareStep(*k.timeline), k.want)
+        << StateOffloadName(k.mode) << (k.timeline == &sequential ? " sequential" : " overlapping");
+  }
 }
 
 // The exact fp32 reference attention is for checks: a sequence longer than

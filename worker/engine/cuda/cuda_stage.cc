@@ -1,6 +1,8 @@
 #include "worker/engine/cuda/cuda_stage.h"
 
 #include <algorithm>
+#include <map>
+#include <set>
 #include <tuple>
 #include <utility>
 
@@ -381,22 +383,47 @@ absl::Status CudaStage::ForwardDevice(const ChunkInput& in, const float* x, floa
   return absl::OkStatus();
 }
 
-int64_t CudaStage::PrepareStep(const std::vector<std::pair<int64_t, int64_t>>& sequences,
-                               int64_t chunk_rows) {
+int64_t CudaStage::PrepareStep(const StateTimeline& timeline) {
   if (options_.offload_state == StateOffload::kNever) return 0;
-  std::vector<int64_t> capacities;
   const int64_t headroom =
       std::max(mem_->working_high_water() - mem_->working(),
-               chunks_held_ * EstimateChunkWorkingBytes(chunk_rows, ForwardKind::kKeep));
-  const int64_t room = options_.offload_state == StateOffload::kAuto
-                           ? ctx_->AvailableBytes() - headroom
-                           : 0;
-  for (const auto& [seq, tokens] : sequences) {
-    if (options_.offload_state == StateOffload::kAlways ||
-        state_.StateBytes(tokens, /*grads=*/true) > room) {
-      capacities.push_back(tokens);
+               chunks_held_ * EstimateChunkWorkingBytes(timeline.chunk_rows, ForwardKind::kKeep));
+  // kAuto: Grow places a sequence on the device when its whole state fits
+  // the room the live sequences' state leaves, less the headroom and the
+  // largest window of the live offloaded ones (the layer such a sequence
+  // brings onto the device).
+  int64_t room = ctx_->AvailableBytes() - headroom;
+  std::map<int64_t, bool> offloaded;  // live sequence -> predicted offloaded
+  std::multiset<int64_t> windows;     // of the live offloaded sequences
+  std::vector<int64_t> capacities;
+  for (const StateEvent& e : timeline.events) {
+    const int64_t bytes = state_.StateBytes(e.tokens, /*grads=*/true);
+    const int64_t window = state_.WindowBytes(e.tokens, /*grads=*/true);
+    if (e.freed) {
+      auto it = offloaded.find(e.seq);
+      if (it == offloaded.end()) continue;
+      if (it->second) {
+        windows.erase(windows.find(window));
+      } else {
+        room += bytes;
+      }
+      offloaded.erase(it);
+      continue;
+    }
+    const int64_t largest = windows.empty() ? 0 : *windows.rbegin();
+    const bool offload =
+        options_.offload_state == StateOffload::kAlways || bytes > room - largest;
+    offloaded[e.seq] = offload;
+    if (offload) {
+      capacities.push_back(e.tokens);
+      windows.insert(window);
+    } else {
+      room -= bytes;
     }
   }
+  // Every predicted sequence pinned, though one freed early returns its
+  // buffers for a later one: at most the step's offloaded state, kept in
+  // the cache for the steps after.
   return capacities.empty() ? 0 : state_.ReservePinned(capacities, /*grads=*/true);
 }
 

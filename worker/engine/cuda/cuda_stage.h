@@ -111,13 +111,13 @@ class CudaStage : public StageExecutor {
   // (MaxChunksHeld; the engine and the step runner set it per step): kAuto
   // leaves room for that many chunks' working sets.
   void set_chunks_held(int64_t n) { chunks_held_ = std::max<int64_t>(n, 1); }
-  // Before a step's ops (the step runner, while no NCCL work is in flight):
-  // pins the host memory of the sequences (id, tokens) the step will
-  // offload - all with kAlways, with kAuto those whose state is predicted
-  // not to fit, chunks of up to `chunk_rows` rows - so that no op pins
-  // (and synchronises the device) mid-step. Returns the bytes pinned.
-  int64_t PrepareStep(const std::vector<std::pair<int64_t, int64_t>>& sequences,
-                      int64_t chunk_rows);
+  // Before a step's ops (while no NCCL work is in flight): pins the host
+  // memory of the sequences the step will offload - all with kAlways; with
+  // kAuto those predicted not to fit, replaying the step's state events
+  // (StateTimelineOf) as Grow will meet them, each sequence's room being
+  // what the live ones before it leave - so that no op pins (and
+  // synchronises the device) mid-step. Returns the bytes pinned.
+  int64_t PrepareStep(const StateTimeline& timeline);
   // The activations + scratch a forward of `rows` rows adds (the kept
   // activations of every layer - none for inference -, one layer's scratch,
   // the LM head's logits tile): kAuto's headroom per chunk before the

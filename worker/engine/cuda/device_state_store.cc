@@ -117,7 +117,7 @@ int64_t DeviceStateStore::ReservePinned(const std::vector<int64_t>& capacities, 
 int64_t DeviceStateStore::LargestOffloadedWindowBytes() const {
   int64_t most = 0;
   for (const auto& [seq, s] : seqs_) {
-    if (s.offloaded) most = std::max(most, StateBytes(s.capacity, s.grads) / layers_);
+    if (s.offloaded) most = std::max(most, WindowBytes(s.capacity, s.grads));
   }
   return most;
 }

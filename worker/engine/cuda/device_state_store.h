@@ -107,6 +107,11 @@ class DeviceStateStore {
   // The bytes of a sequence's whole state (every layer; K/V, and dK/dV with
   // grads) of `capacity` rows.
   int64_t StateBytes(int64_t capacity, bool grads) const;
+  // One layer's share of that: what an offloaded sequence brings onto the
+  // device at a time.
+  int64_t WindowBytes(int64_t capacity, bool grads) const {
+    return layers_ > 0 ? StateBytes(capacity, grads) / layers_ : 0;
+  }
   // The most one layer's window of a live offloaded sequence takes on the
   // device while acquired.
   int64_t LargestOffloadedWindowBytes() const;
