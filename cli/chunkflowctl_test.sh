@@ -61,4 +61,16 @@ check train-bad-offload 1 '--offload_state: state offload must be never, always 
 check worker-bad-offload 1 '--offload_state: state offload must be never, always or auto' \
   "$BIN" worker --device=cuda --offload_state=sometimes --give_up_after_s=1
 check eval-bad-format 1 "--format must be 'table' or 'json'" "$BIN" eval --format=yaml
+# A crash leaves its signal and stack trace in the log (a worker retrying an
+# unreachable coordinator, sent SIGSEGV); the process still dies of it.
+"$BIN" worker --coordinator=127.0.0.1:1 --give_up_after_s=60 > "$TMP/crash.log" 2>&1 &
+pid=$!
+sleep 2
+kill -SEGV "$pid"
+wait "$pid"; rc=$?
+if [[ $rc -ne 139 ]] || ! grep -q "SIGSEGV received" "$TMP/crash.log"; then
+  echo "FAIL crash-report: rc=$rc (want 139), log:"; tail -5 "$TMP/crash.log"; fail=1
+else
+  echo "ok   crash-report"
+fi
 exit $fail

@@ -8,6 +8,7 @@
 //
 // Flags live here, and only here; the commands are libraries (cli/*_command.h).
 
+#include <csignal>
 #include <fstream>
 #include <iostream>
 #include <optional>
@@ -16,6 +17,8 @@
 #include <vector>
 
 #include "kernels/cpu/blas_core.h"
+#include "absl/debugging/failure_signal_handler.h"
+#include "absl/debugging/symbolize.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -413,6 +416,13 @@ int main(int argc, char** argv) {
   };
   absl::SetFlagsUsageConfig(usage);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  // A crash (SIGSEGV, SIGABRT, SIGBUS, SIGILL, SIGFPE) prints its signal and
+  // a stack trace to stderr - a daemon's log - before the process dies as it
+  // would have. SIGTERM is an ordinary stop (the daemons wait for it): back
+  // to its default action.
+  absl::InitializeSymbolizer(argv[0]);
+  absl::InstallFailureSignalHandler(absl::FailureSignalHandlerOptions());
+  std::signal(SIGTERM, SIG_DFL);
   if (args.size() != 2) {
     std::cerr << "chunkflowctl: " << kUsage << "\n\nrun 'chunkflowctl --help' for the flags\n";
     return 2;
