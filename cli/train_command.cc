@@ -223,6 +223,11 @@ absl::Status TrainLoop(E& e, const TrainCommandOptions& o, const std::string& ba
       progress << absl::StrFormat(
           "  state of %d sequence(s) offloaded to pinned host memory (it did not fit)\n",
           r->offloaded_sequences);
+      if (r->pinned_mid_step_bytes > 0) {
+        progress << absl::StrFormat(
+            "  %.1f MiB of it pinned mid-step (the step-start prediction missed it)\n",
+            MiB(r->pinned_mid_step_bytes));
+      }
     }
     progress.flush();
   }

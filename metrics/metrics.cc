@@ -310,6 +310,13 @@ absl::StatusOr<std::unique_ptr<WorkerMetrics>> WorkerMetrics::Create(
                   "worker's stage because it did not fit the device (GPU workers; a sequence "
                   "offloaded on several stages counts once per stage).")
              .Add({});
+    m->pinned_mid_step_ =
+        &r.Family(prometheus::BuildCounter(), "chunkflow_state_pinned_mid_step_bytes_total",
+                  "Host memory pinned for offloaded state during a step's ops, where the "
+                  "step-start prediction missed it; each such pin synchronises the device "
+                  "while the step's NCCL work may be in flight (GPU workers; 0 when the "
+                  "prediction holds).")
+             .Add({});
   } catch (const std::exception& e) {
     return RegistrationError("worker", r, e);
   }
@@ -372,12 +379,17 @@ absl::Status WorkerMetrics::SetMemory(const MemorySample& sample) {
 
 void WorkerMetrics::OnHeartbeat() { heartbeats_->Increment(); }
 
-absl::Status WorkerMetrics::OnStateOffloaded(int64_t sequences) {
+absl::Status WorkerMetrics::OnStateOffloaded(int64_t sequences, int64_t pinned_mid_step_bytes) {
   if (sequences < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("offloaded sequences must be >= 0, got ", sequences));
   }
+  if (pinned_mid_step_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bytes pinned mid-step must be >= 0, got ", pinned_mid_step_bytes));
+  }
   offloaded_->Increment(static_cast<double>(sequences));
+  pinned_mid_step_->Increment(static_cast<double>(pinned_mid_step_bytes));
   return absl::OkStatus();
 }
 

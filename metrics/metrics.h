@@ -207,9 +207,10 @@ class WorkerMetrics {
   void OnHeartbeat();
 
   // A step that put `sequences` sequences' K/V state in pinned host memory
-  // (GPU workers, --offload_state). Errors: INVALID_ARGUMENT for a negative
-  // count (then nothing changes).
-  absl::Status OnStateOffloaded(int64_t sequences);
+  // (GPU workers, --offload_state), `pinned_mid_step_bytes` of it pinned
+  // during the ops because the step-start prediction missed it. Errors:
+  // INVALID_ARGUMENT for a negative count (then nothing changes).
+  absl::Status OnStateOffloaded(int64_t sequences, int64_t pinned_mid_step_bytes = 0);
 
  private:
   WorkerMetrics() = default;
@@ -221,6 +222,7 @@ class WorkerMetrics {
   prometheus::Gauge* memory_peak_ = nullptr;
   prometheus::Counter* heartbeats_ = nullptr;
   prometheus::Counter* offloaded_ = nullptr;
+  prometheus::Counter* pinned_mid_step_ = nullptr;
 
   absl::Mutex mu_;
   // Family::Add allocates a fresh Histogram per call even when the series

@@ -147,7 +147,9 @@ TEST(MetricsServer, Start_FreePort_ServesWorkerSamples) {
   (*w)->OnHeartbeat();
   ASSERT_TRUE((*w)->OnStateOffloaded(2).ok());
   ASSERT_TRUE((*w)->OnStateOffloaded(0).ok());
+  ASSERT_TRUE((*w)->OnStateOffloaded(1, 4096).ok());
   EXPECT_EQ((*w)->OnStateOffloaded(-1).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*w)->OnStateOffloaded(1, -1).code(), absl::StatusCode::kInvalidArgument);
 
   absl::StatusOr<std::string> body = HttpGet((*server)->port(), "/metrics");
   ASSERT_TRUE(body.ok()) << body.status();
@@ -165,7 +167,8 @@ TEST(MetricsServer, Start_FreePort_ServesWorkerSamples) {
            "\nchunkflow_memory_bytes{kind=\"scratch\"} 30\n",
            "\nchunkflow_memory_peak_bytes 1230\n",
            "\nchunkflow_heartbeats_total 2\n",
-           "\nchunkflow_offloaded_sequences_total 2\n",
+           "\nchunkflow_offloaded_sequences_total 3\n",
+           "\nchunkflow_state_pinned_mid_step_bytes_total 4096\n",
        }) {
     EXPECT_THAT(*body, HasSubstr(sample));
   }

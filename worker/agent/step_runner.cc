@@ -180,6 +180,7 @@ absl::StatusOr<WorkerStepResult> StepRunner::RunStep(const planner::Plan& plan, 
     result.peak_device_bytes = ctx_->allocator().peak_in_use();
     result.offloaded_sequences =
         static_cast<int64_t>(cuda_stage_->offloaded_this_step().size());
+    result.pinned_mid_step_bytes = cuda_stage_->pinned_mid_step_bytes();
   }
   if (absl::Status s = ReduceAndUpdate(options, &result); !s.ok()) {
     overlapped_.clear();

@@ -78,6 +78,9 @@ struct WorkerStepResult {
   // GPU: sequences whose state this stage put in pinned host memory this
   // step (StepRunnerOptions::offload_state).
   int64_t offloaded_sequences = 0;
+  // GPU: of that memory, the bytes pinned mid-step (with NCCL work in
+  // flight) because the step-start prediction missed them; 0 normally.
+  int64_t pinned_mid_step_bytes = 0;
 };
 
 struct StepRunnerOptions {

@@ -79,6 +79,7 @@ struct Rank {
   absl::Status status;
   int64_t steps_overlapped = 0;  // steps with overlapped dp all-reduces
   int64_t steps_offloaded = 0;   // steps that offloaded some state
+  int64_t steps_pinned_mid_step = 0;  // steps whose offloaded state was pinned by an op
 };
 
 comm::Communicator* Connect(comm::KeyValueStore* store, Rank& r, const std::string& prefix, int rank,
@@ -167,6 +168,7 @@ std::map<std::string, std::vector<float>> TrainDistributed(const engine::ModelCo
           if (!res.ok()) r.status = res.status();
           if (res.ok() && res->overlapped_allreduces > 0) ++r.steps_overlapped;
           if (res.ok() && res->offloaded_sequences > 0) ++r.steps_offloaded;
+          if (res.ok() && res->pinned_mid_step_bytes > 0) ++r.steps_pinned_mid_step;
         }
         if (r.status.ok()) r.status = r.runner->SyncToHost();
       });
@@ -186,6 +188,9 @@ std::map<std::string, std::vector<float>> TrainDistributed(const engine::ModelCo
     if (g_expect_overlap && kDp > 1 && g_sequences >= kDp) {
       EXPECT_EQ(r.steps_overlapped, steps) << "dp " << r.dp << " stage " << r.stage;
     }
+    // Offloaded state is pinned before the step's ops (PrepareStep), never
+    // by an op while NCCL work is in flight.
+    EXPECT_EQ(r.steps_pinned_mid_step, 0) << "dp " << r.dp << " stage " << r.stage;
     if (g_runner_options.offload_state == engine::cuda::StateOffload::kAlways) {
       EXPECT_EQ(r.steps_offloaded, steps) << "dp " << r.dp << " stage " << r.stage;
     } else {

@@ -703,7 +703,13 @@ class Daemon final : public WorkerDaemon {
     mem.scratch_bytes = tracker.current(engine::MemoryTracker::kScratch);
     mem.peak_bytes = r->peak_bytes;
     (void)metrics_->SetMemory(mem);
-    (void)metrics_->OnStateOffloaded(r->offloaded_sequences);
+    (void)metrics_->OnStateOffloaded(r->offloaded_sequences, r->pinned_mid_step_bytes);
+    if (r->pinned_mid_step_bytes > 0) {
+      Log(absl::StrFormat(
+          "step %d: pinned %.1f MiB of host memory for offloaded state mid-step (the step-start "
+          "prediction missed it; each pin synchronises the device)",
+          p.step(), static_cast<double>(r->pinned_mid_step_bytes) / (1 << 20)));
+    }
     last_step_ = p.step();
     SetHeld(job_.get(), last_step_);
     job_->last_report = rep;

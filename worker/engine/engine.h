@@ -67,6 +67,9 @@ struct StepResult {
   // CUDA engine: sequences whose state went to pinned host memory on some
   // stage (CudaStageOptions::offload_state).
   int64_t offloaded_sequences = 0;
+  // CUDA engine: host memory for that state pinned during the ops, where the
+  // step-start prediction (CudaStage::PrepareStep) missed it.
+  int64_t pinned_mid_step_bytes = 0;
   double seconds = 0;
   std::map<int64_t, SequenceLoss> losses;  // by sequence
 };

@@ -145,6 +145,7 @@ absl::StatusOr<StepResult> CudaEngine::ComputeGradients(const StepData& data, in
   std::set<int64_t> offloaded;
   for (auto& st : stages_) {
     offloaded.insert(st->offloaded_this_step().begin(), st->offloaded_this_step().end());
+    result.pinned_mid_step_bytes += st->pinned_mid_step_bytes();
   }
   result.offloaded_sequences = static_cast<int64_t>(offloaded.size());
   double sq = 0;

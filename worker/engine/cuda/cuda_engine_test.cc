@@ -373,6 +373,8 @@ TEST(CudaEngine, AutoOffload_OnlyTheStateThatDoesNotFit) {
   ASSERT_NE(autod, nullptr);
   const Grads got = Compute(*autod, d, 16, 1);
   EXPECT_EQ(got.result.offloaded_sequences, 1);
+  // Its host memory was pinned before the first op: the prediction held.
+  EXPECT_EQ(got.result.pinned_mid_step_bytes, 0);
   EXPECT_LE(got.result.peak_device_bytes, budget);
   EXPECT_EQ(got.loss, want.loss);
   for (const auto& [name, g] : want.by_name) EXPECT_EQ(got.by_name.at(name), g) << name;

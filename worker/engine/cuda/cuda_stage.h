@@ -107,6 +107,9 @@ class CudaStage : public StageExecutor {
   // The sequences whose state went to pinned host memory since Reset (a
   // step's).
   const std::set<int64_t>& offloaded_this_step() const { return offloaded_; }
+  // Host memory pinned by the ops since Reset, where PrepareStep's
+  // prediction missed a sequence (0 when it did not).
+  int64_t pinned_mid_step_bytes() const { return state_.pinned_mid_step_bytes(); }
   // How many chunks' activations this step's op list keeps at once
   // (MaxChunksHeld; the engine and the step runner set it per step): kAuto
   // leaves room for that many chunks' working sets.

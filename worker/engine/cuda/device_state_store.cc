@@ -59,6 +59,7 @@ absl::Status DeviceStateStore::TakePinned(int64_t seq, int64_t n, HostArray* out
     }
     out->p = static_cast<float*>(p);
     out->n = n;
+    pinned_mid_step_bytes_ += n * kF;
   }
   std::memset(out->p, 0, static_cast<size_t>(out->n) * sizeof(float));
   return absl::OkStatus();
@@ -314,6 +315,7 @@ void DeviceStateStore::Truncate(int64_t seq, int64_t rows) {
 void DeviceStateStore::Clear() {
   for (auto& [seq, s] : seqs_) DropPinned(s);
   seqs_.clear();
+  pinned_mid_step_bytes_ = 0;
 }
 
 bool DeviceStateStore::offloaded(int64_t seq) const {

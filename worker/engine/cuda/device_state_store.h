@@ -122,6 +122,9 @@ class DeviceStateStore {
   // operations are in flight. Best effort: what cannot be pinned now is
   // pinned by Grow. Returns the bytes newly pinned.
   int64_t ReservePinned(const std::vector<int64_t>& capacities, bool grads);
+  // Bytes Grow pinned since Clear because no reserved buffer fitted: what
+  // the step-start reservation missed (each pin synchronised the device).
+  int64_t pinned_mid_step_bytes() const { return pinned_mid_step_bytes_; }
   int64_t rows(int64_t seq) const;
   int64_t sequences() const { return static_cast<int64_t>(seqs_.size()); }
 
@@ -167,6 +170,7 @@ class DeviceStateStore {
   StateOffload mode_;
   std::map<int64_t, Seq> seqs_;
   std::multimap<int64_t, float*> pinned_cache_;  // n -> free pinned buffer
+  int64_t pinned_mid_step_bytes_ = 0;
 };
 
 }  // namespace chunkflow::engine::cuda
