@@ -416,20 +416,24 @@ TEST(StateTimelineOf, FirstForwardReachesFirstChunksBackwardFrees) {
   StepData data;
   data.sequences[7].tokens.assign(20, 1);
   data.sequences[9].tokens.assign(5, 1);
+  // Chunk 2 drops its activations; the backward of chunk 1 carries the
+  // recompute flag (only a forward's means anything: it still frees).
   const std::vector<Op> ops = {
-      {OpType::kForward, 0, false, false}, {OpType::kForward, 1, true, false},
-      {OpType::kForward, 2, true, false},  {OpType::kBackward, 1, true, false},
+      {OpType::kForward, 0, true, false},  {OpType::kForward, 1, true, false},
+      {OpType::kForward, 2, false, false}, {OpType::kBackward, 1, true, true},
       {OpType::kForward, 0, true, true},   {OpType::kBackward, 0, true, false}};
   const StateTimeline t = StateTimelineOf(plan, ops, data);
   EXPECT_EQ(t.chunk_rows, 13);
   ASSERT_EQ(t.events.size(), 4u);
-  auto is = [](const StateEvent& e, int64_t seq, int64_t tokens, bool freed) {
-    return e.seq == seq && e.tokens == tokens && e.freed == freed;
+  auto is = [](const StateEvent& e, int64_t seq, int64_t tokens, bool freed, int64_t rows,
+               int64_t held) {
+    return e.seq == seq && e.tokens == tokens && e.freed == freed && e.rows == rows &&
+           e.held == held;
   };
-  EXPECT_TRUE(is(t.events[0], 7, 20, false));
-  EXPECT_TRUE(is(t.events[1], 9, 5, false));
-  EXPECT_TRUE(is(t.events[2], 9, 5, true));   // chunk 1 holds 9's first piece
-  EXPECT_TRUE(is(t.events[3], 7, 20, true));  // chunk 0's backward
+  EXPECT_TRUE(is(t.events[0], 7, 20, false, 12, 0));
+  EXPECT_TRUE(is(t.events[1], 9, 5, false, 13, 1));  // chunk 0 holds its activations
+  EXPECT_TRUE(is(t.events[2], 9, 5, true, 0, 0));    // chunk 1 holds 9's first piece
+  EXPECT_TRUE(is(t.events[3], 7, 20, true, 0, 0));   // chunk 0's backward
 }
 
 }  // namespace

@@ -75,25 +75,32 @@ StateTimeline StateTimelineOf(const planner::Plan& plan, const std::vector<plann
                               const StepData& data) {
   StateTimeline out;
   std::map<int64_t, int64_t> live;  // reached and not yet freed: id -> tokens
+  int64_t held = 0;
   for (const planner::Op& op : ops) {
-    if (op.recompute || op.chunk < 0 || op.chunk >= static_cast<int32_t>(plan.chunks.size())) {
-      continue;
-    }
-    const planner::Chunk& c = plan.chunks[op.chunk];
-    if (op.type == planner::OpType::kForward) out.chunk_rows = std::max(out.chunk_rows, c.tokens);
-    for (const planner::Piece& p : c.pieces) {
-      if (op.type == planner::OpType::kForward) {
-        auto s = data.sequences.find(p.seq);
-        if (s == data.sequences.end() || live.count(p.seq) > 0) continue;
-        const int64_t tokens = static_cast<int64_t>(s->second.tokens.size());
-        live.emplace(p.seq, tokens);
-        out.events.push_back({p.seq, tokens, /*freed=*/false});
-      } else if (p.offset == 0) {
-        auto s = live.find(p.seq);
-        if (s == live.end()) continue;
-        out.events.push_back({p.seq, s->second, /*freed=*/true});
-        live.erase(s);
+    const bool known = op.chunk >= 0 && op.chunk < static_cast<int32_t>(plan.chunks.size());
+    const bool forward = op.type == planner::OpType::kForward;
+    if (known && !(forward && op.recompute)) {  // a recompute's Forward does not Grow
+      const planner::Chunk& c = plan.chunks[op.chunk];
+      if (forward) out.chunk_rows = std::max(out.chunk_rows, c.tokens);
+      for (const planner::Piece& p : c.pieces) {
+        if (forward) {
+          auto s = data.sequences.find(p.seq);
+          if (s == data.sequences.end() || live.count(p.seq) > 0) continue;
+          const int64_t tokens = static_cast<int64_t>(s->second.tokens.size());
+          live.emplace(p.seq, tokens);
+          out.events.push_back({p.seq, tokens, /*freed=*/false, c.tokens, held});
+        } else if (p.offset == 0) {
+          auto s = live.find(p.seq);
+          if (s == live.end()) continue;
+          out.events.push_back({p.seq, s->second, /*freed=*/true, 0, 0});
+          live.erase(s);
+        }
       }
+    }
+    if (!forward) {
+      held = std::max<int64_t>(held - 1, 0);
+    } else if (op.keep_activations) {
+      ++held;
     }
   }
   return out;

@@ -58,6 +58,10 @@ struct StateEvent {
   int64_t seq = 0;
   int64_t tokens = 0;  // the sequence's length in `data`
   bool freed = false;  // false: first reached
+  // Reached: the rows of the chunk that reaches it, and how many chunks
+  // hold activations then (as MaxChunksHeld counts them).
+  int64_t rows = 0;
+  int64_t held = 0;
 };
 struct StateTimeline {
   std::vector<StateEvent> events;

@@ -384,17 +384,25 @@ TEST(CudaEngine, AutoOffload_OnlyTheStateThatDoesNotFit) {
   EXPECT_EQ(again.loss, want.loss);
 }
 
-// PrepareStep replays the step's state events as Grow will meet them. Two
-// long sequences whose states each fit the room but not both: while both
-// are live the second is predicted offloaded, and its host memory is pinned
-// before the step (not mid-step, where in the step runner NCCL work is in
-// flight); when the first is freed before the second is reached, neither
-// is. (The prediction once compared every sequence with the whole room
-// and pinned nothing in the first case.)
+// PrepareStep replays the step's state events as Grow will meet them and
+// pins, before the step, the host memory of the sequences Grow will
+// offload (not mid-step, where in the step runner NCCL work is in flight).
+// Budget: one chunk estimate E (the headroom of one chunk) plus 1.5 long
+// states S; E < S / 10, the margin the prediction leaves either way.
+//  - overlapping: 1 fits; 2 (reached while 1 is live) clearly does not; 3
+//    (0.2 S) does not fit beside 1 and 2's window (0.5 S), though it would
+//    beside 1 alone: 2 and 3 pinned.
+//  - sequential: 1 is freed before 2 is reached: nothing pinned.
+//  - sequential, 2 and 3 reached with `held` chunks holding activations
+//    (held E more than 0.5 S + 2 E, beyond the margin): 2 no longer fits,
+//    3 still does beside 2's window: 2 pinned.
+// (The prediction once compared every sequence with the whole room and
+// pinned nothing in the first case; each term of the replay is needed by
+// one case.)
 TEST(CudaStage, PrepareStep_ReplaysWhatTheLiveSequencesLeave) {
   REQUIRE_GPU();
   const ModelConfig c = Qwen2();
-  const int64_t len = 400;
+  const int64_t len = 2000, short_len = 400;
   auto state_of = [&](int64_t tokens) {
     return tokens * c.kv_dim() * 4 * 4 * c.num_hidden_layers;
   };
@@ -414,42 +422,52 @@ TEST(CudaStage, PrepareStep_ReplaysWhatTheLiveSequencesLeave) {
     EXPECT_TRUE(st.ok()) << st.status();
     return st.ok() ? std::move(*st) : nullptr;
   };
-  // What the stage itself takes, and the headroom a 16-row chunk asks for.
+  // What the stage itself takes, and the working-set estimate of a 16-row
+  // chunk.
   MemoryTracker mem0;
   std::unique_ptr<DeviceContext> ctx0;
   std::unique_ptr<CudaStage> probe = make(0, &mem0, &ctx0);
   ASSERT_NE(probe, nullptr);
   const int64_t fixed = ctx0->allocator().in_use();
-  const int64_t headroom = probe->EstimateChunkWorkingBytes(16, ForwardKind::kKeep);
+  const int64_t estimate = probe->EstimateChunkWorkingBytes(16, ForwardKind::kKeep);
+  ASSERT_LT(estimate, state / 10) << "the cases below assume a small margin";
 
-  StateTimeline overlapping;  // 1 and 2 live at once; 3 short
+  auto reach = [](int64_t seq, int64_t tokens, int64_t held = 0) {
+    return StateEvent{seq, tokens, /*freed=*/false, /*rows=*/16, held};
+  };
+  auto free_of = [](int64_t seq, int64_t tokens) { return StateEvent{seq, tokens, true, 0, 0}; };
+  StateTimeline overlapping;
   overlapping.chunk_rows = 16;
-  overlapping.events = {{1, len, false}, {2, len, false}, {3, 7, false},
-                        {3, 7, true},    {2, len, true},  {1, len, true}};
-  StateTimeline sequential = overlapping;  // 1 freed before 2 is reached
-  sequential.events = {{1, len, false}, {1, len, true}, {2, len, false},
-                       {3, 7, false},   {3, 7, true},   {2, len, true}};
-  // Room for 1.75 long states beyond the headroom: the second long one does
-  // not fit beside the first; the short one fits beside the first and the
-  // second's window (half a state with 2 layers).
-  const int64_t budget = fixed + headroom + state * 7 / 4;
+  overlapping.events = {reach(1, len),          reach(2, len),       reach(3, short_len),
+                        free_of(3, short_len), free_of(2, len),     free_of(1, len)};
+  StateTimeline sequential = overlapping;
+  sequential.events = {reach(1, len),       free_of(1, len),       reach(2, len),
+                       reach(3, short_len), free_of(3, short_len), free_of(2, len)};
+  const int64_t held = state / 2 / estimate + 3;
+  StateTimeline sequential_held = overlapping;
+  sequential_held.events = {reach(1, len),          free_of(1, len),
+                            reach(2, len, held),    reach(3, short_len),
+                            free_of(3, short_len), free_of(2, len)};
+  const int64_t budget = fixed + estimate + state * 3 / 2;
   struct Case {
+    const char* name;
     StateOffload mode;
     const StateTimeline* timeline;
     int64_t want;
   };
-  for (const Case& k : {Case{StateOffload::kAuto, &overlapping, state},
-                        Case{StateOffload::kAuto, &sequential, 0},
-                        Case{StateOffload::kAlways, &sequential, 2 * state + state_of(7)},
-                        Case{StateOffload::kNever, &overlapping, 0}}) {
+  for (const Case& k :
+       {Case{"auto overlapping", StateOffload::kAuto, &overlapping, state + state_of(short_len)},
+        Case{"auto sequential", StateOffload::kAuto, &sequential, 0},
+        Case{"auto sequential held", StateOffload::kAuto, &sequential_held, state},
+        Case{"always", StateOffload::kAlways, &sequential, 2 * state + state_of(short_len)},
+        Case{"never", StateOffload::kNever, &overlapping, 0}}) {
     so.offload_state = k.mode;
     MemoryTracker mem;
     std::unique_ptr<DeviceContext> ctx;
     std::unique_ptr<CudaStage> stage = make(budget, &mem, &ctx);
     ASSERT_NE(stage, nullptr);
     ASSERT_EQ(ctx->allocator().in_use(), fixed);
-    EXPECT_EQ(stage->PrepareStep(*k.timeline), k.want)
-        << StateOffloadName(k.mode) << (k.timeline == &sequential ? " sequential" : " overlapping");
+    EXPECT_EQ(stage->PrepareStep(*k.timeline), k.want) << k.name;
   }
 }
 

@@ -385,41 +385,53 @@ absl::Status CudaStage::ForwardDevice(const ChunkInput& in, const float* x, floa
 
 int64_t CudaStage::PrepareStep(const StateTimeline& timeline) {
   if (options_.offload_state == StateOffload::kNever) return 0;
-  const int64_t headroom =
-      std::max(mem_->working_high_water() - mem_->working(),
-               chunks_held_ * EstimateChunkWorkingBytes(timeline.chunk_rows, ForwardKind::kKeep));
-  // kAuto: Grow places a sequence on the device when its whole state fits
-  // the room the live sequences' state leaves, less the headroom and the
-  // largest window of the live offloaded ones (the layer such a sequence
-  // brings onto the device).
-  int64_t room = ctx_->AvailableBytes() - headroom;
-  std::map<int64_t, bool> offloaded;  // live sequence -> predicted offloaded
-  std::multiset<int64_t> windows;     // of the live offloaded sequences
+  const bool always = options_.offload_state == StateOffload::kAlways;
+  // Grow, at a sequence's first chunk (`rows` rows, `held` chunks holding
+  // activations), places it on the device when its whole state fits
+  //   AvailableBytes() - max(high water - working, chunks_held_ * estimate)
+  //   - the largest window of the live offloaded sequences,
+  // where AvailableBytes() has lost the live on-device state and the working
+  // set (about `held` estimates). So its room is what the live state leaves,
+  // less max(high water, (held + chunks_held_) * estimate) and that window.
+  // What the estimate does not see (the step runner's link buffers, the
+  // allocator's rounding) is within `margin`: a sequence that close to the
+  // edge is taken both ways - pinned, and counted on the device for the
+  // sequences after it - so a wrong guess costs pinned memory, not a pin
+  // mid-step.
+  const int64_t high_water = mem_->working_high_water() - mem_->working();
+  const int64_t margin = EstimateChunkWorkingBytes(timeline.chunk_rows, ForwardKind::kKeep);
+  int64_t free_bytes = ctx_->AvailableBytes();
+  struct Placed {
+    bool pinned = false, on_device = false;
+  };
+  std::map<int64_t, Placed> live;
+  std::multiset<int64_t> windows;  // of the live sequences that may be offloaded
   std::vector<int64_t> capacities;
   for (const StateEvent& e : timeline.events) {
     const int64_t bytes = state_.StateBytes(e.tokens, /*grads=*/true);
     const int64_t window = state_.WindowBytes(e.tokens, /*grads=*/true);
     if (e.freed) {
-      auto it = offloaded.find(e.seq);
-      if (it == offloaded.end()) continue;
-      if (it->second) {
-        windows.erase(windows.find(window));
-      } else {
-        room += bytes;
-      }
-      offloaded.erase(it);
+      auto it = live.find(e.seq);
+      if (it == live.end()) continue;
+      if (it->second.pinned) windows.erase(windows.find(window));
+      if (it->second.on_device) free_bytes += bytes;
+      live.erase(it);
       continue;
     }
-    const int64_t largest = windows.empty() ? 0 : *windows.rbegin();
-    const bool offload =
-        options_.offload_state == StateOffload::kAlways || bytes > room - largest;
-    offloaded[e.seq] = offload;
-    if (offload) {
+    const int64_t headroom = std::max(
+        high_water,
+        (e.held + chunks_held_) * EstimateChunkWorkingBytes(std::max<int64_t>(e.rows, 1),
+                                                            ForwardKind::kKeep));
+    const int64_t room = free_bytes - headroom - (windows.empty() ? 0 : *windows.rbegin());
+    Placed p;
+    p.pinned = always || bytes > room - margin;
+    p.on_device = !always && bytes <= room + margin;
+    if (p.pinned) {
       capacities.push_back(e.tokens);
       windows.insert(window);
-    } else {
-      room -= bytes;
     }
+    if (p.on_device) free_bytes -= bytes;
+    live[e.seq] = p;
   }
   // Every predicted sequence pinned, though one freed early returns its
   // buffers for a later one: at most the step's offloaded state, kept in

@@ -116,10 +116,12 @@ class CudaStage : public StageExecutor {
   void set_chunks_held(int64_t n) { chunks_held_ = std::max<int64_t>(n, 1); }
   // Before a step's ops (while no NCCL work is in flight): pins the host
   // memory of the sequences the step will offload - all with kAlways; with
-  // kAuto those predicted not to fit, replaying the step's state events
+  // kAuto those predicted not to fit or within a chunk's working-set
+  // estimate of the edge, replaying the step's state events
   // (StateTimelineOf) as Grow will meet them, each sequence's room being
-  // what the live ones before it leave - so that no op pins (and
-  // synchronises the device) mid-step. Returns the bytes pinned.
+  // what the live ones before it and the chunks then held leave - so that
+  // no op pins (and synchronises the device) mid-step. Returns the bytes
+  // pinned.
   int64_t PrepareStep(const StateTimeline& timeline);
   // The activations + scratch a forward of `rows` rows adds (the kept
   // activations of every layer - none for inference -, one layer's scratch,
