@@ -11,6 +11,7 @@ PACKAGES=(
   libabsl-dev                           # Abseil 20220623
   nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libboost-context-dev                  # fibers of the kernels' SIMT emulation (tests)
   libopenblas-openmp-dev libopenblas0-openmp  # GEMMs of kernels/cpu
   libgloo-dev librocksdb-dev prometheus-cpp-dev prometheus  # the cluster
 )

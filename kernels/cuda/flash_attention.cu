@@ -43,11 +43,15 @@ __device__ __forceinline__ uint32_t Ld32(const bf16* s, int row, int col, int ld
 }
 
 __device__ __forceinline__ void Mma(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+#ifdef CHUNKFLOW_SIMT  // the CPU emulation (simt.h) of the same instruction
+  ::chunkflow::kernels::cuda::simt::MmaM16N8K16(c, a, b);
+#else
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
       "{%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
 }
 
 // A fragment of a row-major shared tile X: rows r0..r0+15, columns k0..k0+15.

@@ -1,23 +1,20 @@
-// Host emulation of the CUDA runtime calls and kernels/cuda ops the CUDA
-// engine uses, for testing the engine's HOST logic (buffer lifetimes, zeroing,
-// state-store offsets, pointer mapping, op order, tied-gradient sums,
-// optimizer spans) on machines without a GPU. It is not a GPU simulator:
+// Host emulation of the CUDA runtime calls the CUDA engine and the kernels
+// use, for tests on machines without a GPU. It is not a GPU simulator:
 //  - "device" memory is host memory; cudaMalloc fills new blocks with 0xFF
 //    bytes (NaN), so a buffer the engine forgets to zero or write poisons
 //    the result;
-//  - every op of ops.h / attention.h is its CPU twin from kernels/cpu;
-//    linear.h's ops are the real linear.cc over cublas_emulation.cc (cuBLAS
-//    and cuBLASLt on the CPU, in double);
 //  - streams are synchronous, except for work a test library marks
 //    asynchronous (host_emulation.h: the NCCL emulation's), which events,
 //    cudaStreamQuery and cudaStreamSynchronize see;
 //  - CHUNKFLOW_EMULATED_GPUS devices (default 1), the current one per thread;
 //    cudaPointerGetAttributes knows cudaMalloc blocks (and their device) and
-//    cudaHostAlloc blocks.
-// The kernels themselves are checked against the same CPU twins on a GPU by
-// kernels/cuda:ops_test; the engine on real hardware by
-// worker/engine/cuda:cuda_engine_test. Link :host_emulation INSTEAD of
-// :ops / :linear / :allocator and the CUDA runtime (it defines the runtime
+//    cudaHostAlloc blocks;
+//  - cudaGetLastError returns what the SIMT emulation's last launch on this
+//    thread failed with (simt.h), and cudaFuncSetAttribute keeps the
+//    dynamic shared memory a kernel may use.
+// The ops on top of it are either their CPU twins (cpu_twin_ops.cc, for the
+// engine's host logic) or the real kernels run by the SIMT emulation
+// (simt.h). Link it INSTEAD of the CUDA runtime (it defines the runtime
 // functions it emulates).
 
 #include <cuda_bf16.h>
@@ -35,19 +32,7 @@
 #include <utility>
 #include <vector>
 
-#include "absl/status/status.h"
-#include "absl/status/statusor.h"
-#include "kernels/cpu/attention.h"
-#include "kernels/cpu/cross_entropy.h"
-#include "kernels/cpu/embedding.h"
-#include "kernels/cpu/optimizer.h"
-#include "kernels/cpu/rmsnorm.h"
-#include "kernels/cpu/rope.h"
-#include "kernels/cpu/swiglu.h"
-#include "kernels/cuda/attention.h"
-#include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/host_emulation.h"
-#include "kernels/cuda/ops.h"
 
 // ---------------------------------------------------------------------------
 // Streams, events, devices and the allocation registry
@@ -89,6 +74,13 @@ Registry& R() {
 }
 
 thread_local int current_device = 0;
+thread_local cudaError_t last_error = cudaSuccess;
+
+// cudaFuncAttributeMaxDynamicSharedMemorySize per (device, kernel).
+std::map<std::pair<int, const void*>, int>& SharedAttributes() {
+  static auto* m = new std::map<std::pair<int, const void*>, int>;
+  return *m;
+}
 
 // The legacy / per-thread default stream handles are one stream here.
 EmuStream* StreamOf(cudaStream_t s) {
@@ -106,6 +98,14 @@ int DeviceCount() {
 }
 
 int CurrentDevice() { return current_device; }
+
+void SetLastError(cudaError_t e) { last_error = e; }
+
+size_t MaxDynamicSharedBytes(const void* kernel) {
+  std::lock_guard<std::mutex> lock(R().mu);
+  auto it = SharedAttributes().find({current_device, kernel});
+  return it == SharedAttributes().end() ? size_t{48} << 10 : static_cast<size_t>(it->second);
+}
 
 void EnqueueAsync(cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(R().mu);
@@ -172,7 +172,19 @@ cudaError_t cudaGetDevice(int* device) {
   *device = emu::current_device;
   return cudaSuccess;
 }
-cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+cudaError_t cudaGetLastError(void) {
+  const cudaError_t e = emu::last_error;
+  emu::last_error = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError(void) { return emu::last_error; }
+cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaSuccess;
+  if (value < 0 || value > 227 * 1024) return cudaErrorInvalidValue;  // sm_90's maximum
+  std::lock_guard<std::mutex> lock(emu::R().mu);
+  emu::SharedAttributes()[{emu::current_device, func}] = value;
+  return cudaSuccess;
+}
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   if (device < 0 || device >= emu::DeviceCount()) return cudaErrorInvalidDevice;
   std::memset(prop, 0, sizeof(*prop));
@@ -361,6 +373,10 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind)
   std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
+cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
+  std::memset(dst, value, bytes);
+  return cudaSuccess;
+}
 cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) {
   std::memset(dst, value, bytes);
   return cudaSuccess;
@@ -368,200 +384,3 @@ cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) {
 
 }  // extern "C"
 
-namespace chunkflow::kernels::cuda {
-// ---------------------------------------------------------------------------
-// ops.h
-// ---------------------------------------------------------------------------
-
-cudaError_t embedding_forward(float* out, const int32_t* tokens, const float* wte, int64_t T,
-                              int64_t C, cudaStream_t) {
-  cpu::embedding_forward(out, tokens, wte, T, C);
-  return cudaSuccess;
-}
-cudaError_t embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int64_t T,
-                               int64_t C, cudaStream_t) {
-  cpu::embedding_backward(dwte, dout, tokens, T, C);
-  return cudaSuccess;
-}
-cudaError_t embedding_backward_grouped(float* dwte, const float* dout, const int32_t* rows,
-                                       const int32_t* begin, const int32_t* token,
-                                       int64_t n_groups, int64_t C, cudaStream_t) {
-  for (int64_t g = 0; g < n_groups; ++g) {
-    float* dst = dwte + static_cast<int64_t>(token[g]) * C;
-    for (int32_t i = begin[g]; i < begin[g + 1]; ++i) {
-      const float* src = dout + static_cast<int64_t>(rows[i]) * C;
-      for (int64_t c = 0; c < C; ++c) dst[c] += src[c];
-    }
-  }
-  return cudaSuccess;
-}
-cudaError_t rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight,
-                            int64_t T, int64_t C, float eps, cudaStream_t) {
-  cpu::rmsnorm_forward(out, rstd, inp, weight, T, C, eps);
-  return cudaSuccess;
-}
-cudaError_t rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp,
-                             const float* weight, const float* rstd, int64_t T, int64_t C,
-                             cudaStream_t) {
-  cpu::rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, T, C);
-  return cudaSuccess;
-}
-cudaError_t rope_forward(float* out, const float* inp, const int64_t* positions, int64_t T,
-                         int64_t n_heads, int64_t head_dim, float theta, cudaStream_t) {
-  cpu::rope_forward(out, inp, positions, T, n_heads, head_dim, theta);
-  return cudaSuccess;
-}
-cudaError_t rope_backward(float* dinp, const float* dout, const int64_t* positions, int64_t T,
-                          int64_t n_heads, int64_t head_dim, float theta, cudaStream_t) {
-  cpu::rope_backward(dinp, dout, positions, T, n_heads, head_dim, theta);
-  return cudaSuccess;
-}
-cudaError_t cross_entropy_forward(float* losses, const float* logits, const int32_t* targets,
-                                  int64_t T, int64_t V, cudaStream_t) {
-  cpu::cross_entropy_forward(losses, logits, targets, T, V);
-  return cudaSuccess;
-}
-cudaError_t cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets,
-                                   const float* dlosses, int64_t T, int64_t V, cudaStream_t) {
-  cpu::cross_entropy_backward(dlogits, logits, targets, dlosses, T, V);
-  return cudaSuccess;
-}
-cudaError_t cross_entropy_fused(float* losses, float* logits, const int32_t* targets, float dloss,
-                                int64_t T, int64_t V, cudaStream_t) {
-  std::vector<float> row_losses(static_cast<size_t>(T));
-  std::vector<float> grad(static_cast<size_t>(T * V), 0.0f);
-  const std::vector<float> dlosses(static_cast<size_t>(T), dloss);
-  cpu::cross_entropy_forward(row_losses.data(), logits, targets, T, V);
-  cpu::cross_entropy_backward(grad.data(), logits, targets, dlosses.data(), T, V);
-  std::memcpy(logits, grad.data(), grad.size() * sizeof(float));
-  if (losses != nullptr) std::memcpy(losses, row_losses.data(), row_losses.size() * sizeof(float));
-  return cudaSuccess;
-}
-cudaError_t add_to(float* dst, const float* src, int64_t n, cudaStream_t) {
-  for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
-  return cudaSuccess;
-}
-cudaError_t swiglu_forward(float* out, const float* gate, const float* up, int64_t N,
-                           cudaStream_t) {
-  cpu::swiglu_forward(out, gate, up, N);
-  return cudaSuccess;
-}
-cudaError_t swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate,
-                            const float* up, int64_t N, cudaStream_t) {
-  cpu::swiglu_backward(dgate, dup, dout, gate, up, N);
-  return cudaSuccess;
-}
-cudaError_t adamw_update_multi(float* params, const float* grads, float* m, float* v,
-                               const TensorSpan* spans, int64_t n_spans, int64_t step,
-                               const AdamWConfig& cfg, cudaStream_t) {
-  for (int64_t s = 0; s < n_spans; ++s) {
-    cpu::AdamWConfig c;
-    c.lr = cfg.lr;
-    c.beta1 = cfg.beta1;
-    c.beta2 = cfg.beta2;
-    c.eps = cfg.eps;
-    c.weight_decay = spans[s].decay ? cfg.weight_decay : 0.0f;
-    const int64_t o = spans[s].offset;
-    cpu::adamw_update(params + o, grads + o, m + o, v + o, spans[s].numel, step, c);
-  }
-  return cudaSuccess;
-}
-cudaError_t sgd_update(float* params, const float* grads, int64_t n, float lr, cudaStream_t) {
-  cpu::sgd_update(params, grads, n, lr);
-  return cudaSuccess;
-}
-cudaError_t sum_of_squares(double* out, const float* x, int64_t n, double*, cudaStream_t) {
-  *out = cpu::sum_of_squares(x, n);
-  return cudaSuccess;
-}
-cudaError_t scale(float* x, int64_t n, float factor, cudaStream_t) {
-  cpu::scale(x, n, factor);
-  return cudaSuccess;
-}
-cudaError_t float_to_bf16(__nv_bfloat16* out, const float* in, int64_t n, cudaStream_t) {
-  for (int64_t i = 0; i < n; ++i) out[i] = __float2bfloat16_rn(in[i]);
-  return cudaSuccess;
-}
-cudaError_t bf16_to_float(float* out, const __nv_bfloat16* in, int64_t n, cudaStream_t) {
-  for (int64_t i = 0; i < n; ++i) out[i] = __bfloat162float(in[i]);
-  return cudaSuccess;
-}
-cudaError_t broadcast_rows(float* out, const float* row, int64_t T, int64_t C, cudaStream_t) {
-  for (int64_t t = 0; t < T; ++t) std::memcpy(out + t * C, row, sizeof(float) * C);
-  return cudaSuccess;
-}
-cudaError_t column_sums(float* sums, const float* x, int64_t T, int64_t C, cudaStream_t) {
-  for (int64_t c = 0; c < C; ++c) {
-    double s = 0;
-    for (int64_t t = 0; t < T; ++t) s += x[t * C + c];
-    sums[c] += static_cast<float>(s);
-  }
-  return cudaSuccess;
-}
-cudaError_t column_sums(float* sums, const __nv_bfloat16* x, int64_t T, int64_t C, cudaStream_t) {
-  for (int64_t c = 0; c < C; ++c) {
-    double s = 0;
-    for (int64_t t = 0; t < T; ++t) s += __bfloat162float(x[t * C + c]);
-    sums[c] += static_cast<float>(s);
-  }
-  return cudaSuccess;
-}
-
-// ---------------------------------------------------------------------------
-// attention.h
-// ---------------------------------------------------------------------------
-
-namespace {
-
-std::vector<cpu::AttentionSegment> CpuSegments(const AttentionSegment* segs, int64_t n) {
-  std::vector<cpu::AttentionSegment> out(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    out[i].q_begin = segs[i].q_begin;
-    out[i].length = segs[i].length;
-    out[i].offset = segs[i].offset;
-    out[i].k = segs[i].k;
-    out[i].v = segs[i].v;
-    out[i].dk = segs[i].dk;
-    out[i].dv = segs[i].dv;
-  }
-  return out;
-}
-
-}  // namespace
-
-absl::Status attention_forward(float* out, float* lse, const float* q,
-                               const AttentionSegment* segs, int64_t n_segs, int64_t n_heads,
-                               int64_t n_kv_heads, int64_t head_dim, cudaStream_t) {
-  const std::vector<cpu::AttentionSegment> s = CpuSegments(segs, n_segs);
-  cpu::attention_forward(out, lse, q, s.data(), n_segs, n_heads, n_kv_heads, head_dim);
-  return absl::OkStatus();
-}
-absl::Status attention_backward(float* dq, const AttentionSegment* segs, int64_t n_segs,
-                                const float* dout, const float* q, const float* out,
-                                const float* lse, int64_t n_heads, int64_t n_kv_heads,
-                                int64_t head_dim, cudaStream_t) {
-  const std::vector<cpu::AttentionSegment> s = CpuSegments(segs, n_segs);
-  cpu::attention_backward(dq, s.data(), n_segs, dout, q, out, lse, n_heads, n_kv_heads, head_dim);
-  return absl::OkStatus();
-}
-
-bool flash_attention_supported(int64_t head_dim) {
-  return head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128;
-}
-absl::Status flash_attention_forward(float* out, float* lse, const float* q,
-                                     const AttentionSegment* segs, int64_t n_segs,
-                                     int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
-                                     cudaStream_t stream) {
-  return attention_forward(out, lse, q, segs, n_segs, n_heads, n_kv_heads, head_dim, stream);
-}
-absl::Status flash_attention_backward(float* dq, const AttentionSegment* segs, int64_t n_segs,
-                                      const float* dout, const float* q, const float* out,
-                                      const float* lse, int64_t n_heads, int64_t n_kv_heads,
-                                      int64_t head_dim, float* delta, int64_t rows,
-                                      cudaStream_t stream) {
-  for (int64_t i = 0; i < rows * n_heads; ++i) delta[i] = 0.0f;  // written, as on the device
-  return attention_backward(dq, segs, n_segs, dout, q, out, lse, n_heads, n_kv_heads, head_dim,
-                            stream);
-}
-
-}  // namespace chunkflow::kernels::cuda

@@ -1,5 +1,6 @@
 // Hooks of the CUDA runtime host emulation (host_emulation.cc) for other
-// test-only emulations layered on it (worker/comm's NCCL emulation).
+// test-only emulations layered on it (worker/comm's NCCL emulation, the
+// SIMT emulation of the kernels).
 #ifndef CHUNKFLOW_KERNELS_CUDA_HOST_EMULATION_H_
 #define CHUNKFLOW_KERNELS_CUDA_HOST_EMULATION_H_
 
@@ -14,6 +15,12 @@ namespace chunkflow::kernels::cuda::emulation {
 // and this thread's current device (cudaSetDevice).
 int DeviceCount();
 int CurrentDevice();
+
+// The error cudaGetLastError returns next on this thread (a launch's).
+void SetLastError(cudaError_t e);
+// The dynamic shared memory `kernel` may use on the current device: 48 KiB
+// unless cudaFuncSetAttribute raised it.
+size_t MaxDynamicSharedBytes(const void* kernel);
 
 // Asynchronous work on `stream`: EnqueueAsync counts one operation,
 // CompleteAsync marks the oldest one done. Events recorded after an

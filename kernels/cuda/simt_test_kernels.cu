@@ -1,0 +1,167 @@
+// Kernels of simt_test_kernels.h, written as for nvcc.
+#include "kernels/cuda/simt_test_kernels.h"
+
+#include <cuda_bf16.h>
+
+namespace chunkflow::kernels::cuda::simt_test {
+namespace {
+
+__global__ void WriteIndicesKernel(int* out) {
+  const int block = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  const int thread = (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+  const int per_block = blockDim.x * blockDim.y * blockDim.z;
+  out[block * per_block + thread] = block * per_block + thread;
+}
+
+__global__ void RotateKernel(float* out, const float* in, int n, bool with_barrier) {
+  __shared__ float s[1024];
+  const int t = threadIdx.x;
+  s[t] = in[t];
+  if (with_barrier) __syncthreads();
+  out[t] = s[(t + 1) % n];
+}
+
+template <typename T>
+__global__ void WarpSumKernel(T* out, const T* in) {
+  T v = in[threadIdx.x];
+  for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+  out[threadIdx.x] = v;
+}
+
+__device__ void MmaSync(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+#ifdef CHUNKFLOW_SIMT
+  ::chunkflow::kernels::cuda::simt::MmaM16N8K16(c, a, b);
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// Element i of a fragment register pair: the PTX ISA's "Matrix Fragments
+// for mma.m16n8k16 with floating point type" tables, element by element
+// (groupID = lane >> 2, threadID_in_group = lane % 4).
+__global__ void MmaKernel(float* d, const uint16_t* a, const uint16_t* b, const float* c) {
+  const int lane = threadIdx.x, group = lane >> 2, tig = lane % 4;
+  uint32_t ra[4] = {0, 0, 0, 0}, rb[2] = {0, 0};
+  for (int i = 0; i < 8; ++i) {  // a0..a7, two per register, a_{2r} low
+    const int row = (i < 2 || (i >= 4 && i < 6)) ? group : group + 8;
+    const int col = tig * 2 + (i & 1) + (i >= 4 ? 8 : 0);
+    ra[i / 2] |= static_cast<uint32_t>(a[row * 16 + col]) << (16 * (i & 1));
+  }
+  for (int i = 0; i < 4; ++i) {  // b0..b3
+    const int row = tig * 2 + (i & 1) + (i >= 2 ? 8 : 0);
+    rb[i / 2] |= static_cast<uint32_t>(b[row * 8 + group]) << (16 * (i & 1));
+  }
+  float rc[4];
+  for (int i = 0; i < 4; ++i) {  // c0..c3
+    const int row = i < 2 ? group : group + 8;
+    rc[i] = c[row * 8 + tig * 2 + (i & 1)];
+  }
+  MmaSync(rc, ra, rb);
+  for (int i = 0; i < 4; ++i) {
+    const int row = i < 2 ? group : group + 8;
+    d[row * 8 + tig * 2 + (i & 1)] = rc[i];
+  }
+}
+
+__global__ void ReadUnwrittenKernel(float* out) {
+  __shared__ float s[256];
+  out[threadIdx.x] = s[threadIdx.x];
+}
+
+__global__ void DivergentBarrierKernel(float* out) {
+  if (threadIdx.x < 16) {
+    __syncthreads();
+  } else {
+    __syncthreads();
+  }
+  out[threadIdx.x] = 1.0f;
+}
+
+__global__ void ShuffleAfterExitKernel(float* out) {
+  if (threadIdx.x >= 16) return;
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+}
+
+__global__ void ShuffleAgainstBarrierKernel(float* out) {
+  if (threadIdx.x < 16) {
+    out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+  } else {
+    __syncthreads();
+  }
+}
+
+__global__ void DynamicSharedKernel(float* out, int floats, bool overrun) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  float* s = reinterpret_cast<float*>(smem);
+  for (int i = threadIdx.x; i < floats + (overrun ? 1 : 0); i += blockDim.x) s[i] = 1.0f;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float sum = 0.0f;
+    for (int i = 0; i < floats; ++i) sum += s[i];
+    out[0] = sum;
+  }
+}
+
+}  // namespace
+
+cudaError_t WriteIndices(int* out, dim3 grid, dim3 block) {
+  WriteIndicesKernel<<<grid, block>>>(out);
+  return cudaGetLastError();
+}
+
+cudaError_t RotateThroughShared(float* out, const float* in, int n, bool with_barrier) {
+  RotateKernel<<<1, n>>>(out, in, n, with_barrier);
+  return cudaGetLastError();
+}
+
+cudaError_t WarpSums(float* out, const float* in, int n) {
+  WarpSumKernel<float><<<1, n>>>(out, in);
+  return cudaGetLastError();
+}
+
+cudaError_t WarpSumsDouble(double* out, const double* in, int n) {
+  WarpSumKernel<double><<<1, n>>>(out, in);
+  return cudaGetLastError();
+}
+
+cudaError_t Mma(float* d, const uint16_t* a, const uint16_t* b, const float* c) {
+  MmaKernel<<<1, 32>>>(d, a, b, c);
+  return cudaGetLastError();
+}
+
+cudaError_t ReadUnwrittenShared(float* out, int n) {
+  ReadUnwrittenKernel<<<1, n>>>(out);
+  return cudaGetLastError();
+}
+
+cudaError_t DivergentBarrier(float* out) {
+  DivergentBarrierKernel<<<1, 32>>>(out);
+  return cudaGetLastError();
+}
+
+cudaError_t ShuffleAfterExit(float* out) {
+  ShuffleAfterExitKernel<<<1, 32>>>(out);
+  return cudaGetLastError();
+}
+
+cudaError_t ShuffleAgainstBarrier(float* out) {
+  ShuffleAgainstBarrierKernel<<<1, 32>>>(out);
+  return cudaGetLastError();
+}
+
+cudaError_t UseDynamicShared(float* out, int shared_bytes, int attribute, bool overrun) {
+  if (attribute > 0) {
+    const cudaError_t e = cudaFuncSetAttribute(
+        DynamicSharedKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, attribute);
+    if (e != cudaSuccess) return e;
+  }
+  DynamicSharedKernel<<<1, 128, static_cast<size_t>(shared_bytes)>>>(
+      out, shared_bytes / static_cast<int>(sizeof(float)), overrun);
+  return cudaGetLastError();
+}
+
+}  // namespace chunkflow::kernels::cuda::simt_test

@@ -1,0 +1,45 @@
+// Kernels that exercise the SIMT emulation itself (simt_test.cc): what it
+// must compute, and the faults it must report. Built only for the emulation.
+#ifndef CHUNKFLOW_KERNELS_CUDA_SIMT_TEST_KERNELS_H_
+#define CHUNKFLOW_KERNELS_CUDA_SIMT_TEST_KERNELS_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace chunkflow::kernels::cuda::simt_test {
+
+// out[i] = the thread's linear index in the grid, over a grid and block of
+// the given shapes (x, y, z).
+cudaError_t WriteIndices(int* out, dim3 grid, dim3 block);
+
+// out[t] = in[(t + 1) % n] through shared memory, n = threads: with the
+// barrier between the write and the read, or without it (a race).
+cudaError_t RotateThroughShared(float* out, const float* in, int n, bool with_barrier);
+
+// out[t] = the warp sum of in over __shfl_xor_sync, for n threads.
+cudaError_t WarpSums(float* out, const float* in, int n);
+cudaError_t WarpSumsDouble(double* out, const double* in, int n);
+
+// d (16x8, row-major) = a (16x16, row-major, bf16 bits) b (16x8, row-major,
+// bf16 bits) + c, one warp, fragments loaded as the PTX ISA lays them out.
+cudaError_t Mma(float* d, const uint16_t* a, const uint16_t* b, const float* c);
+
+// out[t] = a static shared element no thread wrote.
+cudaError_t ReadUnwrittenShared(float* out, int n);
+
+// Faults: threads of one block at two different __syncthreads(); lanes
+// that exited before a full-mask shuffle; a shuffle waiting for lanes that
+// wait at a barrier.
+cudaError_t DivergentBarrier(float* out);
+cudaError_t ShuffleAfterExit(float* out);
+cudaError_t ShuffleAgainstBarrier(float* out);
+
+// `shared_bytes` of dynamic shared memory, written in full (or one float
+// past its end); `attribute` (when > 0) set first as the kernel's
+// cudaFuncAttributeMaxDynamicSharedMemorySize.
+cudaError_t UseDynamicShared(float* out, int shared_bytes, int attribute, bool overrun);
+
+}  // namespace chunkflow::kernels::cuda::simt_test
+
+#endif  // CHUNKFLOW_KERNELS_CUDA_SIMT_TEST_KERNELS_H_
