@@ -109,6 +109,8 @@ for b in "$HERE"/bin/*; do
   echo "=== $(basename "$b")"
   missing=$(ldd "$b" | awk '/not found/ {print $1}')
   if [[ -n $missing ]]; then echo "missing libraries: $missing"; fail=$((fail + 1)); continue; fi
+  # A scratch folder per binary, as Bazel gives each test.
+  export TEST_TMPDIR="$(mktemp -d "${TMPDIR:-/tmp}/$(basename "$b").XXXXXX")"
   if timeout "$T" "$b" "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
   if [[ ${SANITIZE:-0} == 1 ]] && command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck; do

@@ -285,7 +285,7 @@ TEST(StepRunner, SaveShard_LoadsWholeAndPerStage) {
   engine::ModelConfig c = engine::TinyQwen2Config();
   c.num_hidden_layers = 3;
   const std::vector<engine::StageRange> ranges = *engine::PartitionStages(3, 3);
-  const std::string dir = std::string(std::getenv("TEST_TMPDIR")) + "/shards/step-000004";
+  const std::string dir = ::testing::TempDir() + "shards/step-000004";
   StageLinks none;
   std::vector<std::unique_ptr<StepRunner>> runners;
   for (int s = 0; s < 3; ++s) {
@@ -430,7 +430,7 @@ TEST_P(CudaStepRunner, SaveShardFromDevice_LoadsBack) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_GT(r->peak_bytes, 0);
   EXPECT_GT(r->peak_device_bytes, r->peak_bytes) << "the device also holds weights and gradients";
-  const std::string dir = std::string(std::getenv("TEST_TMPDIR")) + "/cuda-shard";
+  const std::string dir = ::testing::TempDir() + "cuda-shard";
   ASSERT_TRUE((*a)->SaveShard(dir, 0, 1).ok());
   absl::StatusOr<std::unique_ptr<StepRunner>> b = StepRunner::Create(c, ranges[0], &none,
                                                                      g_runner_options);

@@ -251,7 +251,7 @@ TEST_P(CudaEngineTest, SaveLoad_RoundTripsThroughTheCpuFormat) {
   o.chunk_size = 32;
   o.lr = 1e-3f;
   ASSERT_TRUE(gpu->TrainStep(RandomData({40, 9}, c.vocab_size, 20), o).ok());
-  const std::string dir = std::string(std::getenv("TEST_TMPDIR")) + "/cuda-save-" +
+  const std::string dir = ::testing::TempDir() + "cuda-save-" +
                           (p.llama ? "llama" : "qwen2") + std::to_string(p.pp);
   ASSERT_TRUE(gpu->Save(dir).ok());
   std::unique_ptr<Engine> cpu = *Engine::Create(c, p.pp);
