@@ -17,6 +17,8 @@
 #include <set>
 #include <string>
 
+#include "kernels/cuda/mma.h"
+
 namespace chunkflow::kernels::cuda {
 namespace {
 
@@ -42,17 +44,6 @@ __device__ __forceinline__ uint32_t Ld32(const bf16* s, int row, int col, int ld
   return *reinterpret_cast<const uint32_t*>(s + row * ld + col);
 }
 
-__device__ __forceinline__ void Mma(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-#ifdef CHUNKFLOW_SIMT  // the CPU emulation (simt.h) of the same instruction
-  ::chunkflow::kernels::cuda::simt::MmaM16N8K16(c, a, b);
-#else
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#endif
-}
 
 // A fragment of a row-major shared tile X: rows r0..r0+15, columns k0..k0+15.
 __device__ __forceinline__ void LoadA(uint32_t a[4], const bf16* x, int r0, int k0, int ld, int g,
@@ -102,7 +93,7 @@ __device__ __forceinline__ void ProductNT(float (&c)[kN / 8][4], const bf16* a, 
     for (int j = 0; j < kN / 8; ++j) {
       uint32_t fb[2];
       LoadBT(fb, b, j * 8, kk * 16, kLd, g, t);
-      Mma(c[j], fa, fb);
+      MmaM16N8K16Bf16(c[j], fa, fb);
     }
   }
 }
@@ -128,9 +119,9 @@ __device__ __forceinline__ void ProductsNT(float (&c1)[kN / 8][4], float (&c2)[k
     for (int j = 0; j < kN / 8; ++j) {
       uint32_t fb[2];
       LoadBT(fb, b1, j * 8, kk * 16, kLd, g, t);
-      Mma(c1[j], f1, fb);
+      MmaM16N8K16Bf16(c1[j], f1, fb);
       LoadBT(fb, b2, j * 8, kk * 16, kLd, g, t);
-      Mma(c2[j], f2, fb);
+      MmaM16N8K16Bf16(c2[j], f2, fb);
     }
   }
 }
@@ -255,7 +246,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int j = 0; j < D / 8; ++j) {
         uint32_t b[2];
         LoadBN(b, sV, kk * 16, j * 8, kLd, g, t);
-        Mma(o[j], a, b);
+        MmaM16N8K16Bf16(o[j], a, b);
       }
     }
   }
@@ -357,7 +348,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int j = 0; j < D / 8; ++j) {
         uint32_t b[2];
         LoadBN(b, sK, kk * 16, j * 8, kLd, g, t);
-        Mma(acc[j], a, b);
+        MmaM16N8K16Bf16(acc[j], a, b);
       }
     }
   }
@@ -450,9 +441,9 @@ __global__ void __launch_bounds__(kThreads)
         for (int j = 0; j < D / 8; ++j) {
           uint32_t b[2];
           LoadBN(b, sO, kk * 16, j * 8, kLd, g, t);
-          Mma(dva[j], ap, b);
+          MmaM16N8K16Bf16(dva[j], ap, b);
           LoadBN(b, sQ, kk * 16, j * 8, kLd, g, t);
-          Mma(dka[j], as, b);
+          MmaM16N8K16Bf16(dka[j], as, b);
         }
       }
     }

@@ -47,6 +47,8 @@ using cpu::testing::RandomVector;
 using cpu::testing::RelativeError;
 
 using cuda::testing::DeviceBuffer;
+using cuda::testing::HostFromBf16;
+using cuda::testing::HostToBf16;
 
 void Sync() {
   absl::Status s = cuda::CudaSync(nullptr, "test");
@@ -358,20 +360,6 @@ TEST(CudaOps, Attention_MatchesCpu_PackedWithPrefix) {
               absl::StatusCode::kInvalidArgument)
         << "3 heads on 2 kv heads";
   }
-}
-
-// Round-to-nearest-even to bf16 on the host, as __float2bfloat16_rn does.
-uint16_t HostToBf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7FFF + ((u >> 16) & 1);
-  return static_cast<uint16_t>(u >> 16);
-}
-float HostFromBf16(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
 }
 
 TEST(CudaOps, Bf16Conversions_RoundToNearestEven) {

@@ -364,26 +364,27 @@ void SyncThreads(const char* file, int line) {
   Yield(State::kBarrier);
 }
 
-uint32_t ShflXor32(unsigned mask, uint32_t v, int lane_mask, int width) {
-  Fiber& f = Current();
-  f.op = WarpOp::kShfl32;
-  f.mask = mask;
-  f.lane_mask = lane_mask;
-  f.width = width;
-  f.value = v;
-  Yield(State::kWarp);
-  return static_cast<uint32_t>(f.value);
-}
+namespace {
 
-uint64_t ShflXor64(unsigned mask, uint64_t v, int lane_mask, int width) {
+uint64_t ShflXor(WarpOp op, unsigned mask, uint64_t v, int lane_mask, int width) {
   Fiber& f = Current();
-  f.op = WarpOp::kShfl64;
+  f.op = op;
   f.mask = mask;
   f.lane_mask = lane_mask;
   f.width = width;
   f.value = v;
   Yield(State::kWarp);
   return f.value;
+}
+
+}  // namespace
+
+uint32_t ShflXor32(unsigned mask, uint32_t v, int lane_mask, int width) {
+  return static_cast<uint32_t>(ShflXor(WarpOp::kShfl32, mask, v, lane_mask, width));
+}
+
+uint64_t ShflXor64(unsigned mask, uint64_t v, int lane_mask, int width) {
+  return ShflXor(WarpOp::kShfl64, mask, v, lane_mask, width);
 }
 
 void MmaM16N8K16(float c[4], const uint32_t a[4], const uint32_t b[2]) {

@@ -15,19 +15,8 @@ namespace chunkflow::kernels::cuda::simt_test {
 namespace {
 
 using testing::DeviceBuffer;
-
-uint16_t Bf16Bits(float x) {  // round to nearest even
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-
-float FromBf16(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
+using testing::HostFromBf16;
+using testing::HostToBf16;
 
 TEST(Simt, EveryThreadOfEveryBlockRunsOnce) {
   const dim3 grid(3, 2, 2), block(5, 4, 3);
@@ -103,8 +92,8 @@ TEST(Simt, MmaM16N8K16_IsTheMatrixProduct) {
   std::uniform_real_distribution<float> u(-2.0f, 2.0f);
   std::vector<uint16_t> a(16 * 16), b(16 * 8);
   std::vector<float> c(16 * 8);
-  for (auto& x : a) x = Bf16Bits(u(rng));
-  for (auto& x : b) x = Bf16Bits(u(rng));
+  for (auto& x : a) x = HostToBf16(u(rng));
+  for (auto& x : b) x = HostToBf16(u(rng));
   for (auto& x : c) x = u(rng);
   DeviceBuffer<uint16_t> da(a), db(b);
   DeviceBuffer<float> dc(c);
@@ -115,7 +104,7 @@ TEST(Simt, MmaM16N8K16_IsTheMatrixProduct) {
     for (int j = 0; j < 8; ++j) {
       double want = c[i * 8 + j];
       for (int k = 0; k < 16; ++k) {
-        want += static_cast<double>(FromBf16(a[i * 16 + k])) * FromBf16(b[k * 8 + j]);
+        want += static_cast<double>(HostFromBf16(a[i * 16 + k])) * HostFromBf16(b[k * 8 + j]);
       }
       EXPECT_NEAR(d[i * 8 + j], want, 1e-4) << "row " << i << " col " << j;
     }

@@ -3,6 +3,8 @@
 
 #include <cuda_bf16.h>
 
+#include "kernels/cuda/mma.h"
+
 namespace chunkflow::kernels::cuda::simt_test {
 namespace {
 
@@ -28,17 +30,6 @@ __global__ void WarpSumKernel(T* out, const T* in) {
   out[threadIdx.x] = v;
 }
 
-__device__ void MmaSync(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-#ifdef CHUNKFLOW_SIMT
-  ::chunkflow::kernels::cuda::simt::MmaM16N8K16(c, a, b);
-#else
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#endif
-}
 
 // Element i of a fragment register pair: the PTX ISA's "Matrix Fragments
 // for mma.m16n8k16 with floating point type" tables, element by element
@@ -60,7 +51,7 @@ __global__ void MmaKernel(float* d, const uint16_t* a, const uint16_t* b, const 
     const int row = i < 2 ? group : group + 8;
     rc[i] = c[row * 8 + tig * 2 + (i & 1)];
   }
-  MmaSync(rc, ra, rb);
+  MmaM16N8K16Bf16(rc, ra, rb);
   for (int i = 0; i < 4; ++i) {
     const int row = i < 2 ? group : group + 8;
     d[row * 8 + tig * 2 + (i & 1)] = rc[i];

@@ -6,7 +6,9 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -26,6 +28,21 @@ inline bool HaveGpu() {
       GTEST_SKIP() << "no CUDA device";                                                   \
     }                                                                                     \
   } while (0)
+
+// Round-to-nearest-even to bf16 on the host, as __float2bfloat16_rn does,
+// and back.
+inline uint16_t HostToBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7FFF + ((u >> 16) & 1);
+  return static_cast<uint16_t>(u >> 16);
+}
+inline float HostFromBf16(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
 
 // A device copy of a host vector; Poisoned(n) is n elements of 0xFF bytes
 // (NaN for floats), so an element a kernel never writes shows.
