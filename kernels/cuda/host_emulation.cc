@@ -263,12 +263,23 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t event, unsigned int) {
 namespace chunkflow::kernels::cuda::emulation {
 namespace {
 
+// A block of `bytes` and the guard after it: to the next multiple of 256,
+// then kGuardBytes more (CheckDeviceGuards). The guard is 0xFE bytes, not
+// the 0xFF poison: an fp32 accumulation of a NaN into 0xFFFFFFFF leaves it
+// as it was, into 0xFEFEFEFE (-1.7e38) it does not.
+constexpr size_t kGuardBytes = 256;
+constexpr unsigned char kGuard = 0xFE;
+size_t GuardedBytes(size_t bytes) {
+  return (std::max<size_t>(bytes, 1) + 255) / 256 * 256 + kGuardBytes;
+}
+
 cudaError_t AllocateDevice(void** ptr, size_t bytes) {
   // 256-byte aligned, as cudaMalloc's blocks are (cuBLASLt relies on it).
   if (bytes > (size_t{1} << 48)) return cudaErrorMemoryAllocation;
-  *ptr = std::aligned_alloc(256, (std::max<size_t>(bytes, 1) + 255) / 256 * 256);
+  *ptr = std::aligned_alloc(256, GuardedBytes(bytes));
   if (*ptr == nullptr) return cudaErrorMemoryAllocation;
   std::memset(*ptr, 0xFF, bytes);  // NaN poison: unwritten memory shows
+  std::memset(static_cast<unsigned char*>(*ptr) + bytes, kGuard, GuardedBytes(bytes) - bytes);
   std::lock_guard<std::mutex> lock(emu::R().mu);
   emu::R().device_blocks[reinterpret_cast<uintptr_t>(*ptr)] = {bytes == 0 ? 1 : bytes,
                                                                emu::current_device};
@@ -285,6 +296,27 @@ cudaError_t FreeDevice(void* ptr) {
 }
 
 }  // namespace
+
+bool CheckDeviceGuards(std::string* what) {
+  std::lock_guard<std::mutex> lock(R().mu);
+  bool ok = true;
+  for (const auto& [base, block] : R().device_blocks) {
+    auto* p = reinterpret_cast<unsigned char*>(base);
+    const size_t end = GuardedBytes(block.first);
+    for (size_t i = block.first; i < end; ++i) {
+      if (p[i] == kGuard) continue;
+      if (ok && what != nullptr) {
+        *what = "a write at byte " + std::to_string(i - block.first) + " after the end of a " +
+                std::to_string(block.first) + "-byte cudaMalloc block";
+      }
+      ok = false;
+      std::memset(p + block.first, kGuard, end - block.first);  // reported once
+      break;
+    }
+  }
+  return ok;
+}
+
 }  // namespace chunkflow::kernels::cuda::emulation
 
 extern "C" {

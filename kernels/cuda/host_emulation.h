@@ -22,6 +22,12 @@ void SetLastError(cudaError_t e);
 // unless cudaFuncSetAttribute raised it.
 size_t MaxDynamicSharedBytes(const void* kernel);
 
+// Whether every cudaMalloc block's bytes past its end (to the next 256, and
+// 256 more) are still the guard bytes (0xFE) they were allocated with; false
+// (and `what` names the first) after a write past an end. Rewrites the guards it
+// reports, so a fault shows once.
+bool CheckDeviceGuards(std::string* what = nullptr);
+
 // Asynchronous work on `stream`: EnqueueAsync counts one operation,
 // CompleteAsync marks the oldest one done. Events recorded after an
 // operation, cudaStreamQuery and cudaStreamSynchronize wait for it.

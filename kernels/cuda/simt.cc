@@ -448,6 +448,11 @@ cudaError_t RunGrid(const LaunchConfig& config, const std::function<void()>& bod
     }
   }
   active = nullptr;
+  std::string overrun;
+  if (!emulation::CheckDeviceGuards(&overrun)) {
+    return Fail(cudaErrorLaunchFailure,
+                "after the grid " + Dims(g) + " x " + Dims(bl) + ": " + overrun);
+  }
   return cudaSuccess;
 }
 

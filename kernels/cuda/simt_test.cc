@@ -139,6 +139,17 @@ TEST(Simt, WritePastDynamicSharedMemory_FailsTheLaunch) {
   EXPECT_EQ(UseDynamicShared(out.get(), 4096, 0, /*overrun=*/true), cudaErrorLaunchFailure);
 }
 
+// A cudaMalloc block is followed by guard bytes; a kernel that writes into
+// them fails its launch, once.
+TEST(Simt, WritePastACudaMallocBlock_FailsTheLaunch) {
+  for (int n : {64, 1000}) {  // the end on a 256-byte boundary, and inside the padding
+    auto out = DeviceBuffer<float>::Poisoned(n);
+    EXPECT_EQ(WriteOnePast(out.get(), n - 1), cudaSuccess) << n;
+    EXPECT_EQ(WriteOnePast(out.get(), n), cudaErrorLaunchFailure) << n;
+    EXPECT_EQ(WriteOnePast(out.get(), n - 1), cudaSuccess) << "reported once; n " << n;
+  }
+}
+
 TEST(Simt, DivergentBarrier_FailsTheLaunch) {
   auto out = DeviceBuffer<float>::Poisoned(32);
   EXPECT_EQ(DivergentBarrier(out.get()), cudaErrorLaunchFailure);

@@ -85,6 +85,10 @@ __global__ void ShuffleAgainstBarrierKernel(float* out) {
   }
 }
 
+__global__ void WriteOnePastKernel(float* out, int n) {
+  for (int i = threadIdx.x; i <= n; i += blockDim.x) out[i] = 1.0f;
+}
+
 __global__ void DynamicSharedKernel(float* out, int floats, bool overrun) {
   extern __shared__ __align__(16) unsigned char smem[];
   float* s = reinterpret_cast<float*>(smem);
@@ -141,6 +145,11 @@ cudaError_t ShuffleAfterExit(float* out) {
 
 cudaError_t ShuffleAgainstBarrier(float* out) {
   ShuffleAgainstBarrierKernel<<<1, 32>>>(out);
+  return cudaGetLastError();
+}
+
+cudaError_t WriteOnePast(float* out, int n) {
+  WriteOnePastKernel<<<1, 128>>>(out, n);
   return cudaGetLastError();
 }
 

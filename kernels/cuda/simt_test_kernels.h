@@ -35,6 +35,9 @@ cudaError_t DivergentBarrier(float* out);
 cudaError_t ShuffleAfterExit(float* out);
 cudaError_t ShuffleAgainstBarrier(float* out);
 
+// out[i] = 1 for i in [0, n] - one element past n.
+cudaError_t WriteOnePast(float* out, int n);
+
 // `shared_bytes` of dynamic shared memory, written in full (or one float
 // past its end); `attribute` (when > 0) set first as the kernel's
 // cudaFuncAttributeMaxDynamicSharedMemorySize.
