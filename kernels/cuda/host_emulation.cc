@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -286,12 +287,41 @@ cudaError_t AllocateDevice(void** ptr, size_t bytes) {
   return cudaSuccess;
 }
 
+// The first byte of the guard after a `bytes`-byte block at `base` that is
+// not the guard any more (from the block's end), or -1; rewrites the guard.
+int64_t BrokenGuard(uintptr_t base, size_t bytes) {
+  auto* p = reinterpret_cast<unsigned char*>(base);
+  const size_t end = GuardedBytes(bytes);
+  for (size_t i = bytes; i < end; ++i) {
+    if (p[i] == kGuard) continue;
+    std::memset(p + bytes, kGuard, end - bytes);
+    return static_cast<int64_t>(i - bytes);
+  }
+  return -1;
+}
+
+std::string Overrun(int64_t at, size_t bytes) {
+  return "a write at byte " + std::to_string(at) + " after the end of a " +
+         std::to_string(bytes) + "-byte cudaMalloc block";
+}
+
 cudaError_t FreeDevice(void* ptr) {
+  int64_t broken = -1;
+  size_t bytes = 0;
   {
     std::lock_guard<std::mutex> lock(R().mu);
-    R().device_blocks.erase(reinterpret_cast<uintptr_t>(ptr));
+    auto it = R().device_blocks.find(reinterpret_cast<uintptr_t>(ptr));
+    if (it != R().device_blocks.end()) {
+      bytes = it->second.first;
+      broken = BrokenGuard(it->first, bytes);
+      R().device_blocks.erase(it);
+    }
   }
   std::free(ptr);
+  if (broken >= 0) {  // after the last grid's check: host code, or a grid since
+    std::fprintf(stderr, "host emulation: cudaFree found %s\n", Overrun(broken, bytes).c_str());
+    last_error = cudaErrorIllegalAddress;
+  }
   return cudaSuccess;
 }
 
@@ -301,18 +331,10 @@ bool CheckDeviceGuards(std::string* what) {
   std::lock_guard<std::mutex> lock(R().mu);
   bool ok = true;
   for (const auto& [base, block] : R().device_blocks) {
-    auto* p = reinterpret_cast<unsigned char*>(base);
-    const size_t end = GuardedBytes(block.first);
-    for (size_t i = block.first; i < end; ++i) {
-      if (p[i] == kGuard) continue;
-      if (ok && what != nullptr) {
-        *what = "a write at byte " + std::to_string(i - block.first) + " after the end of a " +
-                std::to_string(block.first) + "-byte cudaMalloc block";
-      }
-      ok = false;
-      std::memset(p + block.first, kGuard, end - block.first);  // reported once
-      break;
-    }
+    const int64_t at = BrokenGuard(base, block.first);
+    if (at < 0) continue;
+    if (ok && what != nullptr) *what = Overrun(at, block.first);
+    ok = false;
   }
   return ok;
 }

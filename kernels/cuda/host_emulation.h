@@ -24,8 +24,10 @@ size_t MaxDynamicSharedBytes(const void* kernel);
 
 // Whether every cudaMalloc block's bytes past its end (to the next 256, and
 // 256 more) are still the guard bytes (0xFE) they were allocated with; false
-// (and `what` names the first) after a write past an end. Rewrites the guards it
-// reports, so a fault shows once.
+// (and `what` names the first) after a write past an end. Rewrites the
+// guards it reports, so a fault shows once. cudaFree checks its block's
+// guard too: a broken one is printed on stderr, and cudaGetLastError
+// returns cudaErrorIllegalAddress next.
 bool CheckDeviceGuards(std::string* what = nullptr);
 
 // Asynchronous work on `stream`: EnqueueAsync counts one operation,

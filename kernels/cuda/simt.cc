@@ -83,7 +83,10 @@ class Stacks {
       }
       base_ = static_cast<char*>(p);
       for (int j = 0; j < count_; ++j) {
-        mprotect(base_ + j * (kStackBytes + kGuardBytes), kGuardBytes, PROT_NONE);
+        if (mprotect(base_ + j * (kStackBytes + kGuardBytes), kGuardBytes, PROT_NONE) != 0) {
+          std::fprintf(stderr, "simt: cannot protect the guard page of fiber stack %d\n", j);
+          std::abort();
+        }
       }
     }
     return base_ + i * (kStackBytes + kGuardBytes) + kGuardBytes;
@@ -233,7 +236,7 @@ bool ReleaseWarp(Block& b, int w0) {
       if (f.state == State::kDone) continue;
       const int lane = i - w0;
       const int src = lane ^ f.lane_mask;
-      if (src / f.width != lane / f.width) {  // outside the lane's segment: its own value
+      if (src / f.width > lane / f.width) {  // a later segment: the lane's own value
         f.value = in[lane];
       } else if (((live >> src) & 1u) == 0) {
         b.error = Where(b, f) + ": " + OpName(f.op) + " reads lane " + std::to_string(src) +
@@ -268,12 +271,13 @@ void RunWarp(Block& b, int w0, bool ascending) {
 
 // Runs one block to its end; false (with b.error) on a fault. Between two
 // barriers the warps run one after another, each as far as it can go, in
-// ascending warp order in one phase and descending in the next: a warp
-// that reads shared memory another warp writes without a barrier between
-// them sees the other's next phase (or none of it) in one of the orders.
+// ascending warp order in one phase and descending in the next, starting
+// ascending in even blocks (by block_serial) and descending in odd ones: a
+// warp (or lane) that reads shared memory another writes without a barrier
+// (or collective) between them runs before the writer in some block.
 bool RunBlock(Block& b) {
   const int n = static_cast<int>(b.block.x * b.block.y * b.block.z);
-  b.fibers.clear();  // unwinds the fibers a fault left suspended
+  b.fibers.clear();
   b.fibers.resize(n);
   for (int i = 0; i < n; ++i) {
     Fiber& f = b.fibers[i];
@@ -284,7 +288,7 @@ bool RunBlock(Block& b) {
   }
   const int warps = (n + 31) / 32;
   for (int phase = 0;; ++phase) {
-    const bool ascending = phase % 2 == 0;
+    const bool ascending = (phase + block_serial) % 2 == 0;
     for (int k = 0; k < warps; ++k) {
       RunWarp(b, 32 * (ascending ? k : warps - 1 - k), ascending);
       if (!b.error.empty()) return false;
@@ -307,13 +311,10 @@ bool RunBlock(Block& b) {
       }
     }
     if (at_barrier == nullptr && elsewhere == nullptr) return true;  // all done
-    if (elsewhere != nullptr) {
+    if (elsewhere != nullptr) {  // its warp's other lanes wait at a barrier
       b.error = Where(b, *elsewhere) + " waits at " + OpName(elsewhere->op) +
-                " for lanes that never come" +
-                (at_barrier != nullptr ? " (they wait at __syncthreads() at " +
-                                             std::string(at_barrier->file) + ":" +
-                                             std::to_string(at_barrier->line) + ")"
-                                       : std::string(" (they have exited)"));
+                " for lanes that wait at __syncthreads() at " + at_barrier->file + ":" +
+                std::to_string(at_barrier->line);
       return false;
     }
     for (Fiber& f : b.fibers) {
@@ -355,7 +356,10 @@ unsigned char* DynamicShared() {
   Current();
   return active->shared;
 }
-uint64_t BlockSerial() { return block_serial; }
+uint64_t BlockSerial() {
+  Current();  // a __shared__ array outside a kernel (file scope) is not emulated
+  return block_serial;
+}
 
 void SyncThreads(const char* file, int line) {
   Fiber& f = Current();
@@ -451,7 +455,8 @@ cudaError_t RunGrid(const LaunchConfig& config, const std::function<void()>& bod
   std::string overrun;
   if (!emulation::CheckDeviceGuards(&overrun)) {
     return Fail(cudaErrorLaunchFailure,
-                "after the grid " + Dims(g) + " x " + Dims(bl) + ": " + overrun);
+                "after the grid " + Dims(g) + " x " + Dims(bl) + ": " + overrun +
+                    " (by this grid, or by host code or another thread since the last check)");
   }
   return cudaSuccess;
 }

@@ -13,16 +13,22 @@
 //    fiber (Boost.Context) with its own stack; a fiber runs until it reaches
 //    a barrier, a warp collective (__shfl_xor_sync, mma.sync) or its end;
 //  - between two barriers the warps run one after another, each as far as
-//    it can go, in ascending warp order in one phase and descending in the
-//    next, and a warp's lanes run to each collective in alternating order:
-//    shared memory read without the barrier (or collective) that orders it
-//    after its write sees the wrong phase's data in one of the orders;
+//    it can go, in an order that alternates from phase to phase (ascending
+//    first in even blocks, descending first in odd ones), and a warp's lanes
+//    run to each collective in alternating order: in a grid of two or more
+//    blocks, shared memory read without the barrier (or collective) that
+//    orders it after its write is read before the write in some block;
+//  - a warp collective waits for every live lane of the warp (stricter than
+//    CUDA, where a partial mask lets the other lanes be elsewhere);
 //  - shared memory (static and dynamic) is filled with 0xFF bytes (NaN) at
 //    the start of every block, so a read of an element no thread wrote shows;
 //  - a launch whose configuration a GPU refuses (more than 1024 threads a
 //    block, grid y or z over 65535, dynamic shared memory over 48 KiB without
 //    cudaFuncAttributeMaxDynamicSharedMemorySize, or over the 227 KiB of
-//    sm_90) fails as on a GPU: cudaGetLastError returns the error;
+//    sm_90) fails as on a GPU: cudaGetLastError returns the error
+//    (__launch_bounds__ and register limits are not checked);
+//  - a write past the end of a cudaMalloc block (its guard bytes, checked
+//    after every grid) fails the launch;
 //  - a barrier that not every live thread of a block reaches at the same
 //    line, a warp collective that not every live lane of the warp reaches,
 //    or a deadlock between them, fails the launch with

@@ -13,8 +13,10 @@ What changes (line numbers stay those of IN.cu, through #line):
   __shared__ [__align__(n)] T name[dims];
       -> auto& name = simt::Shared<T[dims]>([] {});
 and CHUNKFLOW_SIMT is defined before simt.h is included. Anything of CUDA's
-syntax left over (<<<, __shared__) is an error, so a new construct in a
-kernel fails the build instead of compiling into something else.
+syntax left over (<<<, __shared__) is an error, and so are the constructs the
+emulation would get silently wrong (static __shared__, __CUDA_ARCH__ branches,
+intrinsics it does not implement): a new construct in a kernel fails the
+build instead of compiling into something else.
 """
 import re
 import sys
@@ -77,7 +79,29 @@ def rewrite_launches(src, templates, path):
             call += ", " + args
         out.append(src[pos:name_start])
         out.append("%s::Launch(%s)%s.Run(%s)" % (NS, config, kernel, call))
+        out.append("\n" * src[close:paren].count("\n"))  # the lines dropped between >>> and (
         pos = args_end + 1
+
+
+def keep_lines(text, match):
+    """`text` followed by as many newlines as `match` spans, so lines stay."""
+    return text + "\n" * match.group(0).count("\n")
+
+
+def refuse(src, path):
+    """Constructs the emulation would get silently wrong: fail the build."""
+    checks = [
+        (r"\bstatic\s+__shared__\b", "static __shared__ (one copy per process, never poisoned)"),
+        (r"__CUDA_ARCH__|__CUDACC__", "a device-only branch (the emulation compiles the host one)"),
+        (r"\bwarpSize\b|__syncwarp|__ballot_sync|__any_sync|__all_sync|__shfl_sync|"
+         r"__shfl_up_sync|__shfl_down_sync|atomic[A-Z]\w*\(|__threadfence|cooperative_groups",
+         "a device intrinsic the emulation does not implement"),
+    ]
+    for pattern, what in checks:
+        m = re.search(pattern, src)
+        if m is not None:
+            line = src[:m.start()].count("\n") + 1
+            raise SystemExit("simt_rewrite: %s:%d: %s: %s" % (path, line, m.group(0), what))
 
 
 def main():
@@ -86,13 +110,15 @@ def main():
     path, out_path = sys.argv[1], sys.argv[2]
     with open(path) as f:
         src = f.read()
+    refuse(src, path)
     src = re.sub(
         r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w:]+(?:\s+[\w:]+)*?)\s+(\w+)\s*\[\s*\]\s*;",
-        lambda m: "%s* %s = reinterpret_cast<%s*>(%s::DynamicShared());" %
-        (m.group(1), m.group(2), m.group(1), NS), src)
+        lambda m: keep_lines("%s* %s = reinterpret_cast<%s*>(%s::DynamicShared());" %
+                             (m.group(1), m.group(2), m.group(1), NS), m), src)
     src = re.sub(
         r"__shared__\s+(?:__align__\(\d+\)\s+)?([\w:]+)\s+(\w+)\s*((?:\[[^\]]+\])+)\s*;",
-        lambda m: "auto& %s = %s::Shared<%s%s>([] {});" % (m.group(2), NS, m.group(1), m.group(3)),
+        lambda m: keep_lines(
+            "auto& %s = %s::Shared<%s%s>([] {});" % (m.group(2), NS, m.group(1), m.group(3)), m),
         src)
     src = rewrite_launches(src, template_kernels(src), path)
     for leftover in ("<<<", ">>>", "__shared__"):

@@ -8,19 +8,19 @@
 namespace chunkflow::kernels::cuda::simt_test {
 namespace {
 
-__global__ void WriteIndicesKernel(int* out) {
+__global__ void CountThreadsKernel(int* out) {
   const int block = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
   const int thread = (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
   const int per_block = blockDim.x * blockDim.y * blockDim.z;
-  out[block * per_block + thread] = block * per_block + thread;
+  out[block * per_block + thread] += 1;
 }
 
-__global__ void RotateKernel(float* out, const float* in, int n, bool with_barrier) {
+__global__ void ShiftKernel(float* out, const float* in, int n, int shift, bool with_barrier) {
   __shared__ float s[1024];
   const int t = threadIdx.x;
   s[t] = in[t];
   if (with_barrier) __syncthreads();
-  out[t] = s[(t + 1) % n];
+  out[blockIdx.x * n + t] = s[min(max(t + shift, 0), n - 1)];
 }
 
 template <typename T>
@@ -60,7 +60,8 @@ __global__ void MmaKernel(float* d, const uint16_t* a, const uint16_t* b, const 
 
 __global__ void ReadUnwrittenKernel(float* out) {
   __shared__ float s[256];
-  out[threadIdx.x] = s[threadIdx.x];
+  if (blockIdx.x == 0) s[threadIdx.x] = 1.0f;
+  out[blockIdx.x * blockDim.x + threadIdx.x] = s[threadIdx.x];
 }
 
 __global__ void DivergentBarrierKernel(float* out) {
@@ -75,6 +76,15 @@ __global__ void DivergentBarrierKernel(float* out) {
 __global__ void ShuffleAfterExitKernel(float* out) {
   if (threadIdx.x >= 16) return;
   out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+}
+
+__global__ void ShuffleFromExitedLaneKernel(float* out) {
+  if (threadIdx.x >= 16) return;
+  out[threadIdx.x] = __shfl_xor_sync(0xffffu, 1.0f, 16);
+}
+
+__global__ void ShuffleWithWidthKernel(float* out) {
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, static_cast<float>(threadIdx.x), 16, 8);
 }
 
 __global__ void ShuffleAgainstBarrierKernel(float* out) {
@@ -103,13 +113,14 @@ __global__ void DynamicSharedKernel(float* out, int floats, bool overrun) {
 
 }  // namespace
 
-cudaError_t WriteIndices(int* out, dim3 grid, dim3 block) {
-  WriteIndicesKernel<<<grid, block>>>(out);
+cudaError_t CountThreads(int* out, dim3 grid, dim3 block) {
+  CountThreadsKernel<<<grid, block>>>(out);
   return cudaGetLastError();
 }
 
-cudaError_t RotateThroughShared(float* out, const float* in, int n, bool with_barrier) {
-  RotateKernel<<<1, n>>>(out, in, n, with_barrier);
+cudaError_t ShiftThroughShared(float* out, const float* in, int n, int blocks, int shift,
+                               bool with_barrier) {
+  ShiftKernel<<<blocks, n>>>(out, in, n, shift, with_barrier);
   return cudaGetLastError();
 }
 
@@ -129,7 +140,7 @@ cudaError_t Mma(float* d, const uint16_t* a, const uint16_t* b, const float* c) 
 }
 
 cudaError_t ReadUnwrittenShared(float* out, int n) {
-  ReadUnwrittenKernel<<<1, n>>>(out);
+  ReadUnwrittenKernel<<<2, n>>>(out);
   return cudaGetLastError();
 }
 
@@ -140,6 +151,16 @@ cudaError_t DivergentBarrier(float* out) {
 
 cudaError_t ShuffleAfterExit(float* out) {
   ShuffleAfterExitKernel<<<1, 32>>>(out);
+  return cudaGetLastError();
+}
+
+cudaError_t ShuffleFromExitedLane(float* out) {
+  ShuffleFromExitedLaneKernel<<<1, 32>>>(out);
+  return cudaGetLastError();
+}
+
+cudaError_t ShuffleWithWidth(float* out) {
+  ShuffleWithWidthKernel<<<1, 32>>>(out);
   return cudaGetLastError();
 }
 

@@ -9,13 +9,16 @@
 
 namespace chunkflow::kernels::cuda::simt_test {
 
-// out[i] = the thread's linear index in the grid, over a grid and block of
-// the given shapes (x, y, z).
-cudaError_t WriteIndices(int* out, dim3 grid, dim3 block);
+// out[i] += 1 at the thread's linear index in the grid, over a grid and
+// block of the given shapes (x, y, z).
+cudaError_t CountThreads(int* out, dim3 grid, dim3 block);
 
-// out[t] = in[(t + 1) % n] through shared memory, n = threads: with the
-// barrier between the write and the read, or without it (a race).
-cudaError_t RotateThroughShared(float* out, const float* in, int n, bool with_barrier);
+// In each of `blocks` blocks of n threads, through shared memory:
+// out[b * n + t] = in[t + 1] (shift +1) or in[t - 1] (shift -1), clamped to
+// [0, n); with the barrier between the write and the read, or without it (a
+// race).
+cudaError_t ShiftThroughShared(float* out, const float* in, int n, int blocks, int shift,
+                               bool with_barrier);
 
 // out[t] = the warp sum of in over __shfl_xor_sync, for n threads.
 cudaError_t WarpSums(float* out, const float* in, int n);
@@ -25,7 +28,8 @@ cudaError_t WarpSumsDouble(double* out, const double* in, int n);
 // bf16 bits) + c, one warp, fragments loaded as the PTX ISA lays them out.
 cudaError_t Mma(float* d, const uint16_t* a, const uint16_t* b, const float* c);
 
-// out[t] = a static shared element no thread wrote.
+// Two blocks of n threads: block 0 writes its static shared array and
+// reads it back, block 1 only reads it; out[b * n + t].
 cudaError_t ReadUnwrittenShared(float* out, int n);
 
 // Faults: threads of one block at two different __syncthreads(); lanes
@@ -33,10 +37,17 @@ cudaError_t ReadUnwrittenShared(float* out, int n);
 // wait at a barrier.
 cudaError_t DivergentBarrier(float* out);
 cudaError_t ShuffleAfterExit(float* out);
+// Lanes >= 16 exit; the others shuffle with mask 0xffff at xor 16, reading
+// lanes that exited.
+cudaError_t ShuffleFromExitedLane(float* out);
 cudaError_t ShuffleAgainstBarrier(float* out);
 
 // out[i] = 1 for i in [0, n] - one element past n.
 cudaError_t WriteOnePast(float* out, int n);
+
+// __shfl_xor_sync(mask, lane, 16, width 8) per lane of one warp: the
+// lane of an earlier segment, or the lane's own value.
+cudaError_t ShuffleWithWidth(float* out);
 
 // `shared_bytes` of dynamic shared memory, written in full (or one float
 // past its end); `attribute` (when > 0) set first as the kernel's

@@ -22,6 +22,7 @@ OUT="${1:-gpu_bundle}"
 TESTS=(
   //kernels/cuda:ops_test
   //kernels/cuda:flash_attention_test
+  //kernels/cuda:simt_kernels_gpu_test
   //worker/engine/cuda:cuda_engine_test
   //worker/agent:step_runner_cuda_test
   //worker/agent:step_runner_nccl_test
