@@ -20,6 +20,7 @@ constexpr int kMaxThreads = 1024;
 constexpr size_t kDefaultSharedBytes = size_t{48} << 10;
 constexpr size_t kMaxSharedBytes = 227 * 1024;  // sm_90's opt-in maximum per block
 constexpr size_t kSharedGuardBytes = 256;       // after the dynamic shared memory
+constexpr unsigned char kSharedGuard = 0xFE;    // not the 0xFF poison: NaN += NaN keeps it
 
 enum class State { kRunnable, kBarrier, kWarp, kDone };
 enum class WarpOp { kShfl32, kShfl64, kMma };
@@ -435,10 +436,11 @@ cudaError_t RunGrid(const LaunchConfig& config, const std::function<void()>& bod
       for (unsigned x = 0; x < g.x; ++x) {
         b.block_idx = uint3{x, y, z};
         ++block_serial;
-        std::memset(base, 0xFF, smem + kSharedGuardBytes);
+        std::memset(base, 0xFF, smem);
+        std::memset(base + smem, kSharedGuard, kSharedGuardBytes);
         const bool ok = RunBlock(b);
         for (size_t i = smem; ok && i < smem + kSharedGuardBytes; ++i) {
-          if (base[i] != 0xFF) {
+          if (base[i] != kSharedGuard) {
             b.error = "block " + Dims(dim3(x, y, z)) + " wrote past its " + std::to_string(smem) +
                       " bytes of dynamic shared memory (at byte " + std::to_string(i) + ")";
             break;
