@@ -21,6 +21,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -53,6 +54,9 @@ struct EmuStream {
 struct EmuEvent {
   EmuStream* stream = nullptr;
   int64_t ticket = 0;  // done when stream->completed reaches it
+  // When it was recorded: the emulated kernels before it have run by then
+  // (cudaEventElapsedTime).
+  std::chrono::steady_clock::time_point recorded;
 };
 
 struct Registry {
@@ -266,6 +270,15 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(emu::R().mu);
   e->stream = emu::StreamOf(stream);
   e->ticket = e->stream->enqueued;
+  e->recorded = std::chrono::steady_clock::now();
+  return cudaSuccess;
+}
+// Host milliseconds between the two records (the emulation's, not a GPU's).
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  auto* a = reinterpret_cast<emu::EmuEvent*>(start);
+  auto* b = reinterpret_cast<emu::EmuEvent*>(end);
+  if (a->stream == nullptr || b->stream == nullptr) return cudaErrorInvalidResourceHandle;
+  *ms = std::chrono::duration<float, std::milli>(b->recorded - a->recorded).count();
   return cudaSuccess;
 }
 cudaError_t cudaEventQuery(cudaEvent_t event) {
