@@ -16,7 +16,8 @@ H="$(cd "$(dirname "$0")" && pwd)"
 O="${OUT:-/tmp/chunkflow-gpu}"
 mkdir -p "$O"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -3
-echo "== 1. tests (${TESTS_S:=150} s at most)"
+echo "== 1. tests (${TESTS_S:=150} s at most, each binary ${TEST_TIMEOUT_S:=60} s)"
+export TEST_TIMEOUT_S
 timeout "$TESTS_S" "$H/run.sh" >"$O/tests.log" 2>&1
 echo "exit $? ; $(grep -cE '^\[  FAILED  \]' "$O/tests.log") failed test lines"
 grep -E '^=== |^\[  (PASSED|FAILED) +\]|^\[  SKIPPED \] [0-9]+ tests?,|^(ok|FAIL) |passed, [0-9]+ failed' \

@@ -224,6 +224,8 @@ void ExpectMatchesOneProcess(const engine::ModelConfig& c, const engine::TrainOp
     ASSERT_TRUE(e->TrainStep(Batch(step, c.vocab_size), one).ok());
   }
   ASSERT_EQ(dist.size(), engine::ModelTensorNames(c).size());
+  double worst = 0.0;
+  std::string worst_name;
   for (const std::string& name : engine::ModelTensorNames(c)) {
     const std::vector<float> want = *e->Value(name);
     const std::vector<float>& got = dist.at(name);
@@ -239,10 +241,17 @@ void ExpectMatchesOneProcess(const engine::ModelConfig& c, const engine::TrainOp
       dw[i] = want[i] - init[i];
       dg[i] = got[i] - init[i];
     }
-    EXPECT_LT(kernels::cpu::testing::RelativeError(dg.data(), dw.data(), static_cast<int64_t>(dw.size())),
-              tol)
-        << name;
+    const double err =
+        kernels::cpu::testing::RelativeError(dg.data(), dw.data(), static_cast<int64_t>(dw.size()));
+    EXPECT_LT(err, tol) << name;
+    if (err > worst) {
+      worst = err;
+      worst_name = name;
+    }
   }
+  // The margin, for tolerances set from measurements (GPU runs read it).
+  std::printf("largest relative error of the updates: %.3g (%s), tolerance %.3g\n", worst,
+              worst_name.c_str(), tol);
 }
 
 #ifndef CHUNKFLOW_CUDA_RUNNER
@@ -383,7 +392,15 @@ TEST_P(CudaStepRunner, OneSequenceTwoDpRanks_IdleReplicaKeepsCollectivesInStep) 
   engine::TrainOptions o;
   o.lr = 1e-3f;
   o.chunk_size = 16;
-  ExpectMatchesOneProcess(engine::TinyLlamaConfig(), o, 1e-4);
+  // 2e-4, not 1e-4: on an H100 (2026-11-27) this run's updates were 1.10e-4
+  // from the CPU engine's (model.layers.0.mlp.down_proj.weight): the GPU's
+  // fp32 GEMMs and attention sum in another order than the CPU's, and with
+  // a single sequence more gradient elements sit near AdamW's eps, where
+  // the update follows the gradient's rounding. (The emulated build, whose
+  // ops are the CPU's, stays under 1e-4.) A replica whose collectives fall
+  // out of step hangs or ends with weights unlike its peer's (checked
+  // exactly in TrainDistributed).
+  ExpectMatchesOneProcess(engine::TinyLlamaConfig(), o, 2e-4);
   g_sequences = 6;
 }
 
