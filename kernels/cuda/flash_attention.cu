@@ -35,37 +35,34 @@ __device__ __forceinline__ uint32_t Pack(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-__device__ __forceinline__ uint32_t PackRaw(bf16 lo, bf16 hi) {
-  return static_cast<uint32_t>(__bfloat16_as_ushort(lo)) |
-         (static_cast<uint32_t>(__bfloat16_as_ushort(hi)) << 16);
+// Fragments come from the shared tiles through ldmatrix.x4 (mma.h), one
+// instruction per A fragment or per two B fragments. Lane L names row L % 8
+// of the instruction's matrix L / 8 (8 x 8 bf16 each); the tiles' leading
+// dimension D + 8 keeps rows 16-byte aligned and spreads a matrix's eight
+// rows over all the banks.
+
+// A fragment of a row-major shared tile X: rows r0..r0+15, columns k0..k0+15
+// (matrices: rows r0 / r0 + 8 by columns k0 / k0 + 8, the a0..a3 order).
+__device__ __forceinline__ void LoadA(uint32_t a[4], const bf16* x, int r0, int k0, int ld,
+                                      int lane) {
+  const int i = lane / 8;
+  LdMatrixX4<false>(a, x + (r0 + lane % 8 + 8 * (i & 1)) * ld + k0 + 8 * (i >> 1));
 }
 
-__device__ __forceinline__ uint32_t Ld32(const bf16* s, int row, int col, int ld) {
-  return *reinterpret_cast<const uint32_t*>(s + row * ld + col);
+// The B fragments of columns n0..n0+7 (b[0], b[1]) and n0+8..n0+15 (b[2],
+// b[3]) with B[k][n] = Y[n][k] (Y row-major: K^T from K), rows k0..k0+15.
+__device__ __forceinline__ void LoadBT2(uint32_t b[4], const bf16* y, int n0, int k0, int ld,
+                                        int lane) {
+  const int i = lane / 8;
+  LdMatrixX4<false>(b, y + (n0 + lane % 8 + 8 * (i >> 1)) * ld + k0 + 8 * (i & 1));
 }
 
-
-// A fragment of a row-major shared tile X: rows r0..r0+15, columns k0..k0+15.
-__device__ __forceinline__ void LoadA(uint32_t a[4], const bf16* x, int r0, int k0, int ld, int g,
-                                      int t) {
-  a[0] = Ld32(x, r0 + g, k0 + 2 * t, ld);
-  a[1] = Ld32(x, r0 + g + 8, k0 + 2 * t, ld);
-  a[2] = Ld32(x, r0 + g, k0 + 2 * t + 8, ld);
-  a[3] = Ld32(x, r0 + g + 8, k0 + 2 * t + 8, ld);
-}
-
-// B fragment with B[k][n] = Y[n][k] (Y row-major: K^T from K): n0.., k0...
-__device__ __forceinline__ void LoadBT(uint32_t b[2], const bf16* y, int n0, int k0, int ld, int g,
-                                       int t) {
-  b[0] = Ld32(y, n0 + g, k0 + 2 * t, ld);
-  b[1] = Ld32(y, n0 + g, k0 + 2 * t + 8, ld);
-}
-
-// B fragment with B[k][n] = Y[k][n] (Y row-major: V as it is): k0.., n0...
-__device__ __forceinline__ void LoadBN(uint32_t b[2], const bf16* y, int k0, int n0, int ld, int g,
-                                       int t) {
-  b[0] = PackRaw(y[(k0 + 2 * t) * ld + n0 + g], y[(k0 + 2 * t + 1) * ld + n0 + g]);
-  b[1] = PackRaw(y[(k0 + 2 * t + 8) * ld + n0 + g], y[(k0 + 2 * t + 9) * ld + n0 + g]);
+// The same two B fragments with B[k][n] = Y[k][n] (Y row-major: V as it
+// is): ldmatrix's transpose.
+__device__ __forceinline__ void LoadBN2(uint32_t b[4], const bf16* y, int k0, int n0, int ld,
+                                        int lane) {
+  const int i = lane / 8;
+  LdMatrixX4<true>(b, y + (k0 + lane % 8 + 8 * (i & 1)) * ld + n0 + 8 * (i >> 1));
 }
 
 // Two adjacent 16x8 C tiles -> the 16x16 A fragment they form.
@@ -81,19 +78,20 @@ __device__ __forceinline__ void CToA(uint32_t a[4], const float c0[4], const flo
 // dimension D + 8): kN / 8 C tiles. c is overwritten.
 template <int D, int kN>
 __device__ __forceinline__ void ProductNT(float (&c)[kN / 8][4], const bf16* a, const bf16* b,
-                                          int r0, int g, int t) {
+                                          int r0, int lane) {
   constexpr int kLd = D + 8;
 #pragma unroll
   for (int j = 0; j < kN / 8; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.0f;
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     uint32_t fa[4];
-    LoadA(fa, a, r0, kk * 16, kLd, g, t);
+    LoadA(fa, a, r0, kk * 16, kLd, lane);
 #pragma unroll
-    for (int j = 0; j < kN / 8; ++j) {
-      uint32_t fb[2];
-      LoadBT(fb, b, j * 8, kk * 16, kLd, g, t);
+    for (int j = 0; j < kN / 8; j += 2) {
+      uint32_t fb[4];
+      LoadBT2(fb, b, j * 8, kk * 16, kLd, lane);
       MmaM16N8K16Bf16(c[j], fa, fb);
+      MmaM16N8K16Bf16(c[j + 1], fa, fb + 2);
     }
   }
 }
@@ -103,7 +101,7 @@ __device__ __forceinline__ void ProductNT(float (&c)[kN / 8][4], const bf16* a, 
 template <int D, int kN>
 __device__ __forceinline__ void ProductsNT(float (&c1)[kN / 8][4], float (&c2)[kN / 8][4],
                                            const bf16* a1, const bf16* a2, const bf16* b1,
-                                           const bf16* b2, int r0, int g, int t) {
+                                           const bf16* b2, int r0, int lane) {
   constexpr int kLd = D + 8;
 #pragma unroll
   for (int j = 0; j < kN / 8; ++j) {
@@ -113,15 +111,17 @@ __device__ __forceinline__ void ProductsNT(float (&c1)[kN / 8][4], float (&c2)[k
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     uint32_t f1[4], f2[4];
-    LoadA(f1, a1, r0, kk * 16, kLd, g, t);
-    LoadA(f2, a2, r0, kk * 16, kLd, g, t);
+    LoadA(f1, a1, r0, kk * 16, kLd, lane);
+    LoadA(f2, a2, r0, kk * 16, kLd, lane);
 #pragma unroll
-    for (int j = 0; j < kN / 8; ++j) {
-      uint32_t fb[2];
-      LoadBT(fb, b1, j * 8, kk * 16, kLd, g, t);
+    for (int j = 0; j < kN / 8; j += 2) {
+      uint32_t fb[4];
+      LoadBT2(fb, b1, j * 8, kk * 16, kLd, lane);
       MmaM16N8K16Bf16(c1[j], f1, fb);
-      LoadBT(fb, b2, j * 8, kk * 16, kLd, g, t);
+      MmaM16N8K16Bf16(c1[j + 1], f1, fb + 2);
+      LoadBT2(fb, b2, j * 8, kk * 16, kLd, lane);
       MmaM16N8K16Bf16(c2[j], f2, fb);
+      MmaM16N8K16Bf16(c2[j + 1], f2, fb + 2);
     }
   }
 }
@@ -192,15 +192,25 @@ __global__ void __launch_bounds__(kThreads)
                      static_cast<int64_t>(Hk) * D);
     __syncthreads();
     float s[kBc / 8][4];
-    ProductNT<D, kBc>(s, sQ, sK, warp * 16, g, t);
+    ProductNT<D, kBc>(s, sQ, sK, warp * 16, lane);
+    // Only a tile that reaches past the tile's first query (the diagonal),
+    // or a partial one, has entries to mask.
+    if (k0 + kBc - 1 > offset + q0 || kv_rows < kBc || rows < kBr) {
+#pragma unroll
+      for (int j = 0; j < kBc / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t key = k0 + j * 8 + 2 * t + (e & 1);
+          if (key > (e < 2 ? pos_lo : pos_hi) || key >= n_keys) s[j][e] = -INFINITY;
+        }
+      }
+    }
     float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
     for (int j = 0; j < kBc / 8; ++j) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int64_t key = k0 + j * 8 + 2 * t + (e & 1);
-        const int64_t pos = e < 2 ? pos_lo : pos_hi;
-        const float x = key <= pos && key < n_keys ? s[j][e] * scale_log2 : -INFINITY;
+        const float x = s[j][e] * scale_log2;
         s[j][e] = x;
         if (e < 2) {
           mx_lo = fmaxf(mx_lo, x);
@@ -243,10 +253,11 @@ __global__ void __launch_bounds__(kThreads)
       uint32_t a[4];
       CToA(a, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        uint32_t b[2];
-        LoadBN(b, sV, kk * 16, j * 8, kLd, g, t);
+      for (int j = 0; j < D / 8; j += 2) {
+        uint32_t b[4];
+        LoadBN2(b, sV, kk * 16, j * 8, kLd, lane);
         MmaM16N8K16Bf16(o[j], a, b);
+        MmaM16N8K16Bf16(o[j + 1], a, b + 2);
       }
     }
   }
@@ -327,16 +338,28 @@ __global__ void __launch_bounds__(kThreads)
                      static_cast<int64_t>(Hk) * D);
     __syncthreads();
     float s[kBc / 8][4], dp[kBc / 8][4];  // S = Q K^T, dP = dO V^T
-    ProductsNT<D, kBc>(s, dp, sQ, sO, sK, sV, warp * 16, g, t);
-    // dS = P * (dP - delta), P recomputed from lse; masked entries are 0.
+    ProductsNT<D, kBc>(s, dp, sQ, sO, sK, sV, warp * 16, lane);
+    // Masked entries (only in a tile past the diagonal, or a partial one)
+    // get S = -inf, so P = 0.
+    if (k0 + kBc - 1 > offset + q0 || kv_rows < kBc || rows < kBr) {
+#pragma unroll
+      for (int j = 0; j < kBc / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t key = k0 + j * 8 + 2 * t + (e & 1);
+          const bool lo = e < 2;
+          const bool valid = (lo ? ok_lo : ok_hi) && key <= (lo ? pos_lo : pos_hi) && key < n_keys;
+          if (!valid) s[j][e] = -INFINITY;
+        }
+      }
+    }
+    // dS = P * (dP - delta), P recomputed from lse.
 #pragma unroll
     for (int j = 0; j < kBc / 8; ++j) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int64_t key = k0 + j * 8 + 2 * t + (e & 1);
         const bool lo = e < 2;
-        const bool valid = (lo ? ok_lo : ok_hi) && key <= (lo ? pos_lo : pos_hi) && key < n_keys;
-        const float p = valid ? exp2f(s[j][e] * scale_log2 - (lo ? lse_lo : lse_hi)) : 0.0f;
+        const float p = exp2f(s[j][e] * scale_log2 - (lo ? lse_lo : lse_hi));
         dp[j][e] = p * (dp[j][e] - (lo ? del_lo : del_hi));
       }
     }
@@ -345,10 +368,11 @@ __global__ void __launch_bounds__(kThreads)
       uint32_t a[4];
       CToA(a, dp[2 * kk], dp[2 * kk + 1]);
 #pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        uint32_t b[2];
-        LoadBN(b, sK, kk * 16, j * 8, kLd, g, t);
+      for (int j = 0; j < D / 8; j += 2) {
+        uint32_t b[4];
+        LoadBN2(b, sK, kk * 16, j * 8, kLd, lane);
         MmaM16N8K16Bf16(acc[j], a, b);
+        MmaM16N8K16Bf16(acc[j + 1], a, b + 2);
       }
     }
   }
@@ -417,16 +441,27 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();
       // S^T = K Q^T and dP^T = V dO^T: this warp's 16 keys x the tile's 64 queries.
       float st[kBr / 8][4], dpt[kBr / 8][4];
-      ProductsNT<D, kBr>(st, dpt, sK, sV, sQ, sO, warp * 16, g, t);
-      // P^T and dS^T = P^T * (dP^T - delta); masked entries are 0.
+      ProductsNT<D, kBr>(st, dpt, sK, sV, sQ, sO, warp * 16, lane);
+      // Masked entries (only where the block's last key is past the tile's
+      // first query, or in a partial tile) get S^T = -inf, so P^T = 0.
+      if (key0 + kBc - 1 > offset + q0 || key_rows < kBc || rows < kBr) {
+#pragma unroll
+        for (int j = 0; j < kBr / 8; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int qi = j * 8 + 2 * t + (e & 1);
+            const int64_t key = e < 2 ? key_lo : key_hi;
+            if (qi >= rows || key > offset + q0 + qi || key >= n_keys) st[j][e] = -INFINITY;
+          }
+        }
+      }
+      // P^T and dS^T = P^T * (dP^T - delta).
 #pragma unroll
       for (int j = 0; j < kBr / 8; ++j) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int qi = j * 8 + 2 * t + (e & 1);
-          const int64_t key = e < 2 ? key_lo : key_hi;
-          const bool valid = qi < rows && key <= offset + q0 + qi && key < n_keys;
-          const float p = valid ? exp2f(st[j][e] * scale_log2 - sL[qi]) : 0.0f;
+          const float p = exp2f(st[j][e] * scale_log2 - sL[qi]);
           st[j][e] = p;
           dpt[j][e] = p * (dpt[j][e] - sD[qi]);
         }
@@ -438,12 +473,14 @@ __global__ void __launch_bounds__(kThreads)
         CToA(ap, st[2 * kk], st[2 * kk + 1]);
         CToA(as, dpt[2 * kk], dpt[2 * kk + 1]);
 #pragma unroll
-        for (int j = 0; j < D / 8; ++j) {
-          uint32_t b[2];
-          LoadBN(b, sO, kk * 16, j * 8, kLd, g, t);
+        for (int j = 0; j < D / 8; j += 2) {
+          uint32_t b[4];
+          LoadBN2(b, sO, kk * 16, j * 8, kLd, lane);
           MmaM16N8K16Bf16(dva[j], ap, b);
-          LoadBN(b, sQ, kk * 16, j * 8, kLd, g, t);
+          MmaM16N8K16Bf16(dva[j + 1], ap, b + 2);
+          LoadBN2(b, sQ, kk * 16, j * 8, kLd, lane);
           MmaM16N8K16Bf16(dka[j], as, b);
+          MmaM16N8K16Bf16(dka[j + 1], as, b + 2);
         }
       }
     }

@@ -23,13 +23,15 @@ constexpr size_t kSharedGuardBytes = 256;       // after the dynamic shared memo
 constexpr unsigned char kSharedGuard = 0xFE;    // not the 0xFF poison: NaN += NaN keeps it
 
 enum class State { kRunnable, kBarrier, kWarp, kDone };
-enum class WarpOp { kShfl32, kShfl64, kMma };
+enum class WarpOp { kShfl32, kShfl64, kMma, kLdMatrix, kLdMatrixTrans };
 
 const char* OpName(WarpOp op) {
   switch (op) {
     case WarpOp::kShfl32: return "__shfl_xor_sync (32-bit)";
     case WarpOp::kShfl64: return "__shfl_xor_sync (64-bit)";
     case WarpOp::kMma: return "mma.sync.m16n8k16";
+    case WarpOp::kLdMatrix: return "ldmatrix.m8n8";
+    case WarpOp::kLdMatrixTrans: return "ldmatrix.m8n8.trans";
   }
   return "?";
 }
@@ -51,8 +53,10 @@ struct Fiber {
   int width = 32;
   uint64_t value = 0;
   float c[4] = {};
-  uint32_t a[4] = {};
+  uint32_t a[4] = {};  // also ldmatrix's result
   uint32_t b[2] = {};
+  const unsigned char* row = nullptr;  // ldmatrix: this lane's row address
+  int count = 0;                       // ldmatrix: matrices (1, 2 or 4)
 };
 
 // Fiber stacks, made once per OS thread and reused by every block.
@@ -106,6 +110,7 @@ struct Block {
   std::vector<Fiber> fibers;
   Fiber* current = nullptr;
   unsigned char* shared = nullptr;
+  size_t shared_bytes = 0;
   std::string error;  // the first fault, for the launch's message
 };
 
@@ -194,6 +199,42 @@ void Mma(Fiber* lanes[32]) {
   }
 }
 
+// One warp's ldmatrix.m8n8.x{count}[.trans].b16 (PTX ISA, "Warp-level
+// matrix load instruction: ldmatrix"): lanes 8i..8i+7 give the rows of
+// matrix i; lane L's register i holds row L / 4, columns 2 (L % 4) and
+// 2 (L % 4) + 1 of matrix i (lower half: the lower column), or with .trans
+// column L / 4, rows 2 (L % 4) and 2 (L % 4) + 1. False (with b.error) when
+// a row is misaligned or outside the dynamic shared memory.
+bool LdMatrix(Block& b, Fiber* lanes[32], bool trans) {
+  const int count = lanes[0]->count;
+  for (int l = 0; l < 8 * count; ++l) {
+    const unsigned char* row = lanes[l]->row;
+    const bool inside = row >= b.shared && row + 16 <= b.shared + b.shared_bytes;
+    if (!inside || reinterpret_cast<uintptr_t>(row) % 16 != 0) {
+      b.error = Where(b, *lanes[l]) + ": ldmatrix row address " +
+                std::to_string(reinterpret_cast<intptr_t>(row) - reinterpret_cast<intptr_t>(b.shared)) +
+                " bytes into the dynamic shared memory (" + std::to_string(b.shared_bytes) +
+                " bytes): " + (inside ? "not 16-byte aligned" : "outside it");
+      return false;
+    }
+  }
+  auto at = [&](int matrix, int r, int c) {
+    uint16_t v;
+    std::memcpy(&v, lanes[8 * matrix + r]->row + 2 * c, 2);
+    return static_cast<uint32_t>(v);
+  };
+  uint32_t out[32][4] = {};
+  for (int lane = 0; lane < 32; ++lane) {
+    const int g = lane / 4, t = lane % 4;
+    for (int i = 0; i < count; ++i) {
+      out[lane][i] = trans ? at(i, 2 * t, g) | at(i, 2 * t + 1, g) << 16
+                           : at(i, g, 2 * t) | at(i, g, 2 * t + 1) << 16;
+    }
+  }
+  for (int lane = 0; lane < 32; ++lane) std::memcpy(lanes[lane]->a, out[lane], sizeof(out[lane]));
+  return true;
+}
+
 // Completes the collective of the warp of threads [w0, w0 + 32) when all
 // its live lanes wait at it: true then. False when the warp cannot go on
 // (a lane at a barrier, all done), or on a fault (b.error: lanes at
@@ -213,22 +254,28 @@ bool ReleaseWarp(Block& b, int w0) {
   for (int i = w0; i < w_end; ++i) {
     const Fiber& f = b.fibers[i];
     if (f.state == State::kDone) continue;
-    if (f.op != first->op || f.mask != first->mask) {
+    if (f.op != first->op || f.mask != first->mask || f.count != first->count) {
       b.error = Where(b, f) + " is at " + OpName(f.op) + " while " + Where(b, *first) + " is at " +
                 OpName(first->op) + " (divergent warp collective)";
       return false;
     }
   }
-  if (first->op == WarpOp::kMma ? live != 0xffffffffu : first->mask != live) {
+  const bool whole_warp = first->op == WarpOp::kMma || first->op == WarpOp::kLdMatrix ||
+                          first->op == WarpOp::kLdMatrixTrans;
+  if (whole_warp ? live != 0xffffffffu : first->mask != live) {
     char buf[96];
     std::snprintf(buf, sizeof(buf), " with mask 0x%08x but live lanes 0x%08x", first->mask, live);
     b.error = Where(b, *first) + ": " + OpName(first->op) + buf;
     return false;
   }
-  if (first->op == WarpOp::kMma) {
+  if (whole_warp) {
     Fiber* lanes[32];
     for (int i = 0; i < 32; ++i) lanes[i] = &b.fibers[w0 + i];
-    Mma(lanes);
+    if (first->op == WarpOp::kMma) {
+      Mma(lanes);
+    } else if (!LdMatrix(b, lanes, first->op == WarpOp::kLdMatrixTrans)) {
+      return false;
+    }
   } else {
     uint64_t in[32] = {};
     for (int i = w0; i < w_end; ++i) in[i - w0] = b.fibers[i].value;
@@ -403,6 +450,17 @@ void MmaM16N8K16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
   std::memcpy(c, f.c, sizeof(f.c));
 }
 
+void LdMatrix(uint32_t* r, const void* row, int count, bool trans) {
+  Fiber& f = Current();
+  f.op = trans ? WarpOp::kLdMatrixTrans : WarpOp::kLdMatrix;
+  f.mask = 0xffffffffu;
+  f.row = static_cast<const unsigned char*>(row);
+  f.count = count;
+  Yield(State::kWarp);
+  std::memcpy(r, f.a, sizeof(uint32_t) * count);
+  f.count = 0;
+}
+
 cudaError_t RunGrid(const LaunchConfig& config, const std::function<void()>& body) {
   if (active != nullptr) return Fail(cudaErrorNotSupported, "a kernel launched from a kernel");
   const dim3& g = config.grid;
@@ -430,6 +488,7 @@ cudaError_t RunGrid(const LaunchConfig& config, const std::function<void()>& bod
   b.grid = g;
   b.block = bl;
   b.shared = base;
+  b.shared_bytes = smem;
   active = &b;
   for (unsigned z = 0; z < g.z; ++z) {
     for (unsigned y = 0; y < g.y; ++y) {

@@ -11,7 +11,8 @@
 //    shared memory, and `__syncthreads()` names its line;
 //  - each block runs on the launching thread, each CUDA thread of it as a
 //    fiber (Boost.Context) with its own stack; a fiber runs until it reaches
-//    a barrier, a warp collective (__shfl_xor_sync, mma.sync) or its end;
+//    a barrier, a warp collective (__shfl_xor_sync, mma.sync, ldmatrix) or
+//    its end;
 //  - between two barriers the warps run one after another, each as far as
 //    it can go, in an order that alternates from phase to phase (ascending
 //    first in even blocks, descending first in odd ones), and a warp's lanes
@@ -76,6 +77,12 @@ uint32_t ShflXor32(unsigned mask, uint32_t v, int lane_mask, int width);
 uint64_t ShflXor64(unsigned mask, uint64_t v, int lane_mask, int width);
 // mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, d = a b + c in place.
 void MmaM16N8K16(float c[4], const uint32_t a[4], const uint32_t b[2]);
+// ldmatrix.sync.aligned.m8n8.x{count}[.trans].shared.b16: lane L names row
+// L % 8 of matrix L / 8 (lanes past 8 x count are ignored); r[i] of lane L
+// gets elements (L / 4, 2 (L % 4) + {0, 1}) of matrix i, or of its transpose.
+// The rows must be 16-byte aligned and lie in the dynamic shared memory (the
+// only shared memory our kernels give ldmatrix); anything else faults.
+void LdMatrix(uint32_t* r, const void* row, int count, bool trans);
 
 struct LaunchConfig {
   dim3 grid;

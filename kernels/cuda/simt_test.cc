@@ -150,7 +150,40 @@ TEST(Simt, MmaM16N8K16_IsTheMatrixProduct) {
   }
 }
 
+// ldmatrix.m8n8.x4 and its .trans, against the PTX ISA's "ldmatrix"
+// fragment figure, element by element: lane L's register i holds row L / 4,
+// columns 2 (L % 4) and 2 (L % 4) + 1 of matrix i (the lower column in the
+// low half), or with .trans column L / 4, rows 2 (L % 4) and 2 (L % 4) + 1.
+TEST(Simt, LdMatrixX4_FragmentsAsThePtxIsaLaysThemOut) {
+  REQUIRE_GPU();
+  std::vector<uint16_t> tile(256);
+  for (int i = 0; i < 256; ++i) tile[i] = static_cast<uint16_t>(0x1000 + i);  // distinct
+  DeviceBuffer<uint16_t> dt(tile);
+  for (bool trans : {false, true}) {
+    DeviceBuffer<uint32_t> out(std::vector<uint32_t>(128, 0xDEADBEEFu));
+    ASSERT_EQ(LdMatrix(out.get(), dt.get(), trans, /*misalign=*/false), cudaSuccess);
+    const std::vector<uint32_t> got = out.Host();
+    for (int lane = 0; lane < 32; ++lane) {
+      for (int i = 0; i < 4; ++i) {
+        const int r0 = 8 * (i & 1), c0 = 8 * (i >> 1);
+        const int g = lane / 4, t = lane % 4;
+        auto at = [&](int r, int c) { return static_cast<uint32_t>(tile[(r0 + r) * 16 + c0 + c]); };
+        const uint32_t want = trans ? at(2 * t, g) | at(2 * t + 1, g) << 16
+                                    : at(g, 2 * t) | at(g, 2 * t + 1) << 16;
+        EXPECT_EQ(got[lane * 4 + i], want)
+            << (trans ? "trans " : "") << "lane " << lane << " register " << i;
+      }
+    }
+  }
+}
+
 #ifdef CHUNKFLOW_SIMT_TEST  // the emulation's fault reports
+
+TEST(Simt, LdMatrixMisalignedRow_FailsTheLaunch) {
+  DeviceBuffer<uint16_t> dt(std::vector<uint16_t>(256, 0));
+  DeviceBuffer<uint32_t> out(std::vector<uint32_t>(128, 0));
+  EXPECT_EQ(LdMatrix(out.get(), dt.get(), false, /*misalign=*/true), cudaErrorLaunchFailure);
+}
 
 TEST(Simt, BadConfigurations_FailAsOnAGpu) {
   DeviceBuffer<int> out(std::vector<int>(2048, 0));

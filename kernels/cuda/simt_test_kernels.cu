@@ -111,6 +111,24 @@ __global__ void DynamicSharedKernel(float* out, int floats, bool overrun) {
   }
 }
 
+// One warp loads a 16x16 bf16 tile (shared, leading dimension 24) with one
+// ldmatrix.x4: matrix m is rows 8 (m & 1).., columns 8 (m >> 1).. (an mma
+// A fragment's order); out[lane * 4 + i] is the lane's register i. Lane 5
+// misaligns its row by one element when asked.
+template <bool kTrans>
+__global__ void LdMatrixKernel(uint32_t* out, const uint16_t* tile, bool misalign) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint16_t* s = reinterpret_cast<uint16_t*>(smem);
+  const int lane = threadIdx.x;
+  for (int i = lane; i < 256; i += 32) s[(i / 16) * 24 + i % 16] = tile[i];
+  __syncthreads();
+  const int m = lane / 8;
+  uint32_t v[4];
+  LdMatrixX4<kTrans>(v, s + (8 * (m & 1) + lane % 8) * 24 + 8 * (m >> 1) +
+                            (misalign && lane == 5 ? 1 : 0));
+  for (int i = 0; i < 4; ++i) out[lane * 4 + i] = v[i];
+}
+
 }  // namespace
 
 cudaError_t CountThreads(int* out, dim3 grid, dim3 block) {
@@ -136,6 +154,16 @@ cudaError_t WarpSumsDouble(double* out, const double* in, int n) {
 
 cudaError_t Mma(float* d, const uint16_t* a, const uint16_t* b, const float* c) {
   MmaKernel<<<1, 32>>>(d, a, b, c);
+  return cudaGetLastError();
+}
+
+cudaError_t LdMatrix(uint32_t* out, const uint16_t* tile, bool trans, bool misalign) {
+  constexpr size_t kBytes = 16 * 24 * sizeof(uint16_t);
+  if (trans) {
+    LdMatrixKernel<true><<<1, 32, kBytes>>>(out, tile, misalign);
+  } else {
+    LdMatrixKernel<false><<<1, 32, kBytes>>>(out, tile, misalign);
+  }
   return cudaGetLastError();
 }
 

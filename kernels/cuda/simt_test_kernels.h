@@ -28,6 +28,12 @@ cudaError_t WarpSumsDouble(double* out, const double* in, int n);
 // bf16 bits) + c, one warp, fragments loaded as the PTX ISA lays them out.
 cudaError_t Mma(float* d, const uint16_t* a, const uint16_t* b, const float* c);
 
+// One warp's ldmatrix.x4 (trans: .trans) of a 16x16 bf16 tile (row-major
+// bits) staged in shared memory: matrix m is rows 8 (m & 1).., columns
+// 8 (m >> 1)..; out[lane * 4 + i] = the lane's register i (128 words).
+// misalign: lane 5's row address is off by 2 bytes (a fault).
+cudaError_t LdMatrix(uint32_t* out, const uint16_t* tile, bool trans, bool misalign);
+
 // Two blocks of n threads: block 0 writes its static shared array and
 // reads it back, block 1 only reads it; out[b * n + t].
 cudaError_t ReadUnwrittenShared(float* out, int n);
