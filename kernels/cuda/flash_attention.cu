@@ -13,10 +13,12 @@
 #include <cuda_bf16.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <mutex>
 #include <set>
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "kernels/cuda/mma.h"
 
 namespace chunkflow::kernels::cuda {
@@ -24,9 +26,12 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-constexpr int kBr = 64;  // query rows per tile (4 warps x 16)
+// The forward and dq kernels take kWarps x 16 query rows per block (each
+// warp 16 rows) against key tiles of kBc; the dk/dv kernel takes
+// kDkDvWarps x 16 = kBc keys per block against query tiles of kBr.
+constexpr int kBr = 64;  // query rows per tile of the dk/dv kernel
 constexpr int kBc = 64;  // keys per tile
-constexpr int kThreads = 128;
+constexpr int kDkDvWarps = kBc / 16;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -141,7 +146,7 @@ __device__ __forceinline__ float QuadSum(float v) {
 // leading dimension D + 8; rows >= valid are zero. Four columns per thread
 // and step: 16-byte loads, 8-byte stores (D and the strides are multiples of
 // 16 floats, the buffers 16-byte aligned).
-template <int D, int kRows>
+template <int D, int kRows, int kThreads>
 __device__ __forceinline__ void LoadTile(bf16* s, const float* src, int64_t row0, int valid,
                                          int64_t stride) {
   constexpr int kQuads = D / 4;
@@ -157,25 +162,26 @@ __device__ __forceinline__ void LoadTile(bf16* s, const float* src, int64_t row0
 }
 
 // ---------------------------------------------------------------------------
-// Forward: a block per (query tile of a segment, head).
+// Forward: a block per (query tile of kWarps x 16 rows of a segment, head).
 // ---------------------------------------------------------------------------
 
-template <int D>
-__global__ void __launch_bounds__(kThreads)
+template <int D, int kWarps>
+__global__ void __launch_bounds__(32 * kWarps)
     FlashForwardKernel(float* out, float* lse, const float* q, const float* k, const float* v,
                        int64_t q_begin, int64_t offset, int length, int H, int Hk,
                        float scale_log2) {
   constexpr int kLd = D + 8;
+  constexpr int kRows = 16 * kWarps, kThreads = 32 * kWarps;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sQ = reinterpret_cast<bf16*>(smem);
-  bf16* sK = sQ + kBr * kLd;
+  bf16* sK = sQ + kRows * kLd;
   bf16* sV = sK + kBc * kLd;
   const int h = blockIdx.y, hk = h / (H / Hk);
-  const int q0 = blockIdx.x * kBr;
-  const int rows = min(kBr, length - q0);
+  const int q0 = blockIdx.x * kRows;
+  const int rows = min(kRows, length - q0);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  LoadTile<D, kBr>(sQ, q + static_cast<int64_t>(h) * D, q_begin + q0, rows,
-                   static_cast<int64_t>(H) * D);
+  LoadTile<D, kRows, kThreads>(sQ, q + static_cast<int64_t>(h) * D, q_begin + q0, rows,
+                               static_cast<int64_t>(H) * D);
   const int64_t n_keys = offset + q0 + rows;  // what the tile's last row sees
   const int64_t pos_lo = offset + q0 + warp * 16 + g, pos_hi = pos_lo + 8;
   float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
@@ -186,16 +192,16 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t k0 = 0; k0 < n_keys; k0 += kBc) {
     const int kv_rows = static_cast<int>(min(static_cast<int64_t>(kBc), n_keys - k0));
     __syncthreads();  // every warp is done with the previous K/V tile (and sQ is written)
-    LoadTile<D, kBc>(sK, k + static_cast<int64_t>(hk) * D, k0, kv_rows,
-                     static_cast<int64_t>(Hk) * D);
-    LoadTile<D, kBc>(sV, v + static_cast<int64_t>(hk) * D, k0, kv_rows,
-                     static_cast<int64_t>(Hk) * D);
+    LoadTile<D, kBc, kThreads>(sK, k + static_cast<int64_t>(hk) * D, k0, kv_rows,
+                               static_cast<int64_t>(Hk) * D);
+    LoadTile<D, kBc, kThreads>(sV, v + static_cast<int64_t>(hk) * D, k0, kv_rows,
+                               static_cast<int64_t>(Hk) * D);
     __syncthreads();
     float s[kBc / 8][4];
     ProductNT<D, kBc>(s, sQ, sK, warp * 16, lane);
-    // Only a tile that reaches past the tile's first query (the diagonal),
+    // Only a tile that reaches past the warp's first query (the diagonal),
     // or a partial one, has entries to mask.
-    if (k0 + kBc - 1 > offset + q0 || kv_rows < kBc || rows < kBr) {
+    if (k0 + kBc - 1 > offset + q0 + warp * 16 || kv_rows < kBc || rows < kRows) {
 #pragma unroll
       for (int j = 0; j < kBc / 8; ++j) {
 #pragma unroll
@@ -296,27 +302,29 @@ __global__ void FlashDeltaKernel(float* delta, const float* dout, const float* o
 }
 
 // ---------------------------------------------------------------------------
-// Backward dq: a block per (query tile of a segment, head).
+// Backward dq: a block per (query tile of kWarps x 16 rows of a segment, head).
 // ---------------------------------------------------------------------------
 
-template <int D>
-__global__ void __launch_bounds__(kThreads)
+template <int D, int kWarps>
+__global__ void __launch_bounds__(32 * kWarps)
     FlashDqKernel(float* dq, const float* dout, const float* q, const float* lse,
                   const float* delta, const float* k, const float* v, int64_t q_begin,
                   int64_t offset, int length, int H, int Hk, float scale, float scale_log2) {
   constexpr int kLd = D + 8;
+  constexpr int kRows = 16 * kWarps, kThreads = 32 * kWarps;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sQ = reinterpret_cast<bf16*>(smem);
-  bf16* sO = sQ + kBr * kLd;  // dO
-  bf16* sK = sO + kBr * kLd;
+  bf16* sO = sQ + kRows * kLd;  // dO
+  bf16* sK = sO + kRows * kLd;
   bf16* sV = sK + kBc * kLd;
   const int h = blockIdx.y, hk = h / (H / Hk);
-  const int q0 = blockIdx.x * kBr;
-  const int rows = min(kBr, length - q0);
+  const int q0 = blockIdx.x * kRows;
+  const int rows = min(kRows, length - q0);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t stride = static_cast<int64_t>(H) * D;
-  LoadTile<D, kBr>(sQ, q + static_cast<int64_t>(h) * D, q_begin + q0, rows, stride);
-  LoadTile<D, kBr>(sO, dout + static_cast<int64_t>(h) * D, q_begin + q0, rows, stride);
+  LoadTile<D, kRows, kThreads>(sQ, q + static_cast<int64_t>(h) * D, q_begin + q0, rows, stride);
+  LoadTile<D, kRows, kThreads>(sO, dout + static_cast<int64_t>(h) * D, q_begin + q0, rows,
+                               stride);
   const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
   const bool ok_lo = r_lo < rows, ok_hi = r_hi < rows;
   const float lse_lo = ok_lo ? lse[(q_begin + q0 + r_lo) * H + h] * kLog2e : 0.0f;
@@ -332,16 +340,16 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t k0 = 0; k0 < n_keys; k0 += kBc) {
     const int kv_rows = static_cast<int>(min(static_cast<int64_t>(kBc), n_keys - k0));
     __syncthreads();
-    LoadTile<D, kBc>(sK, k + static_cast<int64_t>(hk) * D, k0, kv_rows,
-                     static_cast<int64_t>(Hk) * D);
-    LoadTile<D, kBc>(sV, v + static_cast<int64_t>(hk) * D, k0, kv_rows,
-                     static_cast<int64_t>(Hk) * D);
+    LoadTile<D, kBc, kThreads>(sK, k + static_cast<int64_t>(hk) * D, k0, kv_rows,
+                               static_cast<int64_t>(Hk) * D);
+    LoadTile<D, kBc, kThreads>(sV, v + static_cast<int64_t>(hk) * D, k0, kv_rows,
+                               static_cast<int64_t>(Hk) * D);
     __syncthreads();
     float s[kBc / 8][4], dp[kBc / 8][4];  // S = Q K^T, dP = dO V^T
     ProductsNT<D, kBc>(s, dp, sQ, sO, sK, sV, warp * 16, lane);
-    // Masked entries (only in a tile past the diagonal, or a partial one)
-    // get S = -inf, so P = 0.
-    if (k0 + kBc - 1 > offset + q0 || kv_rows < kBc || rows < kBr) {
+    // Masked entries (only in a tile past the warp's diagonal, or a partial
+    // one) get S = -inf, so P = 0.
+    if (k0 + kBc - 1 > offset + q0 + warp * 16 || kv_rows < kBc || rows < kRows) {
 #pragma unroll
       for (int j = 0; j < kBc / 8; ++j) {
 #pragma unroll
@@ -396,7 +404,7 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------
 
 template <int D>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(32 * kDkDvWarps)
     FlashDkDvKernel(float* dk, float* dv, const float* dout, const float* q, const float* lse,
                     const float* delta, const float* k, const float* v, int64_t q_begin,
                     int64_t offset, int length, int H, int Hk, float scale, float scale_log2) {
@@ -413,10 +421,11 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n_keys = offset + length;
   const int key_rows = static_cast<int>(min(static_cast<int64_t>(kBc), n_keys - key0));
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  LoadTile<D, kBc>(sK, k + static_cast<int64_t>(hk) * D, key0, key_rows,
-                   static_cast<int64_t>(Hk) * D);
-  LoadTile<D, kBc>(sV, v + static_cast<int64_t>(hk) * D, key0, key_rows,
-                   static_cast<int64_t>(Hk) * D);
+  constexpr int kThreads = 32 * kDkDvWarps;
+  LoadTile<D, kBc, kThreads>(sK, k + static_cast<int64_t>(hk) * D, key0, key_rows,
+                             static_cast<int64_t>(Hk) * D);
+  LoadTile<D, kBc, kThreads>(sV, v + static_cast<int64_t>(hk) * D, key0, key_rows,
+                             static_cast<int64_t>(Hk) * D);
   const int64_t key_lo = key0 + warp * 16 + g, key_hi = key_lo + 8;
   float dka[D / 8][4], dva[D / 8][4];
 #pragma unroll
@@ -432,8 +441,9 @@ __global__ void __launch_bounds__(kThreads)
     for (int q0 = first_tile * kBr; q0 < length; q0 += kBr) {
       const int rows = min(kBr, length - q0);
       __syncthreads();  // the previous tile's readers are done (and sK/sV are written)
-      LoadTile<D, kBr>(sQ, q + static_cast<int64_t>(h) * D, q_begin + q0, rows, stride);
-      LoadTile<D, kBr>(sO, dout + static_cast<int64_t>(h) * D, q_begin + q0, rows, stride);
+      LoadTile<D, kBr, kThreads>(sQ, q + static_cast<int64_t>(h) * D, q_begin + q0, rows, stride);
+      LoadTile<D, kBr, kThreads>(sO, dout + static_cast<int64_t>(h) * D, q_begin + q0, rows,
+                                 stride);
       for (int r = threadIdx.x; r < kBr; r += kThreads) {
         sL[r] = r < rows ? lse[(q_begin + q0 + r) * H + h] * kLog2e : 0.0f;
         sD[r] = r < rows ? delta[(q_begin + q0 + r) * H + h] : 0.0f;
@@ -536,12 +546,16 @@ absl::Status Launched(const char* what) {
                              cudaGetErrorString(e));
 }
 
-template <int D>
+template <int D, int kWarps>
 constexpr int ForwardSmem() {
-  return (kBr + 2 * kBc) * (D + 8) * static_cast<int>(sizeof(bf16));
+  return (16 * kWarps + 2 * kBc) * (D + 8) * static_cast<int>(sizeof(bf16));
+}
+template <int D, int kWarps>
+constexpr int DqSmem() {
+  return (2 * 16 * kWarps + 2 * kBc) * (D + 8) * static_cast<int>(sizeof(bf16));
 }
 template <int D>
-constexpr int BackwardSmem() {
+constexpr int DkDvSmem() {
   return (2 * kBr + 2 * kBc) * (D + 8) * static_cast<int>(sizeof(bf16)) +
          2 * kBr * static_cast<int>(sizeof(float));
 }
@@ -566,67 +580,101 @@ absl::Status AttributeStatus(cudaError_t e, const char* op) {
                              cudaGetErrorString(e));
 }
 
-template <int D>
+template <int D, int kWarps>
 std::set<int> forward_attr_set;
-template <int D>
+template <int D, int kWarps>
 std::set<int> backward_attr_set;
 
-template <int D>
+// Query rows per block of the forward and dq kernels, in warps of 16 rows:
+// 8 (128 rows) unless CHUNKFLOW_FLASH_QUERY_WARPS says 4 (64 rows), a knob
+// for comparing the two (attention_bench, flash_attention_test); read at
+// every call.
+absl::StatusOr<int> QueryWarps() {
+  const char* v = std::getenv("CHUNKFLOW_FLASH_QUERY_WARPS");
+  if (v == nullptr || *v == '\0') return 8;
+  const std::string s(v);
+  if (s == "4" || s == "8") return std::stoi(s);
+  return absl::InvalidArgumentError("CHUNKFLOW_FLASH_QUERY_WARPS must be 4 or 8, got '" + s + "'");
+}
+
+template <int D, int kWarps>
 absl::Status Forward(float* out, float* lse, const float* q, const AttentionSegment* segs,
                      int64_t n_segs, int H, int Hk, cudaStream_t stream) {
   const float scale_log2 = kLog2e / std::sqrt(static_cast<float>(D));
+  constexpr int kRows = 16 * kWarps;
   const cudaError_t attr = OncePerDevice(
       [] {
-        return cudaFuncSetAttribute(FlashForwardKernel<D>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, ForwardSmem<D>());
+        return cudaFuncSetAttribute(FlashForwardKernel<D, kWarps>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    ForwardSmem<D, kWarps>());
       },
-      &forward_attr_set<D>);
+      &forward_attr_set<D, kWarps>);
   if (absl::Status st = AttributeStatus(attr, "flash_attention_forward"); !st.ok()) return st;
   for (int64_t s = 0; s < n_segs; ++s) {
     const AttentionSegment& g = segs[s];
     if (g.length == 0) continue;
-    const unsigned tiles = static_cast<unsigned>((g.length + kBr - 1) / kBr);
-    FlashForwardKernel<D><<<dim3(tiles, static_cast<unsigned>(H)), kThreads, ForwardSmem<D>(),
-                            stream>>>(out, lse, q, g.k, g.v, g.q_begin, g.offset,
-                                      static_cast<int>(g.length), H, Hk, scale_log2);
+    const unsigned tiles = static_cast<unsigned>((g.length + kRows - 1) / kRows);
+    FlashForwardKernel<D, kWarps><<<dim3(tiles, static_cast<unsigned>(H)), 32 * kWarps,
+                                    ForwardSmem<D, kWarps>(), stream>>>(
+        out, lse, q, g.k, g.v, g.q_begin, g.offset, static_cast<int>(g.length), H, Hk,
+        scale_log2);
     if (absl::Status st = Launched("flash_attention_forward"); !st.ok()) return st;
   }
   return absl::OkStatus();
 }
 
-template <int D>
+template <int D, int kWarps>
 absl::Status Backward(float* dq, const AttentionSegment* segs, int64_t n_segs, const float* dout,
                       const float* q, const float* lse, const float* delta, int H, int Hk,
                       cudaStream_t stream) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const float scale_log2 = kLog2e * scale;
+  constexpr int kRows = 16 * kWarps;
   const cudaError_t attr = OncePerDevice(
       [] {
-        const cudaError_t a = cudaFuncSetAttribute(
-            FlashDqKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, BackwardSmem<D>());
+        const cudaError_t a =
+            cudaFuncSetAttribute(FlashDqKernel<D, kWarps>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, DqSmem<D, kWarps>());
         return a != cudaSuccess ? a
                                 : cudaFuncSetAttribute(FlashDkDvKernel<D>,
                                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                       BackwardSmem<D>());
+                                                       DkDvSmem<D>());
       },
-      &backward_attr_set<D>);
+      &backward_attr_set<D, kWarps>);
   if (absl::Status st = AttributeStatus(attr, "flash_attention_backward"); !st.ok()) return st;
   for (int64_t s = 0; s < n_segs; ++s) {
     const AttentionSegment& g = segs[s];
     if (g.length == 0) continue;
-    const unsigned q_tiles = static_cast<unsigned>((g.length + kBr - 1) / kBr);
-    FlashDqKernel<D><<<dim3(q_tiles, static_cast<unsigned>(H)), kThreads, BackwardSmem<D>(),
-                       stream>>>(dq, dout, q, lse, delta, g.k, g.v, g.q_begin, g.offset,
-                                 static_cast<int>(g.length), H, Hk, scale, scale_log2);
+    const unsigned q_tiles = static_cast<unsigned>((g.length + kRows - 1) / kRows);
+    FlashDqKernel<D, kWarps><<<dim3(q_tiles, static_cast<unsigned>(H)), 32 * kWarps,
+                               DqSmem<D, kWarps>(), stream>>>(
+        dq, dout, q, lse, delta, g.k, g.v, g.q_begin, g.offset, static_cast<int>(g.length), H, Hk,
+        scale, scale_log2);
     if (absl::Status st = Launched("flash_attention_backward dq"); !st.ok()) return st;
     const unsigned k_tiles = static_cast<unsigned>((g.offset + g.length + kBc - 1) / kBc);
-    FlashDkDvKernel<D><<<dim3(k_tiles, static_cast<unsigned>(Hk)), kThreads, BackwardSmem<D>(),
-                         stream>>>(g.dk, g.dv, dout, q, lse, delta, g.k, g.v, g.q_begin,
-                                   g.offset, static_cast<int>(g.length), H, Hk, scale,
-                                   scale_log2);
+    FlashDkDvKernel<D><<<dim3(k_tiles, static_cast<unsigned>(Hk)), 32 * kDkDvWarps,
+                         DkDvSmem<D>(), stream>>>(g.dk, g.dv, dout, q, lse, delta, g.k, g.v,
+                                                  g.q_begin, g.offset, static_cast<int>(g.length),
+                                                  H, Hk, scale, scale_log2);
     if (absl::Status st = Launched("flash_attention_backward dk dv"); !st.ok()) return st;
   }
   return absl::OkStatus();
+}
+
+// Forward / Backward for the query warps chosen at run time.
+template <int D>
+absl::Status ForwardFor(int warps, float* out, float* lse, const float* q,
+                        const AttentionSegment* segs, int64_t n_segs, int H, int Hk,
+                        cudaStream_t stream) {
+  return warps == 4 ? Forward<D, 4>(out, lse, q, segs, n_segs, H, Hk, stream)
+                    : Forward<D, 8>(out, lse, q, segs, n_segs, H, Hk, stream);
+}
+template <int D>
+absl::Status BackwardFor(int warps, float* dq, const AttentionSegment* segs, int64_t n_segs,
+                         const float* dout, const float* q, const float* lse, const float* delta,
+                         int H, int Hk, cudaStream_t stream) {
+  return warps == 4 ? Backward<D, 4>(dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream)
+                    : Backward<D, 8>(dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream);
 }
 
 }  // namespace
@@ -641,12 +689,14 @@ absl::Status flash_attention_forward(float* out, float* lse, const float* q,
                                      cudaStream_t stream) {
   if (absl::Status s = Check(n_heads, n_kv_heads, head_dim, segs, n_segs); !s.ok()) return s;
   if (!Aligned(q)) return absl::InvalidArgumentError("flash attention: q is not 16-byte aligned");
+  const absl::StatusOr<int> w = QueryWarps();
+  if (!w.ok()) return w.status();
   const int H = static_cast<int>(n_heads), Hk = static_cast<int>(n_kv_heads);
   switch (head_dim) {
-    case 16: return Forward<16>(out, lse, q, segs, n_segs, H, Hk, stream);
-    case 32: return Forward<32>(out, lse, q, segs, n_segs, H, Hk, stream);
-    case 64: return Forward<64>(out, lse, q, segs, n_segs, H, Hk, stream);
-    default: return Forward<128>(out, lse, q, segs, n_segs, H, Hk, stream);
+    case 16: return ForwardFor<16>(*w, out, lse, q, segs, n_segs, H, Hk, stream);
+    case 32: return ForwardFor<32>(*w, out, lse, q, segs, n_segs, H, Hk, stream);
+    case 64: return ForwardFor<64>(*w, out, lse, q, segs, n_segs, H, Hk, stream);
+    default: return ForwardFor<128>(*w, out, lse, q, segs, n_segs, H, Hk, stream);
   }
 }
 
@@ -659,6 +709,8 @@ absl::Status flash_attention_backward(float* dq, const AttentionSegment* segs, i
   if (!Aligned(q) || !Aligned(dout)) {
     return absl::InvalidArgumentError("flash attention: q or dout is not 16-byte aligned");
   }
+  const absl::StatusOr<int> w = QueryWarps();
+  if (!w.ok()) return w.status();
   const int64_t n = rows * n_heads;
   if (n > 0) {
     const int64_t threads = n * 32;
@@ -668,10 +720,10 @@ absl::Status flash_attention_backward(float* dq, const AttentionSegment* segs, i
   }
   const int H = static_cast<int>(n_heads), Hk = static_cast<int>(n_kv_heads);
   switch (head_dim) {
-    case 16: return Backward<16>(dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream);
-    case 32: return Backward<32>(dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream);
-    case 64: return Backward<64>(dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream);
-    default: return Backward<128>(dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream);
+    case 16: return BackwardFor<16>(*w, dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream);
+    case 32: return BackwardFor<32>(*w, dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream);
+    case 64: return BackwardFor<64>(*w, dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream);
+    default: return BackwardFor<128>(*w, dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream);
   }
 }
 

@@ -16,7 +16,9 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -144,6 +146,27 @@ TEST_P(FlashAttentionTest, MatchesCpuOnBf16Inputs) {
 TEST(FlashAttention, GpuForwardIntoBackward_LongPrefix_MatchesCpu) {
   REQUIRE_GPU();
   ExpectMatchesCpu(Shape{14, 2, 64}, {{0, 100}, {20000, 64}}, /*chain=*/true);
+}
+
+// The 64-row query tiles (4 warps) of the forward and dq kernels, which
+// CHUNKFLOW_FLASH_QUERY_WARPS=4 picks instead of the default 128 rows.
+TEST(FlashAttention, FourWarpQueryTiles_MatchCpu) {
+  REQUIRE_GPU();
+  setenv("CHUNKFLOW_FLASH_QUERY_WARPS", "4", 1);
+  ExpectMatchesCpu(Shape{14, 2, 64}, {{0, 150}, {70, 37}, {0, 1}, {130, 64}, {1000, 90}},
+                   /*chain=*/false);
+  unsetenv("CHUNKFLOW_FLASH_QUERY_WARPS");
+}
+
+TEST(FlashAttention, BadQueryWarps_IsInvalidArgumentNamingTheValue) {
+  setenv("CHUNKFLOW_FLASH_QUERY_WARPS", "6", 1);
+  const cuda::AttentionSegment seg{0, 1, 0, nullptr, nullptr, nullptr, nullptr};
+  alignas(16) float x[64] = {};
+  const absl::Status s =
+      cuda::flash_attention_forward(x, x, x, &seg, 0, 1, 1, 64, nullptr);
+  unsetenv("CHUNKFLOW_FLASH_QUERY_WARPS");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("'6'"), std::string::npos) << s;
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, FlashAttentionTest,
