@@ -137,16 +137,21 @@ cat > "$OUT/bench.sh" <<'BENCH'
 # GPU, JSON goes under ${JSON_DIR:-/tmp}. Extra arguments go to both runs of
 # the step bench (e.g. --steps=2). The step bench's two sections run as two
 # processes, throughput first, so a memory run cut short by a time limit
-# keeps the throughput table and its JSON.
+# keeps the throughput table and its JSON. BENCH_SKIP names runs to leave
+# out (space-separated: gemm attention step step_memory).
 set -u
 source "$(dirname "$0")/env.sh"
 J="${JSON_DIR:-/tmp}"
+skip() { [[ " ${BENCH_SKIP:-} " == *" $1 "* ]] && echo "bench.sh: $1 skipped (BENCH_SKIP)"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
-"$HERE/bench/kernels_cuda_gemm_bench" --torch_script="$HERE/scripts/torch_gemm.py" --json="$J/gemm.json"
-"$HERE/bench/kernels_cuda_attention_bench" --torch_script="$HERE/scripts/torch_attention.py" --json="$J/attention.json"
-"$HERE/bench/worker_engine_cuda_cuda_step_bench" --torch_script="$HERE/scripts/torch_step.py" \
-  --sections=throughput --json="$J/step.json" "$@"
-"$HERE/bench/worker_engine_cuda_cuda_step_bench" --sections=memory --json="$J/step_memory.json" "$@"
+skip gemm || "$HERE/bench/kernels_cuda_gemm_bench" --torch_script="$HERE/scripts/torch_gemm.py" \
+  --json="$J/gemm.json"
+skip attention || "$HERE/bench/kernels_cuda_attention_bench" \
+  --torch_script="$HERE/scripts/torch_attention.py" --json="$J/attention.json"
+skip step || "$HERE/bench/worker_engine_cuda_cuda_step_bench" \
+  --torch_script="$HERE/scripts/torch_step.py" --sections=throughput --json="$J/step.json" "$@"
+skip step_memory || "$HERE/bench/worker_engine_cuda_cuda_step_bench" --sections=memory \
+  --json="$J/step_memory.json" "$@"
 BENCH
 cp tools/gpu/check.sh "$OUT/check.sh"
 chmod +x "$OUT/run.sh" "$OUT/bench.sh" "$OUT/check.sh" "$OUT/scripts/cluster_check.sh"

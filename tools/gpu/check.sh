@@ -5,7 +5,11 @@
 #   2. the benchmarks beside PyTorch (bench.sh), JSON next to the logs;
 #   3. compute-sanitizer memcheck, racecheck and synccheck on the kernel and
 #      engine tests, as far as SANITIZE_S allows (SANITIZE_FILTER narrows
-#      them).
+#      them; SANITIZE_RUNS replaces the list: "binary tool filter" entries
+#      separated by ';', e.g. "kernels_cuda_ops_test racecheck *").
+#   4. with NCU_S > 0: Nsight Compute on the flash kernels at 8K tokens
+#      (speed of light, occupancy, warp stalls) into ncu.txt, for tuning.
+# BENCH_SKIP leaves benchmarks out (see bench.sh).
 # Each phase is bounded (TESTS_S, BENCH_S, SANITIZE_S seconds) so a hang in
 # one leaves time for the others. Logs and JSON go to $OUT (the device tool
 # brings that folder back; at most 8 files) or /tmp/chunkflow-gpu; the
@@ -31,22 +35,47 @@ if command -v compute-sanitizer >/dev/null; then
   : >"$O/sanitize.log"
   deadline=$((SECONDS + SANITIZE_S))
   source "$H/env.sh"
-  for b in "$H"/bin/kernels_cuda_ops_test "$H"/bin/kernels_cuda_flash_attention_test \
-           "$H"/bin/worker_engine_cuda_cuda_engine_test; do
-    for tool in memcheck racecheck synccheck; do
-      left=$((deadline - SECONDS))
-      if [[ $left -le 5 ]]; then echo "$(basename "$b") $tool: no time left"; continue; fi
-      timeout "$left" compute-sanitizer --tool "$tool" --error-exitcode 9 "$b" \
-        --gtest_filter="${SANITIZE_FILTER:-*}" >>"$O/sanitize.log" 2>&1
-      rc=$?
-      case $rc in
-        0) echo "$(basename "$b") $tool: clean" ;;
-        124) echo "$(basename "$b") $tool: timed out" ;;
-        *) echo "$(basename "$b") $tool: ERRORS (exit $rc)" ;;
-      esac
+  runs="${SANITIZE_RUNS:-}"
+  if [[ -z $runs ]]; then
+    for b in kernels_cuda_ops_test kernels_cuda_flash_attention_test \
+             worker_engine_cuda_cuda_engine_test; do
+      for tool in memcheck racecheck synccheck; do runs="$runs$b $tool ${SANITIZE_FILTER:-*};"; done
     done
+  fi
+  IFS=';' read -ra entries <<<"$runs"
+  for entry in "${entries[@]}"; do
+    read -r b tool filter <<<"$entry"
+    [[ -n ${b:-} ]] || continue
+    left=$((deadline - SECONDS))
+    if [[ $left -le 5 ]]; then echo "$b $tool ($filter): no time left"; continue; fi
+    echo "=== $b $tool $filter" >>"$O/sanitize.log"
+    start=$SECONDS
+    timeout "$left" compute-sanitizer --tool "$tool" --error-exitcode 9 "$H/bin/$b" \
+      --gtest_filter="${filter:-*}" >>"$O/sanitize.log" 2>&1
+    rc=$?
+    took=$((SECONDS - start))
+    case $rc in
+      0) echo "$b $tool ($filter): clean, ${took} s" ;;
+      124) echo "$b $tool ($filter): timed out after ${took} s" ;;
+      *) echo "$b $tool ($filter): ERRORS (exit $rc)" ;;
+    esac
   done
   grep -E '^========= (ERROR SUMMARY|Invalid|Race)' "$O/sanitize.log" | sort | uniq -c | head -20
 else
   echo "no compute-sanitizer on this machine"
+fi
+if [[ ${NCU_S:-0} -gt 0 ]]; then
+  echo "== 4. ncu on the flash kernels (${NCU_S} s at most)"
+  if command -v ncu >/dev/null; then
+    source "$H/env.sh"
+    timeout "$NCU_S" ncu --section SpeedOfLight --section Occupancy --section WarpStateStats \
+      --section LaunchStats -k 'regex:Flash(Forward|Dq|DkDv)Kernel' --launch-count 6 \
+      "$H/bench/kernels_cuda_attention_bench" --lengths=8192 --warmup=0 --iters=1 \
+      --torch_python= --reference_max=0 >"$O/ncu.txt" 2>&1
+    echo "exit $?"
+    grep -E '^  [A-Za-z].*Flash|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per' \
+      "$O/ncu.txt" | head -40
+  else
+    echo "no ncu on this machine"
+  fi
 fi
