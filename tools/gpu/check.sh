@@ -37,10 +37,23 @@ if command -v compute-sanitizer >/dev/null; then
   source "$H/env.sh"
   runs="${SANITIZE_RUNS:-}"
   if [[ -z $runs ]]; then
-    for b in kernels_cuda_ops_test kernels_cuda_flash_attention_test \
-             worker_engine_cuda_cuda_engine_test; do
-      for tool in memcheck racecheck synccheck; do runs="$runs$b $tool ${SANITIZE_FILTER:-*};"; done
+    # Sized from the H100 runs of 2026-11-27: ops_test's three tools take
+    # about 45 s, flash_attention_test's racecheck 22 s without the
+    # 20000-row-prefix test (over 40 s with it), and under memcheck each
+    # chunked-vs-unchunked engine test takes about 40 s while a step test
+    # takes under 1 s. SANITIZE_FILTER, when set, applies to every run.
+    filter_or() { echo "${SANITIZE_FILTER:-$1}"; }
+    for tool in memcheck racecheck synccheck; do
+      runs="${runs}kernels_cuda_ops_test $tool $(filter_or '*');"
     done
+    runs="${runs}kernels_cuda_flash_attention_test memcheck $(filter_or '*');"
+    runs="${runs}kernels_cuda_flash_attention_test synccheck $(filter_or '*');"
+    runs="${runs}kernels_cuda_flash_attention_test racecheck $(filter_or '*-*LongPrefix*');"
+    for tool in memcheck racecheck synccheck; do
+      runs="${runs}worker_engine_cuda_cuda_engine_test $tool $(filter_or '*-*ChunkedMatches*:*AdamW*');"
+    done
+    runs="${runs}kernels_cuda_flash_attention_test racecheck $(filter_or '*LongPrefix*');"
+    runs="${runs}worker_engine_cuda_cuda_engine_test memcheck $(filter_or '*ChunkedMatches*');"
   fi
   IFS=';' read -ra entries <<<"$runs"
   for entry in "${entries[@]}"; do
