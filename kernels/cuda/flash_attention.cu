@@ -131,6 +131,25 @@ __device__ __forceinline__ void ProductsNT(float (&c1)[kN / 8][4], float (&c2)[k
   }
 }
 
+// Scores of this thread's two rows (c0/c1: position pos_lo, c2/c3: pos_hi)
+// against keys k0.. (kN of them) become -inf where the key is after the
+// row's position, at or past n_keys, or the row is not valid.
+template <int kN>
+__device__ __forceinline__ void MaskScores(float (&s)[kN / 8][4], int64_t k0, int t,
+                                           int64_t pos_lo, int64_t pos_hi, int64_t n_keys,
+                                           bool ok_lo, bool ok_hi) {
+#pragma unroll
+  for (int j = 0; j < kN / 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t key = k0 + j * 8 + 2 * t + (e & 1);
+      const bool lo = e < 2;
+      const bool valid = (lo ? ok_lo : ok_hi) && key <= (lo ? pos_lo : pos_hi) && key < n_keys;
+      if (!valid) s[j][e] = -INFINITY;
+    }
+  }
+}
+
 __device__ __forceinline__ float QuadMax(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
   return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
@@ -202,14 +221,7 @@ __global__ void __launch_bounds__(32 * kWarps)
     // Only a tile that reaches past the warp's first query (the diagonal),
     // or a partial one, has entries to mask.
     if (k0 + kBc - 1 > offset + q0 + warp * 16 || kv_rows < kBc || rows < kRows) {
-#pragma unroll
-      for (int j = 0; j < kBc / 8; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t key = k0 + j * 8 + 2 * t + (e & 1);
-          if (key > (e < 2 ? pos_lo : pos_hi) || key >= n_keys) s[j][e] = -INFINITY;
-        }
-      }
+      MaskScores<kBc>(s, k0, t, pos_lo, pos_hi, n_keys, true, true);
     }
     float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
@@ -350,16 +362,7 @@ __global__ void __launch_bounds__(32 * kWarps)
     // Masked entries (only in a tile past the warp's diagonal, or a partial
     // one) get S = -inf, so P = 0.
     if (k0 + kBc - 1 > offset + q0 + warp * 16 || kv_rows < kBc || rows < kRows) {
-#pragma unroll
-      for (int j = 0; j < kBc / 8; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t key = k0 + j * 8 + 2 * t + (e & 1);
-          const bool lo = e < 2;
-          const bool valid = (lo ? ok_lo : ok_hi) && key <= (lo ? pos_lo : pos_hi) && key < n_keys;
-          if (!valid) s[j][e] = -INFINITY;
-        }
-      }
+      MaskScores<kBc>(s, k0, t, pos_lo, pos_hi, n_keys, ok_lo, ok_hi);
     }
     // dS = P * (dP - delta), P recomputed from lse.
 #pragma unroll
