@@ -3,9 +3,12 @@
 // of attention.h, same segments, same outputs and the same gradient contract
 // (out, lse overwritten; dq and each segment's dk/dv accumulated).
 //
-// Tiles of 64 queries x 64 keys per block of 4 warps; Q K^T, P V and the
-// backward's five products run on the tensor cores (mma.sync m16n8k16, bf16
-// inputs, fp32 accumulation); the online softmax, lse, masking and every
+// The forward and dq kernels take 128 query rows per block (8 warps; 64
+// rows and 4 warps with CHUNKFLOW_FLASH_QUERY_WARPS=4) against 64-key tiles,
+// the dk/dv kernel 64 keys per block against 64-query tiles; Q K^T, P V and
+// the backward's five products run on the tensor cores (mma.sync m16n8k16,
+// bf16 inputs through ldmatrix, fp32 accumulation); the online softmax, lse,
+// masking and every
 // output stay fp32. Inputs are fp32 in global memory and are rounded to bf16
 // as tiles are loaded into shared memory, so results differ from the fp32
 // reference by bf16 rounding of Q, K, V, dO and the probabilities (the
@@ -33,7 +36,8 @@ namespace chunkflow::kernels::cuda {
 bool flash_attention_supported(int64_t head_dim);
 
 // Errors: INVALID_ARGUMENT (unsupported head_dim, n_heads not a multiple of
-// n_kv_heads, a bad segment); INTERNAL naming the launch.
+// n_kv_heads, a bad segment, CHUNKFLOW_FLASH_QUERY_WARPS other than 4 or 8);
+// INTERNAL naming the launch.
 absl::Status flash_attention_forward(float* out, float* lse, const float* q,
                                      const AttentionSegment* segs, int64_t n_segs,
                                      int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,

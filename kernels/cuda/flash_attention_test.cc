@@ -148,23 +148,34 @@ TEST(FlashAttention, GpuForwardIntoBackward_LongPrefix_MatchesCpu) {
   ExpectMatchesCpu(Shape{14, 2, 64}, {{0, 100}, {20000, 64}}, /*chain=*/true);
 }
 
+// CHUNKFLOW_FLASH_QUERY_WARPS set for one scope, unset after it however
+// the scope ends (a failed ASSERT too).
+class QueryWarpsEnv {
+ public:
+  explicit QueryWarpsEnv(const char* value) { setenv("CHUNKFLOW_FLASH_QUERY_WARPS", value, 1); }
+  ~QueryWarpsEnv() { unsetenv("CHUNKFLOW_FLASH_QUERY_WARPS"); }
+  QueryWarpsEnv(const QueryWarpsEnv&) = delete;
+  QueryWarpsEnv& operator=(const QueryWarpsEnv&) = delete;
+};
+
 // The 64-row query tiles (4 warps) of the forward and dq kernels, which
 // CHUNKFLOW_FLASH_QUERY_WARPS=4 picks instead of the default 128 rows.
 TEST(FlashAttention, FourWarpQueryTiles_MatchCpu) {
   REQUIRE_GPU();
-  setenv("CHUNKFLOW_FLASH_QUERY_WARPS", "4", 1);
+  QueryWarpsEnv four("4");
   ExpectMatchesCpu(Shape{14, 2, 64}, {{0, 150}, {70, 37}, {0, 1}, {130, 64}, {1000, 90}},
                    /*chain=*/false);
-  unsetenv("CHUNKFLOW_FLASH_QUERY_WARPS");
 }
 
+// Checked before anything runs, in the forward and in the backward.
 TEST(FlashAttention, BadQueryWarps_IsInvalidArgumentNamingTheValue) {
-  setenv("CHUNKFLOW_FLASH_QUERY_WARPS", "6", 1);
+  QueryWarpsEnv six("6");
   const cuda::AttentionSegment seg{0, 1, 0, nullptr, nullptr, nullptr, nullptr};
   alignas(16) float x[64] = {};
-  const absl::Status s =
-      cuda::flash_attention_forward(x, x, x, &seg, 0, 1, 1, 64, nullptr);
-  unsetenv("CHUNKFLOW_FLASH_QUERY_WARPS");
+  absl::Status s = cuda::flash_attention_forward(x, x, x, &seg, 0, 1, 1, 64, nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("'6'"), std::string::npos) << s;
+  s = cuda::flash_attention_backward(x, &seg, 0, x, x, x, x, 1, 1, 64, x, 0, nullptr);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("'6'"), std::string::npos) << s;
 }

@@ -244,7 +244,7 @@ void ExpectMatchesOneProcess(const engine::ModelConfig& c, const engine::TrainOp
     const double err =
         kernels::cpu::testing::RelativeError(dg.data(), dw.data(), static_cast<int64_t>(dw.size()));
     EXPECT_LT(err, tol) << name;
-    if (err > worst) {
+    if (!(err <= worst)) {  // NaN too
       worst = err;
       worst_name = name;
     }
@@ -400,7 +400,11 @@ TEST_P(CudaStepRunner, OneSequenceTwoDpRanks_IdleReplicaKeepsCollectivesInStep) 
   // ops are the CPU's, stays under 1e-4.) A replica whose collectives fall
   // out of step hangs or ends with weights unlike its peer's (checked
   // exactly in TrainDistributed).
+#ifdef CHUNKFLOW_EMULATED_CUDA
+  ExpectMatchesOneProcess(engine::TinyLlamaConfig(), o, 1e-4);
+#else
   ExpectMatchesOneProcess(engine::TinyLlamaConfig(), o, 2e-4);
+#endif
   g_sequences = 6;
 }
 
