@@ -19,6 +19,7 @@ set -u
 H="$(cd "$(dirname "$0")" && pwd)"
 O="${OUT:-/tmp/chunkflow-gpu}"
 mkdir -p "$O"
+source "$H/env.sh"  # the bundle's libraries, for the sanitizer and ncu phases
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -3
 echo "== 1. tests (${TESTS_S:=150} s at most, each binary ${TEST_TIMEOUT_S:=60} s)"
 export TEST_TIMEOUT_S
@@ -34,7 +35,6 @@ echo "== 3. compute-sanitizer (${SANITIZE_S:=120} s at most)"
 if command -v compute-sanitizer >/dev/null; then
   : >"$O/sanitize.log"
   deadline=$((SECONDS + SANITIZE_S))
-  source "$H/env.sh"
   runs="${SANITIZE_RUNS:-}"
   if [[ -z $runs ]]; then
     # Sized from the H100 runs of 2026-11-27: ops_test's three tools take
@@ -85,7 +85,6 @@ fi
 if [[ ${NCU_S:-0} -gt 0 ]]; then
   echo "== 4. ncu on the flash kernels (${NCU_S} s at most)"
   if command -v ncu >/dev/null; then
-    source "$H/env.sh"
     timeout "$NCU_S" ncu --section SpeedOfLight --section Occupancy --section WarpStateStats \
       --section LaunchStats -k 'regex:Flash(Forward|Dq|DkDv)Kernel' --launch-count 6 \
       "$H/bench/kernels_cuda_attention_bench" --lengths=8192 --warmup=0 --iters=1 \
