@@ -82,8 +82,12 @@ absl::StatusOr<Result> Measure(bool flash, int64_t length, int64_t offset) {
   const int64_t keys = offset + length;
   Buf q(length * H * D, 1), k(keys * Hk * D, 2), v(keys * Hk * D, 3), dout(length * H * D, 4),
       out(length * H * D, 5), lse(length * H, 6), dq(length * H * D, 7), dk(keys * Hk * D, 8),
-      dv(keys * Hk * D, 9), delta(length * H, 10);
+      dv(keys * Hk * D, 9);
   AttentionSegment seg{0, length, offset, k.p, v.p, dk.p, dv.p};
+  const absl::StatusOr<int64_t> ws_floats =
+      flash_attention_backward_workspace(&seg, 1, H, Hk, D, length);
+  if (!ws_floats.ok()) return ws_floats.status();
+  Buf workspace(*ws_floats, 10);
   auto fwd = [&]() -> absl::Status {
     return flash ? flash_attention_forward(out.p, lse.p, q.p, &seg, 1, H, Hk, D, nullptr)
                  : attention_forward(out.p, lse.p, q.p, &seg, 1, H, Hk, D, nullptr);
@@ -91,7 +95,7 @@ absl::StatusOr<Result> Measure(bool flash, int64_t length, int64_t offset) {
   auto fwdbwd = [&]() -> absl::Status {
     if (absl::Status s = fwd(); !s.ok()) return s;
     return flash ? flash_attention_backward(dq.p, &seg, 1, dout.p, q.p, out.p, lse.p, H, Hk, D,
-                                            delta.p, length, nullptr)
+                                            length, workspace.p, *ws_floats, nullptr)
                  : attention_backward(dq.p, &seg, 1, dout.p, q.p, out.p, lse.p, H, Hk, D, nullptr);
   };
   Result r;

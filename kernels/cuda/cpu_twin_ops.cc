@@ -211,12 +211,21 @@ absl::Status flash_attention_forward(float* out, float* lse, const float* q,
                                      cudaStream_t stream) {
   return attention_forward(out, lse, q, segs, n_segs, n_heads, n_kv_heads, head_dim, stream);
 }
+absl::StatusOr<int64_t> flash_attention_backward_workspace(const AttentionSegment*, int64_t,
+                                                           int64_t n_heads, int64_t, int64_t,
+                                                           int64_t rows) {
+  return rows * n_heads;  // delta's; this twin never splits dk / dv
+}
 absl::Status flash_attention_backward(float* dq, const AttentionSegment* segs, int64_t n_segs,
                                       const float* dout, const float* q, const float* out,
                                       const float* lse, int64_t n_heads, int64_t n_kv_heads,
-                                      int64_t head_dim, float* delta, int64_t rows,
-                                      cudaStream_t stream) {
-  for (int64_t i = 0; i < rows * n_heads; ++i) delta[i] = 0.0f;  // written, as on the device
+                                      int64_t head_dim, int64_t rows, float* workspace,
+                                      int64_t workspace_floats, cudaStream_t stream) {
+  if (workspace_floats < rows * n_heads) {
+    return absl::InvalidArgumentError("flash attention: the backward's workspace is too small");
+  }
+  // Written, as on the device.
+  for (int64_t i = 0; i < workspace_floats; ++i) workspace[i] = 0.0f;
   return attention_backward(dq, segs, n_segs, dout, q, out, lse, n_heads, n_kv_heads, head_dim,
                             stream);
 }

@@ -14,11 +14,14 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
 #include "kernels/cuda/mma.h"
 
 namespace chunkflow::kernels::cuda {
@@ -196,7 +199,8 @@ __global__ void __launch_bounds__(32 * kWarps)
   bf16* sK = sQ + kRows * kLd;
   bf16* sV = sK + kBc * kLd;
   const int h = blockIdx.y, hk = h / (H / Hk);
-  const int q0 = blockIdx.x * kRows;
+  // The last query tile sees the most keys: the longest blocks start first.
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kRows;
   const int rows = min(kRows, length - q0);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   LoadTile<D, kRows, kThreads>(sQ, q + static_cast<int64_t>(h) * D, q_begin + q0, rows,
@@ -330,7 +334,7 @@ __global__ void __launch_bounds__(32 * kWarps)
   bf16* sK = sO + kRows * kLd;
   bf16* sV = sK + kBc * kLd;
   const int h = blockIdx.y, hk = h / (H / Hk);
-  const int q0 = blockIdx.x * kRows;
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kRows;  // the longest blocks first
   const int rows = min(kRows, length - q0);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t stride = static_cast<int64_t>(H) * D;
@@ -401,16 +405,21 @@ __global__ void __launch_bounds__(32 * kWarps)
 }
 
 // ---------------------------------------------------------------------------
-// Backward dk, dv: a block per (key tile of a segment's keys, kv head); the
-// block loops over the kv head's query heads and the query tiles that see
-// its keys, so every dk/dv element has one writer.
+// Backward dk, dv: a block per (key tile of a segment's keys, kv head,
+// split); the block loops over its split's share of the kv head's query
+// heads and the query tiles that see its keys. One split: the block adds
+// its sums into dk / dv, so every element has one writer. More (when the
+// key tiles alone are too few blocks to fill the GPU): split z writes its
+// partial sums to part_k / part_v[z] ([n_keys, Hk, D] each, overwritten)
+// and FlashSumSplitsKernel adds them in split order. No atomics either way.
 // ---------------------------------------------------------------------------
 
 template <int D>
 __global__ void __launch_bounds__(32 * kDkDvWarps)
-    FlashDkDvKernel(float* dk, float* dv, const float* dout, const float* q, const float* lse,
-                    const float* delta, const float* k, const float* v, int64_t q_begin,
-                    int64_t offset, int length, int H, int Hk, float scale, float scale_log2) {
+    FlashDkDvKernel(float* dk, float* dv, float* part_k, float* part_v, const float* dout,
+                    const float* q, const float* lse, const float* delta, const float* k,
+                    const float* v, int64_t q_begin, int64_t offset, int length, int H, int Hk,
+                    float scale, float scale_log2) {
   constexpr int kLd = D + 8;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sK = reinterpret_cast<bf16*>(smem);
@@ -419,7 +428,7 @@ __global__ void __launch_bounds__(32 * kDkDvWarps)
   bf16* sO = sQ + kBr * kLd;  // dO
   float* sL = reinterpret_cast<float*>(sO + kBr * kLd);  // lse * log2(e) per query row
   float* sD = sL + kBr;                                   // delta per query row
-  const int hk = blockIdx.y, group = H / Hk;
+  const int hk = blockIdx.y, group = H / Hk, per_split = group / gridDim.z;
   const int64_t key0 = static_cast<int64_t>(blockIdx.x) * kBc;
   const int64_t n_keys = offset + length;
   const int key_rows = static_cast<int>(min(static_cast<int64_t>(kBc), n_keys - key0));
@@ -439,7 +448,7 @@ __global__ void __launch_bounds__(32 * kDkDvWarps)
   // Query rows that can see key0: local rows >= key0 - offset.
   const int first_tile = static_cast<int>(max(static_cast<int64_t>(0), key0 - offset) / kBr);
   const int64_t stride = static_cast<int64_t>(H) * D;
-  for (int hh = 0; hh < group; ++hh) {
+  for (int hh = blockIdx.z * per_split; hh < (blockIdx.z + 1) * per_split; ++hh) {
     const int h = hk * group + hh;
     for (int q0 = first_tile * kBr; q0 < length; q0 += kBr) {
       const int rows = min(kBr, length - q0);
@@ -498,20 +507,47 @@ __global__ void __launch_bounds__(32 * kDkDvWarps)
       }
     }
   }
+  const int64_t split_stride = n_keys * Hk * D;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int64_t key = half == 0 ? key_lo : key_hi;
     if (key - key0 >= key_rows) continue;
-    float* dkd = dk + (key * Hk + hk) * D;
-    float* dvd = dv + (key * Hk + hk) * D;
+    const int64_t at = (key * Hk + hk) * D;
+    if (gridDim.z == 1) {
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      dkd[j * 8 + 2 * t] += scale * dka[j][2 * half];
-      dkd[j * 8 + 2 * t + 1] += scale * dka[j][2 * half + 1];
-      dvd[j * 8 + 2 * t] += dva[j][2 * half];
-      dvd[j * 8 + 2 * t + 1] += dva[j][2 * half + 1];
+      for (int j = 0; j < D / 8; ++j) {
+        dk[at + j * 8 + 2 * t] += scale * dka[j][2 * half];
+        dk[at + j * 8 + 2 * t + 1] += scale * dka[j][2 * half + 1];
+        dv[at + j * 8 + 2 * t] += dva[j][2 * half];
+        dv[at + j * 8 + 2 * t + 1] += dva[j][2 * half + 1];
+      }
+    } else {
+      float* pk = part_k + blockIdx.z * split_stride + at;
+      float* pv = part_v + blockIdx.z * split_stride + at;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        pk[j * 8 + 2 * t] = dka[j][2 * half];
+        pk[j * 8 + 2 * t + 1] = dka[j][2 * half + 1];
+        pv[j * 8 + 2 * t] = dva[j][2 * half];
+        pv[j * 8 + 2 * t + 1] = dva[j][2 * half + 1];
+      }
     }
   }
+}
+
+// dk[i] += scale * sum_z part_k[z][i], dv[i] += sum_z part_v[z][i] over the
+// n elements of a segment's dk / dv, z = 0, 1, ... in order.
+__global__ void FlashSumSplitsKernel(float* dk, float* dv, const float* part_k,
+                                     const float* part_v, int64_t n, int splits, float scale) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float sk = 0.0f, sv = 0.0f;
+  for (int z = 0; z < splits; ++z) {
+    sk += part_k[z * n + i];
+    sv += part_v[z * n + i];
+  }
+  dk[i] += scale * sk;
+  dv[i] += sv;
 }
 
 // ---------------------------------------------------------------------------
@@ -600,6 +636,72 @@ absl::StatusOr<int> QueryWarps() {
   return absl::InvalidArgumentError("CHUNKFLOW_FLASH_QUERY_WARPS must be 4 or 8, got '" + s + "'");
 }
 
+// Multiprocessors of the current device, asked once per device.
+absl::StatusOr<int> Multiprocessors() {
+  static std::mutex mu;
+  static std::map<int, int> known;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    return absl::InternalError("flash attention: cudaGetDevice failed");
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = known.find(device);
+  if (it != known.end()) return it->second;
+  int n = 0;
+  const cudaError_t e = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device);
+  if (e != cudaSuccess || n < 1) {
+    return absl::InternalError(std::string("flash attention: multiprocessor count: ") +
+                               cudaGetErrorString(e));
+  }
+  known[device] = n;
+  return n;
+}
+
+// How many blocks share a key tile's query heads in the dk/dv kernel (a
+// divisor of group = n_heads / n_kv_heads): CHUNKFLOW_FLASH_DKDV_SPLITS when
+// set (a knob for attention_bench and the tests), else 1 when the key tiles
+// alone give 4 blocks per multiprocessor, else the smallest divisor that
+// does (or group). Read at every call.
+absl::StatusOr<int> DkDvSplits(int64_t n_keys, int Hk, int group) {
+  const char* v = std::getenv("CHUNKFLOW_FLASH_DKDV_SPLITS");
+  if (v != nullptr && *v != '\0') {
+    const std::string s(v);
+    int n = 0;
+    if (!absl::SimpleAtoi(s, &n) || n < 1 || group % n != 0) {
+      return absl::InvalidArgumentError(
+          "CHUNKFLOW_FLASH_DKDV_SPLITS must divide n_heads / n_kv_heads = " +
+          std::to_string(group) + ", got '" + s + "'");
+    }
+    return n;
+  }
+  const absl::StatusOr<int> sms = Multiprocessors();
+  if (!sms.ok()) return sms.status();
+  const int64_t blocks = (n_keys + kBc - 1) / kBc * Hk, target = 4 * int64_t{*sms};
+  for (int d = 1; d < group; ++d) {
+    if (group % d == 0 && blocks * d >= target) return d;
+  }
+  return group;
+}
+
+// The backward's workspace, in floats: delta (rows * H), then, for the
+// segment that needs most, the dk/dv kernel's partial sums (2 * splits *
+// n_keys * Hk * D when it splits). *splits: per segment.
+int64_t DeltaFloats(int64_t rows, int H) { return (rows * H + 3) / 4 * 4; }  // 16-byte multiple
+
+absl::StatusOr<int64_t> BackwardWorkspace(const AttentionSegment* segs, int64_t n_segs, int H,
+                                          int Hk, int D, int64_t rows, std::vector<int>* splits) {
+  const int64_t delta = DeltaFloats(rows, H);
+  int64_t parts = 0;
+  for (int64_t s = 0; s < n_segs; ++s) {
+    const int64_t n_keys = segs[s].offset + segs[s].length;
+    const absl::StatusOr<int> z = DkDvSplits(n_keys, Hk, H / Hk);
+    if (!z.ok()) return z.status();
+    if (splits != nullptr) splits->push_back(*z);
+    if (*z > 1 && segs[s].length > 0) parts = std::max(parts, 2 * *z * n_keys * Hk * D);
+  }
+  return delta + parts;
+}
+
 template <int D, int kWarps>
 absl::Status Forward(float* out, float* lse, const float* q, const AttentionSegment* segs,
                      int64_t n_segs, int H, int Hk, cudaStream_t stream) {
@@ -628,8 +730,8 @@ absl::Status Forward(float* out, float* lse, const float* q, const AttentionSegm
 
 template <int D, int kWarps>
 absl::Status Backward(float* dq, const AttentionSegment* segs, int64_t n_segs, const float* dout,
-                      const float* q, const float* lse, const float* delta, int H, int Hk,
-                      cudaStream_t stream) {
+                      const float* q, const float* lse, const float* delta, float* parts,
+                      const std::vector<int>& splits, int H, int Hk, cudaStream_t stream) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const float scale_log2 = kLog2e * scale;
   constexpr int kRows = 16 * kWarps;
@@ -654,12 +756,22 @@ absl::Status Backward(float* dq, const AttentionSegment* segs, int64_t n_segs, c
         dq, dout, q, lse, delta, g.k, g.v, g.q_begin, g.offset, static_cast<int>(g.length), H, Hk,
         scale, scale_log2);
     if (absl::Status st = Launched("flash_attention_backward dq"); !st.ok()) return st;
-    const unsigned k_tiles = static_cast<unsigned>((g.offset + g.length + kBc - 1) / kBc);
-    FlashDkDvKernel<D><<<dim3(k_tiles, static_cast<unsigned>(Hk)), 32 * kDkDvWarps,
-                         DkDvSmem<D>(), stream>>>(g.dk, g.dv, dout, q, lse, delta, g.k, g.v,
-                                                  g.q_begin, g.offset, static_cast<int>(g.length),
-                                                  H, Hk, scale, scale_log2);
+    const int64_t n_keys = g.offset + g.length;
+    const unsigned k_tiles = static_cast<unsigned>((n_keys + kBc - 1) / kBc);
+    const int z = splits[s];
+    float* part_k = z > 1 ? parts : nullptr;
+    float* part_v = z > 1 ? parts + z * n_keys * Hk * D : nullptr;
+    FlashDkDvKernel<D><<<dim3(k_tiles, static_cast<unsigned>(Hk), static_cast<unsigned>(z)),
+                         32 * kDkDvWarps, DkDvSmem<D>(), stream>>>(
+        g.dk, g.dv, part_k, part_v, dout, q, lse, delta, g.k, g.v, g.q_begin, g.offset,
+        static_cast<int>(g.length), H, Hk, scale, scale_log2);
     if (absl::Status st = Launched("flash_attention_backward dk dv"); !st.ok()) return st;
+    if (z > 1) {
+      const int64_t n = n_keys * Hk * D;
+      FlashSumSplitsKernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(
+          g.dk, g.dv, part_k, part_v, n, z, scale);
+      if (absl::Status st = Launched("flash_attention_backward dk dv sum"); !st.ok()) return st;
+    }
   }
   return absl::OkStatus();
 }
@@ -675,9 +787,12 @@ absl::Status ForwardFor(int warps, float* out, float* lse, const float* q,
 template <int D>
 absl::Status BackwardFor(int warps, float* dq, const AttentionSegment* segs, int64_t n_segs,
                          const float* dout, const float* q, const float* lse, const float* delta,
-                         int H, int Hk, cudaStream_t stream) {
-  return warps == 4 ? Backward<D, 4>(dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream)
-                    : Backward<D, 8>(dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream);
+                         float* parts, const std::vector<int>& splits, int H, int Hk,
+                         cudaStream_t stream) {
+  return warps == 4 ? Backward<D, 4>(dq, segs, n_segs, dout, q, lse, delta, parts, splits, H, Hk,
+                                     stream)
+                    : Backward<D, 8>(dq, segs, n_segs, dout, q, lse, delta, parts, splits, H, Hk,
+                                     stream);
 }
 
 }  // namespace
@@ -703,17 +818,40 @@ absl::Status flash_attention_forward(float* out, float* lse, const float* q,
   }
 }
 
+absl::StatusOr<int64_t> flash_attention_backward_workspace(const AttentionSegment* segs,
+                                                           int64_t n_segs, int64_t n_heads,
+                                                           int64_t n_kv_heads, int64_t head_dim,
+                                                           int64_t rows) {
+  if (absl::Status s = Check(n_heads, n_kv_heads, head_dim, segs, n_segs); !s.ok()) return s;
+  return BackwardWorkspace(segs, n_segs, static_cast<int>(n_heads), static_cast<int>(n_kv_heads),
+                           static_cast<int>(head_dim), rows, nullptr);
+}
+
 absl::Status flash_attention_backward(float* dq, const AttentionSegment* segs, int64_t n_segs,
                                       const float* dout, const float* q, const float* out,
                                       const float* lse, int64_t n_heads, int64_t n_kv_heads,
-                                      int64_t head_dim, float* delta, int64_t rows,
-                                      cudaStream_t stream) {
+                                      int64_t head_dim, int64_t rows, float* workspace,
+                                      int64_t workspace_floats, cudaStream_t stream) {
   if (absl::Status s = Check(n_heads, n_kv_heads, head_dim, segs, n_segs); !s.ok()) return s;
-  if (!Aligned(q) || !Aligned(dout)) {
-    return absl::InvalidArgumentError("flash attention: q or dout is not 16-byte aligned");
+  if (!Aligned(q) || !Aligned(dout) || !Aligned(workspace)) {
+    return absl::InvalidArgumentError(
+        "flash attention: q, dout or the workspace is not 16-byte aligned");
   }
   const absl::StatusOr<int> w = QueryWarps();
   if (!w.ok()) return w.status();
+  std::vector<int> splits;
+  const absl::StatusOr<int64_t> need =
+      BackwardWorkspace(segs, n_segs, static_cast<int>(n_heads), static_cast<int>(n_kv_heads),
+                        static_cast<int>(head_dim), rows, &splits);
+  if (!need.ok()) return need.status();
+  if (workspace_floats < *need) {
+    return absl::InvalidArgumentError(
+        "flash attention: the backward's workspace has " + std::to_string(workspace_floats) +
+        " floats, these segments need " + std::to_string(*need) +
+        " (flash_attention_backward_workspace)");
+  }
+  float* delta = workspace;
+  float* parts = workspace + DeltaFloats(rows, static_cast<int>(n_heads));
   const int64_t n = rows * n_heads;
   if (n > 0) {
     const int64_t threads = n * 32;
@@ -723,10 +861,18 @@ absl::Status flash_attention_backward(float* dq, const AttentionSegment* segs, i
   }
   const int H = static_cast<int>(n_heads), Hk = static_cast<int>(n_kv_heads);
   switch (head_dim) {
-    case 16: return BackwardFor<16>(*w, dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream);
-    case 32: return BackwardFor<32>(*w, dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream);
-    case 64: return BackwardFor<64>(*w, dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream);
-    default: return BackwardFor<128>(*w, dq, segs, n_segs, dout, q, lse, delta, H, Hk, stream);
+    case 16:
+      return BackwardFor<16>(*w, dq, segs, n_segs, dout, q, lse, delta, parts, splits, H, Hk,
+                             stream);
+    case 32:
+      return BackwardFor<32>(*w, dq, segs, n_segs, dout, q, lse, delta, parts, splits, H, Hk,
+                             stream);
+    case 64:
+      return BackwardFor<64>(*w, dq, segs, n_segs, dout, q, lse, delta, parts, splits, H, Hk,
+                             stream);
+    default:
+      return BackwardFor<128>(*w, dq, segs, n_segs, dout, q, lse, delta, parts, splits, H, Hk,
+                              stream);
   }
 }
 

@@ -14,7 +14,13 @@
 // reference by bf16 rounding of Q, K, V, dO and the probabilities (the
 // tolerances are stated in ops_test). Deterministic, no atomics: the
 // backward computes dq in one kernel (a block per query tile) and dk/dv in
-// another (a block per key tile and kv head, looping over its query heads).
+// another (a block per key tile and kv head, looping over its query heads;
+// when those blocks are too few to fill the GPU, the query heads are split
+// over up to n_heads / n_kv_heads blocks whose partial sums a third kernel
+// adds in a fixed order). The number of splits depends on the GPU's
+// multiprocessor count (CHUNKFLOW_FLASH_DKDV_SPLITS fixes it), and so do
+// dk/dv's last bits. Each kernel starts its longest blocks first: the
+// last query tiles of a causal segment, the first key tiles.
 //
 // Supported head dims: flash_attention_supported(); callers fall back to the
 // reference kernel otherwise. q, out, dout and every segment's k / v must be
@@ -28,6 +34,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kernels/cuda/attention.h"
 
 namespace chunkflow::kernels::cuda {
@@ -36,20 +43,30 @@ namespace chunkflow::kernels::cuda {
 bool flash_attention_supported(int64_t head_dim);
 
 // Errors: INVALID_ARGUMENT (unsupported head_dim, n_heads not a multiple of
-// n_kv_heads, a bad segment, CHUNKFLOW_FLASH_QUERY_WARPS other than 4 or 8);
+// n_kv_heads, a bad segment, CHUNKFLOW_FLASH_QUERY_WARPS other than 4 or 8,
+// CHUNKFLOW_FLASH_DKDV_SPLITS not a divisor of n_heads / n_kv_heads);
 // INTERNAL naming the launch.
 absl::Status flash_attention_forward(float* out, float* lse, const float* q,
                                      const AttentionSegment* segs, int64_t n_segs,
                                      int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
                                      cudaStream_t stream);
 
-// delta: device workspace of rows * n_heads floats (rows: the rows of q),
-// overwritten with rowsum(dout * out).
+// The floats of device workspace flash_attention_backward needs for these
+// segments, rows being the rows of q: delta = rowsum(dout * out), and the
+// dk/dv kernel's partial sums where it splits a kv head's query heads over
+// several blocks. Same errors as the backward's checks.
+absl::StatusOr<int64_t> flash_attention_backward_workspace(const AttentionSegment* segs,
+                                                           int64_t n_segs, int64_t n_heads,
+                                                           int64_t n_kv_heads, int64_t head_dim,
+                                                           int64_t rows);
+
+// workspace: at least flash_attention_backward_workspace() floats of device
+// memory, 16-byte aligned, overwritten (INVALID_ARGUMENT if smaller).
 absl::Status flash_attention_backward(float* dq, const AttentionSegment* segs, int64_t n_segs,
                                       const float* dout, const float* q, const float* out,
                                       const float* lse, int64_t n_heads, int64_t n_kv_heads,
-                                      int64_t head_dim, float* delta, int64_t rows,
-                                      cudaStream_t stream);
+                                      int64_t head_dim, int64_t rows, float* workspace,
+                                      int64_t workspace_floats, cudaStream_t stream);
 
 }  // namespace chunkflow::kernels::cuda
 

@@ -107,13 +107,16 @@ void ExpectMatchesCpu(const Shape& shape, const std::vector<Seg>& segs, bool cha
   // Backward from the CPU's forward outputs on both sides (chain: the GPU's
   // on the GPU).
   std::vector<float> dq = RandomVector(T * H * D, 3);
+  const absl::StatusOr<int64_t> ws_floats =
+      cuda::flash_attention_backward_workspace(gs.data(), n_segs, H, Hk, D, T);
+  ASSERT_TRUE(ws_floats.ok()) << ws_floats.status();
   Dev dq_d(dq), outc_d(chain ? gout : out), lsec_d(chain ? glse : lse),
-      delta_d = Dev::Poisoned(T * H);
+      ws_d = Dev::Poisoned(*ws_floats);
   cpu::attention_backward(dq.data(), cs.data(), n_segs, dout.data(), q.data(), out.data(),
                           lse.data(), H, Hk, D);
   s = cuda::flash_attention_backward(dq_d.get(), gs.data(), n_segs, dout_d.get(), q_d.get(),
-                                     outc_d.get(), lsec_d.get(), H, Hk, D, delta_d.get(), T,
-                                     nullptr);
+                                     outc_d.get(), lsec_d.get(), H, Hk, D, T, ws_d.get(),
+                                     *ws_floats, nullptr);
   ASSERT_TRUE(s.ok()) << s;
   ASSERT_TRUE(cuda::CudaSync(nullptr, "flash backward").ok());
   const std::vector<float> gdq = dq_d.Host();
@@ -124,13 +127,26 @@ void ExpectMatchesCpu(const Shape& shape, const std::vector<Seg>& segs, bool cha
     EXPECT_LT(RelativeError(gdv.data(), dv[i].data(), dv[i].size()), grad_tol) << "segment " << i;
   }
 
-  // Deterministic: the same inputs give a bit-identical dq.
+  // Deterministic: the same inputs (dk / dv starting from the same values)
+  // give a bit-identical dq, dk and dv.
   Dev dq3_d(RandomVector(T * H * D, 3));
-  s = cuda::flash_attention_backward(dq3_d.get(), gs.data(), n_segs, dout_d.get(), q_d.get(),
-                                     outc_d.get(), lsec_d.get(), H, Hk, D, delta_d.get(), T,
-                                     nullptr);
+  std::vector<Dev> dk3_d, dv3_d;
+  std::vector<cuda::AttentionSegment> gs3 = gs;
+  for (size_t i = 0; i < segs.size(); ++i) {
+    dk3_d.emplace_back(RandomVector(dk[i].size(), 30 + i));
+    dv3_d.emplace_back(RandomVector(dv[i].size(), 40 + i));
+    gs3[i].dk = dk3_d[i].get();
+    gs3[i].dv = dv3_d[i].get();
+  }
+  s = cuda::flash_attention_backward(dq3_d.get(), gs3.data(), n_segs, dout_d.get(), q_d.get(),
+                                     outc_d.get(), lsec_d.get(), H, Hk, D, T, ws_d.get(),
+                                     *ws_floats, nullptr);
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_EQ(dq3_d.Host(), gdq) << "same inputs, bit-identical dq";
+  for (size_t i = 0; i < segs.size(); ++i) {
+    EXPECT_EQ(dk3_d[i].Host(), dk_d[i].Host()) << "segment " << i << ": bit-identical dk";
+    EXPECT_EQ(dv3_d[i].Host(), dv_d[i].Host()) << "segment " << i << ": bit-identical dv";
+  }
 }
 
 class FlashAttentionTest : public ::testing::TestWithParam<Shape> {};
@@ -148,36 +164,84 @@ TEST(FlashAttention, GpuForwardIntoBackward_LongPrefix_MatchesCpu) {
   ExpectMatchesCpu(Shape{14, 2, 64}, {{0, 100}, {20000, 64}}, /*chain=*/true);
 }
 
-// CHUNKFLOW_FLASH_QUERY_WARPS set for one scope, unset after it however
-// the scope ends (a failed ASSERT too).
-class QueryWarpsEnv {
+// An environment variable set for one scope, unset after it however the
+// scope ends (a failed ASSERT too).
+class ScopedEnv {
  public:
-  explicit QueryWarpsEnv(const char* value) { setenv("CHUNKFLOW_FLASH_QUERY_WARPS", value, 1); }
-  ~QueryWarpsEnv() { unsetenv("CHUNKFLOW_FLASH_QUERY_WARPS"); }
-  QueryWarpsEnv(const QueryWarpsEnv&) = delete;
-  QueryWarpsEnv& operator=(const QueryWarpsEnv&) = delete;
+  ScopedEnv(const char* name, const char* value) : name_(name) { setenv(name, value, 1); }
+  ~ScopedEnv() { unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
 };
 
 // The 64-row query tiles (4 warps) of the forward and dq kernels, which
 // CHUNKFLOW_FLASH_QUERY_WARPS=4 picks instead of the default 128 rows.
 TEST(FlashAttention, FourWarpQueryTiles_MatchCpu) {
   REQUIRE_GPU();
-  QueryWarpsEnv four("4");
+  ScopedEnv four("CHUNKFLOW_FLASH_QUERY_WARPS", "4");
   ExpectMatchesCpu(Shape{14, 2, 64}, {{0, 150}, {70, 37}, {0, 1}, {130, 64}, {1000, 90}},
                    /*chain=*/false);
 }
 
 // Checked before anything runs, in the forward and in the backward.
 TEST(FlashAttention, BadQueryWarps_IsInvalidArgumentNamingTheValue) {
-  QueryWarpsEnv six("6");
+  ScopedEnv six("CHUNKFLOW_FLASH_QUERY_WARPS", "6");
   const cuda::AttentionSegment seg{0, 1, 0, nullptr, nullptr, nullptr, nullptr};
   alignas(16) float x[64] = {};
   absl::Status s = cuda::flash_attention_forward(x, x, x, &seg, 0, 1, 1, 64, nullptr);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("'6'"), std::string::npos) << s;
-  s = cuda::flash_attention_backward(x, &seg, 0, x, x, x, x, 1, 1, 64, x, 0, nullptr);
+  s = cuda::flash_attention_backward(x, &seg, 0, x, x, x, x, 1, 1, 64, 0, x, 16, nullptr);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("'6'"), std::string::npos) << s;
+}
+
+// The dk/dv kernel's query heads split over blocks. The small shapes above
+// have few key tiles, so they split every kv head's group all the way
+// (auto: fewer blocks than 4 per multiprocessor); here one split (a block
+// adds its own sums into dk / dv) and a split into two of a group of four.
+TEST(FlashAttention, DkDvOneSplit_MatchesCpu) {
+  REQUIRE_GPU();
+  ScopedEnv one("CHUNKFLOW_FLASH_DKDV_SPLITS", "1");
+  ExpectMatchesCpu(Shape{14, 2, 64}, {{0, 150}, {70, 37}, {0, 1}, {130, 64}, {1000, 90}},
+                   /*chain=*/false);
+}
+
+TEST(FlashAttention, DkDvTwoSplitsOfFour_MatchCpu) {
+  REQUIRE_GPU();
+  ScopedEnv two("CHUNKFLOW_FLASH_DKDV_SPLITS", "2");
+  ExpectMatchesCpu(Shape{8, 2, 32}, {{0, 150}, {70, 37}, {0, 1}, {130, 64}},
+                   /*chain=*/false);
+}
+
+// A split count that does not divide the group, and a workspace smaller
+// than flash_attention_backward_workspace() says, are refused before any
+// launch, naming the values.
+TEST(FlashAttention, BadDkDvSplitsOrWorkspace_IsInvalidArgument) {
+  const cuda::AttentionSegment seg{0, 1, 0, nullptr, nullptr, nullptr, nullptr};
+  alignas(16) float x[64] = {};
+  {
+    ScopedEnv three("CHUNKFLOW_FLASH_DKDV_SPLITS", "3");
+    const absl::StatusOr<int64_t> ws = cuda::flash_attention_backward_workspace(&seg, 1, 14, 2, 64, 1);
+    EXPECT_EQ(ws.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(ws.status().message().find("'3'"), std::string::npos) << ws.status();
+    EXPECT_NE(ws.status().message().find("= 7"), std::string::npos) << ws.status();
+    const absl::Status s =
+        cuda::flash_attention_backward(x, &seg, 1, x, x, x, x, 14, 2, 64, 1, x, 64, nullptr);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find("'3'"), std::string::npos) << s;
+  }
+  ScopedEnv seven("CHUNKFLOW_FLASH_DKDV_SPLITS", "7");
+  const absl::StatusOr<int64_t> ws = cuda::flash_attention_backward_workspace(&seg, 1, 14, 2, 64, 1);
+  ASSERT_TRUE(ws.ok()) << ws.status();
+  EXPECT_EQ(*ws, 16 + 2 * 7 * 1 * 2 * 64) << "delta (14 floats, to 16), 7 splits of dk and dv";
+  const absl::Status s =
+      cuda::flash_attention_backward(x, &seg, 1, x, x, x, x, 14, 2, 64, 1, x, *ws - 1, nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find(std::to_string(*ws - 1) + " floats"), std::string::npos) << s;
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, FlashAttentionTest,

@@ -190,13 +190,25 @@ cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int v
   emu::SharedAttributes()[{emu::current_device, func}] = value;
   return cudaSuccess;
 }
+// An H100 SXM's 132 multiprocessors: what the kernels are built and tuned for.
+constexpr int kEmulatedMultiprocessors = 132;
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   if (device < 0 || device >= emu::DeviceCount()) return cudaErrorInvalidDevice;
   std::memset(prop, 0, sizeof(*prop));
   std::strcpy(prop->name, "host emulation");
   prop->major = 9;  // what the kernels are built for
   prop->totalGlobalMem = size_t{1} << 34;
+  prop->multiProcessorCount = kEmulatedMultiprocessors;
   return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (device < 0 || device >= emu::DeviceCount()) return cudaErrorInvalidDevice;
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = kEmulatedMultiprocessors; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
+    default: return cudaErrorInvalidValue;  // not emulated: a caller learns it at once
+  }
 }
 // The names and texts of the errors the emulations return.
 const char* cudaGetErrorName(cudaError_t e) {

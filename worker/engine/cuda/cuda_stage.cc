@@ -781,11 +781,14 @@ absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const Chu
   }
   const std::vector<kc::AttentionSegment> segs = Segments(in, l);
   if (flash_) {
-    DArray<float> delta;
-    CF_RETURN_IF_ERROR(Alloc(delta, kS, t * h, "attention delta"));
+    const absl::StatusOr<int64_t> ws_floats = kc::flash_attention_backward_workspace(
+        segs.data(), static_cast<int64_t>(segs.size()), h, hk, d, t);
+    if (!ws_floats.ok()) return ws_floats.status();
+    DArray<float> workspace;  // delta, and dk/dv's partial sums
+    CF_RETURN_IF_ERROR(Alloc(workspace, kS, *ws_floats, "attention backward workspace"));
     CF_RETURN_IF_ERROR(kc::flash_attention_backward(
         dq.data(), segs.data(), static_cast<int64_t>(segs.size()), datt.data(), a.q.data(),
-        a.att.data(), lse, h, hk, d, delta.data(), t, st));
+        a.att.data(), lse, h, hk, d, t, workspace.data(), *ws_floats, st));
   } else {
     CF_RETURN_IF_ERROR(kc::attention_backward(dq.data(), segs.data(),
                                               static_cast<int64_t>(segs.size()), datt.data(),
