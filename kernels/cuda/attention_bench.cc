@@ -87,9 +87,12 @@ absl::StatusOr<Result> Measure(bool flash, int64_t length, int64_t offset) {
   const absl::StatusOr<int64_t> ws_floats =
       flash_attention_backward_workspace(&seg, 1, H, Hk, D, length);
   if (!ws_floats.ok()) return ws_floats.status();
-  Buf workspace(*ws_floats, 10);
+  const absl::StatusOr<int64_t> fwd_floats = flash_attention_forward_workspace(&seg, 1, H, Hk, D);
+  if (!fwd_floats.ok()) return fwd_floats.status();
+  Buf workspace(std::max(*ws_floats, *fwd_floats), 10);  // the forward's and the backward's
   auto fwd = [&]() -> absl::Status {
-    return flash ? flash_attention_forward(out.p, lse.p, q.p, &seg, 1, H, Hk, D, nullptr)
+    return flash ? flash_attention_forward(out.p, lse.p, q.p, &seg, 1, H, Hk, D, workspace.p,
+                                           *fwd_floats, nullptr)
                  : attention_forward(out.p, lse.p, q.p, &seg, 1, H, Hk, D, nullptr);
   };
   auto fwdbwd = [&]() -> absl::Status {

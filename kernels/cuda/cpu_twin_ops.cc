@@ -205,10 +205,14 @@ absl::Status attention_backward(float* dq, const AttentionSegment* segs, int64_t
 bool flash_attention_supported(int64_t head_dim) {
   return head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128;
 }
+absl::StatusOr<int64_t> flash_attention_forward_workspace(const AttentionSegment*, int64_t,
+                                                          int64_t, int64_t, int64_t) {
+  return 0;  // this twin stages nothing
+}
 absl::Status flash_attention_forward(float* out, float* lse, const float* q,
                                      const AttentionSegment* segs, int64_t n_segs,
                                      int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
-                                     cudaStream_t stream) {
+                                     float*, int64_t, cudaStream_t stream) {
   return attention_forward(out, lse, q, segs, n_segs, n_heads, n_kv_heads, head_dim, stream);
 }
 absl::StatusOr<int64_t> flash_attention_backward_workspace(const AttentionSegment*, int64_t,

@@ -18,6 +18,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -183,21 +184,52 @@ __device__ __forceinline__ void LoadTile(bf16* s, const float* src, int64_t row0
   }
 }
 
+// The same tile from a bf16 matrix (the staged copy, see Staging), by
+// cp.async: 16 bytes per copy, rows >= valid zero-filled. It lands at the
+// CpAsyncWait that covers the caller's next CpAsyncCommit.
+template <int D, int kRows, int kThreads>
+__device__ __forceinline__ void LoadTile(bf16* s, const bf16* src, int64_t row0, int valid,
+                                         int64_t stride) {
+  constexpr int kChunks = D / 8;
+  for (int i = threadIdx.x; i < kRows * kChunks; i += kThreads) {
+    const int r = i / kChunks, c = (i % kChunks) * 8;
+    const bool ok = r < valid;
+    CpAsync16(s + r * (D + 8) + c, src + (row0 + (ok ? r : 0)) * stride + c, ok ? 16 : 0);
+  }
+}
+
+// K and V rows [k0, k0 + kBc) of kv head hk (fewer at the end: rows >=
+// n_keys are zeros) into buf[0] (K) and buf[kBc * (D + 8)] (V), as one
+// cp.async group.
+template <int D, int kThreads, typename KV>
+__device__ __forceinline__ void LoadKV(bf16* buf, const KV* k, const KV* v, int hk, int Hk,
+                                       int64_t k0, int64_t n_keys) {
+  const int rows = static_cast<int>(min(static_cast<int64_t>(kBc), n_keys - k0));
+  const int64_t stride = static_cast<int64_t>(Hk) * D;
+  LoadTile<D, kBc, kThreads>(buf, k + static_cast<int64_t>(hk) * D, k0, rows, stride);
+  LoadTile<D, kBc, kThreads>(buf + kBc * (D + 8), v + static_cast<int64_t>(hk) * D, k0, rows,
+                             stride);
+  CpAsyncCommit();
+}
+
 // ---------------------------------------------------------------------------
 // Forward: a block per (query tile of kWarps x 16 rows of a segment, head).
 // ---------------------------------------------------------------------------
 
-template <int D, int kWarps>
+// The K/V tiles are double-buffered: tile i + 1 is loaded while tile i is
+// multiplied. KV = bf16 (the staged copies): by cp.async, so the load runs
+// under the products; KV = float (CHUNKFLOW_FLASH_STAGING=0): converted by
+// the threads as they load, before the products.
+template <int D, int kWarps, typename KV>
 __global__ void __launch_bounds__(32 * kWarps)
-    FlashForwardKernel(float* out, float* lse, const float* q, const float* k, const float* v,
+    FlashForwardKernel(float* out, float* lse, const float* q, const KV* k, const KV* v,
                        int64_t q_begin, int64_t offset, int length, int H, int Hk,
                        float scale_log2) {
   constexpr int kLd = D + 8;
   constexpr int kRows = 16 * kWarps, kThreads = 32 * kWarps;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sQ = reinterpret_cast<bf16*>(smem);
-  bf16* sK = sQ + kRows * kLd;
-  bf16* sV = sK + kBc * kLd;
+  bf16* sKV = sQ + kRows * kLd;  // [2 buffers][K, V][kBc][kLd]
   const int h = blockIdx.y, hk = h / (H / Hk);
   // The last query tile sees the most keys: the longest blocks start first.
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kRows;
@@ -212,14 +244,21 @@ __global__ void __launch_bounds__(32 * kWarps)
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
 
-  for (int64_t k0 = 0; k0 < n_keys; k0 += kBc) {
+  const int n_tiles = static_cast<int>((n_keys + kBc - 1) / kBc);
+  LoadKV<D, kThreads>(sKV, k, v, hk, Hk, 0, n_keys);
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    const int64_t k0 = static_cast<int64_t>(tile) * kBc;
     const int kv_rows = static_cast<int>(min(static_cast<int64_t>(kBc), n_keys - k0));
-    __syncthreads();  // every warp is done with the previous K/V tile (and sQ is written)
-    LoadTile<D, kBc, kThreads>(sK, k + static_cast<int64_t>(hk) * D, k0, kv_rows,
-                               static_cast<int64_t>(Hk) * D);
-    LoadTile<D, kBc, kThreads>(sV, v + static_cast<int64_t>(hk) * D, k0, kv_rows,
-                               static_cast<int64_t>(Hk) * D);
-    __syncthreads();
+    if (tile + 1 < n_tiles) {
+      // Into the other buffer, which every warp left at the end of the last tile.
+      LoadKV<D, kThreads>(sKV + ((tile + 1) % 2) * 2 * kBc * kLd, k, v, hk, Hk, k0 + kBc, n_keys);
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    __syncthreads();  // tile `tile` (and sQ) written by every thread
+    const bf16* sK = sKV + (tile % 2) * 2 * kBc * kLd;
+    const bf16* sV = sK + kBc * kLd;
     float s[kBc / 8][4];
     ProductNT<D, kBc>(s, sQ, sK, warp * 16, lane);
     // Only a tile that reaches past the warp's first query (the diagonal),
@@ -282,6 +321,7 @@ __global__ void __launch_bounds__(32 * kWarps)
         MmaM16N8K16Bf16(o[j + 1], a, b + 2);
       }
     }
+    __syncthreads();  // every warp is done with this buffer before it is refilled
   }
   l_lo = QuadSum(l_lo);
   l_hi = QuadSum(l_hi);
@@ -321,18 +361,18 @@ __global__ void FlashDeltaKernel(float* delta, const float* dout, const float* o
 // Backward dq: a block per (query tile of kWarps x 16 rows of a segment, head).
 // ---------------------------------------------------------------------------
 
-template <int D, int kWarps>
+// K/V tiles double-buffered as in the forward.
+template <int D, int kWarps, typename KV>
 __global__ void __launch_bounds__(32 * kWarps)
     FlashDqKernel(float* dq, const float* dout, const float* q, const float* lse,
-                  const float* delta, const float* k, const float* v, int64_t q_begin,
-                  int64_t offset, int length, int H, int Hk, float scale, float scale_log2) {
+                  const float* delta, const KV* k, const KV* v, int64_t q_begin, int64_t offset,
+                  int length, int H, int Hk, float scale, float scale_log2) {
   constexpr int kLd = D + 8;
   constexpr int kRows = 16 * kWarps, kThreads = 32 * kWarps;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sQ = reinterpret_cast<bf16*>(smem);
-  bf16* sO = sQ + kRows * kLd;  // dO
-  bf16* sK = sO + kRows * kLd;
-  bf16* sV = sK + kBc * kLd;
+  bf16* sO = sQ + kRows * kLd;   // dO
+  bf16* sKV = sO + kRows * kLd;  // [2 buffers][K, V][kBc][kLd]
   const int h = blockIdx.y, hk = h / (H / Hk);
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kRows;  // the longest blocks first
   const int rows = min(kRows, length - q0);
@@ -353,14 +393,20 @@ __global__ void __launch_bounds__(32 * kWarps)
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
 
-  for (int64_t k0 = 0; k0 < n_keys; k0 += kBc) {
+  const int n_tiles = static_cast<int>((n_keys + kBc - 1) / kBc);
+  LoadKV<D, kThreads>(sKV, k, v, hk, Hk, 0, n_keys);
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    const int64_t k0 = static_cast<int64_t>(tile) * kBc;
     const int kv_rows = static_cast<int>(min(static_cast<int64_t>(kBc), n_keys - k0));
+    if (tile + 1 < n_tiles) {
+      LoadKV<D, kThreads>(sKV + ((tile + 1) % 2) * 2 * kBc * kLd, k, v, hk, Hk, k0 + kBc, n_keys);
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
     __syncthreads();
-    LoadTile<D, kBc, kThreads>(sK, k + static_cast<int64_t>(hk) * D, k0, kv_rows,
-                               static_cast<int64_t>(Hk) * D);
-    LoadTile<D, kBc, kThreads>(sV, v + static_cast<int64_t>(hk) * D, k0, kv_rows,
-                               static_cast<int64_t>(Hk) * D);
-    __syncthreads();
+    const bf16* sK = sKV + (tile % 2) * 2 * kBc * kLd;
+    const bf16* sV = sK + kBc * kLd;
     float s[kBc / 8][4], dp[kBc / 8][4];  // S = Q K^T, dP = dO V^T
     ProductsNT<D, kBc>(s, dp, sQ, sO, sK, sV, warp * 16, lane);
     // Masked entries (only in a tile past the warp's diagonal, or a partial
@@ -390,6 +436,7 @@ __global__ void __launch_bounds__(32 * kWarps)
         MmaM16N8K16Bf16(acc[j + 1], a, b + 2);
       }
     }
+    __syncthreads();  // every warp is done with this buffer before it is refilled
   }
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
@@ -414,26 +461,32 @@ __global__ void __launch_bounds__(32 * kWarps)
 // and FlashSumSplitsKernel adds them in split order. No atomics either way.
 // ---------------------------------------------------------------------------
 
-template <int D>
-__global__ void __launch_bounds__(32 * kDkDvWarps)
-    FlashDkDvKernel(float* dk, float* dv, float* part_k, float* part_v, const float* dout,
-                    const float* q, const float* lse, const float* delta, const float* k,
+// The (query head, query tile) steps are double-buffered: the Q / dO tiles
+// of step i + 1 load (by cp.async when QO = bf16, the staged copies) and
+// its lse / delta come into registers while step i is multiplied.
+// Three blocks an SM for D <= 64: ptxas then fits the kernel in 168
+// registers without spilling (it takes 205 otherwise, two blocks an SM);
+// at D 128 the cap spills, so none.
+template <int D, typename QO>
+__global__ void __launch_bounds__(32 * kDkDvWarps, D <= 64 ? 3 : 1)
+    FlashDkDvKernel(float* dk, float* dv, float* part_k, float* part_v, const QO* dout,
+                    const QO* q, const float* lse, const float* delta, const float* k,
                     const float* v, int64_t q_begin, int64_t offset, int length, int H, int Hk,
                     float scale, float scale_log2) {
   constexpr int kLd = D + 8;
+  constexpr int kThreads = 32 * kDkDvWarps;
+  static_assert(2 * kBr == kThreads, "a thread per lse / delta value of a query tile");
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sK = reinterpret_cast<bf16*>(smem);
   bf16* sV = sK + kBc * kLd;
-  bf16* sQ = sV + kBc * kLd;
-  bf16* sO = sQ + kBr * kLd;  // dO
-  float* sL = reinterpret_cast<float*>(sO + kBr * kLd);  // lse * log2(e) per query row
-  float* sD = sL + kBr;                                   // delta per query row
+  bf16* sQO = sV + kBc * kLd;  // [2 buffers][Q, dO][kBr][kLd]
+  // [2 buffers][lse * log2(e), delta][kBr] per query row
+  float* sLD = reinterpret_cast<float*>(sQO + 2 * 2 * kBr * kLd);
   const int hk = blockIdx.y, group = H / Hk, per_split = group / gridDim.z;
   const int64_t key0 = static_cast<int64_t>(blockIdx.x) * kBc;
   const int64_t n_keys = offset + length;
   const int key_rows = static_cast<int>(min(static_cast<int64_t>(kBc), n_keys - key0));
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  constexpr int kThreads = 32 * kDkDvWarps;
   LoadTile<D, kBc, kThreads>(sK, k + static_cast<int64_t>(hk) * D, key0, key_rows,
                              static_cast<int64_t>(Hk) * D);
   LoadTile<D, kBc, kThreads>(sV, v + static_cast<int64_t>(hk) * D, key0, key_rows,
@@ -448,19 +501,46 @@ __global__ void __launch_bounds__(32 * kDkDvWarps)
   // Query rows that can see key0: local rows >= key0 - offset.
   const int first_tile = static_cast<int>(max(static_cast<int64_t>(0), key0 - offset) / kBr);
   const int64_t stride = static_cast<int64_t>(H) * D;
-  for (int hh = blockIdx.z * per_split; hh < (blockIdx.z + 1) * per_split; ++hh) {
-    const int h = hk * group + hh;
-    for (int q0 = first_tile * kBr; q0 < length; q0 += kBr) {
-      const int rows = min(kBr, length - q0);
-      __syncthreads();  // the previous tile's readers are done (and sK/sV are written)
-      LoadTile<D, kBr, kThreads>(sQ, q + static_cast<int64_t>(h) * D, q_begin + q0, rows, stride);
-      LoadTile<D, kBr, kThreads>(sO, dout + static_cast<int64_t>(h) * D, q_begin + q0, rows,
-                                 stride);
-      for (int r = threadIdx.x; r < kBr; r += kThreads) {
-        sL[r] = r < rows ? lse[(q_begin + q0 + r) * H + h] * kLog2e : 0.0f;
-        sD[r] = r < rows ? delta[(q_begin + q0 + r) * H + h] : 0.0f;
-      }
-      __syncthreads();
+  // Step i: query head hk * group + h0 + i / tiles, query rows from
+  // (first_tile + i % tiles) * kBr.
+  const int tiles = (length - first_tile * kBr + kBr - 1) / kBr;
+  const int h0 = blockIdx.z * per_split, steps = per_split * tiles;
+  // Thread x's value of step i: lse * log2(e) (x < kBr) or delta of row x % kBr.
+  auto stat = [&](int i) {
+    const int h = hk * group + h0 + i / tiles, q0 = (first_tile + i % tiles) * kBr;
+    const int r = threadIdx.x % kBr;
+    if (r >= min(kBr, length - q0)) return 0.0f;
+    const int64_t at = (q_begin + q0 + r) * H + h;
+    return threadIdx.x < kBr ? lse[at] * kLog2e : delta[at];
+  };
+  auto load_qo = [&](int i, bf16* buf) {
+    const int h = hk * group + h0 + i / tiles, q0 = (first_tile + i % tiles) * kBr;
+    const int rows = min(kBr, length - q0);
+    LoadTile<D, kBr, kThreads>(buf, q + static_cast<int64_t>(h) * D, q_begin + q0, rows, stride);
+    LoadTile<D, kBr, kThreads>(buf + kBr * kLd, dout + static_cast<int64_t>(h) * D, q_begin + q0,
+                               rows, stride);
+    CpAsyncCommit();
+  };
+  load_qo(0, sQO);
+  sLD[threadIdx.x] = stat(0);
+  for (int i = 0; i < steps; ++i) {
+    const int q0 = (first_tile + i % tiles) * kBr;
+    const int rows = min(kBr, length - q0);
+    float next = 0.0f;
+    if (i + 1 < steps) {
+      // Into the other buffers, which every warp left at the end of step i - 1.
+      load_qo(i + 1, sQO + ((i + 1) % 2) * 2 * kBr * kLd);
+      next = stat(i + 1);
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    __syncthreads();  // step i's tiles (and sK / sV) written by every thread
+    {
+      const bf16* sQ = sQO + (i % 2) * 2 * kBr * kLd;
+      const bf16* sO = sQ + kBr * kLd;  // dO
+      const float* sL = sLD + (i % 2) * 2 * kBr;
+      const float* sD = sL + kBr;
       // S^T = K Q^T and dP^T = V dO^T: this warp's 16 keys x the tile's 64 queries.
       float st[kBr / 8][4], dpt[kBr / 8][4];
       ProductsNT<D, kBr>(st, dpt, sK, sV, sQ, sO, warp * 16, lane);
@@ -506,6 +586,8 @@ __global__ void __launch_bounds__(32 * kDkDvWarps)
         }
       }
     }
+    if (i + 1 < steps) sLD[((i + 1) % 2) * 2 * kBr + threadIdx.x] = next;
+    __syncthreads();  // every warp is done with step i's buffers before they are refilled
   }
   const int64_t split_stride = n_keys * Hk * D;
 #pragma unroll
@@ -585,18 +667,20 @@ absl::Status Launched(const char* what) {
                              cudaGetErrorString(e));
 }
 
+// Shared memory: the query tile(s) once, the streamed tiles twice (double
+// buffers).
 template <int D, int kWarps>
 constexpr int ForwardSmem() {
-  return (16 * kWarps + 2 * kBc) * (D + 8) * static_cast<int>(sizeof(bf16));
+  return (16 * kWarps + 4 * kBc) * (D + 8) * static_cast<int>(sizeof(bf16));
 }
 template <int D, int kWarps>
 constexpr int DqSmem() {
-  return (2 * 16 * kWarps + 2 * kBc) * (D + 8) * static_cast<int>(sizeof(bf16));
+  return (2 * 16 * kWarps + 4 * kBc) * (D + 8) * static_cast<int>(sizeof(bf16));
 }
 template <int D>
 constexpr int DkDvSmem() {
-  return (2 * kBr + 2 * kBc) * (D + 8) * static_cast<int>(sizeof(bf16)) +
-         2 * kBr * static_cast<int>(sizeof(float));
+  return (4 * kBr + 2 * kBc) * (D + 8) * static_cast<int>(sizeof(bf16)) +
+         4 * kBr * static_cast<int>(sizeof(float));
 }
 
 // The kernels' shared-memory attribute is per device: set it once for each
@@ -619,9 +703,9 @@ absl::Status AttributeStatus(cudaError_t e, const char* op) {
                              cudaGetErrorString(e));
 }
 
-template <int D, int kWarps>
+template <int D, int kWarps, typename T>
 std::set<int> forward_attr_set;
-template <int D, int kWarps>
+template <int D, int kWarps, typename T>
 std::set<int> backward_attr_set;
 
 // Query rows per block of the forward and dq kernels, in warps of 16 rows:
@@ -634,6 +718,101 @@ absl::StatusOr<int> QueryWarps() {
   const std::string s(v);
   if (s == "4" || s == "8") return std::stoi(s);
   return absl::InvalidArgumentError("CHUNKFLOW_FLASH_QUERY_WARPS must be 4 or 8, got '" + s + "'");
+}
+
+// Staging: the streamed operands (K and V in the forward and dq kernels, Q
+// and dO in the dk/dv kernel) are copied to bf16 once per call, so the
+// kernels load half the bytes and load them by cp.async, under the
+// products. CHUNKFLOW_FLASH_STAGING=0 turns it off (the kernels then convert
+// fp32 tiles as they load them, and need no staging workspace): a knob for
+// attention_bench and the tests; read at every call.
+absl::StatusOr<bool> Staging() {
+  const char* v = std::getenv("CHUNKFLOW_FLASH_STAGING");
+  if (v == nullptr || *v == '\0') return true;
+  const std::string s(v);
+  if (s == "0" || s == "1") return s == "1";
+  return absl::InvalidArgumentError("CHUNKFLOW_FLASH_STAGING must be 0 or 1, got '" + s + "'");
+}
+
+// dst[0..n) = bf16(src[0..n)), n a multiple of 4, both 16-byte aligned.
+__global__ void ToBf16Kernel(bf16* dst, const float* src, int64_t n) {
+  const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+  if (i >= n) return;
+  const float4 x = *reinterpret_cast<const float4*>(src + i);
+  uint2 packed;
+  packed.x = Pack(x.x, x.y);
+  packed.y = Pack(x.z, x.w);
+  *reinterpret_cast<uint2*>(dst + i) = packed;
+}
+
+absl::Status ToBf16(bf16* dst, const float* src, int64_t n, cudaStream_t stream,
+                    const char* what) {
+  if (n == 0) return absl::OkStatus();
+  const int64_t threads = n / 4;
+  ToBf16Kernel<<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(dst, src, n);
+  return Launched(what);
+}
+
+// The most keys any segment has: the staged K / V are sized for it.
+int64_t MaxKeys(const AttentionSegment* segs, int64_t n_segs) {
+  int64_t m = 0;
+  for (int64_t s = 0; s < n_segs; ++s) {
+    if (segs[s].length > 0) m = std::max(m, segs[s].offset + segs[s].length);
+  }
+  return m;
+}
+
+// The forward's workspace, in floats: staged K and V (bf16, two per float).
+absl::StatusOr<int64_t> ForwardWorkspace(const AttentionSegment* segs, int64_t n_segs, int Hk,
+                                         int D) {
+  const absl::StatusOr<bool> staging = Staging();
+  if (!staging.ok()) return staging.status();
+  return *staging ? MaxKeys(segs, n_segs) * Hk * D : 0;
+}
+
+template <int D, int kWarps, typename KV>
+absl::Status Forward(float* out, float* lse, const float* q, const AttentionSegment* segs,
+                     int64_t n_segs, int H, int Hk, bf16* staged, cudaStream_t stream) {
+  const float scale_log2 = kLog2e / std::sqrt(static_cast<float>(D));
+  constexpr int kRows = 16 * kWarps;
+  const cudaError_t attr = OncePerDevice(
+      [] {
+        return cudaFuncSetAttribute(FlashForwardKernel<D, kWarps, KV>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    ForwardSmem<D, kWarps>());
+      },
+      &forward_attr_set<D, kWarps, KV>);
+  if (absl::Status st = AttributeStatus(attr, "flash_attention_forward"); !st.ok()) return st;
+  for (int64_t s = 0; s < n_segs; ++s) {
+    const AttentionSegment& g = segs[s];
+    if (g.length == 0) continue;
+    const KV* k = nullptr;
+    const KV* v = nullptr;
+    if constexpr (std::is_same_v<KV, bf16>) {
+      const int64_t n = (g.offset + g.length) * Hk * D;
+      bf16* sk = staged;
+      bf16* sv = staged + MaxKeys(segs, n_segs) * Hk * D;
+      if (absl::Status st = ToBf16(sk, g.k, n, stream, "flash_attention_forward stage K");
+          !st.ok()) {
+        return st;
+      }
+      if (absl::Status st = ToBf16(sv, g.v, n, stream, "flash_attention_forward stage V");
+          !st.ok()) {
+        return st;
+      }
+      k = sk;
+      v = sv;
+    } else {
+      k = g.k;
+      v = g.v;
+    }
+    const unsigned tiles = static_cast<unsigned>((g.length + kRows - 1) / kRows);
+    FlashForwardKernel<D, kWarps, KV><<<dim3(tiles, static_cast<unsigned>(H)), 32 * kWarps,
+                                        ForwardSmem<D, kWarps>(), stream>>>(
+        out, lse, q, k, v, g.q_begin, g.offset, static_cast<int>(g.length), H, Hk, scale_log2);
+    if (absl::Status st = Launched("flash_attention_forward"); !st.ok()) return st;
+  }
+  return absl::OkStatus();
 }
 
 // Multiprocessors of the current device, asked once per device.
@@ -683,87 +862,121 @@ absl::StatusOr<int> DkDvSplits(int64_t n_keys, int Hk, int group) {
   return group;
 }
 
-// The backward's workspace, in floats: delta (rows * H), then, for the
-// segment that needs most, the dk/dv kernel's partial sums (2 * splits *
-// n_keys * Hk * D when it splits). *splits: per segment.
-int64_t DeltaFloats(int64_t rows, int H) { return (rows * H + 3) / 4 * 4; }  // 16-byte multiple
+// The backward's workspace, in floats, in this order:
+//   delta (rows * H, rounded up to 16 bytes);
+//   staging on: Q and dO in bf16 (rows * H * D each), then K and V in bf16
+//   (MaxKeys * Hk * D each), two bf16 per float;
+//   the dk/dv kernel's partial sums, for the segment that needs most (2 *
+//   splits * n_keys * Hk * D where it splits).
+struct BackwardLayout {
+  int64_t delta = 0, staged_qo = 0, staged_kv = 0, parts = 0, total = 0;  // offsets, floats
+  bool staging = false;
+  std::vector<int> splits;  // per segment
+};
 
-absl::StatusOr<int64_t> BackwardWorkspace(const AttentionSegment* segs, int64_t n_segs, int H,
-                                          int Hk, int D, int64_t rows, std::vector<int>* splits) {
-  const int64_t delta = DeltaFloats(rows, H);
+int64_t DeltaFloats(int64_t rows, int H) { return (rows * H + 3) / 4 * 4; }
+
+absl::StatusOr<BackwardLayout> Layout(const AttentionSegment* segs, int64_t n_segs, int H, int Hk,
+                                      int D, int64_t rows) {
+  BackwardLayout l;
+  const absl::StatusOr<bool> staging = Staging();
+  if (!staging.ok()) return staging.status();
+  l.staging = *staging;
+  l.staged_qo = DeltaFloats(rows, H);
+  l.staged_kv = l.staged_qo + (l.staging ? rows * H * D : 0);
+  l.parts = l.staged_kv + (l.staging ? MaxKeys(segs, n_segs) * Hk * D : 0);
   int64_t parts = 0;
   for (int64_t s = 0; s < n_segs; ++s) {
     const int64_t n_keys = segs[s].offset + segs[s].length;
     const absl::StatusOr<int> z = DkDvSplits(n_keys, Hk, H / Hk);
     if (!z.ok()) return z.status();
-    if (splits != nullptr) splits->push_back(*z);
+    l.splits.push_back(*z);
     if (*z > 1 && segs[s].length > 0) parts = std::max(parts, 2 * *z * n_keys * Hk * D);
   }
-  return delta + parts;
+  l.total = l.parts + parts;
+  return l;
 }
 
-template <int D, int kWarps>
-absl::Status Forward(float* out, float* lse, const float* q, const AttentionSegment* segs,
-                     int64_t n_segs, int H, int Hk, cudaStream_t stream) {
-  const float scale_log2 = kLog2e / std::sqrt(static_cast<float>(D));
-  constexpr int kRows = 16 * kWarps;
-  const cudaError_t attr = OncePerDevice(
-      [] {
-        return cudaFuncSetAttribute(FlashForwardKernel<D, kWarps>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    ForwardSmem<D, kWarps>());
-      },
-      &forward_attr_set<D, kWarps>);
-  if (absl::Status st = AttributeStatus(attr, "flash_attention_forward"); !st.ok()) return st;
-  for (int64_t s = 0; s < n_segs; ++s) {
-    const AttentionSegment& g = segs[s];
-    if (g.length == 0) continue;
-    const unsigned tiles = static_cast<unsigned>((g.length + kRows - 1) / kRows);
-    FlashForwardKernel<D, kWarps><<<dim3(tiles, static_cast<unsigned>(H)), 32 * kWarps,
-                                    ForwardSmem<D, kWarps>(), stream>>>(
-        out, lse, q, g.k, g.v, g.q_begin, g.offset, static_cast<int>(g.length), H, Hk,
-        scale_log2);
-    if (absl::Status st = Launched("flash_attention_forward"); !st.ok()) return st;
-  }
-  return absl::OkStatus();
-}
-
-template <int D, int kWarps>
+template <int D, int kWarps, typename T>
 absl::Status Backward(float* dq, const AttentionSegment* segs, int64_t n_segs, const float* dout,
-                      const float* q, const float* lse, const float* delta, float* parts,
-                      const std::vector<int>& splits, int H, int Hk, cudaStream_t stream) {
+                      const float* q, const float* lse, float* workspace,
+                      const BackwardLayout& layout, int64_t rows, int H, int Hk,
+                      cudaStream_t stream) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const float scale_log2 = kLog2e * scale;
   constexpr int kRows = 16 * kWarps;
   const cudaError_t attr = OncePerDevice(
       [] {
-        const cudaError_t a =
-            cudaFuncSetAttribute(FlashDqKernel<D, kWarps>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, DqSmem<D, kWarps>());
+        const cudaError_t a = cudaFuncSetAttribute(FlashDqKernel<D, kWarps, T>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   DqSmem<D, kWarps>());
         return a != cudaSuccess ? a
-                                : cudaFuncSetAttribute(FlashDkDvKernel<D>,
+                                : cudaFuncSetAttribute(FlashDkDvKernel<D, T>,
                                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                        DkDvSmem<D>());
       },
-      &backward_attr_set<D, kWarps>);
+      &backward_attr_set<D, kWarps, T>);
   if (absl::Status st = AttributeStatus(attr, "flash_attention_backward"); !st.ok()) return st;
+  const float* delta = workspace + layout.delta;
+  float* parts = workspace + layout.parts;
+  const T* q_in = nullptr;
+  const T* dout_in = nullptr;
+  bf16* staged_k = reinterpret_cast<bf16*>(workspace + layout.staged_kv);
+  bf16* staged_v = staged_k + MaxKeys(segs, n_segs) * Hk * D;
+  if constexpr (std::is_same_v<T, bf16>) {
+    bf16* sq = reinterpret_cast<bf16*>(workspace + layout.staged_qo);
+    bf16* so = sq + rows * H * D;
+    if (absl::Status st = ToBf16(sq, q, rows * H * D, stream, "flash_attention_backward stage Q");
+        !st.ok()) {
+      return st;
+    }
+    if (absl::Status st =
+            ToBf16(so, dout, rows * H * D, stream, "flash_attention_backward stage dO");
+        !st.ok()) {
+      return st;
+    }
+    q_in = sq;
+    dout_in = so;
+  } else {
+    q_in = q;
+    dout_in = dout;
+  }
   for (int64_t s = 0; s < n_segs; ++s) {
     const AttentionSegment& g = segs[s];
     if (g.length == 0) continue;
+    const int64_t n_keys = g.offset + g.length;
+    const T* k = nullptr;
+    const T* v = nullptr;
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (absl::Status st = ToBf16(staged_k, g.k, n_keys * Hk * D, stream,
+                                   "flash_attention_backward stage K");
+          !st.ok()) {
+        return st;
+      }
+      if (absl::Status st = ToBf16(staged_v, g.v, n_keys * Hk * D, stream,
+                                   "flash_attention_backward stage V");
+          !st.ok()) {
+        return st;
+      }
+      k = staged_k;
+      v = staged_v;
+    } else {
+      k = g.k;
+      v = g.v;
+    }
     const unsigned q_tiles = static_cast<unsigned>((g.length + kRows - 1) / kRows);
-    FlashDqKernel<D, kWarps><<<dim3(q_tiles, static_cast<unsigned>(H)), 32 * kWarps,
-                               DqSmem<D, kWarps>(), stream>>>(
-        dq, dout, q, lse, delta, g.k, g.v, g.q_begin, g.offset, static_cast<int>(g.length), H, Hk,
+    FlashDqKernel<D, kWarps, T><<<dim3(q_tiles, static_cast<unsigned>(H)), 32 * kWarps,
+                                  DqSmem<D, kWarps>(), stream>>>(
+        dq, dout, q, lse, delta, k, v, g.q_begin, g.offset, static_cast<int>(g.length), H, Hk,
         scale, scale_log2);
     if (absl::Status st = Launched("flash_attention_backward dq"); !st.ok()) return st;
-    const int64_t n_keys = g.offset + g.length;
     const unsigned k_tiles = static_cast<unsigned>((n_keys + kBc - 1) / kBc);
-    const int z = splits[s];
+    const int z = layout.splits[s];
     float* part_k = z > 1 ? parts : nullptr;
     float* part_v = z > 1 ? parts + z * n_keys * Hk * D : nullptr;
-    FlashDkDvKernel<D><<<dim3(k_tiles, static_cast<unsigned>(Hk), static_cast<unsigned>(z)),
-                         32 * kDkDvWarps, DkDvSmem<D>(), stream>>>(
-        g.dk, g.dv, part_k, part_v, dout, q, lse, delta, g.k, g.v, g.q_begin, g.offset,
+    FlashDkDvKernel<D, T><<<dim3(k_tiles, static_cast<unsigned>(Hk), static_cast<unsigned>(z)),
+                            32 * kDkDvWarps, DkDvSmem<D>(), stream>>>(
+        g.dk, g.dv, part_k, part_v, dout_in, q_in, lse, delta, g.k, g.v, g.q_begin, g.offset,
         static_cast<int>(g.length), H, Hk, scale, scale_log2);
     if (absl::Status st = Launched("flash_attention_backward dk dv"); !st.ok()) return st;
     if (z > 1) {
@@ -776,23 +989,33 @@ absl::Status Backward(float* dq, const AttentionSegment* segs, int64_t n_segs, c
   return absl::OkStatus();
 }
 
-// Forward / Backward for the query warps chosen at run time.
+// Forward / Backward for the query warps and staging chosen at run time.
 template <int D>
-absl::Status ForwardFor(int warps, float* out, float* lse, const float* q,
-                        const AttentionSegment* segs, int64_t n_segs, int H, int Hk,
+absl::Status ForwardFor(int warps, bool staging, float* out, float* lse, const float* q,
+                        const AttentionSegment* segs, int64_t n_segs, int H, int Hk, bf16* staged,
                         cudaStream_t stream) {
-  return warps == 4 ? Forward<D, 4>(out, lse, q, segs, n_segs, H, Hk, stream)
-                    : Forward<D, 8>(out, lse, q, segs, n_segs, H, Hk, stream);
+  if (staging) {
+    return warps == 4 ? Forward<D, 4, bf16>(out, lse, q, segs, n_segs, H, Hk, staged, stream)
+                      : Forward<D, 8, bf16>(out, lse, q, segs, n_segs, H, Hk, staged, stream);
+  }
+  return warps == 4 ? Forward<D, 4, float>(out, lse, q, segs, n_segs, H, Hk, staged, stream)
+                    : Forward<D, 8, float>(out, lse, q, segs, n_segs, H, Hk, staged, stream);
 }
 template <int D>
 absl::Status BackwardFor(int warps, float* dq, const AttentionSegment* segs, int64_t n_segs,
-                         const float* dout, const float* q, const float* lse, const float* delta,
-                         float* parts, const std::vector<int>& splits, int H, int Hk,
+                         const float* dout, const float* q, const float* lse, float* workspace,
+                         const BackwardLayout& l, int64_t rows, int H, int Hk,
                          cudaStream_t stream) {
-  return warps == 4 ? Backward<D, 4>(dq, segs, n_segs, dout, q, lse, delta, parts, splits, H, Hk,
-                                     stream)
-                    : Backward<D, 8>(dq, segs, n_segs, dout, q, lse, delta, parts, splits, H, Hk,
-                                     stream);
+  if (l.staging) {
+    return warps == 4 ? Backward<D, 4, bf16>(dq, segs, n_segs, dout, q, lse, workspace, l, rows,
+                                             H, Hk, stream)
+                      : Backward<D, 8, bf16>(dq, segs, n_segs, dout, q, lse, workspace, l, rows,
+                                             H, Hk, stream);
+  }
+  return warps == 4 ? Backward<D, 4, float>(dq, segs, n_segs, dout, q, lse, workspace, l, rows, H,
+                                            Hk, stream)
+                    : Backward<D, 8, float>(dq, segs, n_segs, dout, q, lse, workspace, l, rows, H,
+                                            Hk, stream);
 }
 
 }  // namespace
@@ -801,20 +1024,44 @@ bool flash_attention_supported(int64_t head_dim) {
   return head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128;
 }
 
+absl::StatusOr<int64_t> flash_attention_forward_workspace(const AttentionSegment* segs,
+                                                          int64_t n_segs, int64_t n_heads,
+                                                          int64_t n_kv_heads, int64_t head_dim) {
+  if (absl::Status s = Check(n_heads, n_kv_heads, head_dim, segs, n_segs); !s.ok()) return s;
+  return ForwardWorkspace(segs, n_segs, static_cast<int>(n_kv_heads), static_cast<int>(head_dim));
+}
+
 absl::Status flash_attention_forward(float* out, float* lse, const float* q,
                                      const AttentionSegment* segs, int64_t n_segs,
                                      int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                                     float* workspace, int64_t workspace_floats,
                                      cudaStream_t stream) {
   if (absl::Status s = Check(n_heads, n_kv_heads, head_dim, segs, n_segs); !s.ok()) return s;
-  if (!Aligned(q)) return absl::InvalidArgumentError("flash attention: q is not 16-byte aligned");
+  if (!Aligned(q) || !Aligned(workspace)) {
+    return absl::InvalidArgumentError(
+        "flash attention: q or the workspace is not 16-byte aligned");
+  }
   const absl::StatusOr<int> w = QueryWarps();
   if (!w.ok()) return w.status();
   const int H = static_cast<int>(n_heads), Hk = static_cast<int>(n_kv_heads);
-  switch (head_dim) {
-    case 16: return ForwardFor<16>(*w, out, lse, q, segs, n_segs, H, Hk, stream);
-    case 32: return ForwardFor<32>(*w, out, lse, q, segs, n_segs, H, Hk, stream);
-    case 64: return ForwardFor<64>(*w, out, lse, q, segs, n_segs, H, Hk, stream);
-    default: return ForwardFor<128>(*w, out, lse, q, segs, n_segs, H, Hk, stream);
+  const int D = static_cast<int>(head_dim);
+  const absl::StatusOr<bool> staging = Staging();
+  if (!staging.ok()) return staging.status();
+  const absl::StatusOr<int64_t> need = ForwardWorkspace(segs, n_segs, Hk, D);
+  if (!need.ok()) return need.status();
+  if (workspace_floats < *need) {
+    return absl::InvalidArgumentError(
+        "flash attention: the forward's workspace has " + std::to_string(workspace_floats) +
+        " floats, these segments need " + std::to_string(*need) +
+        " (flash_attention_forward_workspace)");
+  }
+  bf16* staged = reinterpret_cast<bf16*>(workspace);
+  switch (D) {
+    case 16: return ForwardFor<16>(*w, *staging, out, lse, q, segs, n_segs, H, Hk, staged, stream);
+    case 32: return ForwardFor<32>(*w, *staging, out, lse, q, segs, n_segs, H, Hk, staged, stream);
+    case 64: return ForwardFor<64>(*w, *staging, out, lse, q, segs, n_segs, H, Hk, staged, stream);
+    default:
+      return ForwardFor<128>(*w, *staging, out, lse, q, segs, n_segs, H, Hk, staged, stream);
   }
 }
 
@@ -823,8 +1070,11 @@ absl::StatusOr<int64_t> flash_attention_backward_workspace(const AttentionSegmen
                                                            int64_t n_kv_heads, int64_t head_dim,
                                                            int64_t rows) {
   if (absl::Status s = Check(n_heads, n_kv_heads, head_dim, segs, n_segs); !s.ok()) return s;
-  return BackwardWorkspace(segs, n_segs, static_cast<int>(n_heads), static_cast<int>(n_kv_heads),
-                           static_cast<int>(head_dim), rows, nullptr);
+  const absl::StatusOr<BackwardLayout> l =
+      Layout(segs, n_segs, static_cast<int>(n_heads), static_cast<int>(n_kv_heads),
+             static_cast<int>(head_dim), rows);
+  if (!l.ok()) return l.status();
+  return l->total;
 }
 
 absl::Status flash_attention_backward(float* dq, const AttentionSegment* segs, int64_t n_segs,
@@ -839,39 +1089,35 @@ absl::Status flash_attention_backward(float* dq, const AttentionSegment* segs, i
   }
   const absl::StatusOr<int> w = QueryWarps();
   if (!w.ok()) return w.status();
-  std::vector<int> splits;
-  const absl::StatusOr<int64_t> need =
-      BackwardWorkspace(segs, n_segs, static_cast<int>(n_heads), static_cast<int>(n_kv_heads),
-                        static_cast<int>(head_dim), rows, &splits);
-  if (!need.ok()) return need.status();
-  if (workspace_floats < *need) {
+  const int H = static_cast<int>(n_heads), Hk = static_cast<int>(n_kv_heads);
+  const absl::StatusOr<BackwardLayout> layout =
+      Layout(segs, n_segs, H, Hk, static_cast<int>(head_dim), rows);
+  if (!layout.ok()) return layout.status();
+  if (workspace_floats < layout->total) {
     return absl::InvalidArgumentError(
         "flash attention: the backward's workspace has " + std::to_string(workspace_floats) +
-        " floats, these segments need " + std::to_string(*need) +
+        " floats, these segments need " + std::to_string(layout->total) +
         " (flash_attention_backward_workspace)");
   }
-  float* delta = workspace;
-  float* parts = workspace + DeltaFloats(rows, static_cast<int>(n_heads));
   const int64_t n = rows * n_heads;
   if (n > 0) {
     const int64_t threads = n * 32;
     FlashDeltaKernel<<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(
-        delta, dout, out, n, static_cast<int>(head_dim));
+        workspace + layout->delta, dout, out, n, static_cast<int>(head_dim));
     if (absl::Status st = Launched("flash_attention_backward delta"); !st.ok()) return st;
   }
-  const int H = static_cast<int>(n_heads), Hk = static_cast<int>(n_kv_heads);
   switch (head_dim) {
     case 16:
-      return BackwardFor<16>(*w, dq, segs, n_segs, dout, q, lse, delta, parts, splits, H, Hk,
+      return BackwardFor<16>(*w, dq, segs, n_segs, dout, q, lse, workspace, *layout, rows, H, Hk,
                              stream);
     case 32:
-      return BackwardFor<32>(*w, dq, segs, n_segs, dout, q, lse, delta, parts, splits, H, Hk,
+      return BackwardFor<32>(*w, dq, segs, n_segs, dout, q, lse, workspace, *layout, rows, H, Hk,
                              stream);
     case 64:
-      return BackwardFor<64>(*w, dq, segs, n_segs, dout, q, lse, delta, parts, splits, H, Hk,
+      return BackwardFor<64>(*w, dq, segs, n_segs, dout, q, lse, workspace, *layout, rows, H, Hk,
                              stream);
     default:
-      return BackwardFor<128>(*w, dq, segs, n_segs, dout, q, lse, delta, parts, splits, H, Hk,
+      return BackwardFor<128>(*w, dq, segs, n_segs, dout, q, lse, workspace, *layout, rows, H, Hk,
                               stream);
   }
 }

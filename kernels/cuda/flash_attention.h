@@ -10,7 +10,7 @@
 // bf16 inputs through ldmatrix, fp32 accumulation); the online softmax, lse,
 // masking and every
 // output stay fp32. Inputs are fp32 in global memory and are rounded to bf16
-// as tiles are loaded into shared memory, so results differ from the fp32
+// on their way into shared memory, so results differ from the fp32
 // reference by bf16 rounding of Q, K, V, dO and the probabilities (the
 // tolerances are stated in ops_test). Deterministic, no atomics: the
 // backward computes dq in one kernel (a block per query tile) and dk/dv in
@@ -21,6 +21,15 @@
 // multiprocessor count (CHUNKFLOW_FLASH_DKDV_SPLITS fixes it), and so do
 // dk/dv's last bits. Each kernel starts its longest blocks first: the
 // last query tiles of a causal segment, the first key tiles.
+//
+// Staging: the operands a kernel streams tile after tile (K and V in the
+// forward and dq kernels, Q and dO in the dk/dv kernel) are first copied
+// to bf16 into the caller's workspace, once per call (K / V once per
+// segment); the kernels then load those tiles with cp.async into double
+// buffers, the next tile while the products of this one run. Rounding is
+// the same either way (round to nearest even), so results do not change.
+// CHUNKFLOW_FLASH_STAGING=0 keeps fp32 tiles converted by the loading
+// threads (no staging workspace), for comparison (attention_bench).
 //
 // Supported head dims: flash_attention_supported(); callers fall back to the
 // reference kernel otherwise. q, out, dout and every segment's k / v must be
@@ -44,11 +53,23 @@ bool flash_attention_supported(int64_t head_dim);
 
 // Errors: INVALID_ARGUMENT (unsupported head_dim, n_heads not a multiple of
 // n_kv_heads, a bad segment, CHUNKFLOW_FLASH_QUERY_WARPS other than 4 or 8,
-// CHUNKFLOW_FLASH_DKDV_SPLITS not a divisor of n_heads / n_kv_heads);
+// CHUNKFLOW_FLASH_DKDV_SPLITS not a divisor of n_heads / n_kv_heads,
+// CHUNKFLOW_FLASH_STAGING other than 0 or 1, a workspace too small);
 // INTERNAL naming the launch.
+// The floats of device workspace flash_attention_forward needs for these
+// segments: the bf16 copies of K and V (see "staging" above; 0 with
+// CHUNKFLOW_FLASH_STAGING=0). Same errors as the forward's checks.
+absl::StatusOr<int64_t> flash_attention_forward_workspace(const AttentionSegment* segs,
+                                                          int64_t n_segs, int64_t n_heads,
+                                                          int64_t n_kv_heads, int64_t head_dim);
+
+// workspace: at least flash_attention_forward_workspace() floats of device
+// memory, 16-byte aligned (null when that is 0), overwritten
+// (INVALID_ARGUMENT if smaller).
 absl::Status flash_attention_forward(float* out, float* lse, const float* q,
                                      const AttentionSegment* segs, int64_t n_segs,
                                      int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                                     float* workspace, int64_t workspace_floats,
                                      cudaStream_t stream);
 
 // The floats of device workspace flash_attention_backward needs for these

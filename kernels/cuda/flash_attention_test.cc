@@ -58,7 +58,14 @@ struct Shape {
 // GPU forward's out and lse feed the GPU backward, and dout is not rounded
 // to bf16 first (the kernel rounds it for dP, keeps it fp32 for delta), so
 // the gradients are held to 3e-2 instead of 2e-2.
-void ExpectMatchesCpu(const Shape& shape, const std::vector<Seg>& segs, bool chain) {
+// What the GPU computed (for comparing two runs).
+struct GpuResults {
+  std::vector<float> out, lse, dq;
+  std::vector<std::vector<float>> dk, dv;
+};
+
+void ExpectMatchesCpu(const Shape& shape, const std::vector<Seg>& segs, bool chain,
+                      GpuResults* results = nullptr) {
   const auto [H, Hk, D] = shape;
   int64_t T = 0;
   for (const Seg& s : segs) T += s.length;
@@ -96,8 +103,13 @@ void ExpectMatchesCpu(const Shape& shape, const std::vector<Seg>& segs, bool cha
   cpu::attention_forward(out.data(), lse.data(), q.data(), cs.data(), n_segs, H, Hk, D);
   Dev q_d(q), dout_d(dout);
   Dev out_d = Dev::Poisoned(T * H * D), lse_d = Dev::Poisoned(T * H);
+  const absl::StatusOr<int64_t> fwd_floats =
+      cuda::flash_attention_forward_workspace(gs.data(), n_segs, H, Hk, D);
+  ASSERT_TRUE(fwd_floats.ok()) << fwd_floats.status();
+  Dev fwd_ws = Dev::Poisoned(*fwd_floats);
   absl::Status s = cuda::flash_attention_forward(out_d.get(), lse_d.get(), q_d.get(), gs.data(),
-                                                 n_segs, H, Hk, D, nullptr);
+                                                 n_segs, H, Hk, D, fwd_ws.get(), *fwd_floats,
+                                                 nullptr);
   ASSERT_TRUE(s.ok()) << s;
   ASSERT_TRUE(cuda::CudaSync(nullptr, "flash forward").ok());
   const std::vector<float> gout = out_d.Host(), glse = lse_d.Host();
@@ -121,6 +133,15 @@ void ExpectMatchesCpu(const Shape& shape, const std::vector<Seg>& segs, bool cha
   ASSERT_TRUE(cuda::CudaSync(nullptr, "flash backward").ok());
   const std::vector<float> gdq = dq_d.Host();
   EXPECT_LT(RelativeError(gdq.data(), dq.data(), T * H * D), grad_tol);
+  if (results != nullptr) {
+    results->out = gout;
+    results->lse = glse;
+    results->dq = gdq;
+    for (size_t i = 0; i < segs.size(); ++i) {
+      results->dk.push_back(dk_d[i].Host());
+      results->dv.push_back(dv_d[i].Host());
+    }
+  }
   for (size_t i = 0; i < segs.size(); ++i) {
     const std::vector<float> gdk = dk_d[i].Host(), gdv = dv_d[i].Host();
     EXPECT_LT(RelativeError(gdk.data(), dk[i].data(), dk[i].size()), grad_tol) << "segment " << i;
@@ -191,7 +212,7 @@ TEST(FlashAttention, BadQueryWarps_IsInvalidArgumentNamingTheValue) {
   ScopedEnv six("CHUNKFLOW_FLASH_QUERY_WARPS", "6");
   const cuda::AttentionSegment seg{0, 1, 0, nullptr, nullptr, nullptr, nullptr};
   alignas(16) float x[64] = {};
-  absl::Status s = cuda::flash_attention_forward(x, x, x, &seg, 0, 1, 1, 64, nullptr);
+  absl::Status s = cuda::flash_attention_forward(x, x, x, &seg, 0, 1, 1, 64, x, 16, nullptr);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("'6'"), std::string::npos) << s;
   s = cuda::flash_attention_backward(x, &seg, 0, x, x, x, x, 1, 1, 64, 0, x, 16, nullptr);
@@ -237,11 +258,44 @@ TEST(FlashAttention, BadDkDvSplitsOrWorkspace_IsInvalidArgument) {
   ScopedEnv seven("CHUNKFLOW_FLASH_DKDV_SPLITS", "7");
   const absl::StatusOr<int64_t> ws = cuda::flash_attention_backward_workspace(&seg, 1, 14, 2, 64, 1);
   ASSERT_TRUE(ws.ok()) << ws.status();
-  EXPECT_EQ(*ws, 16 + 2 * 7 * 1 * 2 * 64) << "delta (14 floats, to 16), 7 splits of dk and dv";
+  EXPECT_EQ(*ws, 16 + 14 * 64 + 2 * 64 + 2 * 7 * 1 * 2 * 64)
+      << "delta (14 floats, to 16), Q and dO in bf16 (1 row x 14 heads x 64, two a float), K "
+         "and V in bf16 (1 key x 2 heads x 64), then 7 splits of fp32 dk and dv";
   const absl::Status s =
       cuda::flash_attention_backward(x, &seg, 1, x, x, x, x, 14, 2, 64, 1, x, *ws - 1, nullptr);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find(std::to_string(*ws - 1) + " floats"), std::string::npos) << s;
+}
+
+// Staging off (fp32 tiles converted as they load, no cp.async): the same
+// results, bit for bit, since both round to nearest even and sum in the
+// same order; and a bad value is refused naming it.
+TEST(FlashAttention, StagingOff_MatchesCpuAndStagingOnBitForBit) {
+  REQUIRE_GPU();
+  const std::vector<Seg> segs = {{0, 150}, {70, 37}, {0, 1}, {130, 64}};
+  GpuResults on, off;
+  ExpectMatchesCpu(Shape{4, 2, 32}, segs, /*chain=*/true, &on);
+  {
+    ScopedEnv zero("CHUNKFLOW_FLASH_STAGING", "0");
+    ExpectMatchesCpu(Shape{4, 2, 32}, segs, /*chain=*/true, &off);
+  }
+  EXPECT_EQ(on.out, off.out);
+  EXPECT_EQ(on.lse, off.lse);
+  EXPECT_EQ(on.dq, off.dq);
+  EXPECT_EQ(on.dk, off.dk);
+  EXPECT_EQ(on.dv, off.dv);
+}
+
+TEST(FlashAttention, BadStaging_IsInvalidArgumentNamingTheValue) {
+  ScopedEnv yes("CHUNKFLOW_FLASH_STAGING", "yes");
+  const cuda::AttentionSegment seg{0, 1, 0, nullptr, nullptr, nullptr, nullptr};
+  const absl::StatusOr<int64_t> f = cuda::flash_attention_forward_workspace(&seg, 1, 4, 2, 64);
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(f.status().message().find("'yes'"), std::string::npos) << f.status();
+  const absl::StatusOr<int64_t> b =
+      cuda::flash_attention_backward_workspace(&seg, 1, 4, 2, 64, 1);
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(b.status().message().find("'yes'"), std::string::npos) << b.status();
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, FlashAttentionTest,
@@ -258,19 +312,21 @@ TEST(FlashAttention, UnsupportedHeadDim_IsInvalidArgument) {
   EXPECT_FALSE(cuda::flash_attention_supported(96));
   EXPECT_TRUE(cuda::flash_attention_supported(64));
   cuda::AttentionSegment seg;
-  EXPECT_EQ(cuda::flash_attention_forward(nullptr, nullptr, nullptr, &seg, 1, 4, 2, 8, nullptr)
+  EXPECT_EQ(cuda::flash_attention_forward(nullptr, nullptr, nullptr, &seg, 1, 4, 2, 8, nullptr, 0, nullptr)
                 .code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(cuda::flash_attention_forward(nullptr, nullptr, nullptr, &seg, 1, 3, 2, 64, nullptr)
+  EXPECT_EQ(cuda::flash_attention_forward(nullptr, nullptr, nullptr, &seg, 1, 3, 2, 64, nullptr, 0, nullptr)
                 .code(),
             absl::StatusCode::kInvalidArgument);
   // Misaligned inputs are refused before any launch (the tiles load 16 bytes at a time).
   const float* odd = reinterpret_cast<const float*>(uintptr_t{4});
-  absl::Status s = cuda::flash_attention_forward(nullptr, nullptr, odd, &seg, 1, 4, 2, 64, nullptr);
+  absl::Status s = cuda::flash_attention_forward(nullptr, nullptr, odd, &seg, 1, 4, 2, 64, nullptr, 0,
+                                                 nullptr);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   cuda::AttentionSegment bad;
   bad.k = odd;
-  s = cuda::flash_attention_forward(nullptr, nullptr, nullptr, &bad, 1, 4, 2, 64, nullptr);
+  s = cuda::flash_attention_forward(nullptr, nullptr, nullptr, &bad, 1, 4, 2, 64, nullptr, 0,
+                                    nullptr);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
 }
 

@@ -1,5 +1,6 @@
-// Warp-level tensor-core instructions for the kernels (.cu files include
-// this), each emulated on the CPU under the SIMT emulation (simt.h).
+// Warp-level tensor-core instructions, and the asynchronous global-to-shared
+// copy that feeds their tiles, for the kernels (.cu files include this),
+// each emulated on the CPU under the SIMT emulation (simt.h).
 //
 // One warp's mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32:
 // c = a b + c with a (16x16) and b (16x8) as bf16 fragments and c (16x8)
@@ -46,6 +47,41 @@ __device__ __forceinline__ void LdMatrixX4(uint32_t r[4], const void* row) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));
   }
+#endif
+}
+
+// cp.async.cg.shared.global (sm_80+): 16 bytes from global `src` to shared
+// `dst` (both 16-byte aligned), of which the first src_bytes (0 or 16) are
+// read and the rest written as zeros, asynchronously: the copy is complete
+// only after a CpAsyncWait that covers its group (CpAsyncCommit closes a
+// group), and visible to other threads only after a barrier that follows.
+__device__ __forceinline__ void CpAsync16(void* dst, const void* src, int src_bytes) {
+#ifdef CHUNKFLOW_SIMT
+  ::chunkflow::kernels::cuda::simt::CpAsync(dst, src, src_bytes);
+#else
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(src),
+               "r"(src_bytes)
+               : "memory");
+#endif
+}
+
+__device__ __forceinline__ void CpAsyncCommit() {
+#ifdef CHUNKFLOW_SIMT
+  ::chunkflow::kernels::cuda::simt::CpAsyncCommit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// Waits until at most kPending of this thread's committed groups (the
+// newest) are still in flight.
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+#ifdef CHUNKFLOW_SIMT
+  ::chunkflow::kernels::cuda::simt::CpAsyncWait(kPending);
+#else
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 #endif
 }
 

@@ -57,6 +57,14 @@ struct Fiber {
   uint32_t b[2] = {};
   const unsigned char* row = nullptr;  // ldmatrix: this lane's row address
   int count = 0;                       // ldmatrix: matrices (1, 2 or 4)
+  // cp.async copies in flight, oldest first, with the ends of the committed
+  // groups (indices into `copies`).
+  struct Copy {
+    unsigned char* dst;
+    unsigned char bytes[16];
+  };
+  std::vector<Copy> copies;
+  std::vector<size_t> group_ends;
 };
 
 // Fiber stacks, made once per OS thread and reused by every block.
@@ -132,11 +140,17 @@ void Yield(State state) {
   f.sink = std::move(f.sink).resume();
 }
 
+std::string Where(const Block& b, const Fiber& f);
+
 // A CUDA thread's life on its fiber.
 context::fiber Entry(context::fiber&& scheduler) {
   Fiber& f = *active->current;
   f.sink = std::move(scheduler);
   (*active->body)();
+  if (!f.copies.empty() && active->error.empty()) {
+    active->error = Where(*active, f) + " ended with " + std::to_string(f.copies.size()) +
+                    " cp.async copies in flight (no cp.async.wait_group for them)";
+  }
   f.state = State::kDone;
   return std::move(f.sink);
 }
@@ -459,6 +473,53 @@ void LdMatrix(uint32_t* r, const void* row, int count, bool trans) {
   Yield(State::kWarp);
   std::memcpy(r, f.a, sizeof(uint32_t) * count);
   f.count = 0;
+}
+
+void CpAsync(void* dst, const void* src, int src_bytes) {
+  Fiber& f = Current();
+  Block& b = *active;
+  unsigned char* d = static_cast<unsigned char*>(dst);
+  const bool inside = d >= b.shared && d + 16 <= b.shared + b.shared_bytes;
+  const bool bad_src = src_bytes != 0 && (src_bytes != 16 || reinterpret_cast<uintptr_t>(src) % 16 != 0);
+  if (!inside || reinterpret_cast<uintptr_t>(d) % 16 != 0 || bad_src) {
+    if (b.error.empty()) {
+      b.error = Where(b, f) + ": cp.async to " +
+                std::to_string(reinterpret_cast<intptr_t>(d) - reinterpret_cast<intptr_t>(b.shared)) +
+                " bytes into the dynamic shared memory (" + std::to_string(b.shared_bytes) +
+                " bytes), " + std::to_string(src_bytes) + " source bytes: " +
+                (!inside ? "outside it" : bad_src ? "bad source size or alignment" : "not 16-byte aligned");
+    }
+    return;
+  }
+  Fiber::Copy c{d, {}};
+  if (src_bytes == 16) std::memcpy(c.bytes, src, 16);
+  // A copy lands at its wait in even blocks (a read before the wait, or
+  // before the barrier after it, sees the old bytes) and at once in odd
+  // ones (a refill before every reader of the old tile is past a barrier
+  // overwrites what it reads).
+  if (BlockSerial() % 2 == 1) {
+    std::memcpy(c.dst, c.bytes, 16);
+    c.dst = nullptr;  // landed
+  }
+  f.copies.push_back(c);
+}
+
+void CpAsyncCommit() {
+  Fiber& f = Current();
+  f.group_ends.push_back(f.copies.size());
+}
+
+void CpAsyncWait(int pending_groups) {
+  Fiber& f = Current();
+  const int groups = static_cast<int>(f.group_ends.size());
+  if (groups <= pending_groups) return;
+  const size_t landed = f.group_ends[groups - pending_groups - 1];
+  for (size_t i = 0; i < landed; ++i) {
+    if (f.copies[i].dst != nullptr) std::memcpy(f.copies[i].dst, f.copies[i].bytes, 16);
+  }
+  f.copies.erase(f.copies.begin(), f.copies.begin() + static_cast<std::ptrdiff_t>(landed));
+  f.group_ends.erase(f.group_ends.begin(), f.group_ends.begin() + (groups - pending_groups));
+  for (size_t& e : f.group_ends) e -= landed;
 }
 
 cudaError_t RunGrid(const LaunchConfig& config, const std::function<void()>& body) {

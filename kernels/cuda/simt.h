@@ -84,6 +84,20 @@ void MmaM16N8K16(float c[4], const uint32_t a[4], const uint32_t b[2]);
 // only shared memory our kernels give ldmatrix); anything else faults.
 void LdMatrix(uint32_t* r, const void* row, int count, bool trans);
 
+// cp.async.cg.shared.global with 16 bytes, src_bytes of them read (0 or 16,
+// the rest zeros); its group closes at CpAsyncCommit; CpAsyncWait(n) lands
+// the copies of all but the newest n committed groups. The source is read
+// at issue; the shared memory is written when the wait lands the copy in
+// even blocks (by BlockSerial), so a read before the wait (or, from another
+// thread, before the barrier after it) sees what was there before, and at
+// issue in odd blocks, so a refill issued while another thread still reads
+// the old tile (no barrier between) clobbers it. dst must be 16-byte aligned in the
+// dynamic shared memory, src 16-byte aligned; a thread that ends with
+// copies in flight faults.
+void CpAsync(void* dst, const void* src, int src_bytes);
+void CpAsyncCommit();
+void CpAsyncWait(int pending_groups);
+
 struct LaunchConfig {
   dim3 grid;
   dim3 block;

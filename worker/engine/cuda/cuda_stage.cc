@@ -525,9 +525,14 @@ absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const Chun
   CF_RETURN_IF_ERROR(Alloc(a.lse, kind, t * h, "attention lse"));
   const std::vector<kc::AttentionSegment> segs = Segments(in, l);
   if (flash_) {
-    CF_RETURN_IF_ERROR(kc::flash_attention_forward(a.att.data(), a.lse.data(), a.q.data(),
-                                                   segs.data(), static_cast<int64_t>(segs.size()),
-                                                   h, hk, d, st));
+    const absl::StatusOr<int64_t> ws_floats = kc::flash_attention_forward_workspace(
+        segs.data(), static_cast<int64_t>(segs.size()), h, hk, d);
+    if (!ws_floats.ok()) return ws_floats.status();
+    DArray<float> workspace;  // K and V in bf16
+    CF_RETURN_IF_ERROR(Alloc(workspace, kS, *ws_floats, "attention forward workspace"));
+    CF_RETURN_IF_ERROR(kc::flash_attention_forward(
+        a.att.data(), a.lse.data(), a.q.data(), segs.data(), static_cast<int64_t>(segs.size()), h,
+        hk, d, workspace.data(), *ws_floats, st));
   } else {
     CF_RETURN_IF_ERROR(kc::attention_forward(a.att.data(), a.lse.data(), a.q.data(), segs.data(),
                                              static_cast<int64_t>(segs.size()), h, hk, d, st));
