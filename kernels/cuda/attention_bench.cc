@@ -10,14 +10,24 @@
 //
 // FLOPs: forward 4 x H x D x (causal query-key pairs); forward+backward 3.5x
 // the forward (FlashAttention's convention). Our kernels read fp32 Q/K/V and
-// round them to bf16 in shared memory; PyTorch reads bf16.
+// round them to bf16 (the staged copies, flash_attention.h), their
+// conversion included in the times; PyTorch reads bf16.
+//
+// --variants adds flash rows with one of the kernels' knobs changed, in the
+// same run: staging_off (CHUNKFLOW_FLASH_STAGING=0: fp32 tiles converted as
+// they load, no cp.async), splits1 (CHUNKFLOW_FLASH_DKDV_SPLITS=1: one dk/dv
+// block per key tile and kv head), warps4 (CHUNKFLOW_FLASH_QUERY_WARPS=4:
+// 64-row query tiles). The plain flash row runs with the environment as
+// it is.
 //
 //   bazel build -c opt //kernels/cuda:attention_bench      (any machine)
 //   bazel-bin/kernels/cuda/attention_bench --json=/tmp/attn.json   (GPU)
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <random>
@@ -48,6 +58,9 @@ ABSL_FLAG(int32_t, warmup, 3, "Untimed calls first");
 ABSL_FLAG(std::string, torch_python, "python3", "Python with torch; empty skips the PyTorch rows");
 ABSL_FLAG(std::string, torch_script, "tools/bench/torch_attention.py", "The PyTorch script");
 ABSL_FLAG(std::string, json, "", "Also write the rows as JSON to this path");
+ABSL_FLAG(std::string, variants, "staging_off,splits1",
+          "Extra flash rows, each with one knob changed: staging_off, splits1, warps4 "
+          "(comma-separated; empty: none)");
 
 namespace chunkflow::kernels::cuda {
 namespace {
@@ -144,6 +157,48 @@ std::map<int64_t, Result> RunTorch(const std::vector<int64_t>& lengths, std::str
   return out;
 }
 
+// A flash row with one environment knob changed for its measurement.
+struct Variant {
+  std::string name;  // as --variants names it
+  const char* var;
+  const char* value;
+};
+
+absl::StatusOr<std::vector<Variant>> ParseVariants(const std::string& list) {
+  const std::vector<Variant> known = {{"staging_off", "CHUNKFLOW_FLASH_STAGING", "0"},
+                                      {"splits1", "CHUNKFLOW_FLASH_DKDV_SPLITS", "1"},
+                                      {"warps4", "CHUNKFLOW_FLASH_QUERY_WARPS", "4"}};
+  std::vector<Variant> out;
+  for (absl::string_view name : absl::StrSplit(list, ',', absl::SkipEmpty())) {
+    bool found = false;
+    for (const Variant& v : known) {
+      if (v.name == name) {
+        out.push_back(v);
+        found = true;
+      }
+    }
+    if (!found) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--variants: unknown '", name, "' (known: staging_off, splits1, warps4)"));
+    }
+  }
+  return out;
+}
+
+// Measure(true, ...) with v.var = v.value, the old value back after.
+absl::StatusOr<Result> MeasureVariant(const Variant& v, int64_t length, int64_t offset) {
+  const char* old = std::getenv(v.var);
+  const std::string saved = old == nullptr ? "" : old;
+  setenv(v.var, v.value, 1);
+  absl::StatusOr<Result> r = Measure(true, length, offset);
+  if (old == nullptr) {
+    unsetenv(v.var);
+  } else {
+    setenv(v.var, saved.c_str(), 1);
+  }
+  return r;
+}
+
 int Main() {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
@@ -153,6 +208,11 @@ int Main() {
   absl::StatusOr<std::vector<int64_t>> lengths = ParseInts("lengths", absl::GetFlag(FLAGS_lengths));
   if (!lengths.ok()) {
     std::fprintf(stderr, "attention_bench: %s\n", lengths.status().ToString().c_str());
+    return 2;
+  }
+  absl::StatusOr<std::vector<Variant>> variants = ParseVariants(absl::GetFlag(FLAGS_variants));
+  if (!variants.ok()) {
+    std::fprintf(stderr, "attention_bench: %s\n", variants.status().ToString().c_str());
     return 2;
   }
   const int64_t H = absl::GetFlag(FLAGS_heads), D = absl::GetFlag(FLAGS_head_dim);
@@ -191,6 +251,15 @@ int Main() {
       return 1;
     }
     add("ChunkFlow flash", len, 0, *f, ref);
+    for (const Variant& v : *variants) {
+      absl::StatusOr<Result> fv = MeasureVariant(v, len, 0);
+      if (!fv.ok()) {
+        std::fprintf(stderr, "attention_bench: flash %s: %s\n", v.name.c_str(),
+                     fv.status().ToString().c_str());
+        return 1;
+      }
+      add(absl::StrCat("ChunkFlow flash, ", v.name), len, 0, *fv, ref);
+    }
     if (len <= absl::GetFlag(FLAGS_reference_max)) {
       absl::StatusOr<Result> r = Measure(false, len, 0);
       if (!r.ok()) {
@@ -205,6 +274,13 @@ int Main() {
   if (chunk > 0 && chunk < longest) {
     absl::StatusOr<Result> f = Measure(true, chunk, longest - chunk);
     if (f.ok()) add("ChunkFlow flash (last chunk)", chunk, longest - chunk, *f, nullptr);
+    for (const Variant& v : *variants) {
+      absl::StatusOr<Result> fv = MeasureVariant(v, chunk, longest - chunk);
+      if (fv.ok()) {
+        add(absl::StrCat("ChunkFlow flash (last chunk), ", v.name), chunk, longest - chunk, *fv,
+            nullptr);
+      }
+    }
   }
   PrintTable(absl::StrCat("Causal GQA attention, H=", H, " Hk=", absl::GetFlag(FLAGS_kv_heads),
                           " D=", D, "; ", torch_note.empty() ? "PyTorch: n/a" : torch_note,
