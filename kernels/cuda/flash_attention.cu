@@ -212,6 +212,14 @@ __device__ __forceinline__ void LoadKV(bf16* buf, const KV* k, const KV* v, int 
   CpAsyncCommit();
 }
 
+// Blocks an SM the forward and dq kernels are compiled for: at head dims up
+// to 64, two 8-warp blocks (128 registers) or three 4-warp ones (168); ptxas
+// fits them there without spilling (dq, staged: 8 bytes). One block more
+// an SM than their natural 130 / 170 registers allow. At 128 the cap would
+// spill, so none.
+template <int D, int kWarps>
+constexpr int kQueryBlocksPerSm = D > 64 ? 1 : kWarps == 8 ? 2 : 3;
+
 // ---------------------------------------------------------------------------
 // Forward: a block per (query tile of kWarps x 16 rows of a segment, head).
 // ---------------------------------------------------------------------------
@@ -221,7 +229,7 @@ __device__ __forceinline__ void LoadKV(bf16* buf, const KV* k, const KV* v, int 
 // under the products; KV = float (CHUNKFLOW_FLASH_STAGING=0): converted by
 // the threads as they load, before the products.
 template <int D, int kWarps, typename KV>
-__global__ void __launch_bounds__(32 * kWarps)
+__global__ void __launch_bounds__(32 * kWarps, kQueryBlocksPerSm<D, kWarps>)
     FlashForwardKernel(float* out, float* lse, const float* q, const KV* k, const KV* v,
                        int64_t q_begin, int64_t offset, int length, int H, int Hk,
                        float scale_log2) {
@@ -363,7 +371,7 @@ __global__ void FlashDeltaKernel(float* delta, const float* dout, const float* o
 
 // K/V tiles double-buffered as in the forward.
 template <int D, int kWarps, typename KV>
-__global__ void __launch_bounds__(32 * kWarps)
+__global__ void __launch_bounds__(32 * kWarps, kQueryBlocksPerSm<D, kWarps>)
     FlashDqKernel(float* dq, const float* dout, const float* q, const float* lse,
                   const float* delta, const KV* k, const KV* v, int64_t q_begin, int64_t offset,
                   int length, int H, int Hk, float scale, float scale_log2) {
