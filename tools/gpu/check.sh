@@ -9,6 +9,9 @@
 #      separated by ';', e.g. "kernels_cuda_ops_test racecheck *").
 #   4. with NCU_S > 0: Nsight Compute on the flash kernels at 8K tokens
 #      (speed of light, occupancy, warp stalls) into ncu.txt, for tuning.
+#   5. with NSYS_S > 0: Nsight Systems on one training step of the step
+#      bench (no PyTorch, no memory section): the kernels' total GPU time,
+#      largest first, into nsys.txt - where the step's time goes.
 # BENCH_SKIP leaves benchmarks out (see bench.sh).
 # Each phase is bounded (TESTS_S, BENCH_S, SANITIZE_S seconds) so a hang in
 # one leaves time for the others. Logs and JSON go to $OUT (the device tool
@@ -86,13 +89,30 @@ if [[ ${NCU_S:-0} -gt 0 ]]; then
   echo "== 4. ncu on the flash kernels (${NCU_S} s at most)"
   if command -v ncu >/dev/null; then
     timeout "$NCU_S" ncu --section SpeedOfLight --section Occupancy --section WarpStateStats \
-      --section LaunchStats -k 'regex:Flash(Forward|Dq|DkDv)Kernel' --launch-count 6 \
+      --section LaunchStats -k 'regex:Flash(Forward|Dq|DkDv|SumSplits)Kernel' --launch-count 6 \
       "$H/bench/kernels_cuda_attention_bench" --lengths=8192 --warmup=0 --iters=1 \
-      --torch_python= --reference_max=0 >"$O/ncu.txt" 2>&1
+      --torch_python= --reference_max=0 --variants= >"$O/ncu.txt" 2>&1
     echo "exit $?"
     grep -E '^  [A-Za-z].*Flash|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per' \
       "$O/ncu.txt" | head -40
   else
     echo "no ncu on this machine"
+  fi
+fi
+if [[ ${NSYS_S:-0} -gt 0 ]]; then
+  echo "== 5. nsys on one training step (${NSYS_S} s at most)"
+  if command -v nsys >/dev/null; then
+    rm -f /tmp/chunkflow-step.nsys-rep /tmp/chunkflow-step.sqlite
+    timeout "$NSYS_S" nsys profile --trace=cuda --sample=none --cpuctxsw=none \
+      -o /tmp/chunkflow-step --force-overwrite true \
+      "$H/bench/worker_engine_cuda_cuda_step_bench" --sections=throughput --warmup=1 --steps=1 \
+      --torch_python= >"$O/nsys.txt" 2>&1
+    echo "exit $?"
+    # The report's name changed in 2023 (gpukernsum before).
+    { nsys stats --report cuda_gpu_kern_sum --format table /tmp/chunkflow-step.nsys-rep 2>/dev/null ||
+        nsys stats --report gpukernsum --format table /tmp/chunkflow-step.nsys-rep; } >>"$O/nsys.txt" 2>&1
+    grep -E 'Time \(%\)|^ +[0-9]' "$O/nsys.txt" | head -30 | cut -c1-200
+  else
+    echo "no nsys on this machine"
   fi
 fi
