@@ -273,13 +273,21 @@ int Main() {
   const int64_t chunk = absl::GetFlag(FLAGS_chunk);
   if (chunk > 0 && chunk < longest) {
     absl::StatusOr<Result> f = Measure(true, chunk, longest - chunk);
-    if (f.ok()) add("ChunkFlow flash (last chunk)", chunk, longest - chunk, *f, nullptr);
+    if (!f.ok()) {
+      std::fprintf(stderr, "attention_bench: flash, last chunk: %s\n",
+                   f.status().ToString().c_str());
+      return 1;
+    }
+    add("ChunkFlow flash (last chunk)", chunk, longest - chunk, *f, nullptr);
     for (const Variant& v : *variants) {
       absl::StatusOr<Result> fv = MeasureVariant(v, chunk, longest - chunk);
-      if (fv.ok()) {
-        add(absl::StrCat("ChunkFlow flash (last chunk), ", v.name), chunk, longest - chunk, *fv,
-            nullptr);
+      if (!fv.ok()) {
+        std::fprintf(stderr, "attention_bench: flash %s, last chunk: %s\n", v.name.c_str(),
+                     fv.status().ToString().c_str());
+        return 1;
       }
+      add(absl::StrCat("ChunkFlow flash (last chunk), ", v.name), chunk, longest - chunk, *fv,
+          nullptr);
     }
   }
   PrintTable(absl::StrCat("Causal GQA attention, H=", H, " Hk=", absl::GetFlag(FLAGS_kv_heads),

@@ -14,11 +14,13 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <initializer_list>
 #include <map>
 #include <mutex>
 #include <set>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -213,10 +215,11 @@ __device__ __forceinline__ void LoadKV(bf16* buf, const KV* k, const KV* v, int 
 }
 
 // Blocks an SM the forward and dq kernels are compiled for: at head dims up
-// to 64, two 8-warp blocks (128 registers) or three 4-warp ones (168); ptxas
-// fits them there without spilling (dq, staged: 8 bytes). One block more
-// an SM than their natural 130 / 170 registers allow. At 128 the cap would
-// spill, so none.
+// to 64, two 8-warp blocks (128 registers) or three 4-warp ones (168), one
+// block more an SM than their natural 130 / 170 registers allow. ptxas
+// then spills 8 bytes in the 8-warp forward (both variants) and in the
+// staged 8-warp dq, nothing elsewhere. At 128 the cap would spill hundreds
+// of bytes, so none.
 template <int D, int kWarps>
 constexpr int kQueryBlocksPerSm = D > 64 ? 1 : kWarps == 8 ? 2 : 3;
 
@@ -668,6 +671,32 @@ absl::Status Check(int64_t H, int64_t Hk, int64_t D, const AttentionSegment* seg
   return absl::OkStatus();
 }
 
+// Each pointer 16-byte aligned, or INVALID_ARGUMENT naming the first that
+// is not.
+absl::Status AlignedArgs(std::initializer_list<std::pair<const char*, const void*>> args) {
+  for (const auto& [name, p] : args) {
+    if (!Aligned(p)) {
+      return absl::InvalidArgumentError(std::string("flash attention: ") + name +
+                                        " is not 16-byte aligned");
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The backward stages exactly `rows` rows of q and dout: every segment's
+// queries must lie inside them.
+absl::Status RowsCover(const AttentionSegment* segs, int64_t n_segs, int64_t rows) {
+  for (int64_t s = 0; s < n_segs; ++s) {
+    if (rows < 0 || segs[s].q_begin + segs[s].length > rows) {
+      return absl::InvalidArgumentError(
+          "flash attention: segment " + std::to_string(s) + " has queries [" +
+          std::to_string(segs[s].q_begin) + ", " + std::to_string(segs[s].q_begin + segs[s].length) +
+          ") but q has " + std::to_string(rows) + " rows");
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Launched(const char* what) {
   const cudaError_t e = cudaGetLastError();
   if (e == cudaSuccess) return absl::OkStatus();
@@ -771,11 +800,9 @@ int64_t MaxKeys(const AttentionSegment* segs, int64_t n_segs) {
 }
 
 // The forward's workspace, in floats: staged K and V (bf16, two per float).
-absl::StatusOr<int64_t> ForwardWorkspace(const AttentionSegment* segs, int64_t n_segs, int Hk,
-                                         int D) {
-  const absl::StatusOr<bool> staging = Staging();
-  if (!staging.ok()) return staging.status();
-  return *staging ? MaxKeys(segs, n_segs) * Hk * D : 0;
+int64_t ForwardWorkspace(const AttentionSegment* segs, int64_t n_segs, int Hk, int D,
+                         bool staging) {
+  return staging ? MaxKeys(segs, n_segs) * Hk * D : 0;
 }
 
 template <int D, int kWarps, typename KV>
@@ -837,8 +864,9 @@ absl::StatusOr<int> Multiprocessors() {
   int n = 0;
   const cudaError_t e = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device);
   if (e != cudaSuccess || n < 1) {
-    return absl::InternalError(std::string("flash attention: multiprocessor count: ") +
-                               cudaGetErrorString(e));
+    return absl::InternalError("flash attention: multiprocessor count of device " +
+                               std::to_string(device) + ": " + std::to_string(n) + " (" +
+                               cudaGetErrorString(e) + ")");
   }
   known[device] = n;
   return n;
@@ -1036,7 +1064,10 @@ absl::StatusOr<int64_t> flash_attention_forward_workspace(const AttentionSegment
                                                           int64_t n_segs, int64_t n_heads,
                                                           int64_t n_kv_heads, int64_t head_dim) {
   if (absl::Status s = Check(n_heads, n_kv_heads, head_dim, segs, n_segs); !s.ok()) return s;
-  return ForwardWorkspace(segs, n_segs, static_cast<int>(n_kv_heads), static_cast<int>(head_dim));
+  const absl::StatusOr<bool> staging = Staging();
+  if (!staging.ok()) return staging.status();
+  return ForwardWorkspace(segs, n_segs, static_cast<int>(n_kv_heads), static_cast<int>(head_dim),
+                          *staging);
 }
 
 absl::Status flash_attention_forward(float* out, float* lse, const float* q,
@@ -1045,22 +1076,18 @@ absl::Status flash_attention_forward(float* out, float* lse, const float* q,
                                      float* workspace, int64_t workspace_floats,
                                      cudaStream_t stream) {
   if (absl::Status s = Check(n_heads, n_kv_heads, head_dim, segs, n_segs); !s.ok()) return s;
-  if (!Aligned(q) || !Aligned(workspace)) {
-    return absl::InvalidArgumentError(
-        "flash attention: q or the workspace is not 16-byte aligned");
-  }
+  if (absl::Status s = AlignedArgs({{"q", q}, {"the workspace", workspace}}); !s.ok()) return s;
   const absl::StatusOr<int> w = QueryWarps();
   if (!w.ok()) return w.status();
   const int H = static_cast<int>(n_heads), Hk = static_cast<int>(n_kv_heads);
   const int D = static_cast<int>(head_dim);
   const absl::StatusOr<bool> staging = Staging();
   if (!staging.ok()) return staging.status();
-  const absl::StatusOr<int64_t> need = ForwardWorkspace(segs, n_segs, Hk, D);
-  if (!need.ok()) return need.status();
-  if (workspace_floats < *need) {
+  const int64_t need = ForwardWorkspace(segs, n_segs, Hk, D, *staging);
+  if (workspace_floats < need) {
     return absl::InvalidArgumentError(
         "flash attention: the forward's workspace has " + std::to_string(workspace_floats) +
-        " floats, these segments need " + std::to_string(*need) +
+        " floats, these segments need " + std::to_string(need) +
         " (flash_attention_forward_workspace)");
   }
   bf16* staged = reinterpret_cast<bf16*>(workspace);
@@ -1078,6 +1105,7 @@ absl::StatusOr<int64_t> flash_attention_backward_workspace(const AttentionSegmen
                                                            int64_t n_kv_heads, int64_t head_dim,
                                                            int64_t rows) {
   if (absl::Status s = Check(n_heads, n_kv_heads, head_dim, segs, n_segs); !s.ok()) return s;
+  if (absl::Status s = RowsCover(segs, n_segs, rows); !s.ok()) return s;
   const absl::StatusOr<BackwardLayout> l =
       Layout(segs, n_segs, static_cast<int>(n_heads), static_cast<int>(n_kv_heads),
              static_cast<int>(head_dim), rows);
@@ -1091,10 +1119,11 @@ absl::Status flash_attention_backward(float* dq, const AttentionSegment* segs, i
                                       int64_t head_dim, int64_t rows, float* workspace,
                                       int64_t workspace_floats, cudaStream_t stream) {
   if (absl::Status s = Check(n_heads, n_kv_heads, head_dim, segs, n_segs); !s.ok()) return s;
-  if (!Aligned(q) || !Aligned(dout) || !Aligned(workspace)) {
-    return absl::InvalidArgumentError(
-        "flash attention: q, dout or the workspace is not 16-byte aligned");
+  if (absl::Status s = AlignedArgs({{"q", q}, {"dout", dout}, {"the workspace", workspace}});
+      !s.ok()) {
+    return s;
   }
+  if (absl::Status s = RowsCover(segs, n_segs, rows); !s.ok()) return s;
   const absl::StatusOr<int> w = QueryWarps();
   if (!w.ok()) return w.status();
   const int H = static_cast<int>(n_heads), Hk = static_cast<int>(n_kv_heads);

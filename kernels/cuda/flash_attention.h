@@ -12,7 +12,7 @@
 // output stay fp32. Inputs are fp32 in global memory and are rounded to bf16
 // on their way into shared memory, so results differ from the fp32
 // reference by bf16 rounding of Q, K, V, dO and the probabilities (the
-// tolerances are stated in ops_test). Deterministic, no atomics: the
+// tolerances are stated in flash_attention_test). Deterministic, no atomics: the
 // backward computes dq in one kernel (a block per query tile) and dk/dv in
 // another (a block per key tile and kv head, looping over its query heads;
 // when those blocks are too few to fill the GPU, the query heads are split
@@ -58,7 +58,8 @@ bool flash_attention_supported(int64_t head_dim);
 // INTERNAL naming the launch.
 // The floats of device workspace flash_attention_forward needs for these
 // segments: the bf16 copies of K and V (see "staging" above; 0 with
-// CHUNKFLOW_FLASH_STAGING=0). Same errors as the forward's checks.
+// CHUNKFLOW_FLASH_STAGING=0). INVALID_ARGUMENT for the segments, shapes and
+// staging value the forward refuses.
 absl::StatusOr<int64_t> flash_attention_forward_workspace(const AttentionSegment* segs,
                                                           int64_t n_segs, int64_t n_heads,
                                                           int64_t n_kv_heads, int64_t head_dim);
@@ -73,16 +74,22 @@ absl::Status flash_attention_forward(float* out, float* lse, const float* q,
                                      cudaStream_t stream);
 
 // The floats of device workspace flash_attention_backward needs for these
-// segments, rows being the rows of q: delta = rowsum(dout * out), and the
-// dk/dv kernel's partial sums where it splits a kv head's query heads over
-// several blocks. Same errors as the backward's checks.
+// segments, rows being the rows of q: delta = rowsum(dout * out); with
+// staging, Q and dO in bf16 (rows * n_heads * head_dim / 2 floats each) and
+// K and V in bf16 for the segment with the most keys; and the dk/dv
+// kernel's partial sums where it splits a kv head's query heads over
+// several blocks. INVALID_ARGUMENT for the segments, shapes and knobs the
+// backward refuses (CHUNKFLOW_FLASH_QUERY_WARPS and alignment are checked
+// by the call only).
 absl::StatusOr<int64_t> flash_attention_backward_workspace(const AttentionSegment* segs,
                                                            int64_t n_segs, int64_t n_heads,
                                                            int64_t n_kv_heads, int64_t head_dim,
                                                            int64_t rows);
 
 // workspace: at least flash_attention_backward_workspace() floats of device
-// memory, 16-byte aligned, overwritten (INVALID_ARGUMENT if smaller).
+// memory, 16-byte aligned, overwritten (INVALID_ARGUMENT if smaller). Every
+// segment's queries must lie in q's `rows` rows (INVALID_ARGUMENT naming
+// them otherwise).
 absl::Status flash_attention_backward(float* dq, const AttentionSegment* segs, int64_t n_segs,
                                       const float* dout, const float* q, const float* out,
                                       const float* lse, int64_t n_heads, int64_t n_kv_heads,

@@ -170,21 +170,6 @@ void ExpectMatchesCpu(const Shape& shape, const std::vector<Seg>& segs, bool cha
   }
 }
 
-class FlashAttentionTest : public ::testing::TestWithParam<Shape> {};
-
-TEST_P(FlashAttentionTest, MatchesCpuOnBf16Inputs) {
-  REQUIRE_GPU();
-  ExpectMatchesCpu(GetParam(), {{0, 150}, {70, 37}, {0, 1}, {130, 64}, {1000, 90}},
-                   /*chain=*/false);
-}
-
-// As the engine calls it: GPU forward into GPU backward, fp32 dout, and a
-// continuation chunk behind a 20000-row prefix (313 key tiles).
-TEST(FlashAttention, GpuForwardIntoBackward_LongPrefix_MatchesCpu) {
-  REQUIRE_GPU();
-  ExpectMatchesCpu(Shape{14, 2, 64}, {{0, 100}, {20000, 64}}, /*chain=*/true);
-}
-
 // An environment variable set for one scope, unset after it however the
 // scope ends (a failed ASSERT too).
 class ScopedEnv {
@@ -198,13 +183,43 @@ class ScopedEnv {
   const char* name_;
 };
 
+class FlashAttentionTest : public ::testing::TestWithParam<Shape> {};
+
+// Both ways of loading the streamed tiles: staged bf16 by cp.async, and
+// fp32 converted as loaded (CHUNKFLOW_FLASH_STAGING=0), bit for bit equal.
+void ExpectStagingOnAndOffMatch(const Shape& shape, const std::vector<Seg>& segs) {
+  GpuResults on, off;
+  ExpectMatchesCpu(shape, segs, /*chain=*/false, &on);
+  {
+    ScopedEnv zero("CHUNKFLOW_FLASH_STAGING", "0");
+    ExpectMatchesCpu(shape, segs, /*chain=*/false, &off);
+  }
+  EXPECT_EQ(on.out, off.out);
+  EXPECT_EQ(on.lse, off.lse);
+  EXPECT_EQ(on.dq, off.dq);
+  EXPECT_EQ(on.dk, off.dk);
+  EXPECT_EQ(on.dv, off.dv);
+}
+
+TEST_P(FlashAttentionTest, MatchesCpuOnBf16Inputs_StagingOnAndOff) {
+  REQUIRE_GPU();
+  ExpectStagingOnAndOffMatch(GetParam(), {{0, 150}, {70, 37}, {0, 1}, {130, 64}, {1000, 90}});
+}
+
+// As the engine calls it: GPU forward into GPU backward, fp32 dout, and a
+// continuation chunk behind a 20000-row prefix (313 key tiles).
+TEST(FlashAttention, GpuForwardIntoBackward_LongPrefix_MatchesCpu) {
+  REQUIRE_GPU();
+  ExpectMatchesCpu(Shape{14, 2, 64}, {{0, 100}, {20000, 64}}, /*chain=*/true);
+}
+
+
 // The 64-row query tiles (4 warps) of the forward and dq kernels, which
 // CHUNKFLOW_FLASH_QUERY_WARPS=4 picks instead of the default 128 rows.
 TEST(FlashAttention, FourWarpQueryTiles_MatchCpu) {
   REQUIRE_GPU();
   ScopedEnv four("CHUNKFLOW_FLASH_QUERY_WARPS", "4");
-  ExpectMatchesCpu(Shape{14, 2, 64}, {{0, 150}, {70, 37}, {0, 1}, {130, 64}, {1000, 90}},
-                   /*chain=*/false);
+  ExpectStagingOnAndOffMatch(Shape{14, 2, 64}, {{0, 150}, {70, 37}, {0, 1}, {130, 64}, {1000, 90}});
 }
 
 // Checked before anything runs, in the forward and in the backward.
@@ -234,7 +249,9 @@ TEST(FlashAttention, DkDvOneSplit_MatchesCpu) {
 TEST(FlashAttention, DkDvTwoSplitsOfFour_MatchCpu) {
   REQUIRE_GPU();
   ScopedEnv two("CHUNKFLOW_FLASH_DKDV_SPLITS", "2");
-  ExpectMatchesCpu(Shape{8, 2, 32}, {{0, 150}, {70, 37}, {0, 1}, {130, 64}},
+  // With an empty continuation (5000 prefix keys, no queries): skipped, and
+  // it sizes no workspace.
+  ExpectMatchesCpu(Shape{8, 2, 32}, {{0, 150}, {70, 37}, {5000, 0}, {0, 1}, {130, 64}},
                    /*chain=*/false);
 }
 
@@ -284,6 +301,40 @@ TEST(FlashAttention, StagingOff_MatchesCpuAndStagingOnBitForBit) {
   EXPECT_EQ(on.dq, off.dq);
   EXPECT_EQ(on.dk, off.dk);
   EXPECT_EQ(on.dv, off.dv);
+}
+
+// The forward's workspace: K and V of the segment with the most keys in
+// bf16 (two a float), none with staging off; one float short is refused
+// naming the sizes. Queries past q's rows are refused by the backward.
+TEST(FlashAttention, WorkspaceSizesAndQueryRows_AreChecked) {
+  const cuda::AttentionSegment segs[] = {{0, 10, 100, nullptr, nullptr, nullptr, nullptr},
+                                         {10, 20, 0, nullptr, nullptr, nullptr, nullptr},
+                                         {30, 0, 900, nullptr, nullptr, nullptr, nullptr}};
+  const absl::StatusOr<int64_t> ws = cuda::flash_attention_forward_workspace(segs, 3, 4, 2, 64);
+  ASSERT_TRUE(ws.ok()) << ws.status();
+  EXPECT_EQ(*ws, 110 * 2 * 64) << "110 keys x 2 kv heads x 64, K and V at half a float each";
+  {
+    ScopedEnv zero("CHUNKFLOW_FLASH_STAGING", "0");
+    const absl::StatusOr<int64_t> none = cuda::flash_attention_forward_workspace(segs, 3, 4, 2, 64);
+    ASSERT_TRUE(none.ok()) << none.status();
+    EXPECT_EQ(*none, 0);
+  }
+  absl::Status s = cuda::flash_attention_forward(nullptr, nullptr, nullptr, segs, 3, 4, 2, 64,
+                                                 nullptr, *ws - 1, nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find(std::to_string(*ws - 1) + " floats"), std::string::npos) << s;
+  EXPECT_NE(s.message().find(std::to_string(*ws)), std::string::npos) << s;
+  // 30 rows hold both segments' queries; 29 do not.
+  EXPECT_TRUE(cuda::flash_attention_backward_workspace(segs, 3, 4, 2, 64, 30).ok());
+  const absl::StatusOr<int64_t> short_rows =
+      cuda::flash_attention_backward_workspace(segs, 3, 4, 2, 64, 29);
+  EXPECT_EQ(short_rows.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(short_rows.status().message().find("[10, 30)"), std::string::npos)
+      << short_rows.status();
+  alignas(16) float x[64] = {};
+  s = cuda::flash_attention_backward(x, segs, 3, x, x, x, x, 4, 2, 64, 29, x, 64, nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("29 rows"), std::string::npos) << s;
 }
 
 TEST(FlashAttention, BadStaging_IsInvalidArgumentNamingTheValue) {

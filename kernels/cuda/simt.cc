@@ -480,7 +480,9 @@ void CpAsync(void* dst, const void* src, int src_bytes) {
   Block& b = *active;
   unsigned char* d = static_cast<unsigned char*>(dst);
   const bool inside = d >= b.shared && d + 16 <= b.shared + b.shared_bytes;
-  const bool bad_src = src_bytes != 0 && (src_bytes != 16 || reinterpret_cast<uintptr_t>(src) % 16 != 0);
+  // The source must be aligned even when no byte of it is read (PTX ISA).
+  const bool bad_src =
+      (src_bytes != 0 && src_bytes != 16) || reinterpret_cast<uintptr_t>(src) % 16 != 0;
   if (!inside || reinterpret_cast<uintptr_t>(d) % 16 != 0 || bad_src) {
     if (b.error.empty()) {
       b.error = Where(b, f) + ": cp.async to " +

@@ -177,7 +177,56 @@ TEST(Simt, LdMatrixX4_FragmentsAsThePtxIsaLaysThemOut) {
   }
 }
 
+// Two groups, the first waited for before the second: every chunk read
+// after its wait and a barrier is the source's (zeros where no source
+// bytes were asked for), in blocks of both parities.
+TEST(Simt, CpAsync_LandsByTheWaitWithZeroFill) {
+  REQUIRE_GPU();
+  constexpr int kN = 64, kBlocks = 2;
+  std::vector<float> in(2 * kN * 4);
+  for (size_t i = 0; i < in.size(); ++i) in[i] = 1.0f + static_cast<float>(i);
+  DeviceBuffer<float> din(in);
+  auto out = DeviceBuffer<float>::Poisoned(kBlocks * kN * 8);
+  ASSERT_EQ(CpAsync(out.get(), din.get(), kN, kBlocks, CpAsyncMode::kCorrect), cudaSuccess);
+  const std::vector<float> got = out.Host();
+  for (int b = 0; b < kBlocks; ++b) {
+    for (int t = 0; t < kN; ++t) {
+      const int u = (t + 32) % kN;
+      for (int i = 0; i < 4; ++i) {
+        const float first = u % 8 == 7 ? 0.0f : in[4 * u + i];
+        EXPECT_EQ(got[8 * (b * kN + t) + i], first) << "block " << b << " thread " << t;
+        EXPECT_EQ(got[8 * (b * kN + t) + 4 + i], in[4 * (kN + u) + i])
+            << "block " << b << " thread " << t;
+      }
+    }
+  }
+}
+
 #ifdef CHUNKFLOW_SIMT_TEST  // the emulation's fault reports
+
+// Without the barrier after the wait, another warp's chunk is read before
+// that warp's copy lands (at its wait, or, in odd blocks, at its issue -
+// it has not run yet either way): the poison shows.
+TEST(Simt, CpAsyncReadBeforeTheBarrier_ShowsTheRace) {
+  constexpr int kN = 64, kBlocks = 2;
+  DeviceBuffer<float> din(std::vector<float>(2 * kN * 4, 1.0f));
+  auto out = DeviceBuffer<float>::Poisoned(kBlocks * kN * 8);
+  ASSERT_EQ(CpAsync(out.get(), din.get(), kN, kBlocks, CpAsyncMode::kNoBarrier), cudaSuccess);
+  int stale = 0;
+  for (float x : out.Host()) stale += std::isnan(x) ? 1 : 0;
+  EXPECT_GT(stale, 0) << "every read saw a landed copy: the race is hidden";
+}
+
+TEST(Simt, CpAsyncFaults_FailTheLaunch) {
+  constexpr int kN = 64;
+  DeviceBuffer<float> din(std::vector<float>(2 * kN * 4 + 8, 1.0f));
+  auto out = DeviceBuffer<float>::Poisoned(kN * 8);
+  for (CpAsyncMode mode :
+       {CpAsyncMode::kNoWait, CpAsyncMode::kMisalignedDst, CpAsyncMode::kMisalignedSrc}) {
+    EXPECT_EQ(CpAsync(out.get(), din.get(), kN, 1, mode), cudaErrorLaunchFailure)
+        << "mode " << static_cast<int>(mode);
+  }
+}
 
 TEST(Simt, LdMatrixMisalignedRow_FailsTheLaunch) {
   DeviceBuffer<uint16_t> dt(std::vector<uint16_t>(256, 0));

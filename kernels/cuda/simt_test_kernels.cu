@@ -129,7 +129,32 @@ __global__ void LdMatrixKernel(uint32_t* out, const uint16_t* tile, bool misalig
   for (int i = 0; i < 4; ++i) out[lane * 4 + i] = v[i];
 }
 
+__global__ void CpAsyncKernel(float* out, const float* in, CpAsyncMode mode) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  float* s = reinterpret_cast<float*>(smem);  // 2n chunks of 4 floats
+  const int t = threadIdx.x, n = blockDim.x;
+  const int dst_off = mode == CpAsyncMode::kMisalignedDst ? 2 : 0;
+  const int src_off = mode == CpAsyncMode::kMisalignedSrc ? 1 : 0;
+  CpAsync16(s + 4 * t + dst_off, in + 4 * t + src_off, t % 8 == 7 ? 0 : 16);
+  CpAsyncCommit();
+  CpAsync16(s + 4 * (n + t), in + 4 * (n + t), 16);
+  CpAsyncCommit();
+  if (mode != CpAsyncMode::kNoWait) CpAsyncWait<1>();
+  if (mode != CpAsyncMode::kNoBarrier) __syncthreads();
+  const int u = (t + 32) % n;
+  float* o = out + 8 * (static_cast<int64_t>(blockIdx.x) * n + t);
+  for (int i = 0; i < 4; ++i) o[i] = s[4 * u + i];
+  if (mode != CpAsyncMode::kNoWait) CpAsyncWait<0>();
+  __syncthreads();
+  for (int i = 0; i < 4; ++i) o[4 + i] = s[4 * (n + u) + i];
+}
+
 }  // namespace
+
+cudaError_t CpAsync(float* out, const float* in, int n, int blocks, CpAsyncMode mode) {
+  CpAsyncKernel<<<blocks, n, 2 * n * 4 * sizeof(float)>>>(out, in, mode);
+  return cudaGetLastError();
+}
 
 cudaError_t CountThreads(int* out, dim3 grid, dim3 block) {
   CountThreadsKernel<<<grid, block>>>(out);

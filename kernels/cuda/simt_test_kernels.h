@@ -34,6 +34,21 @@ cudaError_t Mma(float* d, const uint16_t* a, const uint16_t* b, const float* c);
 // misalign: lane 5's row address is off by 2 bytes (a fault).
 cudaError_t LdMatrix(uint32_t* out, const uint16_t* tile, bool trans, bool misalign);
 
+// cp.async in `blocks` blocks of n threads (n a multiple of 32, >= 64):
+// thread t copies in[4t..4t+4) to shared chunk t (zero-filled, no source
+// bytes, when t % 8 == 7) as one group, then in[4(n+t)..) to chunk n + t as
+// a second; waits for the first group, a barrier, reads chunk u = (t + 32)
+// % n (another warp's) into out[8 (b n + t) ..+4); waits for the second,
+// a barrier, reads chunk n + u into out[8 (b n + t) + 4 ..+4).
+enum class CpAsyncMode {
+  kCorrect,
+  kNoBarrier,      // no barrier before the first read (a race)
+  kNoWait,         // no wait at all: copies in flight at the thread's exit
+  kMisalignedDst,  // the first copy's destination 8 bytes off
+  kMisalignedSrc,  // the first copy's source 4 bytes off
+};
+cudaError_t CpAsync(float* out, const float* in, int n, int blocks, CpAsyncMode mode);
+
 // Two blocks of n threads: block 0 writes its static shared array and
 // reads it back, block 1 only reads it; out[b * n + t].
 cudaError_t ReadUnwrittenShared(float* out, int n);

@@ -789,7 +789,7 @@ absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const Chu
     const absl::StatusOr<int64_t> ws_floats = kc::flash_attention_backward_workspace(
         segs.data(), static_cast<int64_t>(segs.size()), h, hk, d, t);
     if (!ws_floats.ok()) return ws_floats.status();
-    DArray<float> workspace;  // delta, and dk/dv's partial sums
+    DArray<float> workspace;  // delta, bf16 Q / dO / K / V, dk/dv's partial sums
     CF_RETURN_IF_ERROR(Alloc(workspace, kS, *ws_floats, "attention backward workspace"));
     CF_RETURN_IF_ERROR(kc::flash_attention_backward(
         dq.data(), segs.data(), static_cast<int64_t>(segs.size()), datt.data(), a.q.data(),
