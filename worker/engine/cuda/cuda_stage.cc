@@ -461,10 +461,15 @@ int64_t CudaStage::EstimateChunkWorkingBytes(int64_t rows, ForwardKind kind) con
   const int64_t layers = r.end_layer - r.first_layer;
   // Per row: the activations kept per layer (bf16 when packed; rstd x2 and
   // lse stay fp32), one layer's fp32 working arrays, and the chunk's
-  // hidden state, kept input and final hidden.
+  // hidden state, kept input and final hidden. The flash backward's
+  // workspace adds delta (a float a head), bf16 Q and dO (qd_ floats
+  // together) and at most 2 * qd_ of split dk/dv partials; its bf16 K / V
+  // grow with the prefix instead (4 bytes a key and kv dim), which this
+  // per-row figure leaves to the allocator's high-water mark.
   const int64_t wide = 2 * c_ + 2 * qd_ + 2 * inter_;
   const int64_t kept = (pack_ ? 2 : kF) * wide + kF * (2 + cfg.num_attention_heads);
-  const int64_t layer_scratch = kF * (wide + 3 * c_ + 2 * kvd_ + inter_);
+  const int64_t flash_workspace = flash_ ? 3 * qd_ + cfg.num_attention_heads : 0;
+  const int64_t layer_scratch = kF * (wide + 3 * c_ + 2 * kvd_ + inter_ + flash_workspace);
   const int64_t kept_layers = kind == ForwardKind::kInference ? 1 : layers;
   int64_t bytes = rows * (kept_layers * kept + layer_scratch + 3 * c_ * kF);
   if (r.last) bytes += std::min(rows, options_.head_rows) * vocab_ * kF;
