@@ -690,8 +690,9 @@ absl::Status RowsCover(const AttentionSegment* segs, int64_t n_segs, int64_t row
     if (rows < 0 || segs[s].q_begin + segs[s].length > rows) {
       return absl::InvalidArgumentError(
           "flash attention: segment " + std::to_string(s) + " has queries [" +
-          std::to_string(segs[s].q_begin) + ", " + std::to_string(segs[s].q_begin + segs[s].length) +
-          ") but q has " + std::to_string(rows) + " rows");
+          std::to_string(segs[s].q_begin) + ", " +
+          std::to_string(segs[s].q_begin + segs[s].length) + ") but q has " +
+          std::to_string(rows) + " rows");
     }
   }
   return absl::OkStatus();
@@ -771,10 +772,15 @@ absl::StatusOr<bool> Staging() {
   return absl::InvalidArgumentError("CHUNKFLOW_FLASH_STAGING must be 0 or 1, got '" + s + "'");
 }
 
-// dst[0..n) = bf16(src[0..n)), n a multiple of 4, both 16-byte aligned.
-__global__ void ToBf16Kernel(bf16* dst, const float* src, int64_t n) {
+// dst_y[0..n) = bf16(src_y[0..n)) for y = blockIdx.y in {0, 1}: two
+// arrays (K and V, Q and dO) in one launch; n a multiple of 4, all 16-byte
+// aligned.
+__global__ void ToBf16Kernel(bf16* dst0, const float* src0, bf16* dst1, const float* src1,
+                             int64_t n) {
   const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
   if (i >= n) return;
+  bf16* dst = blockIdx.y == 0 ? dst0 : dst1;
+  const float* src = blockIdx.y == 0 ? src0 : src1;
   const float4 x = *reinterpret_cast<const float4*>(src + i);
   uint2 packed;
   packed.x = Pack(x.x, x.y);
@@ -782,11 +788,12 @@ __global__ void ToBf16Kernel(bf16* dst, const float* src, int64_t n) {
   *reinterpret_cast<uint2*>(dst + i) = packed;
 }
 
-absl::Status ToBf16(bf16* dst, const float* src, int64_t n, cudaStream_t stream,
-                    const char* what) {
+absl::Status ToBf16(bf16* dst0, const float* src0, bf16* dst1, const float* src1, int64_t n,
+                    cudaStream_t stream, const char* what) {
   if (n == 0) return absl::OkStatus();
   const int64_t threads = n / 4;
-  ToBf16Kernel<<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(dst, src, n);
+  ToBf16Kernel<<<dim3(static_cast<unsigned>((threads + 255) / 256), 2), 256, 0, stream>>>(
+      dst0, src0, dst1, src1, n);
   return Launched(what);
 }
 
@@ -827,11 +834,8 @@ absl::Status Forward(float* out, float* lse, const float* q, const AttentionSegm
       const int64_t n = (g.offset + g.length) * Hk * D;
       bf16* sk = staged;
       bf16* sv = staged + MaxKeys(segs, n_segs) * Hk * D;
-      if (absl::Status st = ToBf16(sk, g.k, n, stream, "flash_attention_forward stage K");
-          !st.ok()) {
-        return st;
-      }
-      if (absl::Status st = ToBf16(sv, g.v, n, stream, "flash_attention_forward stage V");
+      if (absl::Status st =
+              ToBf16(sk, g.k, sv, g.v, n, stream, "flash_attention_forward stage K/V");
           !st.ok()) {
         return st;
       }
@@ -962,12 +966,8 @@ absl::Status Backward(float* dq, const AttentionSegment* segs, int64_t n_segs, c
   if constexpr (std::is_same_v<T, bf16>) {
     bf16* sq = reinterpret_cast<bf16*>(workspace + layout.staged_qo);
     bf16* so = sq + rows * H * D;
-    if (absl::Status st = ToBf16(sq, q, rows * H * D, stream, "flash_attention_backward stage Q");
-        !st.ok()) {
-      return st;
-    }
     if (absl::Status st =
-            ToBf16(so, dout, rows * H * D, stream, "flash_attention_backward stage dO");
+            ToBf16(sq, q, so, dout, rows * H * D, stream, "flash_attention_backward stage Q/dO");
         !st.ok()) {
       return st;
     }
@@ -984,13 +984,8 @@ absl::Status Backward(float* dq, const AttentionSegment* segs, int64_t n_segs, c
     const T* k = nullptr;
     const T* v = nullptr;
     if constexpr (std::is_same_v<T, bf16>) {
-      if (absl::Status st = ToBf16(staged_k, g.k, n_keys * Hk * D, stream,
-                                   "flash_attention_backward stage K");
-          !st.ok()) {
-        return st;
-      }
-      if (absl::Status st = ToBf16(staged_v, g.v, n_keys * Hk * D, stream,
-                                   "flash_attention_backward stage V");
+      if (absl::Status st = ToBf16(staged_k, g.k, staged_v, g.v, n_keys * Hk * D, stream,
+                                   "flash_attention_backward stage K/V");
           !st.ok()) {
         return st;
       }

@@ -263,7 +263,8 @@ TEST(FlashAttention, BadDkDvSplitsOrWorkspace_IsInvalidArgument) {
   alignas(16) float x[64] = {};
   {
     ScopedEnv three("CHUNKFLOW_FLASH_DKDV_SPLITS", "3");
-    const absl::StatusOr<int64_t> ws = cuda::flash_attention_backward_workspace(&seg, 1, 14, 2, 64, 1);
+    const absl::StatusOr<int64_t> ws =
+        cuda::flash_attention_backward_workspace(&seg, 1, 14, 2, 64, 1);
     EXPECT_EQ(ws.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(ws.status().message().find("'3'"), std::string::npos) << ws.status();
     EXPECT_NE(ws.status().message().find("= 7"), std::string::npos) << ws.status();
@@ -273,7 +274,8 @@ TEST(FlashAttention, BadDkDvSplitsOrWorkspace_IsInvalidArgument) {
     EXPECT_NE(s.message().find("'3'"), std::string::npos) << s;
   }
   ScopedEnv seven("CHUNKFLOW_FLASH_DKDV_SPLITS", "7");
-  const absl::StatusOr<int64_t> ws = cuda::flash_attention_backward_workspace(&seg, 1, 14, 2, 64, 1);
+  const absl::StatusOr<int64_t> ws =
+      cuda::flash_attention_backward_workspace(&seg, 1, 14, 2, 64, 1);
   ASSERT_TRUE(ws.ok()) << ws.status();
   EXPECT_EQ(*ws, 16 + 14 * 64 + 2 * 64 + 2 * 7 * 1 * 2 * 64)
       << "delta (14 floats, to 16), Q and dO in bf16 (1 row x 14 heads x 64, two a float), K "
@@ -366,16 +368,18 @@ TEST(FlashAttention, UnsupportedHeadDim_IsInvalidArgument) {
   EXPECT_FALSE(cuda::flash_attention_supported(96));
   EXPECT_TRUE(cuda::flash_attention_supported(64));
   cuda::AttentionSegment seg;
-  EXPECT_EQ(cuda::flash_attention_forward(nullptr, nullptr, nullptr, &seg, 1, 4, 2, 8, nullptr, 0, nullptr)
+  EXPECT_EQ(cuda::flash_attention_forward(nullptr, nullptr, nullptr, &seg, 1, 4, 2, 8, nullptr, 0,
+                                          nullptr)
                 .code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(cuda::flash_attention_forward(nullptr, nullptr, nullptr, &seg, 1, 3, 2, 64, nullptr, 0, nullptr)
+  EXPECT_EQ(cuda::flash_attention_forward(nullptr, nullptr, nullptr, &seg, 1, 3, 2, 64, nullptr, 0,
+                                          nullptr)
                 .code(),
             absl::StatusCode::kInvalidArgument);
   // Misaligned inputs are refused before any launch (the tiles load 16 bytes at a time).
   const float* odd = reinterpret_cast<const float*>(uintptr_t{4});
-  absl::Status s = cuda::flash_attention_forward(nullptr, nullptr, odd, &seg, 1, 4, 2, 64, nullptr, 0,
-                                                 nullptr);
+  absl::Status s =
+      cuda::flash_attention_forward(nullptr, nullptr, odd, &seg, 1, 4, 2, 64, nullptr, 0, nullptr);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   cuda::AttentionSegment bad;
   bad.k = odd;

@@ -485,11 +485,13 @@ void CpAsync(void* dst, const void* src, int src_bytes) {
       (src_bytes != 0 && src_bytes != 16) || reinterpret_cast<uintptr_t>(src) % 16 != 0;
   if (!inside || reinterpret_cast<uintptr_t>(d) % 16 != 0 || bad_src) {
     if (b.error.empty()) {
-      b.error = Where(b, f) + ": cp.async to " +
-                std::to_string(reinterpret_cast<intptr_t>(d) - reinterpret_cast<intptr_t>(b.shared)) +
+      const intptr_t at = reinterpret_cast<intptr_t>(d) - reinterpret_cast<intptr_t>(b.shared);
+      const char* why = !inside  ? "outside it"
+                        : bad_src ? "bad source size or alignment"
+                                  : "not 16-byte aligned";
+      b.error = Where(b, f) + ": cp.async to " + std::to_string(at) +
                 " bytes into the dynamic shared memory (" + std::to_string(b.shared_bytes) +
-                " bytes), " + std::to_string(src_bytes) + " source bytes: " +
-                (!inside ? "outside it" : bad_src ? "bad source size or alignment" : "not 16-byte aligned");
+                " bytes), " + std::to_string(src_bytes) + " source bytes: " + why;
     }
     return;
   }
