@@ -797,6 +797,26 @@ absl::Status ToBf16(bf16* dst0, const float* src0, bf16* dst1, const float* src1
   return Launched(what);
 }
 
+// A segment's K and V as a kernel of element type KV reads them: staged
+// into sk / sv (bf16; kv_width = n_kv_heads * head_dim per key), or the
+// segment's own fp32 arrays.
+template <typename KV>
+absl::Status SegmentKV(const AttentionSegment& g, int64_t kv_width, bf16* sk, bf16* sv,
+                       const KV** k, const KV** v, cudaStream_t stream, const char* what) {
+  if constexpr (std::is_same_v<KV, bf16>) {
+    if (absl::Status st = ToBf16(sk, g.k, sv, g.v, (g.offset + g.length) * kv_width, stream, what);
+        !st.ok()) {
+      return st;
+    }
+    *k = sk;
+    *v = sv;
+  } else {
+    *k = g.k;
+    *v = g.v;
+  }
+  return absl::OkStatus();
+}
+
 // The most keys any segment has: the staged K / V are sized for it.
 int64_t MaxKeys(const AttentionSegment* segs, int64_t n_segs) {
   int64_t m = 0;
@@ -830,20 +850,10 @@ absl::Status Forward(float* out, float* lse, const float* q, const AttentionSegm
     if (g.length == 0) continue;
     const KV* k = nullptr;
     const KV* v = nullptr;
-    if constexpr (std::is_same_v<KV, bf16>) {
-      const int64_t n = (g.offset + g.length) * Hk * D;
-      bf16* sk = staged;
-      bf16* sv = staged + MaxKeys(segs, n_segs) * Hk * D;
-      if (absl::Status st =
-              ToBf16(sk, g.k, sv, g.v, n, stream, "flash_attention_forward stage K/V");
-          !st.ok()) {
-        return st;
-      }
-      k = sk;
-      v = sv;
-    } else {
-      k = g.k;
-      v = g.v;
+    if (absl::Status st = SegmentKV(g, Hk * D, staged, staged + MaxKeys(segs, n_segs) * Hk * D,
+                                    &k, &v, stream, "flash_attention_forward stage K/V");
+        !st.ok()) {
+      return st;
     }
     const unsigned tiles = static_cast<unsigned>((g.length + kRows - 1) / kRows);
     FlashForwardKernel<D, kWarps, KV><<<dim3(tiles, static_cast<unsigned>(H)), 32 * kWarps,
@@ -983,17 +993,10 @@ absl::Status Backward(float* dq, const AttentionSegment* segs, int64_t n_segs, c
     const int64_t n_keys = g.offset + g.length;
     const T* k = nullptr;
     const T* v = nullptr;
-    if constexpr (std::is_same_v<T, bf16>) {
-      if (absl::Status st = ToBf16(staged_k, g.k, staged_v, g.v, n_keys * Hk * D, stream,
-                                   "flash_attention_backward stage K/V");
-          !st.ok()) {
-        return st;
-      }
-      k = staged_k;
-      v = staged_v;
-    } else {
-      k = g.k;
-      v = g.v;
+    if (absl::Status st = SegmentKV(g, Hk * D, staged_k, staged_v, &k, &v, stream,
+                                    "flash_attention_backward stage K/V");
+        !st.ok()) {
+      return st;
     }
     const unsigned q_tiles = static_cast<unsigned>((g.length + kRows - 1) / kRows);
     FlashDqKernel<D, kWarps, T><<<dim3(q_tiles, static_cast<unsigned>(H)), 32 * kWarps,
