@@ -217,10 +217,19 @@ TEST_F(ClusterTest, TwoByTwoCluster_TrainsLikeOneProcess) {
 }
 
 TEST_F(ClusterTest, CoordinatorRestart_MidJob_ResumesWithoutRepeatingSamples) {
-  const std::string id = SubmitWithWorkers(Spec(6));
-  // Kill the coordinator once two steps are committed, start a new one on the
-  // same port and database: the workers reconnect holding their ranks.
+  // Kill the coordinator once two steps are committed (no grace for the
+  // calls in flight, as in a crash), start a new one on the same port and
+  // database: the workers reconnect holding their ranks. The default
+  // shutdown's 2 s of grace let the open streams finish all 6 steps of the
+  // tiny job once the steps got fast (one OpenMP thread), and then nothing
+  // was tested: the kill is now abrupt and checked to be mid-job.
+  constexpr int64_t kSteps = 16;
+  const std::string id = SubmitWithWorkers(Spec(kSteps));
   WaitCommitted(id, 2);
+  const absl::StatusOr<v1::Job> before = Get(id);
+  ASSERT_TRUE(before.ok()) << before.status();
+  ASSERT_LT(before->steps_committed(), kSteps) << "the job finished before the restart";
+  server_->Shutdown(absl::ZeroDuration());
   server_.reset();
   StartCoordinator();
   const v1::Job done = WaitFor(id, v1::JOB_STATE_COMPLETED, absl::Seconds(120));
@@ -229,7 +238,7 @@ TEST_F(ClusterTest, CoordinatorRestart_MidJob_ResumesWithoutRepeatingSamples) {
   EXPECT_TRUE(absl::StrContains(events, "every rank reconnected; resuming")) << events;
   EXPECT_FALSE(absl::StrContains(events, "lost")) << events;
   // Same weights as one process: nothing trained twice, nothing skipped.
-  ExpectCheckpointMatches(dir_ + "/ckpt/" + id + "/step-000005", 6, 1e-4);
+  ExpectCheckpointMatches(dir_ + "/ckpt/" + id + "/step-000015", kSteps, 1e-4);
 }
 
 // A worker dies mid-job: the coordinator notices within the heartbeat

@@ -343,11 +343,11 @@ int CoordinatorServer::metrics_port() const {
   return metrics_server_ ? metrics_server_->port() : 0;
 }
 
-void CoordinatorServer::Shutdown() {
+void CoordinatorServer::Shutdown(absl::Duration grace) {
   if (shut_down_.exchange(true)) return;
   stop_.Notify();
   if (ticker_.joinable()) ticker_.join();
-  if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (server_) server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
 }
 
 void CoordinatorServer::Wait() {

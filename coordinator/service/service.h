@@ -51,8 +51,10 @@ class CoordinatorServer {
   Coordinator* coordinator() { return coordinator_.get(); }
 
   // Stops accepting calls, ends every stream (workers see UNAVAILABLE and
-  // reconnect to the next coordinator) and closes the store. Idempotent.
-  void Shutdown();
+  // reconnect to the next coordinator) and closes the store. Calls in
+  // flight get `grace` to finish (their streams keep serving the job that
+  // long); zero cancels them at once, as a crash would. Idempotent.
+  void Shutdown(absl::Duration grace = absl::Seconds(2));
   void Wait();
 
  private:
