@@ -217,9 +217,8 @@ __device__ __forceinline__ void LoadKV(bf16* buf, const KV* k, const KV* v, int 
 // Blocks an SM the forward and dq kernels are compiled for: at head dims up
 // to 64, two 8-warp blocks (128 registers) or three 4-warp ones (168), one
 // block more an SM than their natural 130 / 170 registers allow. ptxas
-// then spills 8 bytes in the 8-warp forward (both variants) and in the
-// staged 8-warp dq, nothing elsewhere. At 128 the cap would spill hundreds
-// of bytes, so none.
+// then spills 4 to 16 bytes in the 8-warp forward and dq (ops_resource_usage.txt),
+// nothing elsewhere. At 128 the cap would spill hundreds of bytes, so none.
 template <int D, int kWarps>
 constexpr int kQueryBlocksPerSm = D > 64 ? 1 : kWarps == 8 ? 2 : 3;
 
@@ -246,9 +245,11 @@ __global__ void __launch_bounds__(32 * kWarps, kQueryBlocksPerSm<D, kWarps>)
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kRows;
   const int rows = min(kRows, length - q0);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t n_keys = offset + q0 + rows;  // what the tile's last row sees
+  // K/V tile 0 in flight while the threads load Q (fp32, converted).
+  LoadKV<D, kThreads>(sKV, k, v, hk, Hk, 0, n_keys);
   LoadTile<D, kRows, kThreads>(sQ, q + static_cast<int64_t>(h) * D, q_begin + q0, rows,
                                static_cast<int64_t>(H) * D);
-  const int64_t n_keys = offset + q0 + rows;  // what the tile's last row sees
   const int64_t pos_lo = offset + q0 + warp * 16 + g, pos_hi = pos_lo + 8;
   float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
   float o[D / 8][4];
@@ -256,7 +257,6 @@ __global__ void __launch_bounds__(32 * kWarps, kQueryBlocksPerSm<D, kWarps>)
   for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
 
   const int n_tiles = static_cast<int>((n_keys + kBc - 1) / kBc);
-  LoadKV<D, kThreads>(sKV, k, v, hk, Hk, 0, n_keys);
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int64_t k0 = static_cast<int64_t>(tile) * kBc;
     const int kv_rows = static_cast<int>(min(static_cast<int64_t>(kBc), n_keys - k0));
@@ -372,12 +372,13 @@ __global__ void FlashDeltaKernel(float* delta, const float* dout, const float* o
 // Backward dq: a block per (query tile of kWarps x 16 rows of a segment, head).
 // ---------------------------------------------------------------------------
 
-// K/V tiles double-buffered as in the forward.
+// K/V tiles double-buffered as in the forward. KV = bf16: Q, dO and K/V
+// are the staged copies, Q and dO loaded by cp.async in K/V tile 0's group.
 template <int D, int kWarps, typename KV>
 __global__ void __launch_bounds__(32 * kWarps, kQueryBlocksPerSm<D, kWarps>)
-    FlashDqKernel(float* dq, const float* dout, const float* q, const float* lse,
-                  const float* delta, const KV* k, const KV* v, int64_t q_begin, int64_t offset,
-                  int length, int H, int Hk, float scale, float scale_log2) {
+    FlashDqKernel(float* dq, const KV* dout, const KV* q, const float* lse, const float* delta,
+                  const KV* k, const KV* v, int64_t q_begin, int64_t offset, int length, int H,
+                  int Hk, float scale, float scale_log2) {
   constexpr int kLd = D + 8;
   constexpr int kRows = 16 * kWarps, kThreads = 32 * kWarps;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -474,16 +475,17 @@ __global__ void __launch_bounds__(32 * kWarps, kQueryBlocksPerSm<D, kWarps>)
 
 // The (query head, query tile) steps are double-buffered: the Q / dO tiles
 // of step i + 1 load (by cp.async when QO = bf16, the staged copies) and
-// its lse / delta come into registers while step i is multiplied.
+// its lse / delta come into registers while step i is multiplied. The
+// block's own K / V tiles (staged too) go in step 0's group.
 // Three blocks an SM for D <= 64: ptxas then fits the kernel in 168
 // registers without spilling (it takes 205 otherwise, two blocks an SM);
 // at D 128 the cap spills, so none.
 template <int D, typename QO>
 __global__ void __launch_bounds__(32 * kDkDvWarps, D <= 64 ? 3 : 1)
     FlashDkDvKernel(float* dk, float* dv, float* part_k, float* part_v, const QO* dout,
-                    const QO* q, const float* lse, const float* delta, const float* k,
-                    const float* v, int64_t q_begin, int64_t offset, int length, int H, int Hk,
-                    float scale, float scale_log2) {
+                    const QO* q, const float* lse, const float* delta, const QO* k, const QO* v,
+                    int64_t q_begin, int64_t offset, int length, int H, int Hk, float scale,
+                    float scale_log2) {
   constexpr int kLd = D + 8;
   constexpr int kThreads = 32 * kDkDvWarps;
   static_assert(2 * kBr == kThreads, "a thread per lse / delta value of a query tile");
@@ -1001,8 +1003,8 @@ absl::Status Backward(float* dq, const AttentionSegment* segs, int64_t n_segs, c
     const unsigned q_tiles = static_cast<unsigned>((g.length + kRows - 1) / kRows);
     FlashDqKernel<D, kWarps, T><<<dim3(q_tiles, static_cast<unsigned>(H)), 32 * kWarps,
                                   DqSmem<D, kWarps>(), stream>>>(
-        dq, dout, q, lse, delta, k, v, g.q_begin, g.offset, static_cast<int>(g.length), H, Hk,
-        scale, scale_log2);
+        dq, dout_in, q_in, lse, delta, k, v, g.q_begin, g.offset, static_cast<int>(g.length), H,
+        Hk, scale, scale_log2);
     if (absl::Status st = Launched("flash_attention_backward dq"); !st.ok()) return st;
     const unsigned k_tiles = static_cast<unsigned>((n_keys + kBc - 1) / kBc);
     const int z = layout.splits[s];
@@ -1010,7 +1012,7 @@ absl::Status Backward(float* dq, const AttentionSegment* segs, int64_t n_segs, c
     float* part_v = z > 1 ? parts + z * n_keys * Hk * D : nullptr;
     FlashDkDvKernel<D, T><<<dim3(k_tiles, static_cast<unsigned>(Hk), static_cast<unsigned>(z)),
                             32 * kDkDvWarps, DkDvSmem<D>(), stream>>>(
-        g.dk, g.dv, part_k, part_v, dout_in, q_in, lse, delta, g.k, g.v, g.q_begin, g.offset,
+        g.dk, g.dv, part_k, part_v, dout_in, q_in, lse, delta, k, v, g.q_begin, g.offset,
         static_cast<int>(g.length), H, Hk, scale, scale_log2);
     if (absl::Status st = Launched("flash_attention_backward dk dv"); !st.ok()) return st;
     if (z > 1) {
