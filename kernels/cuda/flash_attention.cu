@@ -214,11 +214,30 @@ __device__ __forceinline__ void LoadKV(bf16* buf, const KV* k, const KV* v, int 
   CpAsyncCommit();
 }
 
+// The K/V loop step of the forward and dq kernels (tiles double-buffered in
+// sKV, 2 x kBc x (D + 8) each): issues tile + 1 into the other buffer, which
+// every warp left at the end of the previous tile, and waits for tile's own
+// group. Returns tile's buffer (K, then V at kBc * (D + 8)); the caller's
+// barrier makes it visible to every thread.
+template <int D, int kThreads, typename KV>
+__device__ __forceinline__ const bf16* NextKVTile(bf16* sKV, int tile, int n_tiles, const KV* k,
+                                                  const KV* v, int hk, int Hk, int64_t n_keys) {
+  constexpr int kBuffer = 2 * kBc * (D + 8);
+  if (tile + 1 < n_tiles) {
+    LoadKV<D, kThreads>(sKV + ((tile + 1) % 2) * kBuffer, k, v, hk, Hk,
+                        static_cast<int64_t>(tile + 1) * kBc, n_keys);
+    CpAsyncWait<1>();
+  } else {
+    CpAsyncWait<0>();
+  }
+  return sKV + (tile % 2) * kBuffer;
+}
+
 // Blocks an SM the forward and dq kernels are compiled for: at head dims up
 // to 64, two 8-warp blocks (128 registers) or three 4-warp ones (168), one
 // block more an SM than their natural 130 / 170 registers allow. ptxas
-// then spills 4 to 16 bytes in the 8-warp forward and dq (ops_resource_usage.txt),
-// nothing elsewhere. At 128 the cap would spill hundreds of bytes, so none.
+// then spills up to 16 bytes in the forward and dq (ops_resource_usage.txt).
+// At 128 the cap would spill hundreds of bytes, so none.
 template <int D, int kWarps>
 constexpr int kQueryBlocksPerSm = D > 64 ? 1 : kWarps == 8 ? 2 : 3;
 
@@ -260,15 +279,8 @@ __global__ void __launch_bounds__(32 * kWarps, kQueryBlocksPerSm<D, kWarps>)
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int64_t k0 = static_cast<int64_t>(tile) * kBc;
     const int kv_rows = static_cast<int>(min(static_cast<int64_t>(kBc), n_keys - k0));
-    if (tile + 1 < n_tiles) {
-      // Into the other buffer, which every warp left at the end of the last tile.
-      LoadKV<D, kThreads>(sKV + ((tile + 1) % 2) * 2 * kBc * kLd, k, v, hk, Hk, k0 + kBc, n_keys);
-      CpAsyncWait<1>();
-    } else {
-      CpAsyncWait<0>();
-    }
+    const bf16* sK = NextKVTile<D, kThreads>(sKV, tile, n_tiles, k, v, hk, Hk, n_keys);
     __syncthreads();  // tile `tile` (and sQ) written by every thread
-    const bf16* sK = sKV + (tile % 2) * 2 * kBc * kLd;
     const bf16* sV = sK + kBc * kLd;
     float s[kBc / 8][4];
     ProductNT<D, kBc>(s, sQ, sK, warp * 16, lane);
@@ -410,14 +422,8 @@ __global__ void __launch_bounds__(32 * kWarps, kQueryBlocksPerSm<D, kWarps>)
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int64_t k0 = static_cast<int64_t>(tile) * kBc;
     const int kv_rows = static_cast<int>(min(static_cast<int64_t>(kBc), n_keys - k0));
-    if (tile + 1 < n_tiles) {
-      LoadKV<D, kThreads>(sKV + ((tile + 1) % 2) * 2 * kBc * kLd, k, v, hk, Hk, k0 + kBc, n_keys);
-      CpAsyncWait<1>();
-    } else {
-      CpAsyncWait<0>();
-    }
-    __syncthreads();
-    const bf16* sK = sKV + (tile % 2) * 2 * kBc * kLd;
+    const bf16* sK = NextKVTile<D, kThreads>(sKV, tile, n_tiles, k, v, hk, Hk, n_keys);
+    __syncthreads();  // tile `tile` (and sQ, sO) written by every thread
     const bf16* sV = sK + kBc * kLd;
     float s[kBc / 8][4], dp[kBc / 8][4];  // S = Q K^T, dP = dO V^T
     ProductsNT<D, kBc>(s, dp, sQ, sO, sK, sV, warp * 16, lane);
@@ -518,27 +524,34 @@ __global__ void __launch_bounds__(32 * kDkDvWarps, D <= 64 ? 3 : 1)
   // (first_tile + i % tiles) * kBr.
   const int tiles = (length - first_tile * kBr + kBr - 1) / kBr;
   const int h0 = blockIdx.z * per_split, steps = per_split * tiles;
+  struct Step {
+    int h, q0, rows;  // query head, first query row, query rows
+  };
+  auto step = [&](int i) {
+    const int q0 = (first_tile + i % tiles) * kBr;
+    return Step{hk * group + h0 + i / tiles, q0, min(kBr, length - q0)};
+  };
   // Thread x's value of step i: lse * log2(e) (x < kBr) or delta of row x % kBr.
   auto stat = [&](int i) {
-    const int h = hk * group + h0 + i / tiles, q0 = (first_tile + i % tiles) * kBr;
+    const Step st = step(i);
     const int r = threadIdx.x % kBr;
-    if (r >= min(kBr, length - q0)) return 0.0f;
-    const int64_t at = (q_begin + q0 + r) * H + h;
+    if (r >= st.rows) return 0.0f;
+    const int64_t at = (q_begin + st.q0 + r) * H + st.h;
     return threadIdx.x < kBr ? lse[at] * kLog2e : delta[at];
   };
   auto load_qo = [&](int i, bf16* buf) {
-    const int h = hk * group + h0 + i / tiles, q0 = (first_tile + i % tiles) * kBr;
-    const int rows = min(kBr, length - q0);
-    LoadTile<D, kBr, kThreads>(buf, q + static_cast<int64_t>(h) * D, q_begin + q0, rows, stride);
-    LoadTile<D, kBr, kThreads>(buf + kBr * kLd, dout + static_cast<int64_t>(h) * D, q_begin + q0,
-                               rows, stride);
+    const Step st = step(i);
+    LoadTile<D, kBr, kThreads>(buf, q + static_cast<int64_t>(st.h) * D, q_begin + st.q0, st.rows,
+                               stride);
+    LoadTile<D, kBr, kThreads>(buf + kBr * kLd, dout + static_cast<int64_t>(st.h) * D,
+                               q_begin + st.q0, st.rows, stride);
     CpAsyncCommit();
   };
   load_qo(0, sQO);
   sLD[threadIdx.x] = stat(0);
   for (int i = 0; i < steps; ++i) {
-    const int q0 = (first_tile + i % tiles) * kBr;
-    const int rows = min(kBr, length - q0);
+    const Step here = step(i);
+    const int q0 = here.q0, rows = here.rows;
     float next = 0.0f;
     if (i + 1 < steps) {
       // Into the other buffers, which every warp left at the end of step i - 1.
@@ -847,13 +860,14 @@ absl::Status Forward(float* out, float* lse, const float* q, const AttentionSegm
       },
       &forward_attr_set<D, kWarps, KV>);
   if (absl::Status st = AttributeStatus(attr, "flash_attention_forward"); !st.ok()) return st;
+  bf16* staged_v = staged + MaxKeys(segs, n_segs) * Hk * D;
   for (int64_t s = 0; s < n_segs; ++s) {
     const AttentionSegment& g = segs[s];
     if (g.length == 0) continue;
     const KV* k = nullptr;
     const KV* v = nullptr;
-    if (absl::Status st = SegmentKV(g, Hk * D, staged, staged + MaxKeys(segs, n_segs) * Hk * D,
-                                    &k, &v, stream, "flash_attention_forward stage K/V");
+    if (absl::Status st = SegmentKV(g, Hk * D, staged, staged_v, &k, &v, stream,
+                                    "flash_attention_forward stage K/V");
         !st.ok()) {
       return st;
     }
@@ -889,25 +903,26 @@ absl::StatusOr<int> Multiprocessors() {
 }
 
 // How many blocks share a key tile's query heads in the dk/dv kernel (a
-// divisor of group = n_heads / n_kv_heads): CHUNKFLOW_FLASH_DKDV_SPLITS when
-// set (a knob for attention_bench and the tests), else 1 when the key tiles
-// alone give 4 blocks per multiprocessor, else the smallest divisor that
-// does (or group). Read at every call.
-absl::StatusOr<int> DkDvSplits(int64_t n_keys, int Hk, int group) {
+// divisor of group = n_heads / n_kv_heads). CHUNKFLOW_FLASH_DKDV_SPLITS
+// fixes it for every segment (a knob for attention_bench and the tests;
+// read at every call): ForcedDkDvSplits returns it, or 0 when unset.
+absl::StatusOr<int> ForcedDkDvSplits(int group) {
   const char* v = std::getenv("CHUNKFLOW_FLASH_DKDV_SPLITS");
-  if (v != nullptr && *v != '\0') {
-    const std::string s(v);
-    int n = 0;
-    if (!absl::SimpleAtoi(s, &n) || n < 1 || group % n != 0) {
-      return absl::InvalidArgumentError(
-          "CHUNKFLOW_FLASH_DKDV_SPLITS must divide n_heads / n_kv_heads = " +
-          std::to_string(group) + ", got '" + s + "'");
-    }
-    return n;
+  if (v == nullptr || *v == '\0') return 0;
+  const std::string s(v);
+  int n = 0;
+  if (!absl::SimpleAtoi(s, &n) || n < 1 || group % n != 0) {
+    return absl::InvalidArgumentError(
+        "CHUNKFLOW_FLASH_DKDV_SPLITS must divide n_heads / n_kv_heads = " +
+        std::to_string(group) + ", got '" + s + "'");
   }
-  const absl::StatusOr<int> sms = Multiprocessors();
-  if (!sms.ok()) return sms.status();
-  const int64_t blocks = (n_keys + kBc - 1) / kBc * Hk, target = 4 * int64_t{*sms};
+  return n;
+}
+
+// Otherwise: 1 when the segment's key tiles alone give 4 blocks per
+// multiprocessor, else the smallest divisor that does (or group).
+int AutoDkDvSplits(int64_t n_keys, int Hk, int group, int multiprocessors) {
+  const int64_t blocks = (n_keys + kBc - 1) / kBc * Hk, target = 4 * int64_t{multiprocessors};
   for (int d = 1; d < group; ++d) {
     if (group % d == 0 && blocks * d >= target) return d;
   }
@@ -921,7 +936,8 @@ absl::StatusOr<int> DkDvSplits(int64_t n_keys, int Hk, int group) {
 //   the dk/dv kernel's partial sums, for the segment that needs most (2 *
 //   splits * n_keys * Hk * D where it splits).
 struct BackwardLayout {
-  int64_t delta = 0, staged_qo = 0, staged_kv = 0, parts = 0, total = 0;  // offsets, floats
+  // Offsets in floats: staged_k / staged_v are K's and V's bf16 copies.
+  int64_t delta = 0, staged_qo = 0, staged_k = 0, staged_v = 0, parts = 0, total = 0;
   bool staging = false;
   std::vector<int> splits;  // per segment
 };
@@ -935,15 +951,24 @@ absl::StatusOr<BackwardLayout> Layout(const AttentionSegment* segs, int64_t n_se
   if (!staging.ok()) return staging.status();
   l.staging = *staging;
   l.staged_qo = DeltaFloats(rows, H);
-  l.staged_kv = l.staged_qo + (l.staging ? rows * H * D : 0);
-  l.parts = l.staged_kv + (l.staging ? MaxKeys(segs, n_segs) * Hk * D : 0);
+  const int64_t kv_floats = l.staging ? MaxKeys(segs, n_segs) * Hk * D / 2 : 0;  // each
+  l.staged_k = l.staged_qo + (l.staging ? rows * H * D : 0);
+  l.staged_v = l.staged_k + kv_floats;
+  l.parts = l.staged_v + kv_floats;
+  const absl::StatusOr<int> forced = ForcedDkDvSplits(H / Hk);
+  if (!forced.ok()) return forced.status();
+  int sms = 0;
+  if (*forced == 0 && n_segs > 0) {
+    const absl::StatusOr<int> m = Multiprocessors();
+    if (!m.ok()) return m.status();
+    sms = *m;
+  }
   int64_t parts = 0;
   for (int64_t s = 0; s < n_segs; ++s) {
     const int64_t n_keys = segs[s].offset + segs[s].length;
-    const absl::StatusOr<int> z = DkDvSplits(n_keys, Hk, H / Hk);
-    if (!z.ok()) return z.status();
-    l.splits.push_back(*z);
-    if (*z > 1 && segs[s].length > 0) parts = std::max(parts, 2 * *z * n_keys * Hk * D);
+    const int z = *forced > 0 ? *forced : AutoDkDvSplits(n_keys, Hk, H / Hk, sms);
+    l.splits.push_back(z);
+    if (z > 1 && segs[s].length > 0) parts = std::max(parts, 2 * z * n_keys * Hk * D);
   }
   l.total = l.parts + parts;
   return l;
@@ -973,8 +998,8 @@ absl::Status Backward(float* dq, const AttentionSegment* segs, int64_t n_segs, c
   float* parts = workspace + layout.parts;
   const T* q_in = nullptr;
   const T* dout_in = nullptr;
-  bf16* staged_k = reinterpret_cast<bf16*>(workspace + layout.staged_kv);
-  bf16* staged_v = staged_k + MaxKeys(segs, n_segs) * Hk * D;
+  bf16* staged_k = reinterpret_cast<bf16*>(workspace + layout.staged_k);
+  bf16* staged_v = reinterpret_cast<bf16*>(workspace + layout.staged_v);
   if constexpr (std::is_same_v<T, bf16>) {
     bf16* sq = reinterpret_cast<bf16*>(workspace + layout.staged_qo);
     bf16* so = sq + rows * H * D;
