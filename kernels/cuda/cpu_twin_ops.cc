@@ -108,6 +108,64 @@ cudaError_t swiglu_backward(float* dgate, float* dup, const float* dout, const f
   cpu::swiglu_backward(dgate, dup, dout, gate, up, N);
   return cudaSuccess;
 }
+namespace {
+void RoundToBf16(__nv_bfloat16* out, const float* in, int64_t n) {
+  if (out == nullptr) return;
+  for (int64_t i = 0; i < n; ++i) out[i] = __float2bfloat16_rn(in[i]);
+}
+std::vector<float> Widened(const __nv_bfloat16* in, int64_t n) {
+  std::vector<float> w(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) w[i] = __bfloat162float(in[i]);
+  return w;
+}
+}  // namespace
+cudaError_t rmsnorm_forward_bf16(__nv_bfloat16* out, float* rstd, const float* inp,
+                                 const float* weight, int64_t T, int64_t C, float eps,
+                                 cudaStream_t) {
+  std::vector<float> y(static_cast<size_t>(T * C));
+  cpu::rmsnorm_forward(y.data(), rstd, inp, weight, T, C, eps);
+  RoundToBf16(out, y.data(), T * C);
+  return cudaSuccess;
+}
+cudaError_t swiglu_forward_bf16(__nv_bfloat16* out, __nv_bfloat16* gate16, __nv_bfloat16* up16,
+                                const float* gate, const float* up, int64_t N, cudaStream_t) {
+  std::vector<float> y(static_cast<size_t>(N));
+  cpu::swiglu_forward(y.data(), gate, up, N);
+  RoundToBf16(out, y.data(), N);
+  RoundToBf16(gate16, gate, N);
+  RoundToBf16(up16, up, N);
+  return cudaSuccess;
+}
+cudaError_t swiglu_forward_bf16(__nv_bfloat16* out, const __nv_bfloat16* gate,
+                                const __nv_bfloat16* up, int64_t N, cudaStream_t stream) {
+  return swiglu_forward_bf16(out, nullptr, nullptr, Widened(gate, N).data(), Widened(up, N).data(),
+                             N, stream);
+}
+cudaError_t swiglu_backward_bf16(__nv_bfloat16* dgate, __nv_bfloat16* dup, const float* dout,
+                                 const float* gate, const float* up, int64_t N, cudaStream_t) {
+  std::vector<float> dg(static_cast<size_t>(N), 0.0f), du(static_cast<size_t>(N), 0.0f);
+  cpu::swiglu_backward(dg.data(), du.data(), dout, gate, up, N);
+  RoundToBf16(dgate, dg.data(), N);
+  RoundToBf16(dup, du.data(), N);
+  return cudaSuccess;
+}
+cudaError_t swiglu_backward_bf16(__nv_bfloat16* dgate, __nv_bfloat16* dup, const float* dout,
+                                 const __nv_bfloat16* gate, const __nv_bfloat16* up, int64_t N,
+                                 cudaStream_t stream) {
+  return swiglu_backward_bf16(dgate, dup, dout, Widened(gate, N).data(), Widened(up, N).data(), N,
+                              stream);
+}
+cudaError_t cross_entropy_fused_bf16(float* losses, __nv_bfloat16* dlogits, const float* logits,
+                                     const int32_t* targets, float dloss, int64_t T, int64_t V,
+                                     cudaStream_t stream) {
+  std::vector<float> d(logits, logits + T * V);
+  if (cudaError_t e = cross_entropy_fused(losses, d.data(), targets, dloss, T, V, stream);
+      e != cudaSuccess) {
+    return e;
+  }
+  RoundToBf16(dlogits, d.data(), T * V);
+  return cudaSuccess;
+}
 cudaError_t adamw_update_multi(float* params, const float* grads, float* m, float* v,
                                const TensorSpan* spans, int64_t n_spans, int64_t step,
                                const AdamWConfig& cfg, cudaStream_t) {

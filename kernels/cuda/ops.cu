@@ -45,18 +45,29 @@ __device__ double BlockSum(double v, double* shared) {
   return total;
 }
 
-// One block per row.
-__global__ void RmsnormForwardKernel(float* out, float* rstd, const float* inp,
+// An fp32 result stored as Out: itself, or rounded to nearest even.
+__device__ inline float Narrow(float v, float*) { return v; }
+__device__ inline __nv_bfloat16 Narrow(float v, __nv_bfloat16*) { return __float2bfloat16_rn(v); }
+// An input widened to fp32 (exact).
+__device__ inline float Widen(float v) { return v; }
+__device__ inline float Widen(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// One block per row. Out float: rmsnorm_forward; bf16: the same values
+// rounded (rmsnorm_forward_bf16).
+template <typename Out>
+__global__ void RmsnormForwardKernel(Out* out, float* rstd, const float* inp,
                                      const float* weight, int64_t C, float eps) {
   __shared__ double shared[kThreads];
   const int64_t t = blockIdx.x;
   const float* x = inp + t * C;
-  float* y = out + t * C;
+  Out* y = out + t * C;
   double ss = 0.0;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += static_cast<double>(x[c]) * x[c];
   ss = BlockSum(ss, shared);
   const float r = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(C) + eps));
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) y[c] = weight[c] * (x[c] * r);
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    y[c] = Narrow(weight[c] * (x[c] * r), y);
+  }
   if (threadIdx.x == 0) rstd[t] = r;
 }
 
@@ -209,17 +220,20 @@ __global__ void CrossEntropyBackwardKernel(float* dlogits, const float* logits,
   }
 }
 
-// The head's loss and softmax gradient in one pass, in place: the row's
-// logits are read once for the stats, then each thread overwrites the
-// elements it reads with dloss * (softmax - onehot). The target logit is read
-// by every thread before RowStats' barriers, so no write can race it.
-__global__ void CrossEntropyFusedKernel(float* losses, float* logits, const int32_t* targets,
-                                        float dloss, int64_t V) {
+// The head's loss and softmax gradient in one pass: the row's logits are
+// read once for the stats, then each thread writes dloss * (softmax -
+// onehot) for the elements it reads - in place (Out float, dlogits ==
+// logits: the target logit is read by every thread before RowStats'
+// barriers, so no write can race it), or rounded into a separate bf16 tile.
+template <typename Out>
+__global__ void CrossEntropyFusedKernel(float* losses, Out* dlogits, const float* logits,
+                                        const int32_t* targets, float dloss, int64_t V) {
   const int64_t t = blockIdx.x;
   const int32_t target = targets[t];
-  float* x = logits + t * V;
+  const float* x = logits + t * V;
+  Out* dx = dlogits + t * V;
   if (target == kIgnoreIndex) {  // uniform per block
-    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) x[v] = 0.0f;
+    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) dx[v] = Narrow(0.0f, dx);
     if (losses != nullptr && threadIdx.x == 0) losses[t] = 0.0f;
     return;
   }
@@ -233,7 +247,7 @@ __global__ void CrossEntropyFusedKernel(float* losses, float* logits, const int3
   const float inv_sum = static_cast<float>(1.0 / s);
   for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
     const float p = expf(x[v] - m) * inv_sum;
-    x[v] = v == target ? dloss * (p - 1.0f) : dloss * p;
+    dx[v] = Narrow(v == target ? dloss * (p - 1.0f) : dloss * p, dx);
   }
 }
 
@@ -276,11 +290,21 @@ __global__ void RopeKernel(float* out, const float* inp, const int64_t* position
 
 __device__ float Sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+// SwiGLU's element arithmetic, shared by the fp32 kernels and their bf16
+// fusions so that these equal the fp32 op plus a rounding bit for bit.
+__device__ inline float SwigluValue(float g, float u) { return g * Sigmoid(g) * u; }
+__device__ inline void SwigluAccumulate(float dout, float g, float u, float& dg, float& du) {
+  const float s = Sigmoid(g);
+  const float silu = g * s;
+  const float dsilu = s * (1.0f + g * (1.0f - s));
+  dg += dout * u * dsilu;
+  du += dout * silu;
+}
+
 __global__ void SwigluForwardKernel(float* out, const float* gate, const float* up, int64_t N) {
   for (int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; n < N;
        n += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float g = gate[n];
-    out[n] = g * Sigmoid(g) * up[n];
+    out[n] = SwigluValue(gate[n], up[n]);
   }
 }
 
@@ -288,12 +312,36 @@ __global__ void SwigluBackwardKernel(float* dgate, float* dup, const float* dout
                                      const float* up, int64_t N) {
   for (int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; n < N;
        n += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float g = gate[n];
-    const float s = Sigmoid(g);
-    const float silu = g * s;
-    const float dsilu = s * (1.0f + g * (1.0f - s));
-    dgate[n] += dout[n] * up[n] * dsilu;
-    dup[n] += dout[n] * silu;
+    SwigluAccumulate(dout[n], gate[n], up[n], dgate[n], dup[n]);
+  }
+}
+
+// swiglu_forward_bf16: In is float (gate16 / up16, when not null, get the
+// inputs rounded: the bf16 activation storage) or bf16 (widened first).
+template <typename In>
+__global__ void SwigluForwardBf16Kernel(__nv_bfloat16* out, __nv_bfloat16* gate16,
+                                        __nv_bfloat16* up16, const In* gate, const In* up,
+                                        int64_t N) {
+  for (int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; n < N;
+       n += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = Widen(gate[n]), u = Widen(up[n]);
+    out[n] = __float2bfloat16_rn(SwigluValue(g, u));
+    if (gate16 != nullptr) gate16[n] = __float2bfloat16_rn(g);
+    if (up16 != nullptr) up16[n] = __float2bfloat16_rn(u);
+  }
+}
+
+// swiglu_backward_bf16: the fp32 backward onto zeros, rounded.
+template <typename In>
+__global__ void SwigluBackwardBf16Kernel(__nv_bfloat16* dgate, __nv_bfloat16* dup,
+                                         const float* dout, const In* gate, const In* up,
+                                         int64_t N) {
+  for (int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; n < N;
+       n += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float dg = 0.0f, du = 0.0f;
+    SwigluAccumulate(dout[n], Widen(gate[n]), Widen(up[n]), dg, du);
+    dgate[n] = __float2bfloat16_rn(dg);
+    dup[n] = __float2bfloat16_rn(du);
   }
 }
 
@@ -434,6 +482,15 @@ cudaError_t rmsnorm_forward(float* out, float* rstd, const float* inp, const flo
   return Launched();
 }
 
+cudaError_t rmsnorm_forward_bf16(__nv_bfloat16* out, float* rstd, const float* inp,
+                                 const float* weight, int64_t T, int64_t C, float eps,
+                                 cudaStream_t stream) {
+  if (T == 0) return cudaSuccess;
+  RmsnormForwardKernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(out, rstd, inp, weight,
+                                                                           C, eps);
+  return Launched();
+}
+
 cudaError_t rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp,
                              const float* weight, const float* rstd, int64_t T, int64_t C,
                              cudaStream_t stream) {
@@ -498,8 +555,17 @@ cudaError_t cross_entropy_backward(float* dlogits, const float* logits, const in
 cudaError_t cross_entropy_fused(float* losses, float* logits, const int32_t* targets, float dloss,
                                 int64_t T, int64_t V, cudaStream_t stream) {
   if (T == 0) return cudaSuccess;
-  CrossEntropyFusedKernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(losses, logits,
-                                                                              targets, dloss, V);
+  CrossEntropyFusedKernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(
+      losses, logits, logits, targets, dloss, V);
+  return Launched();
+}
+
+cudaError_t cross_entropy_fused_bf16(float* losses, __nv_bfloat16* dlogits, const float* logits,
+                                     const int32_t* targets, float dloss, int64_t T, int64_t V,
+                                     cudaStream_t stream) {
+  if (T == 0) return cudaSuccess;
+  CrossEntropyFusedKernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(
+      losses, dlogits, logits, targets, dloss, V);
   return Launched();
 }
 
@@ -520,6 +586,38 @@ cudaError_t swiglu_backward(float* dgate, float* dup, const float* dout, const f
                             const float* up, int64_t N, cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
   SwigluBackwardKernel<<<Blocks(N), kThreads, 0, stream>>>(dgate, dup, dout, gate, up, N);
+  return Launched();
+}
+
+cudaError_t swiglu_forward_bf16(__nv_bfloat16* out, __nv_bfloat16* gate16, __nv_bfloat16* up16,
+                                const float* gate, const float* up, int64_t N,
+                                cudaStream_t stream) {
+  if (N == 0) return cudaSuccess;
+  SwigluForwardBf16Kernel<<<Blocks(N), kThreads, 0, stream>>>(out, gate16, up16, gate, up, N);
+  return Launched();
+}
+
+cudaError_t swiglu_forward_bf16(__nv_bfloat16* out, const __nv_bfloat16* gate,
+                                const __nv_bfloat16* up, int64_t N, cudaStream_t stream) {
+  if (N == 0) return cudaSuccess;
+  SwigluForwardBf16Kernel<<<Blocks(N), kThreads, 0, stream>>>(
+      out, static_cast<__nv_bfloat16*>(nullptr), static_cast<__nv_bfloat16*>(nullptr), gate, up, N);
+  return Launched();
+}
+
+cudaError_t swiglu_backward_bf16(__nv_bfloat16* dgate, __nv_bfloat16* dup, const float* dout,
+                                 const float* gate, const float* up, int64_t N,
+                                 cudaStream_t stream) {
+  if (N == 0) return cudaSuccess;
+  SwigluBackwardBf16Kernel<<<Blocks(N), kThreads, 0, stream>>>(dgate, dup, dout, gate, up, N);
+  return Launched();
+}
+
+cudaError_t swiglu_backward_bf16(__nv_bfloat16* dgate, __nv_bfloat16* dup, const float* dout,
+                                 const __nv_bfloat16* gate, const __nv_bfloat16* up, int64_t N,
+                                 cudaStream_t stream) {
+  if (N == 0) return cudaSuccess;
+  SwigluBackwardBf16Kernel<<<Blocks(N), kThreads, 0, stream>>>(dgate, dup, dout, gate, up, N);
   return Launched();
 }
 

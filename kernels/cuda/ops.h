@@ -114,6 +114,39 @@ cudaError_t swiglu_forward(float* out, const float* gate, const float* up, int64
 cudaError_t swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate,
                             const float* up, int64_t N, cudaStream_t stream);
 
+// The mixed-precision engine's fusions: an fp32 op and the float_to_bf16 of
+// its outputs in one pass, equal to the two bit for bit (the same element
+// arithmetic, then round to nearest even) with the fp32 intermediate never
+// written. Each bf16 array here is what the next GEMM reads or what the
+// backward keeps.
+//  - rmsnorm_forward_bf16: rmsnorm_forward, out rounded (rstd fp32).
+//  - swiglu_forward_bf16 (fp32 gate / up): swiglu_forward, out rounded; and,
+//    where gate16 / up16 are not null, gate and up rounded into them (the
+//    bf16 activation storage) in the same pass.
+//  - swiglu_forward_bf16 (bf16 gate / up): the same on the widened inputs.
+//  - swiglu_backward_bf16: swiglu_backward into ZEROED fp32 gradients,
+//    rounded. The bf16 gradients are OVERWRITTEN, not accumulated (an
+//    exception to the contract above: a bf16 sum would round at every add).
+//  - cross_entropy_fused_bf16: cross_entropy_fused, its gradient rounded
+//    into the separate bf16 tile `dlogits` (logits are left as they are).
+cudaError_t rmsnorm_forward_bf16(__nv_bfloat16* out, float* rstd, const float* inp,
+                                 const float* weight, int64_t T, int64_t C, float eps,
+                                 cudaStream_t stream);
+cudaError_t swiglu_forward_bf16(__nv_bfloat16* out, __nv_bfloat16* gate16, __nv_bfloat16* up16,
+                                const float* gate, const float* up, int64_t N,
+                                cudaStream_t stream);
+cudaError_t swiglu_forward_bf16(__nv_bfloat16* out, const __nv_bfloat16* gate,
+                                const __nv_bfloat16* up, int64_t N, cudaStream_t stream);
+cudaError_t swiglu_backward_bf16(__nv_bfloat16* dgate, __nv_bfloat16* dup, const float* dout,
+                                 const float* gate, const float* up, int64_t N,
+                                 cudaStream_t stream);
+cudaError_t swiglu_backward_bf16(__nv_bfloat16* dgate, __nv_bfloat16* dup, const float* dout,
+                                 const __nv_bfloat16* gate, const __nv_bfloat16* up, int64_t N,
+                                 cudaStream_t stream);
+cudaError_t cross_entropy_fused_bf16(float* losses, __nv_bfloat16* dlogits, const float* logits,
+                                     const int32_t* targets, float dloss, int64_t T, int64_t V,
+                                     cudaStream_t stream);
+
 // torch.optim.AdamW's single-tensor op order, as kernels/cpu/optimizer.h;
 // the scalars are formed on the host in double, as the CPU twin does.
 struct AdamWConfig {

@@ -245,6 +245,34 @@ TEST(CudaOps, CrossEntropyFused_MatchesCpuForwardAndBackward) {
   EXPECT_EQ(d_logits2.Host(), gd);
 }
 
+// The bf16 fusion: the same losses, the gradient rounded into its own tile
+// bit for bit (ignored rows too), the logits left as they are.
+TEST(CudaOps, CrossEntropyFusedBf16_EqualsFusedThenRounding) {
+  REQUIRE_GPU();
+  const int64_t T = 37, V = 4099;
+  const float dloss = 0.0123f;
+  const std::vector<float> logits = RandomVector(T * V, 66, 8.0f);
+  std::vector<int32_t> targets = RandomTokens(T, static_cast<int32_t>(V), 67);
+  for (int64_t t = 2; t < T; t += 5) targets[t] = cpu::kIgnoreIndex;
+  DeviceBuffer<int32_t> d_targets(targets);
+  DeviceBuffer<float> in_place(logits), d_logits(logits);
+  auto want_losses = DeviceBuffer<float>::Poisoned(T), got_losses = DeviceBuffer<float>::Poisoned(T);
+  auto want = DeviceBuffer<uint16_t>::Poisoned(T * V), got = DeviceBuffer<uint16_t>::Poisoned(T * V);
+  auto* want16 = reinterpret_cast<__nv_bfloat16*>(want.get());
+  auto* got16 = reinterpret_cast<__nv_bfloat16*>(got.get());
+  ASSERT_EQ(cuda::cross_entropy_fused(want_losses.get(), in_place.get(), d_targets.get(), dloss, T,
+                                      V, nullptr),
+            cudaSuccess);
+  ASSERT_EQ(cuda::float_to_bf16(want16, in_place.get(), T * V, nullptr), cudaSuccess);
+  ASSERT_EQ(cuda::cross_entropy_fused_bf16(got_losses.get(), got16, d_logits.get(),
+                                           d_targets.get(), dloss, T, V, nullptr),
+            cudaSuccess);
+  Sync();
+  EXPECT_EQ(got_losses.Host(), want_losses.Host());
+  EXPECT_EQ(got.Host(), want.Host());
+  EXPECT_EQ(d_logits.Host(), logits) << "the fp32 logits are read, not written";
+}
+
 TEST(CudaOps, AddTo_Accumulates) {
   REQUIRE_GPU();
   const int64_t n = 100003;
@@ -530,6 +558,102 @@ TEST(CudaOps, Swiglu_MatchesCpu) {
   const std::vector<float> gdg = d_dg.Host(), gdu = d_du.Host();
   EXPECT_LT(RelativeError(gdg.data(), dg.data(), N), 1e-6);
   EXPECT_LT(RelativeError(gdu.data(), du.data(), N), 1e-6);
+}
+
+// The bf16 engine's fusions against the fp32 ops and float_to_bf16 (both
+// already held to their CPU twins above), bit for bit. Element 0 has a
+// zero gate and a negative-zero output gradient: signed zeros included.
+TEST(CudaOps, Bf16Fusions_EqualTheFp32OpThenRounding) {
+  REQUIRE_GPU();
+  using Bits = std::vector<uint16_t>;
+  auto bf = [](DeviceBuffer<uint16_t>& b) { return reinterpret_cast<__nv_bfloat16*>(b.get()); };
+  for (auto [T, C] : {std::pair<int64_t, int64_t>{37, 896}, {300, 64}}) {
+    const std::vector<float> x = RandomVector(T * C, 61, 3.0f), w = RandomVector(C, 62);
+    DeviceBuffer<float> d_x(x), d_w(w);
+    auto d_y = DeviceBuffer<float>::Poisoned(T * C);
+    auto d_r = DeviceBuffer<float>::Poisoned(T), d_r16 = DeviceBuffer<float>::Poisoned(T);
+    auto want = DeviceBuffer<uint16_t>::Poisoned(T * C), got = DeviceBuffer<uint16_t>::Poisoned(T * C);
+    ASSERT_EQ(cuda::rmsnorm_forward(d_y.get(), d_r.get(), d_x.get(), d_w.get(), T, C, 1e-6f,
+                                    nullptr),
+              cudaSuccess);
+    ASSERT_EQ(cuda::float_to_bf16(bf(want), d_y.get(), T * C, nullptr), cudaSuccess);
+    ASSERT_EQ(cuda::rmsnorm_forward_bf16(bf(got), d_r16.get(), d_x.get(), d_w.get(), T, C, 1e-6f,
+                                         nullptr),
+              cudaSuccess);
+    Sync();
+    EXPECT_EQ(got.Host(), want.Host()) << "rmsnorm_forward_bf16, C " << C;
+    EXPECT_EQ(d_r16.Host(), d_r.Host()) << "rmsnorm_forward_bf16's rstd, C " << C;
+  }
+
+  const int64_t N = 70'001;
+  std::vector<float> g = RandomVector(N, 63, 4.0f), u = RandomVector(N, 64),
+                     dout = RandomVector(N, 65);
+  g[0] = 0.0f;
+  dout[0] = -0.0f;
+  DeviceBuffer<float> d_g(g), d_u(u), d_dout(dout);
+  auto rounded = [&](const float* src) {
+    auto b = DeviceBuffer<uint16_t>::Poisoned(N);
+    EXPECT_EQ(cuda::float_to_bf16(bf(b), src, N, nullptr), cudaSuccess);
+    return b;
+  };
+  DeviceBuffer<uint16_t> g16 = rounded(d_g.get()), u16 = rounded(d_u.get());
+  // The widened bf16 inputs, for the unfused side of the bf16-input overloads.
+  auto d_gw = DeviceBuffer<float>::Poisoned(N), d_uw = DeviceBuffer<float>::Poisoned(N);
+  ASSERT_EQ(cuda::bf16_to_float(d_gw.get(), bf(g16), N, nullptr), cudaSuccess);
+  ASSERT_EQ(cuda::bf16_to_float(d_uw.get(), bf(u16), N, nullptr), cudaSuccess);
+
+  for (bool bf16_in : {false, true}) {
+    const std::string what = bf16_in ? "bf16 gate / up" : "fp32 gate / up";
+    const float* gate = bf16_in ? d_gw.get() : d_g.get();
+    const float* up = bf16_in ? d_uw.get() : d_u.get();
+    // Forward.
+    auto act = DeviceBuffer<float>::Poisoned(N);
+    ASSERT_EQ(cuda::swiglu_forward(act.get(), gate, up, N, nullptr), cudaSuccess);
+    DeviceBuffer<uint16_t> want = rounded(act.get());
+    auto got = DeviceBuffer<uint16_t>::Poisoned(N);
+    auto got_g = DeviceBuffer<uint16_t>::Poisoned(N), got_u = DeviceBuffer<uint16_t>::Poisoned(N);
+    if (bf16_in) {
+      ASSERT_EQ(cuda::swiglu_forward_bf16(bf(got), bf(g16), bf(u16), N, nullptr), cudaSuccess);
+    } else {
+      ASSERT_EQ(cuda::swiglu_forward_bf16(bf(got), bf(got_g), bf(got_u), d_g.get(), d_u.get(), N,
+                                          nullptr),
+                cudaSuccess);
+    }
+    // Backward, onto zeroed fp32 gradients.
+    DeviceBuffer<float> dg(std::vector<float>(N, 0.0f)), du(std::vector<float>(N, 0.0f));
+    ASSERT_EQ(cuda::swiglu_backward(dg.get(), du.get(), d_dout.get(), gate, up, N, nullptr),
+              cudaSuccess);
+    DeviceBuffer<uint16_t> want_dg = rounded(dg.get()), want_du = rounded(du.get());
+    auto got_dg = DeviceBuffer<uint16_t>::Poisoned(N), got_du = DeviceBuffer<uint16_t>::Poisoned(N);
+    if (bf16_in) {
+      ASSERT_EQ(cuda::swiglu_backward_bf16(bf(got_dg), bf(got_du), d_dout.get(), bf(g16), bf(u16),
+                                           N, nullptr),
+                cudaSuccess);
+    } else {
+      ASSERT_EQ(cuda::swiglu_backward_bf16(bf(got_dg), bf(got_du), d_dout.get(), d_g.get(),
+                                           d_u.get(), N, nullptr),
+                cudaSuccess);
+    }
+    Sync();
+    EXPECT_EQ(got.Host(), want.Host()) << "swiglu_forward_bf16, " << what;
+    if (!bf16_in) {
+      EXPECT_EQ(got_g.Host(), g16.Host()) << "swiglu_forward_bf16's gate copy";
+      EXPECT_EQ(got_u.Host(), u16.Host()) << "swiglu_forward_bf16's up copy";
+    }
+    const Bits gdg = got_dg.Host(), gdu = got_du.Host();
+    EXPECT_EQ(gdg, want_dg.Host()) << "swiglu_backward_bf16's dgate, " << what;
+    EXPECT_EQ(gdu, want_du.Host()) << "swiglu_backward_bf16's dup, " << what;
+    EXPECT_EQ(gdg[0], 0u) << "0 + (-0) is +0, as onto zeroed fp32 gradients";
+  }
+  // Without the storage copies: the same activation, the copies untouched.
+  auto got = DeviceBuffer<uint16_t>::Poisoned(N);
+  ASSERT_EQ(cuda::swiglu_forward_bf16(bf(got), nullptr, nullptr, d_g.get(), d_u.get(), N, nullptr),
+            cudaSuccess);
+  auto act = DeviceBuffer<float>::Poisoned(N);
+  ASSERT_EQ(cuda::swiglu_forward(act.get(), d_g.get(), d_u.get(), N, nullptr), cudaSuccess);
+  DeviceBuffer<uint16_t> want = rounded(act.get());
+  Sync();
+  EXPECT_EQ(got.Host(), want.Host()) << "swiglu_forward_bf16 without gate16 / up16";
 }
 
 TEST(CudaOps, OptimizerAndNorm_MatchCpu) {

@@ -30,5 +30,13 @@ run gemm "$T/gemm.json" "$B/gemm_bench_simt" --tokens=64 --shapes='64,32;32,96' 
 run step "$T/step.json" worker/engine/cuda/cuda_step_bench_simt --model=tiny --lengths=96,40,24 \
   --chunk_size=32 --warmup=0 --steps=1 --torch_python= --memory_tokens=256 --memory_chunk_size=64
 
+# The step's same-run variant row, and a bad variant named in the error.
+if ! grep -q "unfused elementwise" "$T/step.out"; then
+  echo "FAIL: step printed no unfused-elementwise row"; fail=1
+fi
+if worker/engine/cuda/cuda_step_bench_simt --model=tiny --variants=bogus --sections=throughput \
+    --torch_python= >"$T/bad.out" 2>"$T/bad.err" || ! grep -q "unknown 'bogus'" "$T/bad.err"; then
+  echo "FAIL: --variants=bogus was not refused by name"; cat "$T/bad.err"; fail=1
+fi
 [[ $fail -eq 0 ]] && echo "bench smoke: all three ran" || echo "bench smoke: FAILED"
 exit $fail

@@ -34,6 +34,7 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(const ModelConfig
   so.head_rows = options.head_rows;
   so.attention = options.attention;
   so.offload_state = options.offload_state;
+  so.fused_elementwise = options.fused_elementwise;
   for (const StageRange& r : *ranges) {
     e->params_.push_back(std::make_unique<StageParams>(config, r));
     e->mem_.push_back(std::make_unique<MemoryTracker>());

@@ -38,6 +38,8 @@ struct CudaEngineOptions {
   int64_t head_rows = 1024;
   // Where the state store lives (CudaStageOptions::offload_state).
   StateOffload offload_state = StateOffload::kAuto;
+  // CudaStageOptions::fused_elementwise.
+  bool fused_elementwise = true;
 };
 
 class CudaEngine {

@@ -23,6 +23,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -59,11 +60,8 @@ std::unique_ptr<Engine> CpuEngine(const ModelConfig& c, int32_t pp) {
   return std::move(*e);
 }
 
-std::unique_ptr<CudaEngine> GpuEngine(const ModelConfig& c, int32_t pp, Precision precision,
-                                      int64_t head_rows = 1024) {
-  CudaEngineOptions o;
-  o.precision = precision;
-  o.head_rows = head_rows;
+std::unique_ptr<CudaEngine> GpuEngine(const ModelConfig& c, int32_t pp,
+                                      const CudaEngineOptions& o) {
   absl::StatusOr<std::unique_ptr<CudaEngine>> e = CudaEngine::Create(c, pp, o);
   EXPECT_TRUE(e.ok()) << e.status();
   if (!e.ok()) return nullptr;
@@ -71,6 +69,19 @@ std::unique_ptr<CudaEngine> GpuEngine(const ModelConfig& c, int32_t pp, Precisio
   for (int32_t s = 0; s < pp; ++s) ScaleUp((*e)->stage_params(s));
   EXPECT_TRUE((*e)->UploadWeights().ok());
   return std::move(*e);
+}
+
+std::unique_ptr<CudaEngine> GpuEngine(const ModelConfig& c, int32_t pp, Precision precision,
+                                      int64_t head_rows = 1024) {
+  CudaEngineOptions o;
+  o.precision = precision;
+  o.head_rows = head_rows;
+  return GpuEngine(c, pp, o);
+}
+
+// Same bits: NaNs and signed zeros included, which == on floats would miss.
+bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
 struct Grads {
@@ -166,6 +177,41 @@ TEST_P(CudaEngineTest, Bf16Step_WithinBf16ToleranceOfCpu) {
   std::printf("activation peak: bf16 %lld bytes, fp32 %lld bytes\n",
               static_cast<long long>(got.result.peak_activation_bytes),
               static_cast<long long>(want.result.peak_activation_bytes));
+}
+
+// The bf16 elementwise fusions (CudaStageOptions::fused_elementwise) change
+// no bit of a step: the same loss and gradients with them as with the fp32
+// ops and separate conversions. With bf16 activation storage (the flash
+// kernel: the fused SwiGLU reads the stored bf16 gate / up) and without
+// (the reference kernel: fp32 gate / up kept); chunked, K 1 (recomputed
+// forwards), several logits tiles.
+TEST_P(CudaEngineTest, Bf16Step_FusedElementwiseChangesNoBit) {
+  REQUIRE_GPU();
+  const Case p = GetParam();
+  const ModelConfig c = p.llama ? Llama() : Qwen2();
+  const StepData d = RandomData({90, 13, 7, 70, 2}, c.vocab_size, 3);
+  for (AttentionKernel attention : {AttentionKernel::kAuto, AttentionKernel::kReference}) {
+    Grads g[2];
+    bool flash = false;
+    for (bool fused : {false, true}) {
+      CudaEngineOptions o;
+      o.precision = Precision::kBf16;
+      o.attention = attention;
+      o.head_rows = 16;
+      o.fused_elementwise = fused;
+      std::unique_ptr<CudaEngine> gpu = GpuEngine(c, p.pp, o);
+      ASSERT_NE(gpu, nullptr);
+      flash = gpu->stage(0).uses_flash_attention();
+      g[fused] = Compute(*gpu, d, 32, 1);
+    }
+    const std::string what = flash ? "flash, bf16 storage" : "reference attention, fp32 storage";
+    EXPECT_GT(g[1].loss, 0.5) << what;
+    EXPECT_EQ(g[1].loss, g[0].loss) << what;
+    ASSERT_EQ(g[1].by_name.size(), g[0].by_name.size()) << what;
+    for (const auto& [name, want] : g[0].by_name) {
+      EXPECT_TRUE(SameBits(g[1].by_name.at(name), want)) << what << ": " << name;
+    }
+  }
 }
 
 TEST_P(CudaEngineTest, ChunkedMatchesUnchunkedOnTheGpu) {

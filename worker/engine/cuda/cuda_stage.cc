@@ -255,34 +255,70 @@ float* CudaStage::G(const float* host) {
 // GEMMs in the stage's precision
 // ---------------------------------------------------------------------------
 
-absl::Status CudaStage::Linear(float* out, const float* inp, const float* w, const float* b,
+absl::Status CudaStage::Linear(float* out, Operand inp, const float* w, const float* b,
                                int64_t T, int64_t IC, int64_t OC) {
-  if (options_.precision == Precision::kFp32) {
-    return kc::linear_forward(out, inp, W(w), W(b), T, IC, OC, ctx_->blas());
+  if (!bf16()) {
+    if (inp.f32 == nullptr) return absl::InternalError("an fp32 GEMM given a bf16 input");
+    return kc::linear_forward(out, inp.f32, W(w), W(b), T, IC, OC, ctx_->blas());
   }
   DArray<Bf16> x16;
-  CF_RETURN_IF_ERROR(Alloc(x16, MemoryTracker::kScratch, T * IC, "bf16 GEMM input"));
-  CF_LAUNCH(kc::float_to_bf16(x16.data(), inp, T * IC, ctx_->stream()));
-  return kc::linear_forward_bf16(out, x16.data(), WB(w), W(b), T, IC, OC, ctx_->blas());
+  if (inp.b16 == nullptr) {
+    CF_RETURN_IF_ERROR(Alloc(x16, MemoryTracker::kScratch, T * IC, "bf16 GEMM input"));
+    CF_LAUNCH(kc::float_to_bf16(x16.data(), inp.f32, T * IC, ctx_->stream()));
+    inp = Operand(x16.data());
+  }
+  return kc::linear_forward_bf16(out, inp.b16, WB(w), W(b), T, IC, OC, ctx_->blas());
 }
 
 // w / b: the layer's host weight pointers (their gradients are accumulated).
-absl::Status CudaStage::LinearBackward(float* dinp, const float* w, const float* b,
-                                       const float* dout, const float* inp, int64_t T, int64_t IC,
-                                       int64_t OC) {
-  if (options_.precision == Precision::kFp32) {
-    return kc::linear_backward(dinp, G(w), G(b), dout, inp, W(w), T, IC, OC, ctx_->blas());
+absl::Status CudaStage::LinearBackward(float* dinp, const float* w, const float* b, Operand dout,
+                                       Operand inp, int64_t T, int64_t IC, int64_t OC) {
+  if (b != nullptr && dout.f32 == nullptr) {
+    return absl::InternalError("a bias gradient needs the fp32 output gradient");
+  }
+  if (!bf16()) {
+    if (dout.f32 == nullptr || inp.f32 == nullptr) {
+      return absl::InternalError("an fp32 GEMM backward given a bf16 operand");
+    }
+    return kc::linear_backward(dinp, G(w), G(b), dout.f32, inp.f32, W(w), T, IC, OC,
+                               ctx_->blas());
   }
   DArray<Bf16> d16, x16;
-  CF_RETURN_IF_ERROR(Alloc(d16, MemoryTracker::kScratch, T * OC, "bf16 GEMM output gradient"));
-  CF_RETURN_IF_ERROR(Alloc(x16, MemoryTracker::kScratch, T * IC, "bf16 GEMM input"));
-  CF_LAUNCH(kc::float_to_bf16(d16.data(), dout, T * OC, ctx_->stream()));
-  CF_LAUNCH(kc::float_to_bf16(x16.data(), inp, T * IC, ctx_->stream()));
-  CF_RETURN_IF_ERROR(kc::linear_backward_bf16(dinp, G(w), nullptr, d16.data(), x16.data(), WB(w),
-                                              T, IC, OC, ctx_->blas()));
+  if (dout.b16 == nullptr) {
+    CF_RETURN_IF_ERROR(Alloc(d16, MemoryTracker::kScratch, T * OC, "bf16 GEMM output gradient"));
+    CF_LAUNCH(kc::float_to_bf16(d16.data(), dout.f32, T * OC, ctx_->stream()));
+  }
+  if (inp.b16 == nullptr) {
+    CF_RETURN_IF_ERROR(Alloc(x16, MemoryTracker::kScratch, T * IC, "bf16 GEMM input"));
+    CF_LAUNCH(kc::float_to_bf16(x16.data(), inp.f32, T * IC, ctx_->stream()));
+  }
+  CF_RETURN_IF_ERROR(kc::linear_backward_bf16(
+      dinp, G(w), nullptr, dout.b16 != nullptr ? dout.b16 : d16.data(),
+      inp.b16 != nullptr ? inp.b16 : x16.data(), WB(w), T, IC, OC, ctx_->blas()));
   // The bias gradient from the fp32 output gradient (column_sums: a fixed
   // order, deterministic, in double).
-  if (b != nullptr) CF_LAUNCH(kc::column_sums(G(b), dout, T, OC, ctx_->stream()));
+  if (b != nullptr) CF_LAUNCH(kc::column_sums(G(b), dout.f32, T, OC, ctx_->stream()));
+  return absl::OkStatus();
+}
+
+absl::Status CudaStage::NormForGemm(const float* x, const float* weight, float* rstd, int64_t t,
+                                    Normed* out) {
+  const float eps = static_cast<float>(params_->config().rms_norm_eps);
+  cudaStream_t st = ctx_->stream();
+  constexpr MemoryTracker::Kind kS = MemoryTracker::kScratch;
+  if (bf16()) {
+    CF_RETURN_IF_ERROR(Alloc(out->b16, kS, t * c_, "normed hidden (bf16)"));
+    if (options_.fused_elementwise) {
+      CF_LAUNCH(kc::rmsnorm_forward_bf16(out->b16.data(), rstd, x, W(weight), t, c_, eps, st));
+      return absl::OkStatus();
+    }
+  }
+  CF_RETURN_IF_ERROR(Alloc(out->f32, kS, t * c_, "normed hidden"));
+  CF_LAUNCH(kc::rmsnorm_forward(out->f32.data(), rstd, x, W(weight), t, c_, eps, st));
+  if (bf16()) {
+    CF_LAUNCH(kc::float_to_bf16(out->b16.data(), out->f32.data(), t * c_, st));
+    out->f32.Release();  // stream-ordered: the conversion has read it first
+  }
   return absl::OkStatus();
 }
 
@@ -367,7 +403,6 @@ absl::Status CudaStage::ForwardDevice(const ChunkInput& in, const float* x, floa
     CF_RETURN_IF_ERROR(LayerForward(l, in, rows, kind != ForwardKind::kRecompute,
                                     keep ? MemoryTracker::kActivations : MemoryTracker::kScratch,
                                     keep ? ca.layers[l] : scratch, cur.data()));
-    if (keep && pack_) CF_RETURN_IF_ERROR(Pack(ca.layers[l], t));
   }
   if (r.last) {
     if (kind != ForwardKind::kRecompute) CF_RETURN_IF_ERROR(HeadLoss(in, rows, cur.data()));
@@ -487,16 +522,26 @@ absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const Chun
   const LayerView w = params_->weights().layers[l];
   const int64_t t = in.rows, h = cfg.num_attention_heads, hk = cfg.num_key_value_heads;
   const int64_t d = cfg.head_dim();
-  const float eps = static_cast<float>(cfg.rms_norm_eps);
   const float theta = static_cast<float>(cfg.rope_theta);
+  const bool fused = bf16() && options_.fused_elementwise;
   cudaStream_t st = ctx_->stream();
   constexpr MemoryTracker::Kind kS = MemoryTracker::kScratch;
 
+  // Kept in bf16: each activation goes into `packed` as it is made (the
+  // bf16 attention output and gate / up are also what the GEMMs read), and
+  // the fp32 working copies are scratch, released at the end.
+  const bool pack = kind == MemoryTracker::kActivations && pack_;
+  const MemoryTracker::Kind wide = pack ? kS : kind;
+  const PackedOffsets off = Offsets(t);
+  if (pack) CF_RETURN_IF_ERROR(Alloc(a.packed, kind, off.total, "bf16 activations"));
+  auto packed = [&](int64_t at) { return pack ? a.packed.data() + at : nullptr; };
+  auto keep16 = [&](const DArray<float>& src, int64_t at) -> absl::Status {
+    if (pack) CF_LAUNCH(kc::float_to_bf16(packed(at), src.data(), src.size(), st));
+    return absl::OkStatus();
+  };
+
   // Offloaded state: this layer's K/V of the chunk's sequences come in (the
   // rows this forward writes need not).
-  // Kept in bf16 (Pack, after the layer): the fp32 working copies are scratch.
-  const MemoryTracker::Kind wide =
-      kind == MemoryTracker::kActivations && pack_ ? MemoryTracker::kScratch : kind;
   StateWindows windows(&state_, l);
   for (const PieceRows& p : in.pieces) {
     CF_RETURN_IF_ERROR(
@@ -504,20 +549,21 @@ absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const Chun
   }
   CF_RETURN_IF_ERROR(Alloc(a.x, wide, t * c_, "layer input"));
   CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, a.x.data(), inout, t * c_ * kF, "layer input"));
+  CF_RETURN_IF_ERROR(keep16(a.x, off.x));
   CF_RETURN_IF_ERROR(Alloc(a.rstd1, kind, t, "rstd1"));
-  DArray<float> hn;
-  CF_RETURN_IF_ERROR(Alloc(hn, kS, t * c_, "normed hidden"));
-  CF_LAUNCH(kc::rmsnorm_forward(hn.data(), a.rstd1.data(), a.x.data(), W(w.ln1), t, c_, eps, st));
+  Normed hn;
+  CF_RETURN_IF_ERROR(NormForGemm(a.x.data(), w.ln1, a.rstd1.data(), t, &hn));
   CF_RETURN_IF_ERROR(Alloc(a.q, wide, t * qd_, "q"));
-  CF_RETURN_IF_ERROR(Linear(a.q.data(), hn.data(), w.wq, w.bq, t, c_, qd_));
+  CF_RETURN_IF_ERROR(Linear(a.q.data(), hn.operand(), w.wq, w.bq, t, c_, qd_));
   CF_LAUNCH(kc::rope_forward(a.q.data(), a.q.data(), rows.positions.data(), t, h, d, theta, st));
+  CF_RETURN_IF_ERROR(keep16(a.q, off.q));
   if (write_kv) {
     // A recompute reads the K/V its first forward left in the state store.
     DArray<float> kb, vb;
     CF_RETURN_IF_ERROR(Alloc(kb, kS, t * kvd_, "k"));
     CF_RETURN_IF_ERROR(Alloc(vb, kS, t * kvd_, "v"));
-    CF_RETURN_IF_ERROR(Linear(kb.data(), hn.data(), w.wk, w.bk, t, c_, kvd_));
-    CF_RETURN_IF_ERROR(Linear(vb.data(), hn.data(), w.wv, w.bv, t, c_, kvd_));
+    CF_RETURN_IF_ERROR(Linear(kb.data(), hn.operand(), w.wk, w.bk, t, c_, kvd_));
+    CF_RETURN_IF_ERROR(Linear(vb.data(), hn.operand(), w.wv, w.bv, t, c_, kvd_));
     CF_LAUNCH(kc::rope_forward(kb.data(), kb.data(), rows.positions.data(), t, hk, d, theta, st));
     for (const PieceRows& p : in.pieces) {
       CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, state_.k(p.seq, l) + p.offset * kvd_,
@@ -526,6 +572,7 @@ absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const Chun
                                       vb.data() + p.row * kvd_, p.length * kvd_ * kF, "state V"));
     }
   }
+  hn = Normed();
   CF_RETURN_IF_ERROR(Alloc(a.att, wide, t * qd_, "attention output"));
   CF_RETURN_IF_ERROR(Alloc(a.lse, kind, t * h, "attention lse"));
   const std::vector<kc::AttentionSegment> segs = Segments(in, l);
@@ -548,26 +595,42 @@ absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const Chun
         p.seq, l, write_kv ? std::pair{p.offset, p.offset + p.length} : std::pair<int64_t, int64_t>{0, 0},
         /*grads_end=*/0));
   }
+  CF_RETURN_IF_ERROR(keep16(a.att, off.att));
   DArray<float> tmp;
   CF_RETURN_IF_ERROR(Alloc(tmp, kS, t * c_, "branch output"));
-  CF_RETURN_IF_ERROR(Linear(tmp.data(), a.att.data(), w.wo, nullptr, t, qd_, c_));
+  CF_RETURN_IF_ERROR(Linear(tmp.data(), pack ? Operand(packed(off.att)) : Operand(a.att.data()),
+                            w.wo, nullptr, t, qd_, c_));
   CF_RETURN_IF_ERROR(Alloc(a.xmid, wide, t * c_, "x'"));
   CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, a.xmid.data(), a.x.data(), t * c_ * kF, "x'"));
   CF_LAUNCH(kc::add_to(a.xmid.data(), tmp.data(), t * c_, st));
+  CF_RETURN_IF_ERROR(keep16(a.xmid, off.xmid));
 
   CF_RETURN_IF_ERROR(Alloc(a.rstd2, kind, t, "rstd2"));
-  CF_LAUNCH(
-      kc::rmsnorm_forward(hn.data(), a.rstd2.data(), a.xmid.data(), W(w.ln2), t, c_, eps, st));
+  CF_RETURN_IF_ERROR(NormForGemm(a.xmid.data(), w.ln2, a.rstd2.data(), t, &hn));
   CF_RETURN_IF_ERROR(Alloc(a.gate, wide, t * inter_, "gate"));
   CF_RETURN_IF_ERROR(Alloc(a.up, wide, t * inter_, "up"));
-  CF_RETURN_IF_ERROR(Linear(a.gate.data(), hn.data(), w.wg, nullptr, t, c_, inter_));
-  CF_RETURN_IF_ERROR(Linear(a.up.data(), hn.data(), w.wu, nullptr, t, c_, inter_));
+  CF_RETURN_IF_ERROR(Linear(a.gate.data(), hn.operand(), w.wg, nullptr, t, c_, inter_));
+  CF_RETURN_IF_ERROR(Linear(a.up.data(), hn.operand(), w.wu, nullptr, t, c_, inter_));
+  hn = Normed();
   DArray<float> act;
-  CF_RETURN_IF_ERROR(Alloc(act, kS, t * inter_, "swiglu"));
-  CF_LAUNCH(kc::swiglu_forward(act.data(), a.gate.data(), a.up.data(), t * inter_, st));
-  CF_RETURN_IF_ERROR(Linear(tmp.data(), act.data(), w.wd, nullptr, t, inter_, c_));
+  DArray<Bf16> act16;
+  if (fused) {
+    CF_RETURN_IF_ERROR(Alloc(act16, kS, t * inter_, "swiglu (bf16)"));
+    CF_LAUNCH(kc::swiglu_forward_bf16(act16.data(), packed(off.gate), packed(off.up),
+                                      a.gate.data(), a.up.data(), t * inter_, st));
+  } else {
+    CF_RETURN_IF_ERROR(Alloc(act, kS, t * inter_, "swiglu"));
+    CF_LAUNCH(kc::swiglu_forward(act.data(), a.gate.data(), a.up.data(), t * inter_, st));
+    CF_RETURN_IF_ERROR(keep16(a.gate, off.gate));
+    CF_RETURN_IF_ERROR(keep16(a.up, off.up));
+  }
+  CF_RETURN_IF_ERROR(Linear(tmp.data(), fused ? Operand(act16.data()) : Operand(act.data()), w.wd,
+                            nullptr, t, inter_, c_));
   CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, inout, a.xmid.data(), t * c_ * kF, "layer output"));
   CF_LAUNCH(kc::add_to(inout, tmp.data(), t * c_, st));
+  if (pack) {  // stream-ordered: the kernels above have read them first
+    for (DArray<float>* p : {&a.x, &a.q, &a.att, &a.xmid, &a.gate, &a.up}) p->Release();
+  }
   return absl::OkStatus();
 }
 
@@ -577,17 +640,17 @@ absl::Status CudaStage::HeadLoss(const ChunkInput& in, const ChunkRows& rows,
   const int64_t t = in.rows;
   cudaStream_t st = ctx_->stream();
   constexpr MemoryTracker::Kind kS = MemoryTracker::kScratch;
-  DArray<float> hf, rstd, logits, losses;
-  CF_RETURN_IF_ERROR(Alloc(hf, kS, t * c_, "final norm"));
+  Normed hf;
+  DArray<float> rstd, logits, losses;
   CF_RETURN_IF_ERROR(Alloc(rstd, kS, t, "final rstd"));
-  CF_LAUNCH(kc::rmsnorm_forward(hf.data(), rstd.data(), xfinal, W(w.final_norm), t, c_,
-                                static_cast<float>(params_->config().rms_norm_eps), st));
+  CF_RETURN_IF_ERROR(NormForGemm(xfinal, w.final_norm, rstd.data(), t, &hf));
   const int64_t block = std::min(t, options_.head_rows);
   CF_RETURN_IF_ERROR(Alloc(logits, kS, block * vocab_, "logits tile"));
   CF_RETURN_IF_ERROR(Alloc(losses, kS, t, "row losses"));
   for (int64_t r0 = 0; r0 < t; r0 += block) {
     const int64_t n = std::min(block, t - r0);
-    CF_RETURN_IF_ERROR(Linear(logits.data(), hf.data() + r0 * c_, w.head, nullptr, n, c_, vocab_));
+    CF_RETURN_IF_ERROR(
+        Linear(logits.data(), hf.operand().At(r0 * c_), w.head, nullptr, n, c_, vocab_));
     CF_LAUNCH(kc::cross_entropy_forward(losses.data() + r0, logits.data(),
                                         rows.targets.data() + r0, n, vocab_, st));
     if (logits_sink_ != nullptr) {
@@ -681,54 +744,65 @@ absl::Status CudaStage::HeadBackward(const ChunkInput& in, const ChunkRows& rows
                                      const float* xfinal, float* dx) {
   const StageView w = params_->weights();
   const int64_t t = in.rows;
-  const float eps = static_cast<float>(params_->config().rms_norm_eps);
   cudaStream_t st = ctx_->stream();
   constexpr MemoryTracker::Kind kS = MemoryTracker::kScratch;
-  DArray<float> hf, rstd, dhf, logits;
-  CF_RETURN_IF_ERROR(Alloc(hf, kS, t * c_, "final norm"));
+  Normed hf;
+  DArray<float> rstd, dhf, logits;
   CF_RETURN_IF_ERROR(Alloc(rstd, kS, t, "final rstd"));
-  CF_LAUNCH(kc::rmsnorm_forward(hf.data(), rstd.data(), xfinal, W(w.final_norm), t, c_, eps, st));
+  CF_RETURN_IF_ERROR(NormForGemm(xfinal, w.final_norm, rstd.data(), t, &hf));
   CF_RETURN_IF_ERROR(Alloc(dhf, kS, t * c_, "final norm gradient", true));
   const int64_t block = std::min(t, options_.head_rows);
   CF_RETURN_IF_ERROR(Alloc(logits, kS, block * vocab_, "logits tile"));
+  DArray<Bf16> dlogits16;
+  if (bf16() && options_.fused_elementwise) {
+    CF_RETURN_IF_ERROR(Alloc(dlogits16, kS, block * vocab_, "logits gradient tile (bf16)"));
+  }
   for (int64_t r0 = 0; r0 < t; r0 += block) {
     const int64_t n = std::min(block, t - r0);
-    CF_RETURN_IF_ERROR(Linear(logits.data(), hf.data() + r0 * c_, w.head, nullptr, n, c_, vocab_));
-    // In place: the tile becomes d(loss)/d(logits).
-    CF_LAUNCH(kc::cross_entropy_fused(nullptr, logits.data(), rows.targets.data() + r0,
-                                      loss_scale_, n, vocab_, st));
-    CF_RETURN_IF_ERROR(LinearBackward(dhf.data() + r0 * c_, w.head, nullptr, logits.data(),
-                                      hf.data() + r0 * c_, n, c_, vocab_));
+    const Operand rows_hf = hf.operand().At(r0 * c_);
+    CF_RETURN_IF_ERROR(Linear(logits.data(), rows_hf, w.head, nullptr, n, c_, vocab_));
+    if (dlogits16.empty()) {
+      // In place: the tile becomes d(loss)/d(logits).
+      CF_LAUNCH(kc::cross_entropy_fused(nullptr, logits.data(), rows.targets.data() + r0,
+                                        loss_scale_, n, vocab_, st));
+      CF_RETURN_IF_ERROR(LinearBackward(dhf.data() + r0 * c_, w.head, nullptr, logits.data(),
+                                        rows_hf, n, c_, vocab_));
+    } else {
+      // d(loss)/d(logits) straight into the bf16 operand of the GEMMs.
+      CF_LAUNCH(kc::cross_entropy_fused_bf16(nullptr, dlogits16.data(), logits.data(),
+                                             rows.targets.data() + r0, loss_scale_, n, vocab_,
+                                             st));
+      CF_RETURN_IF_ERROR(LinearBackward(dhf.data() + r0 * c_, w.head, nullptr,
+                                        Operand(dlogits16.data()), rows_hf, n, c_, vocab_));
+    }
   }
   CF_LAUNCH(kc::rmsnorm_backward(dx, G(w.final_norm), dhf.data(), xfinal, W(w.final_norm),
                                  rstd.data(), t, c_, st));
   return absl::OkStatus();
 }
 
-absl::Status CudaStage::Pack(LayerActs& a, int64_t /*t*/) {
-  DArray<float>* parts[] = {&a.x, &a.q, &a.att, &a.xmid, &a.gate, &a.up};
-  int64_t total = 0;
-  for (DArray<float>* p : parts) total += p->size();
-  CF_RETURN_IF_ERROR(Alloc(a.packed, MemoryTracker::kActivations, total, "bf16 activations"));
-  int64_t off = 0;
-  for (DArray<float>* p : parts) {
-    CF_LAUNCH(kc::float_to_bf16(a.packed.data() + off, p->data(), p->size(), ctx_->stream()));
-    off += p->size();
-    p->Release();  // stream-ordered: the conversion has read it first
-  }
-  return absl::OkStatus();
+CudaStage::PackedOffsets CudaStage::Offsets(int64_t t) const {
+  PackedOffsets o;
+  o.x = 0;
+  o.q = o.x + t * c_;
+  o.att = o.q + t * qd_;
+  o.xmid = o.att + t * qd_;
+  o.gate = o.xmid + t * c_;
+  o.up = o.gate + t * inter_;
+  o.total = o.up + t * inter_;
+  return o;
 }
 
-absl::Status CudaStage::Unpack(const LayerActs& a, int64_t t, LayerActs* w) {
+absl::Status CudaStage::Unpack(const LayerActs& a, int64_t t, bool gate_up, LayerActs* w) {
   constexpr MemoryTracker::Kind kS = MemoryTracker::kScratch;
-  const std::pair<DArray<float>*, int64_t> parts[] = {
-      {&w->x, t * c_},   {&w->q, t * qd_},        {&w->att, t * qd_},
-      {&w->xmid, t * c_}, {&w->gate, t * inter_}, {&w->up, t * inter_}};
-  int64_t off = 0;
-  for (auto [p, n] : parts) {
+  const PackedOffsets o = Offsets(t);
+  const std::tuple<DArray<float>*, int64_t, int64_t> parts[] = {
+      {&w->x, o.x, t * c_},           {&w->q, o.q, t * qd_},        {&w->att, o.att, t * qd_},
+      {&w->xmid, o.xmid, t * c_},     {&w->gate, o.gate, t * inter_}, {&w->up, o.up, t * inter_}};
+  for (auto [p, at, n] : parts) {
+    if (!gate_up && (p == &w->gate || p == &w->up)) continue;
     CF_RETURN_IF_ERROR(Alloc(*p, kS, n, "widened activations"));
-    CF_LAUNCH(kc::bf16_to_float(p->data(), a.packed.data() + off, n, ctx_->stream()));
-    off += n;
+    CF_LAUNCH(kc::bf16_to_float(p->data(), a.packed.data() + at, n, ctx_->stream()));
   }
   return absl::OkStatus();
 }
@@ -737,43 +811,76 @@ absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const Chu
                                       const LayerActs& kept, float* dx) {
   // bf16-stored activations: fp32 copies for this layer's backward only
   // (lse is kept in fp32; rstd is recomputed below from the stored x / x').
+  // The fused SwiGLU reads the stored bf16 gate / up as they are, and the
+  // attention output's GEMM its stored bf16 copy.
+  const bool fused = bf16() && options_.fused_elementwise;
+  const bool packed = !kept.packed.empty();
+  const PackedOffsets off = Offsets(in.rows);
   LayerActs wide;
-  if (!kept.packed.empty()) CF_RETURN_IF_ERROR(Unpack(kept, in.rows, &wide));
-  const LayerActs& a = kept.packed.empty() ? kept : wide;
+  if (packed) CF_RETURN_IF_ERROR(Unpack(kept, in.rows, /*gate_up=*/!fused, &wide));
+  const LayerActs& a = packed ? wide : kept;
   const float* lse = kept.lse.data();
   const ModelConfig& cfg = params_->config();
   const LayerView w = params_->weights().layers[l];
   const int64_t t = in.rows, h = cfg.num_attention_heads, hk = cfg.num_key_value_heads;
   const int64_t d = cfg.head_dim();
-  const float eps = static_cast<float>(cfg.rms_norm_eps);
   const float theta = static_cast<float>(cfg.rope_theta);
   cudaStream_t st = ctx_->stream();
   constexpr MemoryTracker::Kind kS = MemoryTracker::kScratch;
 
   // MLP: dx is the gradient of the layer output.
-  DArray<float> hn, rstd;
-  CF_RETURN_IF_ERROR(Alloc(hn, kS, t * c_, "normed hidden"));
+  Normed hn;
+  DArray<float> rstd;
   CF_RETURN_IF_ERROR(Alloc(rstd, kS, t, "rstd"));
-  CF_LAUNCH(kc::rmsnorm_forward(hn.data(), rstd.data(), a.xmid.data(), W(w.ln2), t, c_, eps, st));
+  CF_RETURN_IF_ERROR(NormForGemm(a.xmid.data(), w.ln2, rstd.data(), t, &hn));
   {
+    const int64_t n = t * inter_;
+    // The gate / up the fused kernels read: the stored bf16 ones, or the
+    // fp32 ones kept without bf16 storage.
+    const Bf16* gate16 = packed ? kept.packed.data() + off.gate : nullptr;
+    const Bf16* up16 = packed ? kept.packed.data() + off.up : nullptr;
     DArray<float> act, dact;
-    CF_RETURN_IF_ERROR(Alloc(act, kS, t * inter_, "swiglu"));
-    CF_RETURN_IF_ERROR(Alloc(dact, kS, t * inter_, "swiglu gradient", true));
-    CF_LAUNCH(kc::swiglu_forward(act.data(), a.gate.data(), a.up.data(), t * inter_, st));
-    CF_RETURN_IF_ERROR(LinearBackward(dact.data(), w.wd, nullptr, dx, act.data(), t, inter_, c_));
+    DArray<Bf16> act16;
+    if (fused) {
+      CF_RETURN_IF_ERROR(Alloc(act16, kS, n, "swiglu (bf16)"));
+      CF_LAUNCH(packed ? kc::swiglu_forward_bf16(act16.data(), gate16, up16, n, st)
+                       : kc::swiglu_forward_bf16(act16.data(), nullptr, nullptr, a.gate.data(),
+                                                 a.up.data(), n, st));
+    } else {
+      CF_RETURN_IF_ERROR(Alloc(act, kS, n, "swiglu"));
+      CF_LAUNCH(kc::swiglu_forward(act.data(), a.gate.data(), a.up.data(), n, st));
+    }
+    CF_RETURN_IF_ERROR(Alloc(dact, kS, n, "swiglu gradient", true));
+    CF_RETURN_IF_ERROR(LinearBackward(dact.data(), w.wd, nullptr, dx,
+                                      fused ? Operand(act16.data()) : Operand(act.data()), t,
+                                      inter_, c_));
     act.Release();
+    act16.Release();
     DArray<float> dgate, dup;
-    CF_RETURN_IF_ERROR(Alloc(dgate, kS, t * inter_, "gate gradient", true));
-    CF_RETURN_IF_ERROR(Alloc(dup, kS, t * inter_, "up gradient", true));
-    CF_LAUNCH(kc::swiglu_backward(dgate.data(), dup.data(), dact.data(), a.gate.data(),
-                                  a.up.data(), t * inter_, st));
+    DArray<Bf16> dgate16, dup16;
+    if (fused) {
+      CF_RETURN_IF_ERROR(Alloc(dgate16, kS, n, "gate gradient (bf16)"));
+      CF_RETURN_IF_ERROR(Alloc(dup16, kS, n, "up gradient (bf16)"));
+      CF_LAUNCH(packed ? kc::swiglu_backward_bf16(dgate16.data(), dup16.data(), dact.data(),
+                                                  gate16, up16, n, st)
+                       : kc::swiglu_backward_bf16(dgate16.data(), dup16.data(), dact.data(),
+                                                  a.gate.data(), a.up.data(), n, st));
+    } else {
+      CF_RETURN_IF_ERROR(Alloc(dgate, kS, n, "gate gradient", true));
+      CF_RETURN_IF_ERROR(Alloc(dup, kS, n, "up gradient", true));
+      CF_LAUNCH(kc::swiglu_backward(dgate.data(), dup.data(), dact.data(), a.gate.data(),
+                                    a.up.data(), n, st));
+    }
     dact.Release();
     DArray<float> dh;
     CF_RETURN_IF_ERROR(Alloc(dh, kS, t * c_, "normed gradient", true));
-    CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wg, nullptr, dgate.data(), hn.data(), t, c_,
-                                      inter_));
-    CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wu, nullptr, dup.data(), hn.data(), t, c_,
-                                      inter_));
+    CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wg, nullptr,
+                                      fused ? Operand(dgate16.data()) : Operand(dgate.data()),
+                                      hn.operand(), t, c_, inter_));
+    CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wu, nullptr,
+                                      fused ? Operand(dup16.data()) : Operand(dup.data()),
+                                      hn.operand(), t, c_, inter_));
+    hn = Normed();
     // dx becomes the gradient of x' (residual plus the MLP branch).
     // With the rstd just recomputed from x' (bit-identical to the stored one
     // in fp32; consistent with the bf16-stored x' otherwise).
@@ -784,7 +891,10 @@ absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const Chu
   DArray<float> datt, dq;
   CF_RETURN_IF_ERROR(Alloc(datt, kS, t * qd_, "attention output gradient", true));
   CF_RETURN_IF_ERROR(Alloc(dq, kS, t * qd_, "q gradient", true));
-  CF_RETURN_IF_ERROR(LinearBackward(datt.data(), w.wo, nullptr, dx, a.att.data(), t, qd_, c_));
+  CF_RETURN_IF_ERROR(LinearBackward(
+      datt.data(), w.wo, nullptr, dx,
+      packed && bf16() ? Operand(kept.packed.data() + off.att) : Operand(a.att.data()), t, qd_,
+      c_));
   StateWindows windows(&state_, l);
   for (const PieceRows& p : in.pieces) {
     CF_RETURN_IF_ERROR(windows.Acquire(p.seq, p.offset + p.length, /*grads=*/true));
@@ -828,12 +938,12 @@ absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const Chu
     CF_RETURN_IF_ERROR(state_.Release(p.seq, l, {0, 0}, /*grads_end=*/p.offset));
   }
   CF_LAUNCH(kc::rope_backward(dkp.data(), dkr.data(), rows.positions.data(), t, hk, d, theta, st));
-  CF_LAUNCH(kc::rmsnorm_forward(hn.data(), rstd.data(), a.x.data(), W(w.ln1), t, c_, eps, st));
+  CF_RETURN_IF_ERROR(NormForGemm(a.x.data(), w.ln1, rstd.data(), t, &hn));
   DArray<float> dh;
   CF_RETURN_IF_ERROR(Alloc(dh, kS, t * c_, "normed gradient", true));
-  CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wq, w.bq, dqp.data(), hn.data(), t, c_, qd_));
-  CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wk, w.bk, dkp.data(), hn.data(), t, c_, kvd_));
-  CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wv, w.bv, dvv.data(), hn.data(), t, c_, kvd_));
+  CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wq, w.bq, dqp.data(), hn.operand(), t, c_, qd_));
+  CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wk, w.bk, dkp.data(), hn.operand(), t, c_, kvd_));
+  CF_RETURN_IF_ERROR(LinearBackward(dh.data(), w.wv, w.bv, dvv.data(), hn.operand(), t, c_, kvd_));
   CF_LAUNCH(kc::rmsnorm_backward(dx, G(w.ln1), dh.data(), a.x.data(), W(w.ln1), rstd.data(), t,
                                  c_, st));
   return absl::OkStatus();

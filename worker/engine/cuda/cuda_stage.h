@@ -81,6 +81,15 @@ struct CudaStageOptions {
   // up; rstd and lse stay fp32), widened again for the layer's backward.
   // Little more than half the activation memory.
   bool bf16_activations = true;
+  // With Precision::kBf16: the elementwise ops feeding the GEMMs write their
+  // bf16 operands themselves (kernels/cuda/ops.h's *_bf16 fusions): RMSNorm
+  // its normed output, SwiGLU its activation (and the kept gate / up), its
+  // backward the gate / up gradients, the LM head's fused cross-entropy the
+  // logits gradient; the backward's SwiGLU reads the kept bf16 gate / up as
+  // they are. (Each GEMM input is converted once either way.) false runs the fp32 op and
+  // float_to_bf16 as two kernels: the same bits (tested), more memory
+  // traffic - kept to time the difference (cuda_step_bench --variants).
+  bool fused_elementwise = true;
 };
 
 class CudaStage : public StageExecutor {
@@ -210,20 +219,52 @@ class CudaStage : public StageExecutor {
   absl::Status UploadRows(const ChunkInput& in, ChunkRows* rows);
   std::vector<kernels::cuda::AttentionSegment> Segments(const ChunkInput& in, int64_t l);
   absl::Status RefreshBf16();
-  // bf16 activation storage: a layer's fp32 activations into `packed`, and
-  // back into fp32 scratch copies of them (rstd and lse stay in `a`).
-  absl::Status Pack(LayerActs& a, int64_t t);
-  absl::Status Unpack(const LayerActs& a, int64_t t, LayerActs* wide);
+  // bf16 activation storage: `packed` holds x, q, att, xmid, gate and up
+  // back to back (LayerForward writes each as it is made); Unpack widens
+  // them into fp32 scratch copies (rstd and lse stay in `a`), gate and up
+  // only when `gate_up`.
+  struct PackedOffsets {  // in elements; total: the size of `packed`
+    int64_t x, q, att, xmid, gate, up, total;
+  };
+  PackedOffsets Offsets(int64_t t) const;
+  absl::Status Unpack(const LayerActs& a, int64_t t, bool gate_up, LayerActs* wide);
 
   // Device pointers of a host weight / gradient pointer of params_'s views.
   const float* W(const float* host) const;
   const Bf16* WB(const float* host) const;
   float* G(const float* host);
 
-  absl::Status Linear(float* out, const float* inp, const float* w, const float* b, int64_t T,
+  // A GEMM operand: fp32, or already in bf16 (read as it is by the bf16
+  // GEMMs; an fp32 one is converted for them). Precision::kFp32 takes fp32
+  // only.
+  struct Operand {
+    Operand(const float* p) : f32(p) {}  // NOLINT: implicit, as a pointer
+    Operand(const Bf16* p) : b16(p) {}   // NOLINT
+    Operand At(int64_t offset) const {
+      return f32 != nullptr ? Operand(f32 + offset) : Operand(b16 + offset);
+    }
+    const float* f32 = nullptr;
+    const Bf16* b16 = nullptr;
+  };
+  // The normed hidden state a branch's GEMMs read, in their precision: bf16
+  // made once for all of them (fused, or rmsnorm_forward and one
+  // conversion), fp32 under Precision::kFp32.
+  struct Normed {
+    DArray<float> f32;
+    DArray<Bf16> b16;
+    Operand operand() const {
+      return b16.empty() ? Operand(f32.data()) : Operand(b16.data());
+    }
+  };
+  absl::Status NormForGemm(const float* x, const float* weight, float* rstd, int64_t t,
+                           Normed* out);
+  bool bf16() const { return options_.precision == Precision::kBf16; }
+
+  absl::Status Linear(float* out, Operand inp, const float* w, const float* b, int64_t T,
                       int64_t IC, int64_t OC);
-  absl::Status LinearBackward(float* dinp, const float* w, const float* b, const float* dout,
-                              const float* inp, int64_t T, int64_t IC, int64_t OC);
+  // A bias gradient needs dout in fp32.
+  absl::Status LinearBackward(float* dinp, const float* w, const float* b, Operand dout,
+                              Operand inp, int64_t T, int64_t IC, int64_t OC);
 
   // FAILED_PRECONDITION naming the sequence when the reference kernel would
   // attend to a sequence longer than kReferenceAttentionMaxKeys.

@@ -11,7 +11,9 @@
 //     timed steps after --warmup. Model FLOPs per step: 6 x (matmul
 //     parameters) x tokens + 6 x layers x heads x head_dim x sum(T^2) (causal
 //     attention, PaLM's count with the causal half); MFU = model FLOP/s /
-//     --peak_tflops.
+//     --peak_tflops. --variants=unfused adds, in the same run, the first K
+//     with CudaStageOptions::fused_elementwise off (the same bits, the
+//     elementwise ops and their bf16 conversions as separate kernels).
 // (b) Memory. ComputeGradients of one sequence of --memory_tokens tokens:
 //     ChunkSize --memory_chunk_size with K=1 (state on the device, then
 //     offloaded to pinned host memory), then unchunked; each in a fresh
@@ -35,6 +37,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "tools/bench/bench_util.h"
 #include "worker/engine/torch_step_args.h"
 #include "worker/engine/cuda/cuda_engine.h"
@@ -51,6 +54,9 @@ ABSL_FLAG(std::string, lengths,
 ABSL_FLAG(int64_t, chunk_size, 8192, "Throughput: ChunkSize");
 ABSL_FLAG(std::string, ks, "1", "Throughput: K of each config, comma-separated");
 ABSL_FLAG(std::string, precision, "bf16", "bf16 or fp32 (GEMMs)");
+ABSL_FLAG(std::string, variants, "unfused",
+          "Throughput: extra engine rows, comma-separated: unfused (the first K with the bf16 "
+          "elementwise fusions off); empty for none");
 ABSL_FLAG(int32_t, warmup, 1, "Throughput: untimed steps first");
 ABSL_FLAG(int32_t, steps, 3, "Throughput: timed steps (median)");
 ABSL_FLAG(double, peak_tflops, 989.4,
@@ -119,9 +125,10 @@ struct Row {
 };
 
 absl::StatusOr<Row> TimeEngine(const ModelConfig& cfg, const StepData& data, int64_t chunk,
-                               int32_t k) {
+                               int32_t k, bool fused = true) {
   CudaEngineOptions o;
   o.precision = ParsePrecision();
+  o.fused_elementwise = fused;
   absl::StatusOr<std::unique_ptr<CudaEngine>> e = CudaEngine::Create(cfg, 1, o);
   if (!e.ok()) return e.status();
   if (absl::Status s = (*e)->InitRandom(absl::GetFlag(FLAGS_seed)); !s.ok()) return s;
@@ -131,7 +138,8 @@ absl::StatusOr<Row> TimeEngine(const ModelConfig& cfg, const StepData& data, int
   Row row;
   row.implementation = "ChunkFlow CUDA";
   row.config = absl::StrCat(absl::GetFlag(FLAGS_precision), ", ChunkSize=", chunk, " K=", k,
-                            (*e)->stage(0).uses_flash_attention() ? ", flash" : ", reference attn");
+                            (*e)->stage(0).uses_flash_attention() ? ", flash" : ", reference attn",
+                            fused ? "" : ", unfused elementwise");
   std::vector<double> times;
   const int32_t warmup = absl::GetFlag(FLAGS_warmup), steps = absl::GetFlag(FLAGS_steps);
   for (int32_t i = 0; i < warmup + steps; ++i) {
@@ -187,10 +195,24 @@ absl::Status RunThroughput(std::vector<std::string>* json) {
   int64_t checksum = 0;
   const StepData data = MakeData(*lengths, cfg->vocab_size, &checksum);
   const double flops = StepFlops(*cfg, *lengths);
+  bool unfused = false;
+  for (absl::string_view v : absl::StrSplit(absl::GetFlag(FLAGS_variants), ',', absl::SkipEmpty())) {
+    if (v != "unfused") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--variants: unknown '", v, "' (known: unfused)"));
+    }
+    unfused = true;
+  }
   std::vector<Row> rows;
   for (int64_t k : *ks) {
     absl::StatusOr<Row> r =
         TimeEngine(*cfg, data, absl::GetFlag(FLAGS_chunk_size), static_cast<int32_t>(k));
+    if (!r.ok()) return r.status();
+    rows.push_back(*r);
+  }
+  if (unfused) {
+    absl::StatusOr<Row> r = TimeEngine(*cfg, data, absl::GetFlag(FLAGS_chunk_size),
+                                       static_cast<int32_t>(ks->front()), /*fused=*/false);
     if (!r.ok()) return r.status();
     rows.push_back(*r);
   }
