@@ -529,7 +529,8 @@ absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const Chun
 
   // Kept in bf16: each activation goes into `packed` as it is made (the
   // bf16 attention output and gate / up are also what the GEMMs read), and
-  // the fp32 working copies are scratch, released at the end.
+  // the fp32 working copies are scratch, each released after its last use
+  // (stream-ordered: the kernels queued before have read it).
   const bool pack = kind == MemoryTracker::kActivations && pack_;
   const MemoryTracker::Kind wide = pack ? kS : kind;
   const PackedOffsets off = Offsets(t);
@@ -595,7 +596,9 @@ absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const Chun
         p.seq, l, write_kv ? std::pair{p.offset, p.offset + p.length} : std::pair<int64_t, int64_t>{0, 0},
         /*grads_end=*/0));
   }
+  if (pack) a.q.Release();
   CF_RETURN_IF_ERROR(keep16(a.att, off.att));
+  if (pack) a.att.Release();
   DArray<float> tmp;
   CF_RETURN_IF_ERROR(Alloc(tmp, kS, t * c_, "branch output"));
   CF_RETURN_IF_ERROR(Linear(tmp.data(), pack ? Operand(packed(off.att)) : Operand(a.att.data()),
@@ -603,6 +606,7 @@ absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const Chun
   CF_RETURN_IF_ERROR(Alloc(a.xmid, wide, t * c_, "x'"));
   CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, a.xmid.data(), a.x.data(), t * c_ * kF, "x'"));
   CF_LAUNCH(kc::add_to(a.xmid.data(), tmp.data(), t * c_, st));
+  if (pack) a.x.Release();
   CF_RETURN_IF_ERROR(keep16(a.xmid, off.xmid));
 
   CF_RETURN_IF_ERROR(Alloc(a.rstd2, kind, t, "rstd2"));
@@ -624,13 +628,15 @@ absl::Status CudaStage::LayerForward(int64_t l, const ChunkInput& in, const Chun
     CF_RETURN_IF_ERROR(keep16(a.gate, off.gate));
     CF_RETURN_IF_ERROR(keep16(a.up, off.up));
   }
+  if (pack) {
+    a.gate.Release();
+    a.up.Release();
+  }
   CF_RETURN_IF_ERROR(Linear(tmp.data(), fused ? Operand(act16.data()) : Operand(act.data()), w.wd,
                             nullptr, t, inter_, c_));
   CF_RETURN_IF_ERROR(CopyOnDevice(*ctx_, inout, a.xmid.data(), t * c_ * kF, "layer output"));
   CF_LAUNCH(kc::add_to(inout, tmp.data(), t * c_, st));
-  if (pack) {  // stream-ordered: the kernels above have read them first
-    for (DArray<float>* p : {&a.x, &a.q, &a.att, &a.xmid, &a.gate, &a.up}) p->Release();
-  }
+  if (pack) a.xmid.Release();
   return absl::OkStatus();
 }
 
@@ -793,32 +799,11 @@ CudaStage::PackedOffsets CudaStage::Offsets(int64_t t) const {
   return o;
 }
 
-absl::Status CudaStage::Unpack(const LayerActs& a, int64_t t, bool gate_up, LayerActs* w) {
-  constexpr MemoryTracker::Kind kS = MemoryTracker::kScratch;
-  const PackedOffsets o = Offsets(t);
-  const std::tuple<DArray<float>*, int64_t, int64_t> parts[] = {
-      {&w->x, o.x, t * c_},           {&w->q, o.q, t * qd_},        {&w->att, o.att, t * qd_},
-      {&w->xmid, o.xmid, t * c_},     {&w->gate, o.gate, t * inter_}, {&w->up, o.up, t * inter_}};
-  for (auto [p, at, n] : parts) {
-    if (!gate_up && (p == &w->gate || p == &w->up)) continue;
-    CF_RETURN_IF_ERROR(Alloc(*p, kS, n, "widened activations"));
-    CF_LAUNCH(kc::bf16_to_float(p->data(), a.packed.data() + at, n, ctx_->stream()));
-  }
-  return absl::OkStatus();
-}
-
 absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const ChunkRows& rows,
                                       const LayerActs& kept, float* dx) {
-  // bf16-stored activations: fp32 copies for this layer's backward only
-  // (lse is kept in fp32; rstd is recomputed below from the stored x / x').
-  // The fused SwiGLU reads the stored bf16 gate / up as they are, and the
-  // attention output's GEMM its stored bf16 copy.
   const bool fused = bf16() && options_.fused_elementwise;
   const bool packed = !kept.packed.empty();
   const PackedOffsets off = Offsets(in.rows);
-  LayerActs wide;
-  if (packed) CF_RETURN_IF_ERROR(Unpack(kept, in.rows, /*gate_up=*/!fused, &wide));
-  const LayerActs& a = packed ? wide : kept;
   const float* lse = kept.lse.data();
   const ModelConfig& cfg = params_->config();
   const LayerView w = params_->weights().layers[l];
@@ -827,6 +812,25 @@ absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const Chu
   const float theta = static_cast<float>(cfg.rope_theta);
   cudaStream_t st = ctx_->stream();
   constexpr MemoryTracker::Kind kS = MemoryTracker::kScratch;
+  // bf16-stored activations: fp32 scratch copies, each widened when the
+  // backward reaches its first use and released after its last (lse is
+  // kept in fp32; rstd is recomputed below from the stored x / x'). The
+  // fused SwiGLU reads the stored bf16 gate / up as they are, and the
+  // attention output's GEMM its stored bf16 copy.
+  LayerActs wide;
+  const LayerActs& a = packed ? wide : kept;
+  auto widen = [&](DArray<float> LayerActs::*part, int64_t at, int64_t n) -> absl::Status {
+    if (!packed) return absl::OkStatus();
+    DArray<float>& dst = wide.*part;
+    CF_RETURN_IF_ERROR(Alloc(dst, kS, n, "widened activations"));
+    CF_LAUNCH(kc::bf16_to_float(dst.data(), kept.packed.data() + at, n, st));
+    return absl::OkStatus();
+  };
+  CF_RETURN_IF_ERROR(widen(&LayerActs::xmid, off.xmid, t * c_));
+  if (!fused) {
+    CF_RETURN_IF_ERROR(widen(&LayerActs::gate, off.gate, t * inter_));
+    CF_RETURN_IF_ERROR(widen(&LayerActs::up, off.up, t * inter_));
+  }
 
   // MLP: dx is the gradient of the layer output.
   Normed hn;
@@ -886,6 +890,7 @@ absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const Chu
     // in fp32; consistent with the bf16-stored x' otherwise).
     CF_LAUNCH(kc::rmsnorm_backward(dx, G(w.ln2), dh.data(), a.xmid.data(), W(w.ln2), rstd.data(),
                                    t, c_, st));
+    for (DArray<float>* p : {&wide.xmid, &wide.gate, &wide.up}) p->Release();
   }
   // Attention.
   DArray<float> datt, dq;
@@ -893,8 +898,9 @@ absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const Chu
   CF_RETURN_IF_ERROR(Alloc(dq, kS, t * qd_, "q gradient", true));
   CF_RETURN_IF_ERROR(LinearBackward(
       datt.data(), w.wo, nullptr, dx,
-      packed && bf16() ? Operand(kept.packed.data() + off.att) : Operand(a.att.data()), t, qd_,
-      c_));
+      packed ? Operand(kept.packed.data() + off.att) : Operand(kept.att.data()), t, qd_, c_));
+  CF_RETURN_IF_ERROR(widen(&LayerActs::q, off.q, t * qd_));
+  CF_RETURN_IF_ERROR(widen(&LayerActs::att, off.att, t * qd_));
   StateWindows windows(&state_, l);
   for (const PieceRows& p : in.pieces) {
     CF_RETURN_IF_ERROR(windows.Acquire(p.seq, p.offset + p.length, /*grads=*/true));
@@ -916,6 +922,8 @@ absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const Chu
                                               st));
   }
   datt.Release();
+  wide.q.Release();
+  wide.att.Release();
   // dK/dV of this chunk's rows are complete now: every later chunk of the
   // sequence has run its backward.
   DArray<float> dqp, dkr, dkp, dvv;
@@ -938,6 +946,7 @@ absl::Status CudaStage::LayerBackward(int64_t l, const ChunkInput& in, const Chu
     CF_RETURN_IF_ERROR(state_.Release(p.seq, l, {0, 0}, /*grads_end=*/p.offset));
   }
   CF_LAUNCH(kc::rope_backward(dkp.data(), dkr.data(), rows.positions.data(), t, hk, d, theta, st));
+  CF_RETURN_IF_ERROR(widen(&LayerActs::x, off.x, t * c_));
   CF_RETURN_IF_ERROR(NormForGemm(a.x.data(), w.ln1, rstd.data(), t, &hn));
   DArray<float> dh;
   CF_RETURN_IF_ERROR(Alloc(dh, kS, t * c_, "normed gradient", true));

@@ -220,14 +220,12 @@ class CudaStage : public StageExecutor {
   std::vector<kernels::cuda::AttentionSegment> Segments(const ChunkInput& in, int64_t l);
   absl::Status RefreshBf16();
   // bf16 activation storage: `packed` holds x, q, att, xmid, gate and up
-  // back to back (LayerForward writes each as it is made); Unpack widens
-  // them into fp32 scratch copies (rstd and lse stay in `a`), gate and up
-  // only when `gate_up`.
+  // back to back (LayerForward writes each as it is made; LayerBackward
+  // widens each into fp32 scratch where it needs it).
   struct PackedOffsets {  // in elements; total: the size of `packed`
     int64_t x, q, att, xmid, gate, up, total;
   };
   PackedOffsets Offsets(int64_t t) const;
-  absl::Status Unpack(const LayerActs& a, int64_t t, bool gate_up, LayerActs* wide);
 
   // Device pointers of a host weight / gradient pointer of params_'s views.
   const float* W(const float* host) const;

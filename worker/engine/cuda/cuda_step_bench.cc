@@ -201,7 +201,11 @@ absl::Status RunThroughput(std::vector<std::string>* json) {
       return absl::InvalidArgumentError(
           absl::StrCat("--variants: unknown '", v, "' (known: unfused)"));
     }
-    unfused = true;
+    unfused = ParsePrecision() == Precision::kBf16;
+    if (!unfused) {
+      std::fprintf(stderr,
+                   "cuda_step_bench: --variants=unfused skipped: the fusions are bf16-only\n");
+    }
   }
   std::vector<Row> rows;
   for (int64_t k : *ks) {
