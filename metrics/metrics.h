@@ -58,8 +58,8 @@ inline constexpr std::string_view kWorkerStates[] = {"idle", "assigned", "runnin
 inline constexpr std::string_view kJobStates[] = {"pending", "running", "completed", "failed",
                                                   "cancelled"};
 // chunkflow_replans_total{reason}: the memory budget forced a new K or chunk
-// size, a refitted cost model changed the balance, or an admin changed the
-// schedule (UpdateSchedule).
+// size, a refit changed the cost model the next steps balance with, or an
+// admin changed the schedule (UpdateSchedule).
 inline constexpr std::string_view kReplanReasons[] = {"memory", "cost_model", "admin"};
 // chunkflow_op_seconds{op} and chunkflow_chunks_total{op}.
 inline constexpr std::string_view kOps[] = {"forward", "backward", "recompute"};

@@ -222,7 +222,11 @@ absl::Status Coordinator::OpenJob(JobEntry* job, std::unique_ptr<ResolvedJob> re
   job->cost = job->prior;
   job->memory = planner::MemoryModelFromShape(shape, job->pp());
   if (job->job.has_fitted_cost_model() && job->job.fitted_cost_model().stages_size() == job->pp()) {
+    // A restarted coordinator has lost the samples: the refits after it
+    // start from what was fitted (a stage with too few new samples keeps
+    // it), not from the CPU-sized prior.
     job->cost = FromProto(job->job.fitted_cost_model());
+    job->prior = job->cost;
   }
   return absl::OkStatus();
 }
@@ -657,11 +661,10 @@ void Coordinator::AssignLocked(JobEntry* job, std::vector<WorkerEntry*> workers,
   const int64_t target = ckpt->has_value() && (*ckpt)->step <= *last ? (*ckpt)->step : -1;
   const bool from_checkpoint = target >= 0;
   if (target != *last) {
-    if (absl::Status s = options_.store->RewindTo(job->job.id(), target); !s.ok()) {
+    if (absl::Status s = RewindLocked(job, target); !s.ok()) {
       FinishJobLocked(job, v1::JOB_STATE_FAILED, absl::StrCat("cannot rewind: ", s.message()), out);
       return;
     }
-    job->job.set_steps_committed(target + 1);
   }
   // The job record (with the new generation) is written before any worker
   // record: a crash in between leaves workers of an older generation, which
@@ -934,10 +937,16 @@ void Coordinator::CommitLocked(JobEntry* job, Outbox* out) {
   }
   absl::StatusOr<planner::CostModel> fitted = planner::FitCostModel(job->samples, job->prior, {});
   if (fitted.ok()) {
+    // A replan when the refit changed the model the next steps balance with
+    // (not when a stage without enough samples kept it).
+    const v1::CostModel before = ToProto(job->cost);
     job->cost = *fitted;
     *job->job.mutable_fitted_cost_model() = ToProto(*fitted);
     (void)options_.store->PutCostModel(id, job->job.fitted_cost_model());
-    if (options_.metrics != nullptr) (void)options_.metrics->OnReplan("cost_model");
+    if (options_.metrics != nullptr &&
+        before.SerializeAsString() != job->job.fitted_cost_model().SerializeAsString()) {
+      (void)options_.metrics->OnReplan("cost_model");
+    }
   }
 
   // Memory over budget: lower K, then ChunkSize, for the next step.
@@ -1020,6 +1029,31 @@ void Coordinator::ReleaseRanksLocked(JobEntry* job, v1::Control::Action action,
   absl::erase_if(kv_, [&](const auto& kv) { return absl::StartsWith(kv.first, prefix); });
 }
 
+absl::Status Coordinator::RewindLocked(JobEntry* job, int64_t target) {
+  const std::string& id = job->job.id();
+  absl::StatusOr<int64_t> last = options_.store->LastCommittedStep(id);
+  if (!last.ok()) return last.status();
+  // The totals first (read before the rewind forgets the steps), applied
+  // only once the log is rewound.
+  int64_t forgotten = 0;
+  for (int64_t s = target + 1; s <= *last; ++s) {
+    absl::StatusOr<StepRecord> r = options_.store->GetStep(id, s);
+    if (!r.ok()) return r.status();
+    if (r->commit.has_value()) forgotten += r->commit->tokens;
+  }
+  double loss = 0;
+  if (target >= 0) {
+    absl::StatusOr<StepRecord> r = options_.store->GetStep(id, target);
+    if (!r.ok()) return r.status();
+    if (r->commit.has_value()) loss = r->commit->loss;
+  }
+  if (absl::Status s = options_.store->RewindTo(id, target); !s.ok()) return s;
+  job->job.set_steps_committed(target + 1);
+  job->job.set_tokens_trained(std::max<int64_t>(job->job.tokens_trained() - forgotten, 0));
+  job->job.set_last_loss(loss);
+  return absl::OkStatus();
+}
+
 void Coordinator::ResetJobLocked(JobEntry* job, const std::string& why, Outbox* out) {
   if (Finished(job->job.state())) return;
   if (++job->consecutive_resets >= kMaxConsecutiveResets) {
@@ -1040,12 +1074,11 @@ void Coordinator::ResetJobLocked(JobEntry* job, const std::string& why, Outbox* 
     return;
   }
   const int64_t target = ckpt->has_value() ? (*ckpt)->step : -1;
-  if (absl::Status s = options_.store->RewindTo(job->job.id(), target); !s.ok()) {
+  if (absl::Status s = RewindLocked(job, target); !s.ok()) {
     FinishJobLocked(job, v1::JOB_STATE_FAILED,
                     absl::StrCat(why, "; cannot rewind the step log: ", s.message()), out);
     return;
   }
-  job->job.set_steps_committed(target + 1);
   job->job.set_state(v1::JOB_STATE_PENDING);
   EventLocked(job,
               absl::StrCat(why, "; back to ",

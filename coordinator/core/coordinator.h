@@ -172,6 +172,10 @@ class Coordinator {
   void CommitLocked(JobEntry* job, Outbox* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ResetJobLocked(JobEntry* job, const std::string& why, Outbox* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Rewinds the step log to `target` (Store::RewindTo) and the job's totals
+  // with it: steps committed, tokens trained (less the forgotten steps')
+  // and the last loss (the target step's; 0 before any).
+  absl::Status RewindLocked(JobEntry* job, int64_t target) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishJobLocked(JobEntry* job, chunkflow::v1::JobState state, const std::string& why,
                        Outbox* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseRanksLocked(JobEntry* job, chunkflow::v1::Control::Action action,

@@ -13,6 +13,8 @@
 
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
+#include "metrics/metrics.h"
+#include "prometheus/registry.h"
 
 namespace chunkflow::coordinator {
 namespace {
@@ -164,14 +166,31 @@ class CoordinatorTest : public ::testing::Test {
     coordinator_.reset();
     store_.reset();
     store_ = *Store::Open(dir_ + "/db");
+    // A coordinator process's metrics start at 0.
+    registry_ = std::make_shared<prometheus::Registry>();
+    metrics_ = *metrics::CoordinatorMetrics::Create(registry_);
     CoordinatorOptions o;
     o.store = store_.get();
+    o.metrics = metrics_.get();
     o.clock = &clock_;
     o.heartbeat_interval = absl::Seconds(1);
     o.heartbeat_timeout = absl::Seconds(5);
     absl::StatusOr<std::unique_ptr<Coordinator>> c = Coordinator::Create(o);
     ASSERT_TRUE(c.ok()) << c.status();
     coordinator_ = std::move(*c);
+  }
+
+  // chunkflow_replans_total{reason}, as a scrape reads it.
+  double Replans(const std::string& reason) {
+    for (const prometheus::MetricFamily& f : registry_->Collect()) {
+      if (f.name != "chunkflow_replans_total") continue;
+      for (const prometheus::ClientMetric& m : f.metric) {
+        for (const prometheus::ClientMetric::Label& l : m.label) {
+          if (l.name == "reason" && l.value == reason) return m.counter.value;
+        }
+      }
+    }
+    return -1;
   }
 
   v1::JobSpec Spec(int32_t dp, int32_t pp, int64_t steps) {
@@ -228,6 +247,8 @@ class CoordinatorTest : public ::testing::Test {
   std::string dir_;
   FakeClock clock_;
   std::unique_ptr<Store> store_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<metrics::CoordinatorMetrics> metrics_;  // outlives coordinator_
   std::unique_ptr<Coordinator> coordinator_;
 };
 
@@ -302,11 +323,15 @@ TEST_F(CoordinatorTest, SilentWorker_TimesOut_JobRewindsToCheckpoint_AndResumesW
   ws[1].Join(coordinator_.get(), "b", 2);
   // Run 3 steps (checkpoint after step 1), then worker b stops answering
   // in the middle of step 3.
+  v1::Job after_checkpoint;
   for (int s = 0; s < 3; ++s) {
     ws[0].Pump(coordinator_.get());
     ws[1].Pump(coordinator_.get());
+    if (s == 1) after_checkpoint = *coordinator_->GetJob(id);
   }
   ASSERT_EQ(coordinator_->GetJob(id)->steps_committed(), 3);
+  ASSERT_EQ(after_checkpoint.steps_committed(), 2);
+  ASSERT_GT(coordinator_->GetJob(id)->tokens_trained(), after_checkpoint.tokens_trained());
   // The coordinator ticks every half heartbeat interval; a keeps beating.
   auto advance = [&](int half_seconds) {
     for (int i = 0; i < half_seconds; ++i) {
@@ -321,6 +346,9 @@ TEST_F(CoordinatorTest, SilentWorker_TimesOut_JobRewindsToCheckpoint_AndResumesW
   v1::Job job = *coordinator_->GetJob(id);
   EXPECT_EQ(job.state(), v1::JOB_STATE_PENDING);
   EXPECT_EQ(job.steps_committed(), 2) << "back to the checkpoint after step 1";
+  // Step 2 is forgotten, and so are its tokens and loss (it is trained again).
+  EXPECT_EQ(job.tokens_trained(), after_checkpoint.tokens_trained());
+  EXPECT_EQ(job.last_loss(), after_checkpoint.last_loss());
   EXPECT_TRUE(absl::StrContains(job.events(job.events_size() - 1), "worker b (stage 1, dp 0) lost"))
       << job.events(job.events_size() - 1);
   ASSERT_TRUE(ws[1].sink->closed.has_value());
@@ -367,6 +395,44 @@ TEST_F(CoordinatorTest, CoordinatorRestart_ResendsThePlannedStep_NoSampleTwice) 
   EXPECT_EQ(LoggedSamples(id), CursorSamples(5));
   const std::vector<int64_t> s = LoggedSamples(id);
   EXPECT_EQ(std::set<int64_t>(s.begin(), s.end()).size(), s.size()) << "a sample twice";
+}
+
+// A restarted coordinator keeps the cost model it fitted: the step after
+// the restart refits from it, not from the CPU-sized prior. (A step of one
+// document has too few forwards to refit a stage on its own, so the model
+// comes through unchanged.)
+TEST_F(CoordinatorTest, CoordinatorRestart_KeepsTheFittedCostModel) {
+  const int64_t steps = 8;
+  v1::JobSpec spec = Spec(1, 1, steps);
+  spec.set_global_batch(1);
+  const std::string id = coordinator_->SubmitJob(spec)->id();
+  std::vector<FakeWorker> ws(1);
+  ws[0].Join(coordinator_.get(), "a", 1);
+  for (int round = 0; round < 100 && coordinator_->GetJob(id)->steps_committed() < steps - 1;
+       ++round) {
+    ws[0].Pump(coordinator_.get());
+  }
+  const v1::Job before = *coordinator_->GetJob(id);
+  ASSERT_EQ(before.steps_committed(), steps - 1);
+  ASSERT_EQ(before.fitted_cost_model().stages_size(), 1);
+  // Fitted from the fake workers' times (1e-4 s a token + 1e-8 s a pair,
+  // backwards as forwards): a 256-token chunk within 10%.
+  const v1::StageCost& c = before.fitted_cost_model().stages(0);
+  const double chunk = c.linear_s_per_token() * 256 + c.quadratic_s_per_pair() * 256 * 256 / 2 +
+                       c.fixed_s();
+  ASSERT_NEAR(chunk, 1e-4 * 256 + 1e-8 * 256 * 256 / 2, 0.1 * chunk);
+  ASSERT_NEAR(before.fitted_cost_model().backward_ratio(), 1.0, 0.1);
+  // Refits that changed the model count as replans; a refit to the same
+  // model (a stage without enough samples) does not.
+  EXPECT_GE(Replans("cost_model"), 1);
+  EXPECT_LT(Replans("cost_model"), steps - 1);
+  OpenCoordinator();  // restart from RocksDB
+  ws[0].Reconnect(coordinator_.get());
+  PumpAll(ws);
+  const v1::Job done = *coordinator_->GetJob(id);
+  ASSERT_EQ(done.state(), v1::JOB_STATE_COMPLETED) << done.DebugString();
+  EXPECT_EQ(done.fitted_cost_model().DebugString(), before.fitted_cost_model().DebugString());
+  EXPECT_EQ(Replans("cost_model"), 0) << "the step after the restart left the model as it was";
 }
 
 // The checkpoint of the last step is recorded even when the coordinator

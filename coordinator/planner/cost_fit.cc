@@ -132,8 +132,10 @@ absl::StatusOr<CostModel> FitCostModel(const std::vector<OpSample>& samples,
     y[s.stage].push_back(s.seconds);
   }
   CostModel fitted = prior;
+  std::vector<bool> refit(pp, false);
   for (int32_t st = 0; st < pp; ++st) {
     if (static_cast<int32_t>(x[st].size()) < options.min_samples) continue;
+    refit[st] = true;
     StageCost c;
     if (Varied(x[st]) && FitStage(x[st], y[st], &c)) {
       fitted.stages[st] = c;
@@ -158,10 +160,13 @@ absl::StatusOr<CostModel> FitCostModel(const std::vector<OpSample>& samples,
     }
   }
   // Backward ratio: measured backward time over the fitted forward time of
-  // the same op shapes.
+  // the same op shapes, on the refitted stages only. A stage still on the
+  // prior predicts its forwards at the prior's speed (a CPU's, say, against
+  // a GPU's measured backwards: a ratio off by orders of magnitude), so
+  // with no stage refitted the prior's ratio stays.
   double bwd = 0, fwd = 0;
   for (const OpSample& s : samples) {
-    if (!s.backward) continue;
+    if (!s.backward || !refit[s.stage]) continue;
     bwd += s.seconds;
     fwd += Predict(fitted.stages[s.stage], s);
   }

@@ -4,8 +4,10 @@
 // by least squares to  linear * tokens + quadratic * attention_pairs + fixed
 // with every coefficient >= 0 (the model's terms are costs); the backward
 // ratio is the measured backward seconds over the fitted forward seconds of
-// the same ops, over all stages. A stage with fewer than `min_samples` forward
-// samples keeps the prior's coefficients; one whose samples cannot separate
+// the same ops, over the stages refitted. A stage with fewer than
+// `min_samples` forward samples keeps the prior's coefficients (and its
+// backwards do not count in the ratio; with no stage refitted the prior's
+// ratio stays); one whose samples cannot separate
 // the terms (every op the same shape) keeps the prior's shape, scaled to the
 // measured times.
 //

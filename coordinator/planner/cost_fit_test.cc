@@ -91,6 +91,31 @@ TEST(FitCostModel, TooFewSamples_KeepsThePrior) {
   ASSERT_TRUE(fit.ok()) << fit.status();
   EXPECT_EQ(fit->stages[0].linear_s_per_token, prior.stages[0].linear_s_per_token);
   EXPECT_EQ(fit->stages[1].fixed_s, prior.stages[1].fixed_s);
+  // The backwards are not measured against the prior's forwards either.
+  EXPECT_EQ(fit->backward_ratio, prior.backward_ratio);
+}
+
+// A prior 1000x too slow (a CPU rate on a GPU): the stage with enough
+// forwards is refitted and its backwards give the ratio; the stage still
+// on the prior does not drag it towards 0.002.
+TEST(FitCostModel, BackwardRatio_FromTheRefittedStagesOnly) {
+  CostModel prior = Prior(2);
+  for (StageCost& c : prior.stages) {
+    c.linear_s_per_token *= 1000;
+    c.quadratic_s_per_pair *= 1000;
+    c.fixed_s *= 1000;
+  }
+  std::vector<OpSample> samples;
+  for (const OpSample& s : Samples(Truth(), 20, 0.0, 5)) {
+    if (s.stage == 0) samples.push_back(s);
+  }
+  for (const OpSample& s : Samples(Truth(), 3, 0.0, 6)) {
+    if (s.stage == 1) samples.push_back(s);  // 3 forwards: stage 1 keeps the prior
+  }
+  absl::StatusOr<CostModel> fit = FitCostModel(samples, prior, {});
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  EXPECT_EQ(fit->stages[1].fixed_s, prior.stages[1].fixed_s);
+  EXPECT_NEAR(fit->backward_ratio, Truth().backward_ratio, 1e-3);
 }
 
 TEST(FitCostModel, OneShapeOnly_ScalesThePrior) {

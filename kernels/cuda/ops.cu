@@ -589,36 +589,49 @@ cudaError_t swiglu_backward(float* dgate, float* dup, const float* dout, const f
   return Launched();
 }
 
-cudaError_t swiglu_forward_bf16(__nv_bfloat16* out, __nv_bfloat16* gate16, __nv_bfloat16* up16,
-                                const float* gate, const float* up, int64_t N,
-                                cudaStream_t stream) {
+namespace {
+
+template <typename In>
+cudaError_t LaunchSwigluForwardBf16(__nv_bfloat16* out, __nv_bfloat16* gate16,
+                                    __nv_bfloat16* up16, const In* gate, const In* up, int64_t N,
+                                    cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
   SwigluForwardBf16Kernel<<<Blocks(N), kThreads, 0, stream>>>(out, gate16, up16, gate, up, N);
   return Launched();
 }
 
+template <typename In>
+cudaError_t LaunchSwigluBackwardBf16(__nv_bfloat16* dgate, __nv_bfloat16* dup, const float* dout,
+                                     const In* gate, const In* up, int64_t N,
+                                     cudaStream_t stream) {
+  if (N == 0) return cudaSuccess;
+  SwigluBackwardBf16Kernel<<<Blocks(N), kThreads, 0, stream>>>(dgate, dup, dout, gate, up, N);
+  return Launched();
+}
+
+}  // namespace
+
+cudaError_t swiglu_forward_bf16(__nv_bfloat16* out, __nv_bfloat16* gate16, __nv_bfloat16* up16,
+                                const float* gate, const float* up, int64_t N,
+                                cudaStream_t stream) {
+  return LaunchSwigluForwardBf16(out, gate16, up16, gate, up, N, stream);
+}
+
 cudaError_t swiglu_forward_bf16(__nv_bfloat16* out, const __nv_bfloat16* gate,
                                 const __nv_bfloat16* up, int64_t N, cudaStream_t stream) {
-  if (N == 0) return cudaSuccess;
-  SwigluForwardBf16Kernel<<<Blocks(N), kThreads, 0, stream>>>(
-      out, static_cast<__nv_bfloat16*>(nullptr), static_cast<__nv_bfloat16*>(nullptr), gate, up, N);
-  return Launched();
+  return LaunchSwigluForwardBf16(out, nullptr, nullptr, gate, up, N, stream);
 }
 
 cudaError_t swiglu_backward_bf16(__nv_bfloat16* dgate, __nv_bfloat16* dup, const float* dout,
                                  const float* gate, const float* up, int64_t N,
                                  cudaStream_t stream) {
-  if (N == 0) return cudaSuccess;
-  SwigluBackwardBf16Kernel<<<Blocks(N), kThreads, 0, stream>>>(dgate, dup, dout, gate, up, N);
-  return Launched();
+  return LaunchSwigluBackwardBf16(dgate, dup, dout, gate, up, N, stream);
 }
 
 cudaError_t swiglu_backward_bf16(__nv_bfloat16* dgate, __nv_bfloat16* dup, const float* dout,
                                  const __nv_bfloat16* gate, const __nv_bfloat16* up, int64_t N,
                                  cudaStream_t stream) {
-  if (N == 0) return cudaSuccess;
-  SwigluBackwardBf16Kernel<<<Blocks(N), kThreads, 0, stream>>>(dgate, dup, dout, gate, up, N);
-  return Launched();
+  return LaunchSwigluBackwardBf16(dgate, dup, dout, gate, up, N, stream);
 }
 
 namespace {

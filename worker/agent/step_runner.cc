@@ -275,7 +275,6 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
     const bool receives = recv_link != nullptr && (backward || !op.recompute);
     const bool sends = backward ? links_->grad_out != nullptr
                                 : links_->act_out != nullptr && !op.recompute;
-    const auto start = std::chrono::steady_clock::now();
     if (receives) {
       CF_RETURN_IF_ERROR(new_io(n, &in));
       if (device_io) CF_RETURN_IF_ERROR(ctx_->Sync("zero the receive buffer"));
@@ -286,6 +285,10 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
         return Annotate(s, absl::StrCat("op ", i, " receiving chunk ", op.chunk));
       }
     }
+    // The op's time starts once its input is here: the wait for the
+    // neighbouring stage is pipeline idle time, not this stage's cost (the
+    // cost model is fitted from these times).
+    const auto start = std::chrono::steady_clock::now();
     CF_RETURN_IF_ERROR(new_io(n, &out));
     absl::Status ran;
     float* in_ptr = receives ? in->data() : nullptr;
@@ -311,6 +314,9 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
     if (!ran.ok()) {
       return Annotate(ran, absl::StrCat("op ", i));
     }
+    // ...and ends with its compute: not the wait for earlier sends below.
+    result->op_seconds.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     if (sends) {
       comm::Communicator* link = backward ? links_->grad_out : links_->act_out;
       absl::StatusOr<std::unique_ptr<comm::PendingOp>> started =
@@ -324,8 +330,6 @@ absl::Status StepRunner::RunOps(const planner::Plan& plan, int32_t dp,
     out.reset();
     in.reset();
     if (backward) chunks.erase(op.chunk);
-    result->op_seconds.push_back(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   CF_RETURN_IF_ERROR(finish_sends(/*all=*/true));
   if (stage_exec.live_chunks() != 0 || stage_exec.live_sequences() != 0) {

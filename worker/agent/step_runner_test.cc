@@ -17,6 +17,8 @@
 #include <random>
 #include <thread>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "coordinator/planner/cost_model.h"
 #include "coordinator/planner/planner.h"
 #include "gtest/gtest.h"
@@ -43,6 +45,10 @@ int32_t g_pp = 1;
 bool g_expect_overlap = false;
 // Sequences per batch (the first g_sequences of the six below).
 int g_sequences = 6;
+// Stage 0 (every dp rank) sleeps this long before its first step.
+absl::Duration g_stage0_delay = absl::ZeroDuration();
+// The op times dp 0's stage 1 reported for its first step.
+std::vector<double> g_stage1_op_seconds;
 
 engine::StepData Batch(int64_t step, int64_t vocab) {
   std::mt19937_64 rng(100 + step);
@@ -163,9 +169,11 @@ std::map<std::string, std::vector<float>> TrainDistributed(const engine::ModelCo
         for (int step = 0; step < steps && r.status.ok(); ++step) {
           const engine::StepData data = Batch(step, c.vocab_size);
           const planner::Plan plan = PlanOf(data, c, kDp, kPp);
+          if (step == 0 && s == 0) absl::SleepFor(g_stage0_delay);
           absl::StatusOr<WorkerStepResult> res =
               r.runner->RunStep(plan, d, data, data.TargetCount(), o);
           if (!res.ok()) r.status = res.status();
+          if (res.ok() && step == 0 && d == 0 && s == 1) g_stage1_op_seconds = res->op_seconds;
           if (res.ok() && res->overlapped_allreduces > 0) ++r.steps_overlapped;
           if (res.ok() && res->offloaded_sequences > 0) ++r.steps_offloaded;
           if (res.ok() && res->pinned_mid_step_bytes > 0) ++r.steps_pinned_mid_step;
@@ -286,6 +294,22 @@ TEST(StepRunner, ThreeAndFourStagesTiedSgd_MatchOneProcess) {
   ExpectMatchesOneProcess(c, o, 1e-4, /*dp=*/1, /*pp=*/3, o.chunk_size);
   c.num_hidden_layers = 4;  // two middle stages: each must find its own op list
   ExpectMatchesOneProcess(c, o, 1e-4, /*dp=*/1, /*pp=*/4, o.chunk_size);
+}
+
+// An op's time is its own work: stage 1 waiting for a stage 0 that starts
+// 2 s late does not count in its first forward's time (the cost model is
+// fitted from these times; the wait is pipeline idle time).
+TEST(StepRunner, OpTimes_LeaveOutTheWaitForTheNeighbour) {
+  engine::TrainOptions o;
+  o.optimizer = engine::OptimizerKind::kSgd;
+  o.lr = 0.1f;
+  o.chunk_size = 16;
+  g_stage0_delay = absl::Seconds(2);
+  g_stage1_op_seconds.clear();
+  TrainDistributed(engine::TinyQwen2Config(), o, /*steps=*/1, /*kDp=*/1, /*kPp=*/2);
+  g_stage0_delay = absl::ZeroDuration();
+  ASSERT_FALSE(g_stage1_op_seconds.empty());
+  EXPECT_LT(g_stage1_op_seconds.front(), 1.0) << "stage 1's first forward, which waited 2 s";
 }
 
 // Shards of 3 stages form a Hugging Face sharded checkpoint: the one-process

@@ -206,7 +206,9 @@ TEST_P(CudaEngineTest, Bf16Step_FusedElementwiseChangesNoBit) {
     }
     const std::string what = flash ? "flash, bf16 storage" : "reference attention, fp32 storage";
     // Qwen2's head dim (16) takes the flash kernel; Llama's (8) does not.
-    if (attention == AttentionKernel::kAuto && !p.llama) EXPECT_TRUE(flash);
+    if (attention == AttentionKernel::kAuto && !p.llama) {
+      EXPECT_TRUE(flash);
+    }
     EXPECT_GT(g[1].loss, 0.5) << what;
     EXPECT_EQ(g[1].loss, g[0].loss) << what;
     ASSERT_EQ(g[1].by_name.size(), g[0].by_name.size()) << what;
