@@ -250,17 +250,29 @@ absl::Status RunWorkerCommand(const WorkerCommandOptions& o, std::ostream& out) 
   wo.links = o.links;
   wo.offload_state = o.offload_state;
   wo.log = &out;
-  absl::StatusOr<std::unique_ptr<worker::WorkerDaemon>> d = worker::WorkerDaemon::Create(wo);
-  if (!d.ok()) return d.status();
+  // SIGINT / SIGTERM are blocked before the daemon starts any thread (gRPC's
+  // channel, the /metrics server): threads inherit the mask, so a signal
+  // reaches the watcher and stops the worker cleanly instead of killing the
+  // process from whichever thread the kernel picks. A signal during Create
+  // stops the daemon as soon as it exists. `daemon` outlives the watcher.
+  std::unique_ptr<worker::WorkerDaemon> daemon;
+  std::atomic<worker::WorkerDaemon*> live{nullptr};
+  std::atomic<bool> signalled{false};
   SignalWatcher signals([&](int sig) {
     out << "worker: signal " << sig << ", stopping" << std::endl;
-    (*d)->Stop();
+    signalled = true;
+    if (worker::WorkerDaemon* w = live.load()) w->Stop();
   });
+  absl::StatusOr<std::unique_ptr<worker::WorkerDaemon>> d = worker::WorkerDaemon::Create(wo);
+  if (!d.ok()) return d.status();
+  daemon = std::move(*d);
+  live = daemon.get();
+  if (signalled) daemon->Stop();
   out << "worker " << (o.name.empty() ? "(unnamed)" : o.name) << " connecting to "
       << o.coordinator;
-  if ((*d)->metrics_port() > 0) out << ", /metrics on port " << (*d)->metrics_port();
+  if (daemon->metrics_port() > 0) out << ", /metrics on port " << daemon->metrics_port();
   out << std::endl;
-  return (*d)->Run();
+  return daemon->Run();
 }
 
 // ---------------------------------------------------------------------------

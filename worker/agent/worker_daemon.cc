@@ -253,13 +253,6 @@ class Daemon final : public WorkerDaemon {
       Log(absl::StrCat("registered with ", options_.coordinator, " (incarnation ", incarnation_,
                        ")"));
     }
-    grpc::ClientContext ctx;
-    {
-      absl::MutexLock lock(&stream_mu_);
-      if (stopping_) return absl::CancelledError("stopping");
-      ctx_ = &ctx;
-      stream_ = stub_->Connect(&ctx);
-    }
     v1::WorkerMessage hello;
     {
       absl::MutexLock lock(&state_mu_);
@@ -274,7 +267,24 @@ class Daemon final : public WorkerDaemon {
         h->set_last_step(held_last_step_);
       }
     }
-    if (!Send(hello)) return absl::UnavailableError("the Connect stream broke at once");
+    grpc::ClientContext ctx;
+    {
+      absl::MutexLock lock(&stream_mu_);
+      if (stopping_) return absl::CancelledError("stopping");
+      ctx_ = &ctx;
+      stream_ = stub_->Connect(&ctx);
+      // The Hello is the stream's first message (the coordinator refuses a
+      // stream that starts otherwise): written before the lock lets the job
+      // thread's report or error at the new stream. A report sent before it
+      // went nowhere and is resent when the coordinator asks.
+      if (!stream_->Write(hello)) {
+        ctx.TryCancel();
+        (void)stream_->Finish();
+        stream_.reset();
+        ctx_ = nullptr;  // ctx dies with this call
+        return absl::UnavailableError("the Connect stream broke at once");
+      }
+    }
     *established = true;
     const absl::Duration interval =
         absl::Seconds(resp.heartbeat_interval_s() > 0 ? resp.heartbeat_interval_s() : 1.0);
