@@ -216,6 +216,29 @@ absl::Status Coordinator::OpenJob(JobEntry* job, std::unique_ptr<ResolvedJob> re
                             job->job.spec().global_batch());
   if (!cursor.ok()) return cursor.status();
   job->cursor = std::move(*cursor);
+  // The epoch order is a permutation of the dataset's documents: a dataset
+  // that changed size since the job's last planned step would reorder the
+  // rest of the epoch (documents trained twice, others skipped). Refused.
+  // (A job being submitted has no id nor steps yet.)
+  if (!job->job.id().empty()) {
+    absl::StatusOr<int64_t> last = options_.store->LastCommittedStep(job->job.id());
+    if (!last.ok()) return last.status();
+    for (int64_t step : {*last + 1, *last}) {  // the newest planned step
+      if (step < 0) continue;
+      absl::StatusOr<StepRecord> r = options_.store->GetStep(job->job.id(), step);
+      if (absl::IsNotFound(r.status())) continue;
+      if (!r.ok()) return r.status();
+      const int64_t then = r->cursor.num_documents, now = job->resolved->data->num_documents();
+      if (then > 0 && then != now) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "the dataset ", job->job.spec().dataset().path(), " has ", now,
+            " documents, but step ", step, " was planned when it had ", then,
+            ": continuing would reorder the epoch (documents trained twice or skipped). "
+            "Restore the dataset, or submit a new job"));
+      }
+      break;
+    }
+  }
   const planner::ModelShape shape = engine::ShapeOf(job->resolved->config);
   // A CPU-sized prior (100 GFLOP/s); the first steps' timings replace it.
   job->prior = planner::CostModelFromShape(shape, job->pp(), planner::DeviceModel{1e11, 0});
@@ -808,7 +831,8 @@ void Coordinator::StartStepLocked(JobEntry* job, Outbox* out) {
   msg.mutable_params()->set_balance(sched.balance());
   for (int64_t doc : *docs) msg.add_samples(doc);
   msg.set_loss_tokens(loss_tokens);
-  const CursorState cursor{step + 1, static_cast<uint64_t>(spec.seed()), spec.global_batch()};
+  const CursorState cursor{step + 1, static_cast<uint64_t>(spec.seed()), spec.global_batch(),
+                           job->resolved->data->num_documents()};
   if (absl::Status s = options_.store->PutPlannedStep(id, msg, cursor); !s.ok()) {
     FinishJobLocked(job, v1::JOB_STATE_FAILED,
                     absl::StrCat("cannot write step ", step, " to the step log: ", s.message()),

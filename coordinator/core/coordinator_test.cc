@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <deque>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <set>
 
@@ -433,6 +434,40 @@ TEST_F(CoordinatorTest, CoordinatorRestart_KeepsTheFittedCostModel) {
   ASSERT_EQ(done.state(), v1::JOB_STATE_COMPLETED) << done.DebugString();
   EXPECT_EQ(done.fitted_cost_model().DebugString(), before.fitted_cost_model().DebugString());
   EXPECT_EQ(Replans("cost_model"), 0) << "the step after the restart left the model as it was";
+}
+
+// A dataset that changed size while the coordinator was down would reorder
+// the rest of the epoch: the restarted coordinator fails the job, naming
+// the dataset and both counts, instead of training documents twice.
+TEST_F(CoordinatorTest, CoordinatorRestart_DatasetChangedSize_FailsTheJob) {
+  const std::string data = dir_ + "/docs.jsonl";
+  std::filesystem::create_directories(dir_);
+  auto write_docs = [&](int n) {
+    std::ofstream f(data);
+    for (int i = 0; i < n; ++i) f << "{\"input_ids\": [" << 1 + i % 7 << ", 2, 3, 4, 5]}\n";
+  };
+  write_docs(12);
+  v1::JobSpec spec = Spec(1, 1, 6);
+  spec.set_global_batch(2);
+  spec.mutable_dataset()->set_path(data);
+  const std::string id = coordinator_->SubmitJob(spec)->id();
+  std::vector<FakeWorker> ws(1);
+  ws[0].Join(coordinator_.get(), "a", 1);
+  for (int round = 0; round < 50 && coordinator_->GetJob(id)->steps_committed() < 2; ++round) {
+    ws[0].Pump(coordinator_.get());
+  }
+  ASSERT_EQ(coordinator_->GetJob(id)->steps_committed(), 2);
+  // Unchanged: the job goes on after a restart.
+  OpenCoordinator();
+  EXPECT_EQ(coordinator_->GetJob(id)->state(), v1::JOB_STATE_RUNNING);
+  write_docs(15);
+  OpenCoordinator();
+  const v1::Job job = *coordinator_->GetJob(id);
+  EXPECT_EQ(job.state(), v1::JOB_STATE_FAILED);
+  const std::string why = job.events(job.events_size() - 1);
+  EXPECT_TRUE(absl::StrContains(why, "has 15 documents")) << why;
+  EXPECT_TRUE(absl::StrContains(why, "when it had 12")) << why;
+  EXPECT_EQ(job.steps_committed(), 2) << "the committed steps are kept";
 }
 
 // The checkpoint of the last step is recorded even when the coordinator

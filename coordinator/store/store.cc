@@ -122,11 +122,12 @@ pb::CursorStateRecord ToRecord(const CursorState& c) {
   r.set_next_step(c.next_step);
   r.set_seed(c.seed);
   r.set_global_batch(c.global_batch);
+  r.set_num_documents(c.num_documents);
   return r;
 }
 
 CursorState FromRecord(const pb::CursorStateRecord& r) {
-  return CursorState{r.next_step(), r.seed(), r.global_batch()};
+  return CursorState{r.next_step(), r.seed(), r.global_batch(), r.num_documents()};
 }
 
 // Parses the value of a plan key into its plan and cursor.

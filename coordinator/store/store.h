@@ -77,8 +77,12 @@ struct CursorState {
   int64_t next_step = 0;  // the step whose batch the cursor yields next
   uint64_t seed = 0;
   int64_t global_batch = 0;  // documents per step
+  // The dataset's documents when the step was planned (0: not recorded, as
+  // by older coordinators): the epoch order depends on it.
+  int64_t num_documents = 0;
   bool operator==(const CursorState& o) const {
-    return next_step == o.next_step && seed == o.seed && global_batch == o.global_batch;
+    return next_step == o.next_step && seed == o.seed && global_batch == o.global_batch &&
+           num_documents == o.num_documents;
   }
   bool operator!=(const CursorState& o) const { return !(*this == o); }
 };

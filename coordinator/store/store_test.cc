@@ -298,7 +298,8 @@ TEST_F(StoreTest, Reopen_AfterCrashMidStep_ResendsPlannedStep) {
           .ok());
   ASSERT_TRUE(store_->CommitStep("job-000001", 0, StepCommit{3.0, 10, 0.5, "r0"}).ok());
   ASSERT_TRUE(
-      store_->PutPlannedStep("job-000001", MakePlan("job-000001", 1, {0, 6}), CursorState{2, 7, 2})
+      store_->PutPlannedStep("job-000001", MakePlan("job-000001", 1, {0, 6}),
+                             CursorState{2, 7, 2, 40})
           .ok());
   Reopen();
 
@@ -309,10 +310,10 @@ TEST_F(StoreTest, Reopen_AfterCrashMidStep_ResendsPlannedStep) {
   ASSERT_TRUE(pending->has_value());
   EXPECT_EQ((*pending)->step(), 1);
   EXPECT_THAT((*pending)->samples(), ElementsAre(0, 6));
-  EXPECT_EQ(store_->GetStep("job-000001", 1)->cursor, (CursorState{2, 7, 2}));
+  EXPECT_EQ(store_->GetStep("job-000001", 1)->cursor, (CursorState{2, 7, 2, 40}));
   EXPECT_EQ(store_->GetStep("job-000001", 0)->commit->report_bytes, "r0");
   // Resending is an identical re-put; then the step commits normally.
-  EXPECT_TRUE(store_->PutPlannedStep("job-000001", **pending, CursorState{2, 7, 2}).ok());
+  EXPECT_TRUE(store_->PutPlannedStep("job-000001", **pending, CursorState{2, 7, 2, 40}).ok());
   EXPECT_TRUE(store_->CommitStep("job-000001", 1, StepCommit{}).ok());
   EXPECT_EQ(*store_->LastCommittedStep("job-000001"), 1);
 }
