@@ -32,17 +32,20 @@
 #include "dataset/jsonl.h"
 
 ABSL_FLAG(std::string, dataset, "",
-          "plan/train/eval: Megatron .bin/.idx prefix, a .jsonl file, or "
+          "plan/train/eval/submit/local: Megatron .bin/.idx prefix, a .jsonl file, or "
           "synthetic:<mix>:n=<count>,seed=<s>,max=<tokens> (mixes: paper-eval, lmsys, uniform); "
-          "default: plan synthetic:paper-eval:n=20000,seed=1, train/eval "
+          "default: plan synthetic:paper-eval:n=20000,seed=1, the others "
           "synthetic:lmsys:n=2000,seed=1,max=2048");
-ABSL_FLAG(int64_t, global_batch, -1, "plan/train: sequences per step (default: plan 256, train 16)");
+ABSL_FLAG(int64_t, global_batch, -1,
+          "plan/train/submit/local: sequences per step (default: plan 256, the others 16)");
 ABSL_FLAG(int64_t, steps, -1,
-          "plan/train: steps, from the start of the seeded cursor (default: plan 4, train 10)");
+          "plan/train/submit/local: steps, from the start of the seeded cursor (default: plan 4, "
+          "train 10, submit 10, local 20)");
 ABSL_FLAG(uint64_t, seed, 1,
           "plan/train/eval: seed of the dataset cursor's shuffle and of random weights");
 ABSL_FLAG(int64_t, chunk_size, -1,
-          "plan/train/eval: ChunkSize, tokens per chunk (default: plan and eval 8192, train 1024)");
+          "plan/train/eval/submit/local: ChunkSize, tokens per chunk (default: plan and eval "
+          "8192, train 1024, submit 4096, local 512; update-schedule: keep the job's)");
 ABSL_FLAG(int32_t, k, -1,
           "plan/train/submit/local/update-schedule: K, chunks of one sequence that keep "
           "activations at once (default 1; update-schedule: keep the job's)");
@@ -60,7 +63,9 @@ ABSL_FLAG(int64_t, max_length, 0,
           "plan: packing length of the baselines; 0 = the dataset's longest document");
 ABSL_FLAG(bool, sweep, false,
           "plan: search ChunkSize (1K..256K) x K (1,2,4,8) for the fastest pair that fits");
-ABSL_FLAG(std::string, format, "table", "plan: 'table' or 'json' (json: ChunkFlow's whole plan)");
+ABSL_FLAG(std::string, format, "table",
+          "plan/eval and the admin commands: 'table' or 'json' (plan's json: ChunkFlow's whole "
+          "plan)");
 ABSL_FLAG(std::string, output, "", "plan: write the result here instead of stdout");
 ABSL_FLAG(std::string, input, "", "convert: JSONL file with input_ids (and optional labels)");
 ABSL_FLAG(std::string, output_prefix, "", "convert: output prefix for <prefix>.bin/.idx");
@@ -70,10 +75,12 @@ ABSL_FLAG(std::string, model_dir, "",
           "optimizer.safetensors resumes AdamW). With neither --model_dir nor --model_config, "
           "a tiny random Qwen2");
 ABSL_FLAG(int32_t, stages, 1, "train/eval: pipeline stages run in this process");
-ABSL_FLAG(std::string, optimizer, "adamw", "train: 'adamw' or 'sgd' (plain, for debugging)");
-ABSL_FLAG(double, lr, 1e-3, "train: learning rate");
-ABSL_FLAG(double, weight_decay, 0.0, "train: AdamW decoupled weight decay of the matrices");
-ABSL_FLAG(double, clip, 1.0, "train: max global gradient norm; 0 turns clipping off");
+ABSL_FLAG(std::string, optimizer, "adamw",
+          "train/submit/local: 'adamw' or 'sgd' (plain, for debugging)");
+ABSL_FLAG(double, lr, 1e-3, "train/submit/local: learning rate");
+ABSL_FLAG(double, weight_decay, 0.0,
+          "train/submit/local: AdamW decoupled weight decay of the matrices");
+ABSL_FLAG(double, clip, 1.0, "train/submit/local: max global gradient norm; 0 turns clipping off");
 ABSL_FLAG(std::string, output_dir, "",
           "train: write the checkpoint here (config.json, model.safetensors, "
           "optimizer.safetensors)");
