@@ -978,8 +978,16 @@ void Coordinator::CommitLocked(JobEntry* job, Outbox* out) {
   if (budget > 0 && peak > budget && over != nullptr) {
     v1::ScheduleParams* sched = job->job.mutable_current_schedule();
     std::string change;
-    if (sched->k() > 1) {
-      const int32_t k = std::max(1, sched->k() / 2);
+    // K past the step's longest chain changes nothing (a chain of n chunks
+    // keeps at most n): halve what K did, and lower ChunkSize when it did
+    // nothing (no chain of 2 or more).
+    int32_t longest = 1;
+    for (const planner::Chunk& c : job->plan_struct.chunks) {
+      longest = std::max(longest, c.chain_length);
+    }
+    const int32_t effective = std::min(sched->k(), longest);
+    if (effective > 1) {
+      const int32_t k = effective / 2;
       change = absl::StrCat("K ", sched->k(), " -> ", k);
       sched->set_k(k);
     } else if (sched->chunk_size() / 2 >= kMinChunkSize) {

@@ -574,6 +574,32 @@ TEST_F(CoordinatorTest, MemoryOverBudget_LowersKThenChunkSize_WithEvents) {
   EXPECT_EQ(ws[0].plans[3].params().chunk_size(), 64);
 }
 
+// K beyond the step's longest chain kept nothing more: the replan halves
+// what K did (K 64 -> half the longest chain, not 32), or lowers ChunkSize
+// when the step had no chain at all.
+TEST_F(CoordinatorTest, MemoryOverBudget_KPastTheLongestChain_HalvesWhatKDid) {
+  v1::JobSpec spec = Spec(1, 1, 2);
+  spec.set_memory_budget_bytes(500);
+  spec.mutable_schedule()->set_k(64);
+  const std::string id = coordinator_->SubmitJob(spec)->id();
+  std::vector<FakeWorker> ws(1);
+  ws[0].peak = 800;
+  ws[0].Join(coordinator_.get(), "a", 1);
+  PumpAll(ws);
+  ASSERT_GE(ws[0].plans.size(), 2u);
+  int32_t longest = 1;
+  for (const v1::Chunk& c : ws[0].plans[0].chunks()) longest = std::max(longest, c.chain_length());
+  ASSERT_LT(longest, 32) << "the test needs chains shorter than K / 2";
+  const v1::StepPlanForWorker& next = ws[0].plans[1];
+  if (longest > 1) {
+    EXPECT_EQ(next.params().k(), longest / 2);
+    EXPECT_EQ(next.params().chunk_size(), 256);
+  } else {
+    EXPECT_EQ(next.params().k(), 64);
+    EXPECT_EQ(next.params().chunk_size(), 128);
+  }
+}
+
 TEST_F(CoordinatorTest, WorkerError_ResetsThenFailsAfterRepeatedErrors) {
   const std::string id = coordinator_->SubmitJob(Spec(1, 1, 3))->id();
   FakeWorker w;
