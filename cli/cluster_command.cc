@@ -358,15 +358,17 @@ absl::Status RunAdminCommand(const AdminCommandOptions& o, std::ostream& out,
   if (c == "list-workers") {
     v1::ListWorkersResponse resp;
     return call(&Stub::ListWorkers, v1::ListWorkersRequest(), &resp, [&] {
-      out << absl::StrFormat("%-16s %-9s %-12s %-6s %-4s %-16s %-8s %s\n", "WORKER", "STATE",
-                             "JOB", "STAGE", "DP", "HOST", "DEVICE", "PEAK MiB");
+      out << absl::StrFormat("%-16s %-9s %-12s %-6s %-4s %-16s %-8s %-6s %s\n", "WORKER",
+                             "STATE", "JOB", "STAGE", "DP", "HOST", "DEVICE", "LINKS",
+                             "PEAK MiB");
       for (const v1::Worker& w : resp.workers()) {
         const bool assigned = !w.job_id().empty();
-        out << absl::StrFormat("%-16s %-9s %-12s %-6s %-4s %-16s %-8s %.1f\n", w.id(),
+        out << absl::StrFormat("%-16s %-9s %-12s %-6s %-4s %-16s %-8s %-6s %.1f\n", w.id(),
                                WorkerStateName(w.state()), assigned ? w.job_id() : "-",
                                assigned ? std::to_string(w.stage()) : "-",
                                assigned ? std::to_string(w.dp_index()) : "-", w.host(),
                                w.device().name(),
+                               w.links() == v1::CommBootstrap::BACKEND_NCCL ? "nccl" : "gloo",
                                static_cast<double>(w.peak_memory_bytes()) / (1 << 20));
       }
     });

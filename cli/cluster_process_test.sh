@@ -85,6 +85,7 @@ start_coordinator "127.0.0.1:$PORT"
 check restart-watch 0 "$JOB1 completed: 6/6 steps" "$BIN" watch $C --job="$JOB1"
 check restart-events 0 "every rank reconnected; resuming" "$BIN" get-job $C --job="$JOB1"
 check list-workers 0 "w3 " "$BIN" list-workers $C
+check list-workers-links 0 " gloo " "$BIN" list-workers $C
 
 # Job 2: kill -9 a worker after 2 steps (the checkpoint after step 1 is
 # there), start a replacement. Steps take ~0.2 s and each get-job poll about

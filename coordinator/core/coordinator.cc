@@ -1,6 +1,7 @@
 #include "coordinator/core/coordinator.h"
 
 #include <algorithm>
+#include <map>
 #include <cmath>
 #include <optional>
 #include <set>
@@ -440,6 +441,9 @@ absl::StatusOr<v1::RegisterResponse> Coordinator::Register(const v1::RegisterReq
     w->info.set_host(request.host());
     w->info.set_incarnation(request.incarnation());
     *w->info.mutable_device() = request.device();
+    w->info.set_links(request.links() == v1::CommBootstrap::BACKEND_UNSPECIFIED
+                          ? v1::CommBootstrap::BACKEND_GLOO
+                          : request.links());
     if (w->info.job_id().empty()) {
       w->info.set_state(w->draining ? v1::WORKER_STATE_DRAINING : v1::WORKER_STATE_IDLE);
     }
@@ -649,16 +653,21 @@ void Coordinator::ScheduleLocked(Outbox* out) {
     if (job->job.state() != v1::JOB_STATE_PENDING || !job->ranks.empty() || !job->resolved) {
       continue;
     }
-    std::vector<WorkerEntry*> idle;
+    // A job's ranks share one transport (their links cannot rendezvous
+    // across Gloo and NCCL): the first transport with enough idle workers.
+    std::map<int, std::vector<WorkerEntry*>> idle;  // by CommBootstrap.Backend
     for (auto& [wid, w] : workers_) {
       if (w->connected() && !w->draining && w->info.job_id().empty() &&
           w->info.state() == v1::WORKER_STATE_IDLE) {
-        idle.push_back(w.get());
+        idle[w->info.links()].push_back(w.get());
       }
     }
-    if (static_cast<int32_t>(idle.size()) < job->world()) continue;
-    idle.resize(job->world());
-    AssignLocked(job, idle, out);
+    for (auto& [links, ws] : idle) {
+      if (static_cast<int32_t>(ws.size()) < job->world()) continue;
+      ws.resize(job->world());
+      AssignLocked(job, ws, out);
+      break;
+    }
   }
 }
 
@@ -737,7 +746,7 @@ void Coordinator::AssignLocked(JobEntry* job, std::vector<WorkerEntry*> workers,
       out->to_workers.emplace_back(w->sink, m);
       v1::CoordinatorMessage b;
       v1::CommBootstrap* boot = b.mutable_bootstrap();
-      boot->set_backend(v1::CommBootstrap::BACKEND_GLOO);
+      boot->set_backend(w->info.links());
       boot->set_store_prefix(absl::StrCat(job->job.id(), "/g", job->job.generation()));
       boot->set_world_size(job->world());
       boot->set_rank(rank);

@@ -57,6 +57,8 @@ struct FakeWorker {
   int64_t last_step = -1;
   int64_t peak = 1000;
   std::vector<v1::StepPlanForWorker> plans;  // every plan it ran
+  v1::CommBootstrap::Backend links = v1::CommBootstrap::BACKEND_UNSPECIFIED;  // registered
+  v1::CommBootstrap::Backend bootstrapped = v1::CommBootstrap::BACKEND_UNSPECIFIED;  // told
 
   void Join(Coordinator* c, const std::string& name, uint64_t inc) {
     incarnation = inc;
@@ -64,6 +66,7 @@ struct FakeWorker {
     r.set_worker_name(name);
     r.set_incarnation(inc);
     r.mutable_device()->set_kind(v1::DEVICE_KIND_CPU);
+    r.set_links(links);
     absl::StatusOr<v1::RegisterResponse> resp = c->Register(r);
     ASSERT_TRUE(resp.ok()) << resp.status();
     id = resp->worker_id();
@@ -97,6 +100,8 @@ struct FakeWorker {
         last_step = assignment.checkpoint_step();
       } else if (m.has_control()) {
         assigned = false;
+      } else if (m.has_bootstrap()) {
+        bootstrapped = m.bootstrap().backend();
       } else if (m.has_step()) {
         const v1::StepPlanForWorker& p = m.step();
         ASSERT_TRUE(assigned);
@@ -572,6 +577,34 @@ TEST_F(CoordinatorTest, MemoryOverBudget_LowersKThenChunkSize_WithEvents) {
   EXPECT_EQ(ws[0].plans[0].params().k(), 2);
   EXPECT_EQ(ws[0].plans[1].params().k(), 1);
   EXPECT_EQ(ws[0].plans[3].params().chunk_size(), 64);
+}
+
+// A job's ranks share one transport: with a Gloo and an NCCL worker idle, a
+// 2-rank job waits; a second NCCL worker completes a pair, which gets the
+// job and an NCCL bootstrap. A worker that says nothing counts as Gloo.
+TEST_F(CoordinatorTest, MixedTransports_JobGoesToWorkersOfOne) {
+  const std::string id = coordinator_->SubmitJob(Spec(2, 1, 1))->id();
+  std::vector<FakeWorker> ws(3);
+  ws[0].Join(coordinator_.get(), "gloo-a", 1);
+  ws[1].links = v1::CommBootstrap::BACKEND_NCCL;
+  ws[1].Join(coordinator_.get(), "nccl-b", 2);
+  EXPECT_EQ(coordinator_->GetJob(id)->state(), v1::JOB_STATE_PENDING) << "one of each: no pair";
+  EXPECT_TRUE(ws[0].sink->inbox.empty());
+  EXPECT_TRUE(ws[1].sink->inbox.empty());
+  ws[2].links = v1::CommBootstrap::BACKEND_NCCL;
+  ws[2].Join(coordinator_.get(), "nccl-c", 3);
+  PumpAll(ws);
+  EXPECT_EQ(coordinator_->GetJob(id)->state(), v1::JOB_STATE_COMPLETED);
+  EXPECT_TRUE(ws[0].plans.empty()) << "the Gloo worker got no rank";
+  for (int i : {1, 2}) {
+    EXPECT_EQ(ws[i].bootstrapped, v1::CommBootstrap::BACKEND_NCCL) << ws[i].id;
+    EXPECT_EQ(ws[i].plans.size(), 1u) << ws[i].id;
+  }
+  for (const v1::Worker& w : coordinator_->ListWorkers()) {
+    EXPECT_EQ(w.links(), w.name() == "gloo-a" ? v1::CommBootstrap::BACKEND_GLOO
+                                              : v1::CommBootstrap::BACKEND_NCCL)
+        << w.name();
+  }
 }
 
 // K beyond the step's longest chain kept nothing more: the replan halves

@@ -224,6 +224,7 @@ class Daemon final : public WorkerDaemon {
     req.set_incarnation(incarnation_);
     req.set_peer_address(options_.host);
     req.set_version("chunkflow v1");
+    req.set_links(Links());
     v1::DeviceFacts* d = req.mutable_device();
     d->set_kind(v1::DEVICE_KIND_CPU);
     d->set_name("cpu");
@@ -409,7 +410,13 @@ class Daemon final : public WorkerDaemon {
         }
         const v1::RankAssignment a = *pending_;
         pending_.reset();
-        absl::Status s = Setup(a, m.bootstrap());
+        absl::Status s = m.bootstrap().backend() == Links()
+                             ? Setup(a, m.bootstrap())
+                             : absl::FailedPreconditionError(absl::StrCat(
+                                   "the coordinator bootstraps this job's links on ",
+                                   v1::CommBootstrap::Backend_Name(m.bootstrap().backend()),
+                                   " but this worker's run on ",
+                                   v1::CommBootstrap::Backend_Name(Links())));
         if (!s.ok()) {
           job_.reset();
           SendError(a.job_id(), -1, s, a.generation());
@@ -446,6 +453,12 @@ class Daemon final : public WorkerDaemon {
   }
 
   bool on_cuda() const { return options_.device == "cuda"; }
+
+  // The transport this worker's links run on (Connect below).
+  v1::CommBootstrap::Backend Links() const {
+    return on_cuda() && options_.links == "nccl" ? v1::CommBootstrap::BACKEND_NCCL
+                                                 : v1::CommBootstrap::BACKEND_GLOO;
+  }
 
   absl::Status Connect(JobState* j, const std::string& prefix, int rank, int size,
                        comm::Communicator** out) {
