@@ -48,6 +48,8 @@ check train-bad-optimizer 1 "--optimizer must be 'adamw' or 'sgd', got 'adam'" "
   --optimizer=adam
 check train-too-many-stages 1 "--stages: pp 3" "$BIN" train --stages=3 --steps=1
 check train-bad-lr 1 "--lr must be finite and >= 0, got -1" "$BIN" train --lr=-1
+check train-bad-beta2 1 "--beta2 must be in (0, 1), got 1" "$BIN" train --beta2=1
+check submit-bad-beta2 1 "--beta2 must be in (0, 1), got 0" "$BIN" submit --beta2=0
 check train-bad-k 1 "--k must be >= 1, got 0" "$BIN" train --k=0
 printf '{"input_ids": [1, 2, 999, 3]}\n' > "$TMP/big.jsonl"
 check train-token-beyond-vocab 1 "token id 999 is outside the vocabulary [0, 256)" "$BIN" train \

@@ -602,8 +602,9 @@ absl::Status RunLocalCommand(const LocalCommandOptions& o, std::ostream& out,
         w.args.push_back(std::move(a));
       }
     }
-    if (o.metrics_port > 0) {
-      w.args.push_back(absl::StrCat("--metrics_listen=127.0.0.1:", o.metrics_port + 1 + i));
+    if (o.metrics_port >= 0) {  // 0: a free port each, as the coordinator's
+      w.args.push_back(absl::StrCat("--metrics_listen=127.0.0.1:",
+                                    o.metrics_port > 0 ? o.metrics_port + 1 + i : 0));
     }
     children.push_back(std::move(w));
     if (absl::Status s = Spawn(self, &children.back(), env); !s.ok()) {
@@ -617,6 +618,9 @@ absl::Status RunLocalCommand(const LocalCommandOptions& o, std::ostream& out,
   if (o.metrics_port > 0) {
     progress << "metrics: coordinator http://127.0.0.1:" << o.metrics_port << "/metrics, workers "
              << o.metrics_port + 1 << ".." << o.metrics_port + world << std::endl;
+  } else if (o.metrics_port == 0) {
+    progress << "metrics: on free ports; each process logs its own (\"/metrics on port\") in "
+             << run << "/logs" << std::endl;
   }
 
   // A supervisor restarts a worker that dies (as Kubernetes would), up to 3

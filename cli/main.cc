@@ -81,6 +81,9 @@ ABSL_FLAG(double, lr, 1e-3, "train/submit/local: learning rate");
 ABSL_FLAG(double, weight_decay, 0.0,
           "train/submit/local: AdamW decoupled weight decay of the matrices");
 ABSL_FLAG(double, clip, 1.0, "train/submit/local: max global gradient norm; 0 turns clipping off");
+ABSL_FLAG(double, beta2, -1,
+          "train/submit/local: AdamW's beta2, in (0, 1) (default: train 0.999, torch's; "
+          "submit/local 0.95, the LLM fine-tuning recipes')");
 ABSL_FLAG(std::string, output_dir, "",
           "train: write the checkpoint here (config.json, model.safetensors, "
           "optimizer.safetensors)");
@@ -128,7 +131,8 @@ ABSL_FLAG(std::string, workdir, "/tmp/chunkflow-local",
           "local: each run gets a folder here with db/, checkpoints/ and logs/");
 ABSL_FLAG(int32_t, port, 0, "local: coordinator port (0: a free one)");
 ABSL_FLAG(int32_t, metrics_port, -1,
-          "local: coordinator /metrics port, workers on the next dp x pp ports (-1: none)");
+          "local: coordinator /metrics port, workers on the next dp x pp ports (0: a free port "
+          "each, logged by each process; -1: none)");
 ABSL_FLAG(bool, keep_running, false,
           "local: keep the cluster up after the job (Ctrl-C stops it), e.g. for a Prometheus scrape");
 
@@ -206,6 +210,16 @@ chunkflow::cli::ModelSource ModelFlags() {
   return m;
 }
 
+// --beta2 when given (in (0, 1), checked); -1 when not.
+absl::StatusOr<double> Beta2Flag() {
+  const double b = absl::GetFlag(FLAGS_beta2);
+  if (b == -1) return -1.0;
+  if (!(b > 0 && b < 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("--beta2 must be in (0, 1), got ", b));
+  }
+  return b;
+}
+
 int RunTrain() {
   chunkflow::cli::TrainCommandOptions o;
   o.model = ModelFlags();
@@ -227,6 +241,9 @@ int RunTrain() {
   o.train.lr = static_cast<float>(absl::GetFlag(FLAGS_lr));
   o.train.weight_decay = static_cast<float>(absl::GetFlag(FLAGS_weight_decay));
   o.train.clip = static_cast<float>(absl::GetFlag(FLAGS_clip));
+  absl::StatusOr<double> beta2 = Beta2Flag();
+  if (!beta2.ok()) return Fail(beta2.status());
+  if (*beta2 >= 0) o.train.beta2 = static_cast<float>(*beta2);
   o.output_dir = absl::GetFlag(FLAGS_output_dir);
   o.device = absl::GetFlag(FLAGS_device);
   o.precision = absl::GetFlag(FLAGS_precision);
@@ -264,6 +281,10 @@ absl::StatusOr<chunkflow::v1::JobSpec> SpecFromFlags(bool local) {
   opt->set_lr(absl::GetFlag(FLAGS_lr));
   opt->set_weight_decay(absl::GetFlag(FLAGS_weight_decay));
   opt->set_clip_norm(absl::GetFlag(FLAGS_clip));
+  absl::StatusOr<double> beta2 = Beta2Flag();
+  if (!beta2.ok()) return beta2.status();
+  // 0.95 spelled out: the spec's own default (job_spec.cc) would read 0 as unset.
+  opt->set_beta2(*beta2 >= 0 ? *beta2 : 0.95);
   const double budget = absl::GetFlag(FLAGS_memory_budget_gib);
   if (budget > 0) spec.set_memory_budget_bytes(static_cast<int64_t>(budget * (1LL << 30)));
   spec.set_checkpoint_dir(absl::GetFlag(FLAGS_checkpoint_dir));
