@@ -97,6 +97,13 @@ start_worker w4
 check worker-kill-watch 0 "$JOB2 completed: 6/6 steps" "$BIN" watch $C --job="$JOB2"
 check worker-kill-events 0 "loading the checkpoint after step" "$BIN" get-job $C --job="$JOB2"
 check drain 0 "w4 draining" "$BIN" drain $C --worker=w4
+# A worker whose --host is an interface (what Gloo listens on) shows its
+# address too.
+OMP_NUM_THREADS=1 "$BIN" worker --coordinator="127.0.0.1:$PORT" --name=w5 --host=lo \
+  >>"$TMP/w5.log" 2>&1 &
+pids+=("$!")
+for _ in $(seq 100); do "$BIN" list-workers $C 2>/dev/null | grep -q "^w5 " && break; sleep 0.1; done
+check host-interface 0 "127.0.0.1 (lo)" "$BIN" list-workers $C
 check cancel-finished 1 "FAILED_PRECONDITION: job $JOB1 is already completed" "$BIN" cancel $C --job="$JOB1"
 
 # The step logs: every document exactly once in epoch 0 (steps 0-4), the

@@ -1,5 +1,9 @@
 #include "worker/agent/worker_daemon.h"
 
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -34,6 +38,29 @@
 namespace chunkflow::worker {
 namespace v1 = ::chunkflow::v1;
 namespace {
+
+// The host a worker reports: --host itself, or for a network interface
+// name (what Gloo listens on, e.g. eth0) its IPv4 address and the name,
+// "10.1.2.3 (eth0)": an address an operator can reach, not just "eth0".
+std::string ReportedHost(const std::string& host) {
+  if (if_nametoindex(host.c_str()) == 0) return host;
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return host;
+  std::string out = host;
+  for (const ifaddrs* a = list; a != nullptr; a = a->ifa_next) {
+    if (a->ifa_addr == nullptr || a->ifa_addr->sa_family != AF_INET || host != a->ifa_name) {
+      continue;
+    }
+    char buf[INET_ADDRSTRLEN] = {};
+    if (inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(a->ifa_addr)->sin_addr, buf,
+                  sizeof(buf)) != nullptr) {
+      out = absl::StrCat(buf, " (", host, ")");
+    }
+    break;
+  }
+  freeifaddrs(list);
+  return out;
+}
 
 absl::Status FromGrpc(const grpc::Status& s) {
   if (s.ok()) return absl::OkStatus();
@@ -220,7 +247,7 @@ class Daemon final : public WorkerDaemon {
     // After the first registration: the id the coordinator gave (a worker
     // without a name would otherwise get a new id on every reconnect).
     req.set_worker_name(worker_id_.empty() ? options_.name : worker_id_);
-    req.set_host(options_.host);
+    req.set_host(ReportedHost(options_.host));
     req.set_incarnation(incarnation_);
     req.set_peer_address(options_.host);
     req.set_version("chunkflow v1");
