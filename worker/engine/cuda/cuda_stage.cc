@@ -262,12 +262,17 @@ absl::Status CudaStage::Linear(float* out, Operand inp, const float* w, const fl
     return kc::linear_forward(out, inp.f32, W(w), W(b), T, IC, OC, ctx_->blas());
   }
   DArray<Bf16> x16;
-  if (inp.b16 == nullptr) {
-    CF_RETURN_IF_ERROR(Alloc(x16, MemoryTracker::kScratch, T * IC, "bf16 GEMM input"));
-    CF_LAUNCH(kc::float_to_bf16(x16.data(), inp.f32, T * IC, ctx_->stream()));
-    inp = Operand(x16.data());
-  }
-  return kc::linear_forward_bf16(out, inp.b16, WB(w), W(b), T, IC, OC, ctx_->blas());
+  absl::StatusOr<const Bf16*> x = InBf16(inp, T * IC, &x16, "bf16 GEMM input");
+  if (!x.ok()) return x.status();
+  return kc::linear_forward_bf16(out, *x, WB(w), W(b), T, IC, OC, ctx_->blas());
+}
+
+absl::StatusOr<const CudaStage::Bf16*> CudaStage::InBf16(Operand x, int64_t n,
+                                                         DArray<Bf16>* scratch, const char* what) {
+  if (x.b16 != nullptr) return x.b16;
+  CF_RETURN_IF_ERROR(Alloc(*scratch, MemoryTracker::kScratch, n, what));
+  CF_LAUNCH(kc::float_to_bf16(scratch->data(), x.f32, n, ctx_->stream()));
+  return scratch->data();
 }
 
 // w / b: the layer's host weight pointers (their gradients are accumulated).
@@ -284,17 +289,12 @@ absl::Status CudaStage::LinearBackward(float* dinp, const float* w, const float*
                                ctx_->blas());
   }
   DArray<Bf16> d16, x16;
-  if (dout.b16 == nullptr) {
-    CF_RETURN_IF_ERROR(Alloc(d16, MemoryTracker::kScratch, T * OC, "bf16 GEMM output gradient"));
-    CF_LAUNCH(kc::float_to_bf16(d16.data(), dout.f32, T * OC, ctx_->stream()));
-  }
-  if (inp.b16 == nullptr) {
-    CF_RETURN_IF_ERROR(Alloc(x16, MemoryTracker::kScratch, T * IC, "bf16 GEMM input"));
-    CF_LAUNCH(kc::float_to_bf16(x16.data(), inp.f32, T * IC, ctx_->stream()));
-  }
-  CF_RETURN_IF_ERROR(kc::linear_backward_bf16(
-      dinp, G(w), nullptr, dout.b16 != nullptr ? dout.b16 : d16.data(),
-      inp.b16 != nullptr ? inp.b16 : x16.data(), WB(w), T, IC, OC, ctx_->blas()));
+  absl::StatusOr<const Bf16*> d = InBf16(dout, T * OC, &d16, "bf16 GEMM output gradient");
+  if (!d.ok()) return d.status();
+  absl::StatusOr<const Bf16*> x = InBf16(inp, T * IC, &x16, "bf16 GEMM input");
+  if (!x.ok()) return x.status();
+  CF_RETURN_IF_ERROR(
+      kc::linear_backward_bf16(dinp, G(w), nullptr, *d, *x, WB(w), T, IC, OC, ctx_->blas()));
   // The bias gradient from the fp32 output gradient (column_sums: a fixed
   // order, deterministic, in double).
   if (b != nullptr) CF_LAUNCH(kc::column_sums(G(b), dout.f32, T, OC, ctx_->stream()));

@@ -258,6 +258,9 @@ class CudaStage : public StageExecutor {
                            Normed* out);
   bool bf16() const { return options_.precision == Precision::kBf16; }
 
+  // x in bf16: as it is, or converted into `scratch` (n elements).
+  absl::StatusOr<const Bf16*> InBf16(Operand x, int64_t n, DArray<Bf16>* scratch,
+                                     const char* what);
   absl::Status Linear(float* out, Operand inp, const float* w, const float* b, int64_t T,
                       int64_t IC, int64_t OC);
   // A bias gradient needs dout in fp32.
