@@ -321,6 +321,11 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   s->coordinator_ = std::move(*c);
   s->worker_service_ = std::make_unique<WorkerServiceImpl>(s->coordinator_.get());
   s->admin_service_ = std::make_unique<AdminServiceImpl>(s->coordinator_.get());
+  // The standard grpc.health.v1.Health service, for Kubernetes' gRPC probes
+  // (deploy/k8s) and load balancers: SERVING ("" = the whole server) from
+  // the start, NOT_SERVING once Shutdown begins. gRPC's own implementation;
+  // the switch is process-wide and read when a server is built.
+  grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s->port_);
   builder.RegisterService(s->worker_service_.get());
@@ -347,6 +352,9 @@ void CoordinatorServer::Shutdown(absl::Duration grace) {
   if (shut_down_.exchange(true)) return;
   stop_.Notify();
   if (ticker_.joinable()) ticker_.join();
+  if (server_ && server_->GetHealthCheckService() != nullptr) {
+    server_->GetHealthCheckService()->Shutdown();  // NOT_SERVING from now on
+  }
   if (server_) server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
 }
 

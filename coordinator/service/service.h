@@ -9,6 +9,10 @@
 //   absl::StatusOr<std::unique_ptr<CoordinatorServer>> s =
 //       CoordinatorServer::Start({.listen = "0.0.0.0:50051", .db_dir = "/var/lib/chunkflow"});
 //   (*s)->port();  (*s)->Wait();   // until Shutdown()
+//
+// The server also answers the standard grpc.health.v1.Health/Check (service
+// "": SERVING while up, NOT_SERVING once Shutdown begins), which Kubernetes'
+// gRPC probes call (deploy/k8s/coordinator.yaml).
 
 #ifndef CHUNKFLOW_COORDINATOR_SERVICE_SERVICE_H_
 #define CHUNKFLOW_COORDINATOR_SERVICE_SERVICE_H_
