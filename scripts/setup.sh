@@ -14,6 +14,7 @@ PACKAGES=(
   libboost-context-dev                  # fibers of the kernels' SIMT emulation (tests)
   libopenblas-openmp-dev libopenblas0-openmp  # GEMMs of kernels/cpu
   libgloo-dev librocksdb-dev prometheus-cpp-dev prometheus  # the cluster
+  python3-yaml python3-venv             # deploy/deploy_test.py
 )
 
 missing=()
@@ -26,4 +27,19 @@ if ((${#missing[@]})); then
   [[ $(id -u) -ne 0 ]] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# deploy/deploy_test.py checks the Kubernetes manifests against Kubernetes'
+# own schemas with kubernetes-validate, which Debian does not package: it
+# goes into a virtual environment from PyPI, once. Without it (PyPI out of
+# reach) that one check is reported as skipped; nothing else needs it.
+VENV="${CHUNKFLOW_TOOLS_VENV:-${HOME:-/root}/.cache/chunkflow/venv}"
+KUBERNETES_VALIDATE=1.37.0
+if ! "$VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE"; then
+  echo "setup: installing kubernetes-validate $KUBERNETES_VALIDATE into $VENV (PyPI)" >&2
+  if ! { /usr/bin/python3 -m venv "$VENV" &&
+         "$VENV/bin/pip" install -q --disable-pip-version-check \
+           "kubernetes-validate==$KUBERNETES_VALIDATE"; } >&2; then
+    echo "setup: could not install kubernetes-validate; deploy_test will skip its schema check" >&2
+  fi
 fi

@@ -51,16 +51,10 @@ copy() {  # target, destination folder
   local dest="$OUT/$2/${pkg//\//_}_$name"
   [[ $2 == tools ]] && dest="$OUT/tools/$name"
   cp "$bin" "$dest"
-  ldd "$bin" | awk '/=>/ {print $1, $3}' | while read -r soname path; do
-    case "$soname" in
-      linux-vdso*|ld-linux*|libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|libresolv.so*|libcuda.so*)
-        continue ;;
-      libnccl.so*|libcublas.so*|libcublasLt.so*)
-        grep -qx "$soname" "$OUT/EXPECTED_ON_TARGET.txt" || echo "$soname" >> "$OUT/EXPECTED_ON_TARGET.txt"
-        continue ;;
-    esac
-    [[ -f "$OUT/lib/$soname" ]] || cp -L "$path" "$OUT/lib/$soname"
-  done
+  tools/copy_libs.sh "$bin" "$OUT/lib" '^(libnccl|libcublas|libcublasLt)\.so' |
+    while read -r soname; do
+      grep -qx "$soname" "$OUT/EXPECTED_ON_TARGET.txt" || echo "$soname" >> "$OUT/EXPECTED_ON_TARGET.txt"
+    done
 }
 for t in "${TESTS[@]}"; do copy "$t" bin; done
 for t in "${BENCHES[@]}"; do copy "$t" bench; done
