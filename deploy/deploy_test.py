@@ -11,7 +11,8 @@ it, so skips show up as skips):
                      (scripts/setup.sh installs it from PyPI; skipped,
                      visibly, where it is missing)
   k8s_consistency    what a typo would break silently: selectors, port
-                     names, probes, volumes, $(VAR)s, the coordinator address
+                     names, probes, volumes, $(VAR)s, the coordinator
+                     address; and Pod Security "restricted"
   k8s_flags          every container command is a chunkflowctl command and
                      every flag one it accepts
   k8s_daemons        the coordinator and a worker started with the manifests'
@@ -140,12 +141,24 @@ def check_k8s_consistency():
                 claim = v["persistentVolumeClaim"]["claimName"]
                 assert claim in claims, f"{name}: volume {v['name']} claims {claim}, not defined here"
         (c,) = spec["containers"]
+        # Pod Security "restricted" (Kubernetes' pod-security-standards), the
+        # checks these pods can fail.
+        psc, csc = spec.get("securityContext", {}), c.get("securityContext", {})
+        assert psc.get("runAsNonRoot") is True, f"{name}: runAsNonRoot is not true"
+        assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", \
+            f"{name}: no RuntimeDefault seccompProfile"
+        assert csc.get("allowPrivilegeEscalation") is False, f"{name}: allowPrivilegeEscalation is not false"
+        assert csc.get("capabilities", {}).get("drop") == ["ALL"], f"{name}: capabilities are not all dropped"
+        allowed = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                   "projected", "secret"}
+        for v in spec.get("volumes", []):
+            kinds = set(v) - {"name"}
+            assert kinds <= allowed, f"{name}: volume {v['name']} is of a kind 'restricted' refuses: {kinds}"
         ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
         env = {e["name"] for e in c.get("env", [])}
         for a in c["args"]:
             for var in re.findall(r"\$\((\w+)\)", a):
                 assert var in env, f"{name}: argument {a} uses $({var}), which is not in env"
-        mounts = [m["mountPath"] for m in c.get("volumeMounts", [])]
         for m in c.get("volumeMounts", []):
             assert m["name"] in volumes, f"{name}: mount {m['name']} has no volume"
         flags = flag_values(c["args"])
@@ -160,13 +173,19 @@ def check_k8s_consistency():
             gp = port_of(flags["--listen"])
             assert ports.get("grpc") == gp, f"{name}: --listen port {gp}, container port 'grpc' {ports.get('grpc')}"
         if "--db" in flags:
-            assert any(flags["--db"].startswith(m.rstrip("/") + "/") for m in mounts), \
-                f"{name}: --db={flags['--db']} is not on a mounted volume ({mounts}); the database would die with the pod"
+            claimed = [m["mountPath"] for m in c.get("volumeMounts", [])
+                       if m["name"] in {t["metadata"]["name"] for t in w["spec"].get("volumeClaimTemplates", [])}]
+            assert any(flags["--db"].startswith(m.rstrip("/") + "/") for m in claimed), \
+                f"{name}: --db={flags['--db']} is not on the pod's own persistent volume " \
+                f"(volumeClaimTemplates mounted at {claimed}); the database would not survive the pod"
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             p = c.get(probe)
             if not p:
                 continue
             target = (p.get("grpc") or p.get("httpGet") or p.get("tcpSocket"))["port"]
+            if "grpc" in p:
+                assert "--listen" in flags and target == port_of(flags["--listen"]), \
+                    f"{name}: {probe} calls gRPC on port {target}, but gRPC listens on {flags.get('--listen')}"
             if isinstance(target, str):
                 assert target in ports, f"{name}: {probe} port '{target}' is not a container port"
             else:
@@ -187,7 +206,8 @@ def check_k8s_consistency():
     assert coord_svc is not None, f"worker --coordinator={wflags['--coordinator']}: no Service {host}"
     assert int(port) in [p["port"] for p in coord_svc["spec"]["ports"]], \
         f"Service {host} has no port {port}"
-    print("ok: selectors, services, ports, probes, volumes, env, the coordinator address")
+    print("ok: selectors, services, ports, probes, volumes, env, the coordinator address, "
+          "Pod Security 'restricted'")
 
 
 def chunkflowctl_flags(binary):
@@ -232,7 +252,9 @@ def check_k8s_daemons(binary):
 
     def args_of(w, pod_name):
         (c,) = w["spec"]["template"]["spec"]["containers"]
-        env = {"POD_NAME": pod_name, "POD_IP": "127.0.0.1"}
+        # 127.0.0.2: not --host's default, so a manifest without
+        # --host=$(POD_IP) shows up as the wrong address below.
+        env = {"POD_NAME": pod_name, "POD_IP": "127.0.0.2"}
         out = []
         for a in c["args"]:
             a = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a)
@@ -272,9 +294,9 @@ def check_k8s_daemons(binary):
         def listed():
             r = subprocess.run([binary, "list-workers", f"--coordinator=127.0.0.1:{gport}", "--format=json"],
                                capture_output=True, text=True)
-            return r.returncode == 0 and "chunkflow-worker-0" in r.stdout and "127.0.0.1" in r.stdout
-        wait_for("list-workers to show chunkflow-worker-0 at 127.0.0.1", listed)
-        print("ok: the worker registered as chunkflow-worker-0 (its $(POD_NAME)) at 127.0.0.1 ($(POD_IP))")
+            return r.returncode == 0 and "chunkflow-worker-0" in r.stdout and "127.0.0.2" in r.stdout
+        wait_for("list-workers to show chunkflow-worker-0 at 127.0.0.2", listed)
+        print("ok: the worker registered as chunkflow-worker-0 (its $(POD_NAME)) at 127.0.0.2 ($(POD_IP))")
         for what, port, metric in (("coordinator", cmport, "chunkflow_workers"),
                                    ("worker", wmport, "chunkflow_heartbeats_total")):
             body = http_get(f"http://127.0.0.1:{port}/metrics")

@@ -48,6 +48,11 @@ done
 echo "build.sh: $ROOT: $(ls "$ROOT/opt/chunkflow/lib" | wc -l) libraries, $(du -sh "$ROOT" | cut -f1)" >&2
 
 if [[ $DOCKER == 0 ]] || ! docker info >/dev/null 2>&1; then
+  if [[ $PUSH == 1 ]]; then
+    echo "build.sh: --push, but no Docker engine answers here (docker info failed) or --no-docker:" \
+         "nothing was built or pushed; the build context is in deploy/container" >&2
+    exit 1
+  fi
   echo "build.sh: no Docker engine here (or --no-docker); the build context is ready:" >&2
   echo "  docker build -t $IMAGE deploy/container   # where an engine runs" >&2
   exit 0

@@ -23,14 +23,27 @@ if [[ ! -f $CACHE/.complete ]]; then
   touch "$CACHE/.complete"
 fi
 ROOT=$(mktemp -d /var/tmp/chunkflow-rootfs-check.XXXXXX)
-cleanup() { umount "$ROOT/proc" 2>/dev/null || true; umount "$ROOT/dev" 2>/dev/null || true; rm -rf "$ROOT"; }
+# The root holds bind mounts of the host's /dev and a /proc: remove it only
+# once neither is mounted, and never across a file-system boundary.
+cleanup() {
+  local m
+  for m in "$ROOT/dev" "$ROOT/proc"; do
+    umount "$m" 2>/dev/null || umount --lazy "$m" 2>/dev/null || true
+    if mountpoint -q "$m"; then
+      echo "check_rootfs.sh: $m is still mounted; leaving $ROOT in place" >&2
+      return
+    fi
+  done
+  rm -rf --one-file-system "$ROOT"
+}
 trap cleanup EXIT
 cp -a "$CACHE/." "$ROOT/"
 cp -a rootfs/. "$ROOT/"
 mkdir -p "$ROOT/run/chunkflow" && chown 10001:10001 "$ROOT/run/chunkflow"
 mount -t proc proc "$ROOT/proc"
 mount --bind /dev "$ROOT/dev"
-run() { env -i PATH=/usr/bin:/bin LD_LIBRARY_PATH=/opt/chunkflow/lib HOME=/run/chunkflow \
+# The image's environment (deploy/container/Dockerfile) and user.
+run() { env -i PATH=/opt/chunkflow/bin:/usr/sbin:/usr/bin:/sbin:/bin LD_LIBRARY_PATH=/opt/chunkflow/lib HOME=/run/chunkflow \
           "$(command -v chroot)" --userspec=10001:10001 "$ROOT" "$@"; }
 echo "--- ldd /opt/chunkflow/bin/chunkflowctl (in the bare Debian 12)"
 libs=$(run ldd /opt/chunkflow/bin/chunkflowctl) || { echo "FAIL: ldd in the root failed: $libs"; exit 1; }
@@ -38,5 +51,5 @@ missing=$(grep "not found" <<<"$libs" || true)
 [[ -z $missing ]] || { echo "FAIL: missing libraries:"; echo "$missing"; exit 1; }
 echo "every library found: $(grep -c '/opt/chunkflow/lib/' <<<"$libs") from /opt/chunkflow/lib, $(grep -v -c '/opt/chunkflow/lib/' <<<"$libs") from Debian's base"
 echo "--- chunkflowctl local --steps=2 (in the bare Debian 12, as user 10001)"
-run /opt/chunkflow/bin/chunkflowctl local --steps=2 --workdir=/run/chunkflow/local
+run chunkflowctl local --steps=2 --workdir=/run/chunkflow/local  # found on the image's PATH
 echo "PASS: the image's files run on a bare Debian 12"
