@@ -134,6 +134,9 @@ void PrintJob(const v1::Job& j, std::ostream& out) {
   } else {
     out << "cost model (prior from the model shape; refitted after the first steps)\n";
   }
+  if (j.checkpoint_requested()) {
+    out << "checkpoint requested (chunkflowctl checkpoint): after the next planned step\n";
+  }
   if (!j.error().empty()) out << "error      " << j.error() << "\n";
   out << "events\n";
   const int first = std::max(0, j.events_size() - 12);
@@ -142,9 +145,12 @@ void PrintJob(const v1::Job& j, std::ostream& out) {
 
 // Streams a job's events as progress lines until the job ends (or `cancel`
 // is set from another thread). Returns the final job.
+// Prints the job's events until it ends, or until `stop` (given each event
+// after it is printed) returns true; then returns the job as it is.
 absl::StatusOr<v1::Job> Watch(v1::AdminService::Stub* stub, const std::string& coordinator,
                               const std::string& job_id, std::ostream& progress,
-                              std::function<void(grpc::ClientContext*)> on_context = nullptr) {
+                              std::function<void(grpc::ClientContext*)> on_context = nullptr,
+                              std::function<bool(const v1::JobEvent&)> stop = nullptr) {
   v1::GetJobRequest get;
   get.set_job_id(job_id);
   v1::Job job;
@@ -168,6 +174,12 @@ absl::StatusOr<v1::Job> Watch(v1::AdminService::Stub* stub, const std::string& c
           e.loss(), e.tokens_per_second(), e.step_seconds(), Duration(e.eta_seconds()));
     }
     progress.flush();
+    if (stop && stop(e)) {
+      ctx.TryCancel();
+      while (reader->Read(&e)) {
+      }
+      break;
+    }
   }
   grpc::Status st = reader->Finish();
   if (!st.ok() && st.error_code() != grpc::StatusCode::CANCELLED) {
@@ -393,6 +405,48 @@ absl::Status RunAdminCommand(const AdminCommandOptions& o, std::ostream& out,
       out << job.id() << ": ChunkSize " << job.current_schedule().chunk_size() << ", K "
           << job.current_schedule().k() << " from the next planned step\n";
     });
+  }
+  if (c == "checkpoint") {
+    if (absl::Status s = need(o.job_id, "--job"); !s.ok()) return s;
+    v1::CheckpointJobRequest req;
+    req.set_job_id(o.job_id);
+    v1::Job job;
+    if (!o.wait) {
+      return call(&Stub::CheckpointJob, req, &job, [&] {
+        out << "checkpoint requested for " << job.id() << ": after its next planned step\n";
+      });
+    }
+    // The request goes out once the watch has its first event (the job's
+    // state), so the checkpoint's event cannot pass before the watch.
+    absl::Status asked = absl::OkStatus();
+    bool sent = false;
+    v1::JobEvent saved;
+    absl::StatusOr<v1::Job> end =
+        Watch(stub.get(), o.coordinator, o.job_id, progress, nullptr, [&](const v1::JobEvent& e) {
+          if (!sent) {
+            sent = true;
+            asked = Rpc(stub->CheckpointJob(Context(o.timeout).get(), req, &job), o.coordinator);
+            return !asked.ok();
+          }
+          if (e.checkpoint_path().empty()) return false;
+          saved = e;
+          return true;
+        });
+    if (!asked.ok()) return asked;
+    if (!end.ok()) return end.status();
+    if (saved.checkpoint_path().empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("job ", o.job_id, " ended ", StateName(end->state()),
+                       " before the checkpoint was written",
+                       end->error().empty() ? "" : ": " + end->error()));
+    }
+    if (json) {
+      out << Json(saved) << "\n";
+    } else {
+      out << "checkpoint of " << o.job_id << " after step " << saved.step() << ": "
+          << saved.checkpoint_path() << "\n";
+    }
+    return absl::OkStatus();
   }
   if (c == "steps") {
     if (absl::Status s = need(o.job_id, "--job"); !s.ok()) return s;

@@ -53,11 +53,13 @@ struct AdminCommandOptions {
   chunkflow::v1::JobSpec spec;          // submit
   chunkflow::v1::ScheduleParams schedule;  // update-schedule
   bool watch_after_submit = false;
+  bool wait = true;  // checkpoint: wait for it to be written
   absl::Duration timeout = absl::Seconds(10);
 };
 // Errors: the coordinator's status (INVALID_ARGUMENT, NOT_FOUND, ...) with
 // its message; UNAVAILABLE naming the address when it cannot be reached;
-// for watch, FAILED_PRECONDITION when the job ended FAILED or CANCELLED.
+// for watch, FAILED_PRECONDITION when the job ended FAILED or CANCELLED; for
+// checkpoint, FAILED_PRECONDITION when the job ended before it was written.
 absl::Status RunAdminCommand(const AdminCommandOptions& o, std::ostream& out,
                              std::ostream& progress);
 

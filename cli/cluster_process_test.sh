@@ -127,6 +127,30 @@ PY
 done
 check steps-unknown 1 "NOT_FOUND" "$BIN" steps $C --job=job-424242
 
+# Checkpoint on demand: a job whose own schedule saves only after its last
+# step saves one more, after the step that follows the request, and
+# `checkpoint` waits for it and says where it is.
+check checkpoint-unknown 1 "NOT_FOUND" "$BIN" checkpoint $C --job=job-424242
+check checkpoint-finished 1 "FAILED_PRECONDITION: job $JOB1 is already completed" \
+  "$BIN" checkpoint $C --job="$JOB1"
+JOB3=$("$BIN" submit $C --dp=2 --pp=2 --steps=40 --global_batch=8 --dataset="$DATA" --chunk_size=128 \
+  --optimizer=sgd --checkpoint_dir="$TMP/ckpt" | sed -n 's/submitted \(job-[0-9]*\).*/\1/p')
+wait_steps "$JOB3" 1
+check checkpoint-on-demand 0 "checkpoint of $JOB3 after step" "$BIN" checkpoint $C --job="$JOB3"
+ck_step=$(sed -n 's/^checkpoint of .* after step \([0-9]*\): .*/\1/p' <<<"$out")
+ck_dir="$TMP/ckpt/$JOB3/step-$(printf %06d "${ck_step:-0}")"
+if [[ -n $ck_step && $ck_step -lt 39 && -f "$ck_dir/config.json" ]]; then
+  echo "ok   checkpoint-on-demand wrote $ck_dir mid-job"
+else
+  echo "FAIL checkpoint-on-demand: step '$ck_step', $ck_dir: $(ls "$ck_dir" 2>&1 | head -3)"; fail=1
+fi
+check checkpoint-get-job 0 "checkpoint after step $ck_step" "$BIN" get-job $C --job="$JOB3"
+check checkpoint-cancel 0 "$JOB3 cancelled" "$BIN" cancel $C --job="$JOB3"
+JOB4=$("$BIN" submit $C --dp=2 --pp=2 --steps=2 --global_batch=8 --dataset="$DATA" \
+  | sed -n 's/submitted \(job-[0-9]*\).*/\1/p')
+check checkpoint-no-dir 1 "FAILED_PRECONDITION: job $JOB4 has no checkpoint_dir" \
+  "$BIN" checkpoint $C --job="$JOB4" --wait=false
+
 # The reference: one process, unchunked, the same batches and updates.
 check reference 0 "trained 6 steps" "$BIN" train --dataset="$DATA" --steps=6 --global_batch=8 \
   --chunk_size=100000 --optimizer=sgd --lr=0.5 --clip=0 --seed=5 --output_dir="$TMP/ref"

@@ -2,7 +2,7 @@
 //
 //   chunkflowctl local [flags]     the main job: a whole cluster on this machine
 //   chunkflowctl coordinator|worker [flags]   the daemons
-//   chunkflowctl submit|get-job|list-jobs|cancel|list-workers|drain|update-schedule|watch
+//   chunkflowctl submit|get-job|list-jobs|cancel|list-workers|drain|update-schedule|checkpoint|watch
 //   chunkflowctl plan [flags]      plan a dataset offline and compare strategies
 //   chunkflowctl convert [flags]   JSONL with input_ids -> Megatron .bin/.idx
 //
@@ -105,7 +105,9 @@ ABSL_FLAG(std::string, host, "127.0.0.1",
           "worker: address or interface Gloo listens on for its peers");
 ABSL_FLAG(double, give_up_after_s, 0,
           "worker: exit after this long without reaching the coordinator; 0 = retry forever");
-ABSL_FLAG(std::string, job, "", "get-job/cancel/update-schedule/watch/steps: the job id");
+ABSL_FLAG(std::string, job, "", "get-job/cancel/update-schedule/checkpoint/watch/steps: the job id");
+ABSL_FLAG(bool, wait, true,
+          "checkpoint: wait until the checkpoint is written and print where (false: only ask)");
 ABSL_FLAG(std::string, worker, "", "drain: the worker id");
 ABSL_FLAG(std::string, device, "cpu",
           "train, worker, local: cpu (the CPU engine) or cuda (the CUDA engine; train: on GPU "
@@ -155,14 +157,17 @@ Commands:
               chunkflowctl worker --coordinator=coord:50051 --name=$POD_NAME --host=eth0
               On a GPU: --device=cuda [--cuda_device=N] [--precision=bf16|fp32]
               [--links=nccl|gloo] [--offload_state=auto|never|always]
-  submit | get-job | list-jobs | cancel | list-workers | drain | update-schedule | watch | steps
+  submit | get-job | list-jobs | cancel | list-workers | drain | update-schedule | checkpoint | watch | steps
             The AdminService calls (--format=json for machine output); steps
-            lists a job's step log (documents, loss, tokens per step).
+            lists a job's step log (documents, loss, tokens per step);
+            checkpoint has the job save one after its next step and waits for it
+            (before updating workers, say).
               chunkflowctl submit --coordinator=coord:50051 --dataset=/data/corpus \
                   --model_dir=/models/Qwen2.5-0.5B --dp=4 --pp=2 --steps=1000 \
                   --global_batch=64 --chunk_size=8192 --k=2 --checkpoint_dir=/ckpt --watch
               chunkflowctl watch --job=job-000001
               chunkflowctl update-schedule --job=job-000001 --chunk_size=4096
+              chunkflowctl checkpoint --job=job-000001
   plan      Plan a dataset's global batches with ChunkFlow and the baselines
             (plain packing; Megatron-style padding and packing, with and without
             full recompute), simulate them, and print a side-by-side table:
@@ -360,6 +365,7 @@ int RunCluster(const std::string& command) {
   o.worker_id = absl::GetFlag(FLAGS_worker);
   o.reason = absl::GetFlag(FLAGS_reason);
   o.watch_after_submit = absl::GetFlag(FLAGS_watch);
+  o.wait = absl::GetFlag(FLAGS_wait);
   if (command == "submit") {
     absl::StatusOr<chunkflow::v1::JobSpec> spec = SpecFromFlags(false);
     if (!spec.ok()) return Fail(spec.status());
@@ -461,11 +467,13 @@ int main(int argc, char** argv) {
   if (command == "train") return RunTrain();
   if (command == "eval") return RunEval();
   for (const char* c : {"coordinator", "worker", "local", "submit", "get-job", "list-jobs", "cancel",
-                        "list-workers", "drain", "update-schedule", "watch", "steps"}) {
+                        "list-workers", "drain", "update-schedule", "checkpoint", "watch",
+                        "steps"}) {
     if (command == c) return RunCluster(command);
   }
   std::cerr << "chunkflowctl: unknown command '" << command
             << "'; commands: local, coordinator, worker, submit, get-job, list-jobs, cancel, "
-               "list-workers, drain, update-schedule, watch, steps, plan, train, eval, convert\n";
+               "list-workers, drain, update-schedule, checkpoint, watch, steps, plan, train, eval, "
+               "convert\n";
   return 2;
 }

@@ -54,7 +54,7 @@ TEST(Services, Descriptors_ListEveryMethod) {
   const auto* desc = StepPlan::descriptor()->file()->FindServiceByName("AdminService");
   ASSERT_NE(desc, nullptr);
   for (const char* m : {"SubmitJob", "GetJob", "ListJobs", "CancelJob", "ListWorkers",
-                        "DrainWorker", "UpdateSchedule", "WatchJob"}) {
+                        "DrainWorker", "UpdateSchedule", "CheckpointJob", "WatchJob"}) {
     EXPECT_NE(desc->FindMethodByName(m), nullptr) << m;
   }
   EXPECT_TRUE(desc->FindMethodByName("WatchJob")->server_streaming());

@@ -34,6 +34,15 @@ class SystemClock final : public Clock {
 constexpr int kMaxJobEvents = 100;
 constexpr int64_t kMinChunkSize = 64;
 
+// Whether step `step` of `job` saves a checkpoint: the last step, every
+// checkpoint_every-th, and the next one after a CheckpointJob request.
+bool CheckpointAfter(const v1::Job& job, int64_t step) {
+  const v1::JobSpec& spec = job.spec();
+  return !spec.checkpoint_dir().empty() &&
+         (step + 1 == spec.steps() || job.checkpoint_requested() ||
+          (spec.checkpoint_every() > 0 && (step + 1) % spec.checkpoint_every() == 0));
+}
+
 bool Finished(v1::JobState s) {
   return s == v1::JOB_STATE_COMPLETED || s == v1::JOB_STATE_FAILED ||
          s == v1::JOB_STATE_CANCELLED;
@@ -354,7 +363,8 @@ v1::JobEvent Coordinator::BaseEventLocked(const JobEntry& job) {
   return e;
 }
 
-void Coordinator::EventLocked(JobEntry* job, const std::string& message, Outbox* out) {
+void Coordinator::EventLocked(JobEntry* job, const std::string& message, Outbox* out,
+                              const std::string& checkpoint_path) {
   job->job.add_events(absl::StrCat(absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", clock_->Now(),
                                                     absl::UTCTimeZone()),
                                    " ", message));
@@ -363,6 +373,7 @@ void Coordinator::EventLocked(JobEntry* job, const std::string& message, Outbox*
   }
   v1::JobEvent e = BaseEventLocked(*job);
   e.set_message(message);
+  e.set_checkpoint_path(checkpoint_path);
   PruneWatchersLocked(job);
   for (auto& sink : job->watchers) out->events.emplace_back(sink, e);
 }
@@ -866,10 +877,7 @@ void Coordinator::SendStepLocked(JobEntry* job, Outbox* out) {
 bool Coordinator::SendStepToRankLocked(JobEntry* job, int32_t rank, Outbox* out) {
   const v1::JobSpec& spec = job->job.spec();
   const int64_t step = job->plan.step();
-  const bool checkpoint =
-      !spec.checkpoint_dir().empty() &&
-      (step + 1 == spec.steps() ||
-       (spec.checkpoint_every() > 0 && (step + 1) % spec.checkpoint_every() == 0));
+  const bool checkpoint = CheckpointAfter(job->job, step);
   const int32_t d = rank / job->pp(), s = rank % job->pp();
   absl::StatusOr<v1::StepPlanForWorker> w = planner::ToWorkerPlanProto(job->plan_struct, d, s);
   if (!w.ok()) {
@@ -1015,7 +1023,10 @@ void Coordinator::CommitLocked(JobEntry* job, Outbox* out) {
                   out);
     }
   }
-  if (checkpointed) EventLocked(job, absl::StrCat("checkpoint after step ", step, ": ", path), out);
+  if (checkpointed) {
+    job->job.set_checkpoint_requested(false);  // saved with the job below
+    EventLocked(job, absl::StrCat("checkpoint after step ", step, ": ", path), out, path);
+  }
 
   // Progress for watchers.
   v1::JobEvent e = BaseEventLocked(*job);
@@ -1320,6 +1331,40 @@ absl::StatusOr<v1::Job> Coordinator::UpdateSchedule(const std::string& job_id,
       SaveJobLocked(*job);
     }
     result = (*job)->job;
+  }
+  return result;
+}
+
+absl::StatusOr<v1::Job> Coordinator::CheckpointJob(const std::string& job_id) {
+  Outbox out;
+  v1::Job result;
+  {
+    Section section(this, &out);  // delivers `out` in order on leaving
+    absl::StatusOr<JobEntry*> job = FindJobLocked(job_id);
+    if (!job.ok()) return job.status();
+    v1::Job& j = (*job)->job;
+    if (Finished(j.state())) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("job ", job_id, " is already ", StateName(j.state())));
+    }
+    if (j.spec().checkpoint_dir().empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "job ", job_id, " has no checkpoint_dir: it was submitted without --checkpoint_dir, so "
+          "it has nowhere to write a checkpoint"));
+    }
+    if (!j.checkpoint_requested()) {
+      // The step in flight was sent as it was: if it saves one anyway, that
+      // checkpoint answers the request; otherwise the next planned step does.
+      const bool in_flight = (*job)->in_flight;
+      const int64_t sent = in_flight ? (*job)->plan.step() : -1;
+      const int64_t after = in_flight && !CheckpointAfter(j, sent) ? sent + 1
+                            : in_flight                            ? sent
+                                                                   : j.steps_committed();
+      j.set_checkpoint_requested(true);
+      EventLocked(*job, absl::StrCat("checkpoint requested by an admin: after step ", after), &out);
+      SaveJobLocked(*job);
+    }
+    result = j;
   }
   return result;
 }

@@ -135,6 +135,11 @@ class Coordinator {
   absl::StatusOr<chunkflow::v1::Worker> DrainWorker(const std::string& worker_id);
   absl::StatusOr<chunkflow::v1::Job> UpdateSchedule(const std::string& job_id,
                                                     const chunkflow::v1::ScheduleParams& params);
+  // Asks for a checkpoint after the next planned step (the step in flight,
+  // if any, is already sent). The request is saved with the job and holds
+  // until a checkpoint commits. Errors: NOT_FOUND; FAILED_PRECONDITION when
+  // the job has finished or has no checkpoint_dir.
+  absl::StatusOr<chunkflow::v1::Job> CheckpointJob(const std::string& job_id);
   // Sends the job's current state at once, then one event per committed step
   // and state change; closes the sink when the job ends. Errors: NOT_FOUND.
   absl::Status WatchJob(const std::string& job_id, std::shared_ptr<JobEventSink> sink);
@@ -182,7 +187,10 @@ class Coordinator {
                           const std::string& why, Outbox* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WorkerLostLocked(WorkerEntry* w, const std::string& why, Outbox* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void EventLocked(JobEntry* job, const std::string& message, Outbox* out)
+  // Records `message` in the job's events and sends it to the watchers;
+  // a committed checkpoint's event also carries its path.
+  void EventLocked(JobEntry* job, const std::string& message, Outbox* out,
+                   const std::string& checkpoint_path = "")
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SaveJobLocked(JobEntry* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SaveWorkerLocked(WorkerEntry* w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

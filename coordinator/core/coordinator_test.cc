@@ -728,5 +728,77 @@ TEST_F(CoordinatorTest, UpdateSchedule_AppliesFromTheNextStep) {
   EXPECT_EQ(ws[0].plans[1].params().chunk_size(), 128);
 }
 
+// chunkflowctl checkpoint: one checkpoint after the next planned step, on
+// top of the job's own schedule (here only the last step), then none again.
+TEST_F(CoordinatorTest, CheckpointJob_SavesAfterTheNextPlannedStepOnly) {
+  const std::string id = coordinator_->SubmitJob(Spec(1, 2, 6))->id();
+  auto sink = std::make_shared<EventSink>();
+  ASSERT_TRUE(coordinator_->WatchJob(id, sink).ok());
+  std::vector<FakeWorker> ws(2);
+  ws[0].Join(coordinator_.get(), "a", 1);
+  ws[1].Join(coordinator_.get(), "b", 1);  // step 0 is planned and sent now
+  absl::StatusOr<v1::Job> asked = coordinator_->CheckpointJob(id);
+  ASSERT_TRUE(asked.ok()) << asked.status();
+  EXPECT_TRUE(asked->checkpoint_requested());
+  EXPECT_TRUE(absl::StrContains(asked->events(asked->events_size() - 1),
+                                "checkpoint requested by an admin: after step 1"))
+      << asked->events(asked->events_size() - 1);
+  ASSERT_TRUE(coordinator_->CheckpointJob(id).ok()) << "asking twice is asking once";
+  PumpAll(ws);
+  for (const FakeWorker& w : ws) {
+    ASSERT_EQ(w.plans.size(), 6u);
+    for (int s = 0; s < 6; ++s) {
+      EXPECT_EQ(w.plans[s].checkpoint_after(), s == 1 || s == 5) << "step " << s;
+    }
+    EXPECT_TRUE(absl::StrContains(w.plans[1].checkpoint_path(), "step-000001"))
+        << w.plans[1].checkpoint_path();
+  }
+  absl::StatusOr<v1::Job> done = coordinator_->GetJob(id);
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state(), v1::JOB_STATE_COMPLETED);
+  EXPECT_FALSE(done->checkpoint_requested());
+  std::vector<std::pair<int64_t, std::string>> saved;  // (step, path) of checkpoint events
+  for (const v1::JobEvent& e : sink->events) {
+    if (!e.checkpoint_path().empty()) saved.emplace_back(e.step(), e.checkpoint_path());
+  }
+  ASSERT_EQ(saved.size(), 2u);
+  EXPECT_EQ(saved[0].first, 1);
+  EXPECT_TRUE(absl::StrContains(saved[0].second, "step-000001")) << saved[0].second;
+  EXPECT_EQ(saved[1].first, 5);
+}
+
+// A request made before any step is planned applies to step 0, and it is
+// kept with the job: a coordinator restarted before the step still saves it.
+TEST_F(CoordinatorTest, CheckpointJob_SurvivesACoordinatorRestart) {
+  const std::string id = coordinator_->SubmitJob(Spec(1, 1, 3))->id();
+  absl::StatusOr<v1::Job> asked = coordinator_->CheckpointJob(id);
+  ASSERT_TRUE(asked.ok()) << asked.status();
+  EXPECT_TRUE(absl::StrContains(asked->events(asked->events_size() - 1), "after step 0"));
+  OpenCoordinator();
+  ASSERT_TRUE(coordinator_->GetJob(id)->checkpoint_requested());
+  std::vector<FakeWorker> ws(1);
+  ws[0].Join(coordinator_.get(), "a", 1);
+  PumpAll(ws);
+  ASSERT_EQ(ws[0].plans.size(), 3u);
+  EXPECT_TRUE(ws[0].plans[0].checkpoint_after());
+  EXPECT_FALSE(ws[0].plans[1].checkpoint_after());
+  EXPECT_TRUE(ws[0].plans[2].checkpoint_after()) << "the last step, as always";
+}
+
+TEST_F(CoordinatorTest, CheckpointJob_Errors) {
+  EXPECT_EQ(coordinator_->CheckpointJob("job-999999").status().code(),
+            absl::StatusCode::kNotFound);
+  v1::JobSpec no_dir = Spec(1, 1, 2);
+  no_dir.clear_checkpoint_dir();
+  const std::string id = coordinator_->SubmitJob(no_dir)->id();
+  absl::Status s = coordinator_->CheckpointJob(id).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(s.message(), "--checkpoint_dir")) << s;
+  ASSERT_TRUE(coordinator_->CancelJob(id, "test").ok());
+  s = coordinator_->CheckpointJob(id).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(s.message(), "already")) << s;
+}
+
 }  // namespace
 }  // namespace chunkflow::coordinator

@@ -274,6 +274,11 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
                                            v1::Job* resp) override {
     return Reply(ctx, core_->UpdateSchedule(req->job_id(), req->schedule()), resp);
   }
+  grpc::ServerUnaryReactor* CheckpointJob(grpc::CallbackServerContext* ctx,
+                                          const v1::CheckpointJobRequest* req,
+                                          v1::Job* resp) override {
+    return Reply(ctx, core_->CheckpointJob(req->job_id()), resp);
+  }
   WatchReactor* WatchJob(grpc::CallbackServerContext*, const v1::WatchJobRequest* req) override {
     return new WatchStream(core_, req->job_id());
   }
