@@ -143,10 +143,10 @@ void PrintJob(const v1::Job& j, std::ostream& out) {
   for (int i = first; i < j.events_size(); ++i) out << "  " << j.events(i) << "\n";
 }
 
-// Streams a job's events as progress lines until the job ends (or `cancel`
-// is set from another thread). Returns the final job.
-// Prints the job's events until it ends, or until `stop` (given each event
-// after it is printed) returns true; then returns the job as it is.
+// Streams a job's events as progress lines until the job ends, or until
+// `stop` (given each event after it is printed) returns true. `on_context`
+// sees the stream's context first (to cancel it from another thread).
+// Returns the job as it is then.
 absl::StatusOr<v1::Job> Watch(v1::AdminService::Stub* stub, const std::string& coordinator,
                               const std::string& job_id, std::ostream& progress,
                               std::function<void(grpc::ClientContext*)> on_context = nullptr,
