@@ -41,6 +41,42 @@ check train-resume-cursor 0 "resuming the dataset cursor at batch 2" "$BIN" trai
 check train-resume-other-batch 1 "--global_batch is 2 but the checkpoint's cursor" "$BIN" train \
   --model_dir="$TMP/ck" --dataset="$TMP/t.jsonl" --steps=1 --global_batch=2
 check train-zero-chunk-size 1 "--chunk_size must be >= 1, got 0" "$BIN" train --chunk_size=0
+# A dataset that changed under a checkpoint (records appended) is refused on
+# resume: the shuffle would repeat and skip documents.
+cp "$TMP/t.jsonl" "$TMP/grow.jsonl"
+check train-grow-first 0 "checkpoint: $TMP/ckg" "$BIN" train --dataset="$TMP/grow.jsonl" --steps=1 \
+  --global_batch=1 --output_dir="$TMP/ckg"
+printf '{"input_ids": [3, 3]}\n{"input_ids": [4, 4, 4]}\n' >> "$TMP/grow.jsonl"
+check train-resume-dataset-changed 1 "(it changed since?) is 5 documents and" "$BIN" train \
+  --model_dir="$TMP/ckg" --dataset="$TMP/grow.jsonl" --steps=1 --global_batch=1
+# A hand-edited trainer state is an error naming the field, not a crash.
+cp -r "$TMP/ckg" "$TMP/ckh"
+sed -i 's/"seed": 1/"seed": "1"/' "$TMP/ckh/trainer_state.json"
+check train-resume-bad-state 1 "trainer_state.json: not a trainer state (seed must be a non-negative integer)" \
+  "$BIN" train --model_dir="$TMP/ckh" --dataset="$TMP/t.jsonl" --steps=1 --global_batch=1
+# A token outside the vocabulary in the second step's document: the error
+# names the dataset and document, and the first step is kept (saved, with
+# the cursor at the bad batch). The seed that draws it second is searched.
+printf '{"input_ids": [1, 2, 3]}\n{"input_ids": [4, 300, 6]}\n' > "$TMP/oov.jsonl"
+kept=""
+for seed in 1 2 3 4 5 6 7 8; do
+  rm -rf "$TMP/ckoov"
+  o="$("$BIN" train --dataset="$TMP/oov.jsonl" --steps=2 --global_batch=1 --seed=$seed \
+       --output_dir="$TMP/ckoov" 2>&1)"
+  [[ $o == *"step 1: $TMP/oov.jsonl: document 1 position 1: token id 300 is outside the model's vocabulary [0, 256)"* ]] &&
+    { kept=$seed; break; }
+done
+if [[ -n $kept && $o == *"the 1 step(s) before it are saved in $TMP/ckoov"* ]] &&
+   grep -q '"next_batch": 1' "$TMP/ckoov/trainer_state.json"; then
+  echo "ok   train-bad-token-keeps-steps (seed $kept)"
+else
+  echo "FAIL train-bad-token-keeps-steps: seed '$kept', output:"; echo "$o" | tail -3; fail=1
+fi
+printf '' > "$TMP/empty.jsonl"
+check eval-empty-dataset 1 "$TMP/empty.jsonl: the dataset has no documents" "$BIN" eval \
+  --model_dir="$TMP/ck" --dataset="$TMP/empty.jsonl"
+check plan-empty-dataset 1 "$TMP/empty.jsonl: the dataset has no documents" "$BIN" plan \
+  --dataset="$TMP/empty.jsonl"
 check eval-json 0 '"mean_loss"' "$BIN" eval --model_dir="$TMP/ck" --dataset="$TMP/t.jsonl" \
   --format=json --chunk_size=2
 check eval-table 0 "perplexity" "$BIN" eval --model_dir="$TMP/ck" --dataset="$TMP/t.jsonl"
@@ -52,7 +88,7 @@ check train-bad-beta2 1 "--beta2 must be in (0, 1), got 1" "$BIN" train --beta2=
 check submit-bad-beta2 1 "--beta2 must be in (0, 1), got 0" "$BIN" submit --beta2=0
 check train-bad-k 1 "--k must be >= 1, got 0" "$BIN" train --k=0
 printf '{"input_ids": [1, 2, 999, 3]}\n' > "$TMP/big.jsonl"
-check train-token-beyond-vocab 1 "token id 999 is outside the vocabulary [0, 256)" "$BIN" train \
+check train-token-beyond-vocab 1 "big.jsonl: document 0 position 2: token id 999 is outside the model's vocabulary [0, 256)" "$BIN" train \
   --dataset="$TMP/big.jsonl" --steps=1 --global_batch=1
 check train-missing-model 1 "/no/such/model" "$BIN" train --model_dir=/no/such/model
 mkdir -p "$TMP/gpt2" && printf '{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}' \

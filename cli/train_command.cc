@@ -110,29 +110,55 @@ absl::StatusOr<std::unique_ptr<engine::cuda::CudaEngine>> LoadCudaModel(
   return e;
 }
 
-// The documents of a global batch as engine sequences (id = document).
+// The documents of a global batch as engine sequences (id = document),
+// checked against the model's vocabulary before the step starts: a bad id is
+// reported with the dataset and its document, and the engine is untouched.
 absl::StatusOr<engine::StepData> BatchData(const dataset::TokenSource& src,
-                                           const std::vector<int64_t>& docs) {
+                                           const std::string& dataset,
+                                           const std::vector<int64_t>& docs, int64_t vocab) {
   engine::StepData data;
   for (int64_t doc : docs) {
     engine::SequenceData s;
     s.id = doc;  // the cursor never repeats a document within a batch
     if (absl::Status st = src.Read(doc, &s.tokens, &s.labels); !st.ok()) return st;
+    auto bad = [&](const char* what, size_t p, int32_t v, const char* also) {
+      return absl::InvalidArgumentError(absl::StrCat(dataset, ": document ", doc, " position ", p,
+                                                     ": ", what, " ", v,
+                                                     " is outside the model's vocabulary [0, ",
+                                                     vocab, ")", also));
+    };
+    for (size_t p = 0; p < s.tokens.size(); ++p) {
+      if (s.tokens[p] < 0 || s.tokens[p] >= vocab) return bad("token id", p, s.tokens[p], "");
+    }
+    for (size_t p = 0; p < s.labels.size(); ++p) {
+      const int32_t l = s.labels[p];
+      if (l != -100 && (l < 0 || l >= vocab)) return bad("label", p, l, " and is not -100");
+    }
     data.sequences[s.id] = std::move(s);
   }
   return data;
 }
 
 // trainer_state.json beside a checkpoint: where the dataset cursor stands and
-// what it was built from, so a resumed run continues with the next batch.
+// what it was built from (the dataset, its document count and token total,
+// the seed, the global batch), so a resumed run continues with the next batch
+// of the same shuffle, and refuses to when any of them changed.
 constexpr char kTrainerState[] = "trainer_state.json";
 
+int64_t TotalTokens(const dataset::TokenSource& src) {
+  int64_t n = 0;
+  for (int64_t l : src.lengths()) n += l;
+  return n;
+}
+
 absl::Status WriteTrainerState(const std::string& dir, const TrainCommandOptions& o,
-                               int64_t next_batch) {
+                               const dataset::TokenSource* src, int64_t next_batch) {
   nlohmann::json j;
-  j["format_version"] = 1;
+  j["format_version"] = 2;
   j["next_batch"] = next_batch;
   j["dataset"] = o.dataset;
+  j["num_documents"] = src->num_documents();
+  j["total_tokens"] = TotalTokens(*src);
   j["seed"] = o.seed;
   j["global_batch"] = o.global_batch;
   const std::string path = dir + "/" + kTrainerState;
@@ -145,31 +171,79 @@ absl::Status WriteTrainerState(const std::string& dir, const TrainCommandOptions
   return absl::OkStatus();
 }
 
-// The batch a resumed run starts at: 0 without a trainer state; an error if
-// the state was written for another dataset, seed or global batch.
-absl::StatusOr<int64_t> ResumeBatch(const TrainCommandOptions& o) {
+// The batch a resumed run starts at: 0 without a trainer state (said on
+// `progress` when resuming from a checkpoint without one); an error if the
+// state was written for another dataset (path, document count or token
+// total), seed or global batch, or is not a trainer state.
+absl::StatusOr<int64_t> ResumeBatch(const TrainCommandOptions& o, const dataset::TokenSource& src,
+                                    std::ostream& progress) {
   if (o.model.model_dir.empty()) return 0;
   const std::string path = o.model.model_dir + "/" + kTrainerState;
   std::ifstream in(path);
-  if (!in) return 0;
-  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.contains("next_batch") || !j["next_batch"].is_number_integer()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a trainer state (next_batch)"));
+  if (!in) {
+    progress << "note: " << o.model.model_dir << " has no " << kTrainerState
+             << " (not written by `train`): the dataset cursor starts at its first batch\n";
+    return 0;
   }
-  auto mismatch = [&](const char* field, const std::string& saved, const std::string& now) {
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  // Each field with its JSON type checked: a hand-edited file gets an error
+  // naming the field, not an exception.
+  auto field = [&](const char* name, bool (nlohmann::json::*is)() const noexcept,
+                   const char* want) -> absl::StatusOr<const nlohmann::json*> {
+    if (j.is_discarded() || !j.is_object() || !j.contains(name) || !(j[name].*is)()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": not a trainer state (", name,
+                                                     " must be ", want, ")"));
+    }
+    return &j[name];
+  };
+  absl::StatusOr<const nlohmann::json*> next =
+      field("next_batch", &nlohmann::json::is_number_integer, "an integer");
+  if (!next.ok()) return next.status();
+  absl::StatusOr<const nlohmann::json*> dataset =
+      field("dataset", &nlohmann::json::is_string, "a string");
+  if (!dataset.ok()) return dataset.status();
+  absl::StatusOr<const nlohmann::json*> seed =
+      field("seed", &nlohmann::json::is_number_unsigned, "a non-negative integer");
+  if (!seed.ok()) return seed.status();
+  absl::StatusOr<const nlohmann::json*> batch =
+      field("global_batch", &nlohmann::json::is_number_integer, "an integer");
+  if (!batch.ok()) return batch.status();
+  auto mismatch = [&](const std::string& what, const std::string& saved, const std::string& now) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--", field, " is ", now, " but the checkpoint's cursor (", path, ") was built with ", saved,
+        what, " is ", now, " but the checkpoint's cursor (", path, ") was built with ", saved,
         "; resume with the same value or start from a copy without ", kTrainerState));
   };
-  const std::string dataset = j.value("dataset", std::string());
-  if (dataset != o.dataset) return mismatch("dataset", dataset, o.dataset);
-  const uint64_t seed = j.value("seed", uint64_t{0});
-  if (seed != o.seed) return mismatch("seed", std::to_string(seed), std::to_string(o.seed));
-  const int64_t batch = j.value("global_batch", int64_t{0});
-  if (batch != o.global_batch) {
-    return mismatch("global_batch", std::to_string(batch), std::to_string(o.global_batch));
+  if ((*dataset)->get<std::string>() != o.dataset) {
+    return mismatch("--dataset", (*dataset)->get<std::string>(), o.dataset);
   }
-  return j["next_batch"].get<int64_t>();
+  if ((*seed)->get<uint64_t>() != o.seed) {
+    return mismatch("--seed", std::to_string((*seed)->get<uint64_t>()), std::to_string(o.seed));
+  }
+  if ((*batch)->get<int64_t>() != o.global_batch) {
+    return mismatch("--global_batch", std::to_string((*batch)->get<int64_t>()),
+                    std::to_string(o.global_batch));
+  }
+  // The shuffle is a function of the document count: a dataset that gained
+  // or lost documents (or was rewritten) would repeat and skip documents.
+  if (j.contains("num_documents")) {
+    absl::StatusOr<const nlohmann::json*> docs =
+        field("num_documents", &nlohmann::json::is_number_integer, "an integer");
+    if (!docs.ok()) return docs.status();
+    absl::StatusOr<const nlohmann::json*> tokens =
+        field("total_tokens", &nlohmann::json::is_number_integer, "an integer");
+    if (!tokens.ok()) return tokens.status();
+    const std::string saved = absl::StrCat((*docs)->get<int64_t>(), " documents and ",
+                                           (*tokens)->get<int64_t>(), " tokens");
+    const std::string now =
+        absl::StrCat(src.num_documents(), " documents and ", TotalTokens(src), " tokens");
+    if (saved != now) {
+      return mismatch(absl::StrCat("the dataset ", o.dataset, " (it changed since?)"), saved, now);
+    }
+  } else {
+    progress << "note: " << path << " predates the dataset check (format 1): make sure "
+             << o.dataset << " has not changed since\n";
+  }
+  return (*next)->get<int64_t>();
 }
 
 }  // namespace
@@ -181,7 +255,7 @@ absl::Status TrainLoop(E& e, const TrainCommandOptions& o, const std::string& ba
   absl::StatusOr<std::unique_ptr<dataset::TokenSource>> src =
       dataset::TokenSource::Open(o.dataset, e.config().vocab_size);
   if (!src.ok()) return src.status();
-  absl::StatusOr<int64_t> start = ResumeBatch(o);
+  absl::StatusOr<int64_t> start = ResumeBatch(o, **src, progress);
   if (!start.ok()) return start.status();
   if (*start > 0) progress << "resuming the dataset cursor at batch " << *start << "\n";
   absl::StatusOr<DatasetCursor> cursor =
@@ -198,8 +272,23 @@ absl::Status TrainLoop(E& e, const TrainCommandOptions& o, const std::string& ba
   for (int64_t step = 0; step < o.steps; ++step) {
     absl::StatusOr<std::vector<int64_t>> docs = cursor->Batch(*start + step);
     if (!docs.ok()) return docs.status();
-    absl::StatusOr<engine::StepData> data = BatchData(**src, *docs);
-    if (!data.ok()) return data.status();
+    absl::StatusOr<engine::StepData> data =
+        BatchData(**src, o.dataset, *docs, e.config().vocab_size);
+    if (!data.ok()) {
+      // The steps before this one are trained and the engine is untouched:
+      // keep them (bad input loses nothing committed).
+      absl::Status keep = absl::OkStatus();
+      std::string kept;
+      if (step > 0 && !o.output_dir.empty()) {
+        keep = e.Save(o.output_dir);
+        if (keep.ok()) keep = WriteTrainerState(o.output_dir, o, src->get(), *start + step);
+        kept = keep.ok() ? absl::StrCat("; the ", step, " step(s) before it are saved in ",
+                                        o.output_dir, " (resume with --model_dir=", o.output_dir, ")")
+                         : absl::StrCat("; saving the steps before it failed too: ", keep.message());
+      }
+      return absl::Status(data.status().code(),
+                          absl::StrCat("step ", step, ": ", data.status().message(), kept));
+    }
     absl::StatusOr<engine::StepResult> r = e.TrainStep(*data, o.train);
     if (!r.ok()) {
       return absl::Status(r.status().code(), absl::StrCat("step ", step, ": ", r.status().message()));
@@ -233,7 +322,10 @@ absl::Status TrainLoop(E& e, const TrainCommandOptions& o, const std::string& ba
   }
   if (!o.output_dir.empty()) {
     if (absl::Status s = e.Save(o.output_dir); !s.ok()) return s;
-    if (absl::Status s = WriteTrainerState(o.output_dir, o, *start + o.steps); !s.ok()) return s;
+    if (absl::Status s = WriteTrainerState(o.output_dir, o, src->get(), *start + o.steps);
+        !s.ok()) {
+      return s;
+    }
   }
   out << absl::StrFormat(
       "trained %d steps, %d tokens in %.2f s (%.0f tokens/s); loss %.4f -> %.4f; peak %.1f MiB\n",
@@ -314,7 +406,8 @@ absl::Status RunEvalCommand(const EvalCommandOptions& o, std::ostream& out,
                            "mean loss", "perplexity");
   }
   for (int64_t doc = 0; doc < n; ++doc) {
-    absl::StatusOr<engine::StepData> data = BatchData(**src, {doc});
+    absl::StatusOr<engine::StepData> data =
+        BatchData(**src, o.dataset, {doc}, (*e)->config().vocab_size);
     if (!data.ok()) return data.status();
     absl::StatusOr<std::map<int64_t, engine::SequenceLoss>> r = (*e)->Evaluate(*data, o.chunk_size);
     if (!r.ok()) return absl::Status(r.status().code(), absl::StrCat("document ", doc, ": ",

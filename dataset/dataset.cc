@@ -46,6 +46,21 @@ absl::StatusOr<std::vector<int64_t>> ReadIndexedLengths(absl::string_view prefix
 
 }  // namespace
 
+namespace {
+
+// The file readers' lengths, refused when there are none: an empty dataset
+// is a mistake (a wrong path, a failed export), and every command that reads
+// one would otherwise fail later with a message that does not name it.
+absl::StatusOr<std::vector<int64_t>> NotEmpty(absl::string_view spec,
+                                              absl::StatusOr<std::vector<int64_t>> lengths) {
+  if (lengths.ok() && lengths->empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(spec, ": the dataset has no documents"));
+  }
+  return lengths;
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<int64_t>> ReadDocumentLengths(absl::string_view spec) {
   if (absl::StartsWith(spec, "synthetic:")) {
     absl::StatusOr<SyntheticSpec> parsed = ParseSyntheticSpec(spec);
@@ -54,7 +69,7 @@ absl::StatusOr<std::vector<int64_t>> ReadDocumentLengths(absl::string_view spec)
   }
   if (absl::EndsWith(spec, ".jsonl")) {
     if (!Exists(std::string(spec))) return NotFound(spec);
-    return ReadJsonlLengths(spec);
+    return NotEmpty(spec, ReadJsonlLengths(spec));
   }
   absl::string_view prefix = spec;
   if (!absl::ConsumeSuffix(&prefix, ".idx")) absl::ConsumeSuffix(&prefix, ".bin");
@@ -63,7 +78,7 @@ absl::StatusOr<std::vector<int64_t>> ReadDocumentLengths(absl::string_view spec)
     return NotFound(spec);
   }
   // With only one of the two files present, Open names the missing one.
-  return ReadIndexedLengths(prefix);
+  return NotEmpty(spec, ReadIndexedLengths(prefix));
 }
 
 }  // namespace chunkflow::dataset

@@ -28,8 +28,9 @@ namespace chunkflow::dataset {
 
 // Errors: NOT_FOUND naming the path and the accepted forms when no file
 // matches; INVALID_ARGUMENT for a bad synthetic spec, a bad JSONL line
-// (path:line) or an empty Megatron-LM document (naming its index); DATA_LOSS
-// for a corrupt Megatron-LM dataset; other codes from reading the files.
+// (path:line), an empty Megatron-LM document (naming its index) or a file
+// dataset without documents (naming it); DATA_LOSS for a corrupt Megatron-LM
+// dataset; other codes from reading the files.
 absl::StatusOr<std::vector<int64_t>> ReadDocumentLengths(absl::string_view spec);
 
 }  // namespace chunkflow::dataset

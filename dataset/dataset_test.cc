@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -103,6 +104,20 @@ TEST(ReadDocumentLengthsTest, ReadDocumentLengths_EmptyMegatronDocument_InvalidA
   WriteRawMegatron(prefix, 4, {{1, 2}, {3}}, {0, 1, 1, 2});
   ExpectError(ReadDocumentLengths(prefix).status(), absl::StatusCode::kInvalidArgument,
               {prefix + ".idx", "document 1 is empty"});
+}
+
+// An empty dataset is refused by name, not read as "0 documents" for the
+// commands to trip over later (plan's "--global_batch is larger than the
+// dataset", eval's empty table).
+TEST(ReadDocumentLengthsTest, ReadDocumentLengths_NoDocuments_InvalidArgumentNamesThePath) {
+  const std::string jsonl = TempPath("nothing.jsonl");
+  std::ofstream(jsonl) << "";
+  ExpectError(ReadDocumentLengths(jsonl).status(), absl::StatusCode::kInvalidArgument,
+              {jsonl, "no documents"});
+  const std::string prefix = TempPath("nothing");
+  WriteRawMegatron(prefix, 4, {}, {0});
+  ExpectError(ReadDocumentLengths(prefix).status(), absl::StatusCode::kInvalidArgument,
+              {prefix, "no documents"});
 }
 
 }  // namespace

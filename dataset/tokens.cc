@@ -1,7 +1,7 @@
 #include "dataset/tokens.h"
 
 #include <algorithm>
-
+#include <filesystem>
 #include <limits>
 
 #include "absl/strings/match.h"
@@ -126,6 +126,9 @@ absl::StatusOr<std::unique_ptr<TokenSource>> TokenSource::Open(absl::string_view
   if (absl::EndsWith(spec, ".jsonl")) {
     absl::StatusOr<std::vector<JsonlRecord>> r = ReadJsonl(spec);
     if (!r.ok()) return r.status();
+    if (r->empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(spec, ": the dataset has no documents"));
+    }
     return std::unique_ptr<TokenSource>(new JsonlSource(std::move(*r)));
   }
   // Validate (and get the error messages of) the length reader first.
@@ -138,17 +141,36 @@ absl::StatusOr<std::unique_ptr<TokenSource>> TokenSource::Open(absl::string_view
   }
   absl::StatusOr<std::unique_ptr<IndexedDataset>> tokens = IndexedDataset::Open(prefix);
   if (!tokens.ok()) return tokens.status();
+  // Labels: both <prefix>.labels.idx and .bin, or neither. One without the
+  // other is an error: read as "no labels", a dataset converted with masked
+  // prompts (-100) would silently train on them.
   std::unique_ptr<IndexedDataset> labels;
-  if (absl::StatusOr<std::unique_ptr<IndexedDataset>> l = IndexedDataset::Open(prefix + ".labels");
-      l.ok()) {
+  const std::string lp = prefix + ".labels";
+  const bool has_idx = std::filesystem::exists(lp + ".idx");
+  const bool has_bin = std::filesystem::exists(lp + ".bin");
+  if (has_idx != has_bin) {
+    return absl::NotFoundError(absl::StrCat(
+        lp, has_idx ? ".idx" : ".bin", " exists but ", lp, has_idx ? ".bin" : ".idx",
+        " does not: the dataset's labels are half there; restore the missing file or remove "
+        "both (then the tokens are the labels)"));
+  }
+  if (has_idx) {
+    absl::StatusOr<std::unique_ptr<IndexedDataset>> l = IndexedDataset::Open(lp);
+    if (!l.ok()) return l.status();
     if ((*l)->num_documents() != (*tokens)->num_documents()) {
-      return absl::InvalidArgumentError(absl::StrCat(prefix, ".labels has ", (*l)->num_documents(),
+      return absl::InvalidArgumentError(absl::StrCat(lp, " has ", (*l)->num_documents(),
                                                      " documents, ", prefix, " has ",
                                                      (*tokens)->num_documents()));
     }
+    for (int64_t d = 0; d < (*tokens)->num_documents(); ++d) {
+      if ((*l)->document_length(d) != (*tokens)->document_length(d)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            lp, ": document ", d, " has ", (*l)->document_length(d), " labels for ",
+            (*tokens)->document_length(d), " tokens in ", prefix,
+            " (the two were not converted together)"));
+      }
+    }
     labels = std::move(*l);
-  } else if (l.status().code() != absl::StatusCode::kNotFound) {
-    return l.status();
   }
   return std::unique_ptr<TokenSource>(new IndexedSource(std::move(*tokens), std::move(labels)));
 }

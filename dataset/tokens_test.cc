@@ -1,5 +1,6 @@
 #include "dataset/tokens.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <optional>
@@ -81,6 +82,47 @@ TEST(TokenSource, CountTargets_MatchesTheEngineRule) {
 
 TEST(TokenSource, MissingPath_NotFound) {
   EXPECT_EQ(TokenSource::Open("/no/such/prefix", 0).status().code(), absl::StatusCode::kNotFound);
+}
+
+// Labels come as a pair of files or not at all: half a pair would read as
+// "no labels" and train on the prompts the labels mask with -100.
+TEST(TokenSource, HalfTheLabelsFiles_NotFoundNamingTheMissingOne) {
+  const std::string path = Tmp("half.jsonl");
+  std::ofstream(path) << "{\"input_ids\": [5, 6, 7], \"labels\": [-100, 6, 7]}\n";
+  for (const char* gone : {".labels.bin", ".labels.idx"}) {
+    const std::string prefix = Tmp(std::string("half_") + (gone + 8));  // half_bin, half_idx
+    ASSERT_TRUE(ConvertJsonlToIndexed(path, prefix, std::nullopt).ok());
+    ASSERT_TRUE(TokenSource::Open(prefix, 0).ok());
+    ASSERT_EQ(std::remove((prefix + gone).c_str()), 0);
+    absl::Status s = TokenSource::Open(prefix, 0).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+    EXPECT_NE(s.message().find(prefix + gone + " does not"), std::string::npos) << s;
+  }
+}
+
+TEST(TokenSource, LabelsOfOtherDocumentLengths_InvalidArgumentNamingTheDocument) {
+  const std::string a = Tmp("pair_a.jsonl"), b = Tmp("pair_b.jsonl");
+  std::ofstream(a) << "{\"input_ids\": [1, 2, 3], \"labels\": [1, 2, 3]}\n"
+                   << "{\"input_ids\": [4, 5], \"labels\": [4, 5]}\n";
+  std::ofstream(b) << "{\"input_ids\": [1, 2], \"labels\": [1, 2]}\n"
+                   << "{\"input_ids\": [4, 5, 6], \"labels\": [4, 5, 6]}\n";
+  ASSERT_TRUE(ConvertJsonlToIndexed(a, Tmp("pair_a"), std::nullopt).ok());
+  ASSERT_TRUE(ConvertJsonlToIndexed(b, Tmp("pair_b"), std::nullopt).ok());
+  for (const char* ext : {".idx", ".bin"}) {
+    std::ifstream from(Tmp("pair_b.labels") + ext, std::ios::binary);
+    std::ofstream(Tmp("pair_a.labels") + ext, std::ios::binary) << from.rdbuf();
+  }
+  absl::Status s = TokenSource::Open(Tmp("pair_a"), 0).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("document 0 has 2 labels for 3 tokens"), std::string::npos) << s;
+}
+
+TEST(TokenSource, NoDocuments_InvalidArgumentNamingTheFile) {
+  const std::string path = Tmp("none.jsonl");
+  std::ofstream(path) << "\n";
+  absl::Status s = TokenSource::Open(path, 0).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find(path + ": the dataset has no documents"), std::string::npos) << s;
 }
 
 }  // namespace
