@@ -53,9 +53,10 @@ absl::StatusOr<std::vector<Chunk>> PackInOrder(absl::Span<const Sequence> seqs,
 absl::StatusOr<std::vector<Chunk>> OneSequencePerChunk(absl::Span<const Sequence> seqs,
                                                        int64_t pad_to);
 
-// Lower bound on the chunks any construction with this chunk_size needs:
-// sum over long sequences of ceil(len / chunk_size) + ceil(short tokens /
-// chunk_size). 0 when chunk_size <= 0.
+// Lower bound on the chunks a construction with this chunk_size needs when
+// it never packs a long sequence's tail with other sequences (ChunkFlow's
+// does not): sum over long sequences of ceil(len / chunk_size) + ceil(short
+// tokens / chunk_size). 0 when chunk_size <= 0.
 int64_t MinChunks(absl::Span<const Sequence> seqs, int64_t chunk_size);
 
 }  // namespace chunkflow::planner

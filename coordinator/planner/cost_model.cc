@@ -211,8 +211,7 @@ absl::Status ValidateMemoryModel(const MemoryModel& m, int32_t pp) {
   for (auto [field, v] : {std::pair<const char*, const std::vector<double>*>{
                               "activation_bytes_per_token", &m.activation_bytes_per_token},
                           {"input_bytes_per_token", &m.input_bytes_per_token},
-                          {"kv_bytes_per_token", &m.kv_bytes_per_token},
-                          {"kv_grad_bytes_per_token", &m.kv_grad_bytes_per_token}}) {
+                          {"state_bytes_per_token", &m.state_bytes_per_token}}) {
     if (static_cast<int64_t>(v->size()) != pp) {
       return absl::InvalidArgumentError(absl::StrCat("memory model ", field, " has ",
                                                      v->size(), " entries, pp is ", pp));
@@ -232,7 +231,9 @@ MemoryModel MemoryModelFromShape(const ModelShape& m, int32_t pp) {
   // inputs and outputs (4h), q (h), k and v (2 kv_dim), the attention output
   // (h), gate, up and their SwiGLU product (3i).
   const double act_layer = 2.0 * (6.0 * m.hidden + 2.0 * m.kv_dim() + 3.0 * m.intermediate);
-  const double kv_layer = 2.0 * 2.0 * m.kv_dim();  // bf16 K and V
+  // The state store's fp32 K, V, dK and dV (worker/engine/state_store.h and
+  // the CUDA engine's device store).
+  const double state_layer = 4.0 * 4.0 * m.kv_dim();
   const std::vector<int64_t> layers = LayersPerStage(m.layers, pp);
   MemoryModel mem;
   for (int32_t s = 0; s < pp; ++s) {
@@ -245,9 +246,8 @@ MemoryModel MemoryModelFromShape(const ModelShape& m, int32_t pp) {
     }
     mem.static_bytes.push_back(params * 18);
     mem.activation_bytes_per_token.push_back(act);
-    mem.input_bytes_per_token.push_back(2.0 * m.hidden);
-    mem.kv_bytes_per_token.push_back(kv_layer * layers[s]);
-    mem.kv_grad_bytes_per_token.push_back(2.0 * kv_layer * layers[s]);  // fp32
+    mem.input_bytes_per_token.push_back(4.0 * m.hidden);  // fp32, as the engines keep it
+    mem.state_bytes_per_token.push_back(state_layer * layers[s]);
   }
   return mem;
 }

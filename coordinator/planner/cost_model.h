@@ -110,15 +110,17 @@ struct MemoryModel {
   std::vector<double> activation_bytes_per_token;
   // Stage input kept when activations are dropped (for the recompute).
   std::vector<double> input_bytes_per_token;
-  // K/V of dependent chunks in the state store (all layers of the stage), and
-  // the gradients that flow back into them during the backward.
-  std::vector<double> kv_bytes_per_token;
-  std::vector<double> kv_grad_bytes_per_token;
+  // The state store (all layers of the stage): K, V and their gradients per
+  // token of a sequence. As the engines do (worker/engine/state_store.h), a
+  // sequence's state is reserved for its whole length at its first forward
+  // on the stage, packed sequences included, and freed after the backward of
+  // its first chunk.
+  std::vector<double> state_bytes_per_token;
 };
 
-// bf16 activations and K/V, fp32 logits, fp32 K/V gradients; static memory is
-// bf16 weights + fp32 master weights, gradients and AdamW moments (18 B/param),
-// not sharded across dp.
+// bf16 activations, fp32 logits, fp32 stage inputs and state store (K, V,
+// dK, dV: the engines' buffers); static memory is bf16 weights + fp32 master
+// weights, gradients and AdamW moments (18 B/param), not sharded across dp.
 MemoryModel MemoryModelFromShape(const ModelShape& m, int32_t pp);
 
 // Every field has pp entries, finite and >= 0. Errors: INVALID_ARGUMENT naming

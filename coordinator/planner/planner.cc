@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "coordinator/planner/chunking.h"
 
@@ -37,6 +38,12 @@ absl::Status Validate(const PlanRequest& r) {
   }
   if (r.k < 1) return bad("K must be >= 1, got ", r.k);
   if (r.max_length < 0) return bad("max_length must be >= 0 (0: longest), got ", r.max_length);
+  // Pieces, and a worker's state store, are keyed by the sequence id: two
+  // sequences with one id would share K/V (and might be packed together).
+  absl::flat_hash_set<int64_t> ids;
+  for (const Sequence& q : r.sequences) {
+    if (!ids.insert(q.id).second) return bad("sequence id ", q.id, " appears twice in the batch");
+  }
   return ValidateCostModel(r.cost, r.pp);
 }
 

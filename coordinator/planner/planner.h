@@ -48,8 +48,8 @@ struct PlanRequest {
 };
 
 // Errors: INVALID_ARGUMENT naming the field (chunk_size, k, dp, pp, cost
-// stages, an empty batch, a sequence with no tokens, max_length below the
-// longest sequence).
+// stages, an empty batch, a sequence with no tokens, a sequence id given
+// twice, max_length below the longest sequence).
 absl::StatusOr<Plan> BuildPlan(const PlanRequest& request);
 
 }  // namespace chunkflow::planner

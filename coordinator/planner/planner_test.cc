@@ -192,6 +192,9 @@ TEST(BuildPlan, BadRequest_NamesTheField) {
   r.sequences = {{0, 10}, {1, 30}};
   r.max_length = 20;
   expect(r, "max_length 20");
+  r = req;
+  r.sequences = {{3, 10}, {4, 5}, {3, 7}};
+  expect(r, "sequence id 3 appears twice");
 }
 
 TEST(BuildPlan, ToWorkerPlan_HasOnlyItsRank) {

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -33,12 +35,13 @@ class RankSim {
  public:
   // `slots` and `live` have one entry per (chunk, stage) of the whole plan and
   // are shared by all ranks: a rank touches only its own chunks' entries.
+  // `seq_length`: every sequence's length (its pieces' end, over the plan).
   RankSim(const Plan& plan, const CostModel& cost, const MemoryModel& mem, int32_t dp,
-          const std::vector<int32_t>& head, std::vector<Slot>* slots,
-          std::vector<int32_t>* live)
+          const std::vector<int32_t>& head, const std::map<int64_t, int64_t>& seq_length,
+          std::vector<Slot>* slots, std::vector<int32_t>* live)
       : plan_(plan), cost_(cost), mem_(mem), dp_(dp), pp_(plan.pp), head_(head),
-        slots_(*slots), next_(pp_, 0), free_at_(pp_, 0.0), busy_(pp_, 0.0),
-        cur_(pp_, 0.0), peak_(pp_, 0.0), live_(*live) {}
+        seq_length_(seq_length), slots_(*slots), next_(pp_, 0), free_at_(pp_, 0.0),
+        busy_(pp_, 0.0), cur_(pp_, 0.0), peak_(pp_, 0.0), stored_(pp_), live_(*live) {}
 
   absl::Status Run();
   double makespan() const { return *std::max_element(free_at_.begin(), free_at_.end()); }
@@ -60,9 +63,11 @@ class RankSim {
   const MemoryModel& mem_;
   const int32_t dp_, pp_;
   const std::vector<int32_t>& head_;
+  const std::map<int64_t, int64_t>& seq_length_;
   std::vector<Slot>& slots_;
   std::vector<size_t> next_;
   std::vector<double> free_at_, busy_, cur_, peak_;
+  std::vector<std::set<int64_t>> stored_;  // per stage: sequences with state
   std::vector<int32_t>& live_;  // chunks of a chain holding activations, by head
   int32_t max_live_ = 0;
 };
@@ -121,7 +126,13 @@ void RankSim::Execute(int32_t s, const Op& op, double start) {
   double duration;
   if (op.type == OpType::kForward) {
     duration = cost_.ForwardSeconds(s, c);
-    if (!op.recompute && c.next >= 0) cur_[s] += mem_.kv_bytes_per_token[s] * tokens;
+    if (!op.recompute) {  // a sequence's first piece reserves its whole state
+      for (const Piece& p : c.pieces) {
+        if (stored_[s].insert(p.seq).second) {
+          cur_[s] += mem_.state_bytes_per_token[s] * static_cast<double>(seq_length_.at(p.seq));
+        }
+      }
+    }
     peak_[s] = std::max(peak_[s], cur_[s] + act);  // live while the forward runs
     if (op.keep_activations) {
       cur_[s] += act;
@@ -133,20 +144,16 @@ void RankSim::Execute(int32_t s, const Op& op, double start) {
     }
   } else {
     duration = cost_.BackwardSeconds(s, c);
-    // A chain's first backward allocates the gradients of all earlier K/V.
-    const double prefix = static_cast<double>(c.pieces.empty() ? 0 : c.pieces[0].offset);
-    if (c.dependent() && c.next < 0) cur_[s] += mem_.kv_grad_bytes_per_token[s] * prefix;
     peak_[s] = std::max(peak_[s], cur_[s]);
     cur_[s] -= act;
     me.holds_activations = false;
     Hold(s, op.chunk, -1);
     if (me.holds_input) cur_[s] -= mem_.input_bytes_per_token[s] * tokens;
     me.holds_input = false;
-    if (c.dependent() && c.prev < 0) {  // the chain is done: free its state
-      int32_t last = op.chunk;
-      while (plan_.chunks[last].next >= 0) last = plan_.chunks[last].next;
-      const double state = static_cast<double>(plan_.chunks[last].pieces[0].offset);
-      cur_[s] -= (mem_.kv_bytes_per_token[s] + mem_.kv_grad_bytes_per_token[s]) * state;
+    for (const Piece& p : c.pieces) {  // a sequence's first chunk frees its state
+      if (p.offset == 0 && stored_[s].erase(p.seq) > 0) {
+        cur_[s] -= mem_.state_bytes_per_token[s] * static_cast<double>(seq_length_.at(p.seq));
+      }
     }
   }
   peak_[s] = std::max(peak_[s], cur_[s]);
@@ -245,6 +252,13 @@ absl::StatusOr<SimResult> Simulate(const Plan& plan, const CostModel& cost,
   if (absl::Status s = CheckShapes(plan, cost, memory); !s.ok()) return s;
   std::vector<int32_t> head(plan.chunks.size());
   for (const Chunk& c : plan.chunks) head[c.id] = c.prev >= 0 ? head[c.prev] : c.id;
+  std::map<int64_t, int64_t> seq_length;
+  for (const Chunk& c : plan.chunks) {
+    for (const Piece& p : c.pieces) {
+      int64_t& n = seq_length[p.seq];
+      n = std::max(n, p.offset + p.length);
+    }
+  }
 
   std::vector<Slot> slots(plan.chunks.size() * plan.pp);
   std::vector<int32_t> live(plan.chunks.size() * plan.pp, 0);
@@ -253,7 +267,7 @@ absl::StatusOr<SimResult> Simulate(const Plan& plan, const CostModel& cost,
   r.peak_memory_bytes.assign(plan.pp, 0);
   double total_busy = 0;
   for (int32_t d = 0; d < plan.dp; ++d) {
-    RankSim sim(plan, cost, memory, d, head, &slots, &live);
+    RankSim sim(plan, cost, memory, d, head, seq_length, &slots, &live);
     if (absl::Status s = sim.Run(); !s.ok()) return s;
     double rank_busy = 0;
     for (int32_t s = 0; s < plan.pp; ++s) {

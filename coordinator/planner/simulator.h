@@ -16,9 +16,10 @@
 // move (deadlock: every waiting op is listed).
 //
 // Memory per (dp, stage): static bytes + kept activations + stage inputs of
-// chunks whose activations were dropped + the state store (K/V of dependent
-// chunks, and their gradients from a chain's first backward to its last). A
-// forward that drops activations still holds them while it runs.
+// chunks whose activations were dropped + the state store (K, V, dK and dV of
+// each sequence, reserved for its whole length at its first forward and freed
+// after the backward of its first chunk, as the engines do). A forward that
+// drops activations still holds them while it runs.
 //
 //   absl::StatusOr<SimResult> r = Simulate(plan, cost, memory);
 //   if (r.ok()) printf("%.3f s, bubble %.1f%%\n", r->makespan_s, 100 * r->bubble_ratio);

@@ -111,9 +111,9 @@ TEST(Simulate, ModelStagesMismatch_Rejected) {
   ExpectInvalid(Simulate(plan, UniformCost(3, 1, 0), UniformMemory(2)),
                 "cost model has 3 stages, pp is 2");
   MemoryModel mem = UniformMemory(2);
-  mem.kv_grad_bytes_per_token.clear();
+  mem.state_bytes_per_token.clear();
   ExpectInvalid(Simulate(plan, UniformCost(2, 1, 0), mem),
-                "memory model kv_grad_bytes_per_token has 0 entries, pp is 2");
+                "memory model state_bytes_per_token has 0 entries, pp is 2");
 }
 
 TEST(Simulate, ChunkOnUnknownRank_Rejected) {
@@ -135,15 +135,15 @@ TEST(Simulate, NegativeOrNanCoefficient_Rejected) {
 }
 
 // The state store by hand: one 30-token sequence, chunks of 10, K = 1, one
-// stage; activations 100 B/token, stage input 1, K/V 10, K/V gradients 20.
-//   f0  K/V 100, runs with 1000 of activations (peak 1100), keeps input: 110
-//   f1  K/V 100 (210), runs (1210), keeps input: 220
-//   F2  keeps activations: 1220
-//   B2  first backward: K/V gradients of 20 earlier tokens, 400: 1620 (peak)
-//       frees activations: 620
-//   R1  1620; B1 frees activations and input: 610
-//   R0  1610; B0 frees activations and input (600), then the chain's state
-//       ((10 + 20) B x 20 tokens): 0
+// stage; activations 100 B/token, stage input 1, state (K, V, dK, dV) 30.
+//   f0  reserves the sequence's state, 30 x 30 = 900; runs with 1000 of
+//       activations (1900); keeps its input: 910
+//   f1  runs (1910), keeps its input: 920
+//   F2  keeps activations: 1920 (peak)
+//   B2  frees them: 920
+//   R1  1920; B1 frees activations and input: 910
+//   R0  1910; B0 frees activations and input (900), then, as the sequence's
+//       first chunk, its state: 0
 TEST(Simulate, StateStoreAccounting_ExactPeak) {
   PlanRequest req;
   req.sequences = {{0, 30}};
@@ -152,17 +152,30 @@ TEST(Simulate, StateStoreAccounting_ExactPeak) {
   req.cost = UniformCost(1, 1, 0);
   absl::StatusOr<SimResult> r = Simulate(*BuildPlan(req), req.cost, UniformMemory(1));
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(r->peak_memory_bytes[0], 1620);
+  EXPECT_EQ(r->peak_memory_bytes[0], 1920);
   MemoryModel mem = UniformMemory(1);
   mem.static_bytes = {5000};
-  EXPECT_EQ(Simulate(*BuildPlan(req), req.cost, mem)->peak_memory_bytes[0], 6620);
+  EXPECT_EQ(Simulate(*BuildPlan(req), req.cost, mem)->peak_memory_bytes[0], 6920);
+}
+
+// Packed sequences have state too (the engines keep every sequence's K/V
+// and their gradients until its backward): two 5-token sequences in one
+// 10-token chunk reserve 30 x 10 while it runs, then free it.
+TEST(Simulate, PackedSequences_HoldStateUntilTheirBackward) {
+  PlanRequest req;
+  req.sequences = {{0, 5}, {1, 5}};
+  req.chunk_size = 10;
+  req.k = 1;
+  req.cost = UniformCost(1, 1, 0);
+  absl::StatusOr<SimResult> r = Simulate(*BuildPlan(req), req.cost, UniformMemory(1));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->peak_memory_bytes[0], 100 * 10 + 30 * 10);
 }
 
 // Peak activation memory follows K x chunk, not the sequence.
 TEST(Simulate, LongSequence_PeakFollowsKNotLength) {
   MemoryModel mem = UniformMemory(1);
-  mem.kv_bytes_per_token = {0};
-  mem.kv_grad_bytes_per_token = {0};
+  mem.state_bytes_per_token = {0};
   mem.input_bytes_per_token = {0};
   auto peak = [&](int64_t len, int32_t k) {
     PlanRequest req;

@@ -37,8 +37,7 @@ inline MemoryModel UniformMemory(int32_t pp) {
   m.static_bytes.assign(pp, 0);
   m.activation_bytes_per_token.assign(pp, 100.0);
   m.input_bytes_per_token.assign(pp, 1.0);
-  m.kv_bytes_per_token.assign(pp, 10.0);
-  m.kv_grad_bytes_per_token.assign(pp, 20.0);
+  m.state_bytes_per_token.assign(pp, 30.0);
   return m;
 }
 

@@ -7,11 +7,13 @@
 #include "worker/engine/pipeline.h"
 #include "worker/engine/stage_executor.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "coordinator/planner/simulator.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/test_util.h"
@@ -349,6 +351,40 @@ TEST(Engine, PeakActivations_FollowKNotSequenceLength) {
   EXPECT_LT(k1 * 6, whole);
   EXPECT_NEAR(double(k2), 2.0 * k1, 0.05 * k2);
   EXPECT_NEAR(double(k8), double(whole), 0.05 * whole);
+}
+
+// The planner's memory model is what the coordinator and `plan` judge a
+// ChunkSize and K by: its state store must be the engine's, byte for byte.
+// Only the state is compared (the model's activations are the CUDA engine's
+// bf16 ones, not this engine's fp32).
+TEST(Engine, PeakState_EqualsThePlannersMemoryModel) {
+  const ModelConfig c = Llama();
+  for (int32_t pp : {1, 2}) {
+    std::unique_ptr<Engine> e = MakeEngine(c, pp);
+    const StepData d = RandomData({90, 13, 7, 70, 2}, c.vocab_size, 3);
+    planner::MemoryModel mem = planner::MemoryModelFromShape(ShapeOf(c), pp);
+    mem.static_bytes.assign(pp, 0);
+    mem.activation_bytes_per_token.assign(pp, 0.0);
+    mem.input_bytes_per_token.assign(pp, 0.0);
+    for (int64_t cs : {16, 40, 200}) {
+      for (int32_t k : {1, 3}) {
+        const std::string what = "pp " + std::to_string(pp) + " ChunkSize " +
+                                 std::to_string(cs) + " K " + std::to_string(k);
+        absl::StatusOr<PlannedStep> planned = PlanLocalStep(c, pp, d, cs, k);
+        ASSERT_TRUE(planned.ok()) << planned.status();
+        absl::StatusOr<planner::SimResult> sim = planner::Simulate(
+            planned->plan, planner::CostModelFromShape(ShapeOf(c), pp, planner::DeviceModel{}),
+            mem);
+        ASSERT_TRUE(sim.ok()) << sim.status();
+        absl::StatusOr<StepResult> r = e->ComputeGradients(d, cs, k);
+        ASSERT_TRUE(r.ok()) << r.status();
+        const int64_t predicted =
+            *std::max_element(sim->peak_memory_bytes.begin(), sim->peak_memory_bytes.end());
+        EXPECT_EQ(r->peak_state_bytes, predicted) << what;
+        EXPECT_GT(predicted, 0) << what;
+      }
+    }
+  }
 }
 
 TEST(Engine, TokenOutsideVocabulary_InvalidArgumentNamingIt) {
