@@ -453,7 +453,8 @@ absl::Status IndexedDatasetWriter::AddDocument(absl::Span<const int64_t> tokens)
     if (!DTypeHolds(dtype_, tokens[i])) {
       return absl::InvalidArgumentError(absl::StrCat(
           prefix_, ": document ", doc, ", token ", i, ": value ", tokens[i], " does not fit dtype ",
-          DTypeName(dtype_), " (range ", DTypeRange(dtype_), "): use a wider dtype such as int32"));
+          DTypeName(dtype_), " (range ", DTypeRange(dtype_), "): use a wider dtype such as ",
+          dtype_ == DType::kInt32 ? "int64" : "int32"));
     }
     EncodeToken(item, tokens[i], buffer_.data() + i * item);
   }
@@ -491,6 +492,11 @@ absl::Status IndexedDatasetWriter::WriteIndex(const std::string& path) const {
 }
 
 absl::Status IndexedDatasetWriter::Finish() {
+  if (absl::Status s = Prepare(); !s.ok()) return s;
+  return Commit();
+}
+
+absl::Status IndexedDatasetWriter::Prepare() {
   if (finish_called_) {
     return absl::FailedPreconditionError(absl::StrCat(prefix_, ": Finish called twice"));
   }
@@ -500,10 +506,15 @@ absl::Status IndexedDatasetWriter::Finish() {
   bin_ = nullptr;
   if (closed != 0) return ErrnoError(errno, bin_tmp, "write");
   if (absl::Status s = WriteIndex(prefix_ + ".idx.tmp"); !s.ok()) return s;
-  return Commit();
+  prepared_ = true;
+  return absl::OkStatus();
 }
 
 absl::Status IndexedDatasetWriter::Commit() {
+  if (!prepared_ || committed_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(prefix_, committed_ ? ": Commit called twice" : ": Commit before Prepare"));
+  }
   // .bin first: a reader that finds the new .idx also finds its .bin.
   for (const char* ext : {".bin", ".idx"}) {
     const std::string to = prefix_ + ext;

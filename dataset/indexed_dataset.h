@@ -158,19 +158,27 @@ class IndexedDatasetWriter {
   int64_t num_documents() const { return static_cast<int64_t>(lengths_.size()); }
 
   // Writes the .idx, closes both files and renames them to <prefix>.bin and
-  // <prefix>.idx (replacing existing ones).
+  // <prefix>.idx (replacing existing ones): Prepare, then Commit.
   // Errors: FAILED_PRECONDITION if called twice; the errno's code on failure.
   absl::Status Finish();
+
+  // The two halves of Finish, for writers that must land together (tokens
+  // and labels): Prepare writes and closes everything as .tmp files, where
+  // all the I/O that can fail happens; Commit only renames them into place.
+  // Without Commit the destructor removes the .tmp files.
+  // Errors: FAILED_PRECONDITION for Prepare twice or Commit before Prepare.
+  absl::Status Prepare();
+  absl::Status Commit();
 
  private:
   IndexedDatasetWriter(std::string prefix, DType dtype, std::FILE* bin);
   absl::Status WriteIndex(const std::string& path) const;
-  absl::Status Commit();
 
   std::string prefix_;
   DType dtype_;
   std::FILE* bin_ = nullptr;
   bool finish_called_ = false;
+  bool prepared_ = false;   // .tmp files complete
   bool committed_ = false;  // renamed into place
   int64_t bin_bytes_ = 0;
   std::vector<int32_t> lengths_;

@@ -154,6 +154,33 @@ TEST(IndexedDatasetWriterTest, Finish_NoDocuments_OpensAsEmptyDataset) {
   EXPECT_TRUE((*ds)->document_lengths().empty());
 }
 
+// Prepare writes everything as .tmp files; only Commit renames them, and a
+// writer destroyed before Commit leaves nothing behind.
+TEST(IndexedDatasetWriterTest, PrepareThenCommit_OnlyCommitPublishes) {
+  const std::string prefix = TempPath("two_phase");
+  {
+    auto w = IndexedDatasetWriter::Create(prefix, DType::kInt32);
+    ASSERT_TRUE(w.ok());
+    EXPECT_EQ((*w)->Commit().code(), absl::StatusCode::kFailedPrecondition);
+    ASSERT_TRUE((*w)->AddDocument({1, 2}).ok());
+    ASSERT_TRUE((*w)->Prepare().ok());
+    EXPECT_TRUE(FileExists(prefix + ".idx.tmp"));
+    EXPECT_FALSE(FileExists(prefix + ".idx"));
+  }
+  EXPECT_FALSE(FileExists(prefix + ".idx.tmp"));
+  EXPECT_FALSE(FileExists(prefix + ".bin.tmp"));
+  EXPECT_FALSE(FileExists(prefix + ".idx"));
+  auto w = IndexedDatasetWriter::Create(prefix, DType::kInt32);
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE((*w)->AddDocument({1, 2}).ok());
+  ASSERT_TRUE((*w)->Prepare().ok());
+  ASSERT_TRUE((*w)->Commit().ok());
+  EXPECT_EQ((*w)->Commit().code(), absl::StatusCode::kFailedPrecondition);
+  absl::StatusOr<std::unique_ptr<IndexedDataset>> ds = IndexedDataset::Open(prefix);
+  ASSERT_TRUE(ds.ok()) << ds.status();
+  EXPECT_EQ((*ds)->num_documents(), 1);
+}
+
 TEST(IndexedDatasetWriterTest, AddDocument_TokenTooLargeForDType_InvalidArgumentNamesValue) {
   auto w = IndexedDatasetWriter::Create(TempPath("big"), DType::kUInt16);
   ASSERT_TRUE(w.ok());

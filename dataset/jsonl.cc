@@ -191,6 +191,13 @@ absl::StatusOr<JsonlSummary> Summarize(absl::string_view path, std::optional<DTy
       }
       if (id > sum.max_id) sum.max_id = id;
     }
+    for (size_t i = 0; i < r.labels.size(); ++i) {  // labels are written as int32
+      if (!DTypeHolds(DType::kInt32, r.labels[i])) {
+        return LineError(path, line,
+                         absl::StrCat("labels[", i, "] = ", r.labels[i],
+                                      " does not fit int32, the labels' dtype"));
+      }
+    }
     return absl::OkStatus();
   });
   if (!s.ok()) return s;
@@ -250,14 +257,19 @@ absl::Status ConvertJsonlToIndexed(absl::string_view jsonl_path, absl::string_vi
     return absl::Status(added.code(), absl::StrCat(jsonl_path, ":", line, ": ", added.message()));
   });
   if (!s.ok()) return s;
+  // Everything that can fail first (both datasets written as .tmp files),
+  // then the renames: tokens and labels land together, or neither does and
+  // the previous conversion stays as it was.
+  if (absl::Status p = (*tokens)->Prepare(); !p.ok()) return p;
   if (labels != nullptr) {
-    if (absl::Status f = labels->Finish(); !f.ok()) return f;
-  } else {
-    // A labels dataset from an earlier conversion would not match these tokens.
-    std::remove((labels_prefix + ".bin").c_str());
-    std::remove((labels_prefix + ".idx").c_str());
+    if (absl::Status p = labels->Prepare(); !p.ok()) return p;
   }
-  return (*tokens)->Finish();
+  if (absl::Status c = (*tokens)->Commit(); !c.ok()) return c;
+  if (labels != nullptr) return labels->Commit();
+  // A labels dataset from an earlier conversion would not match these tokens.
+  std::remove((labels_prefix + ".bin").c_str());
+  std::remove((labels_prefix + ".idx").c_str());
+  return absl::OkStatus();
 }
 
 }  // namespace chunkflow::dataset

@@ -216,6 +216,25 @@ TEST(ConvertJsonlToIndexedTest, Convert_TokenTooLargeForDType_InvalidArgumentWri
   EXPECT_FALSE(FileExists(prefix + ".idx"));
 }
 
+// Labels are stored as int32: one that does not fit is found while the file
+// is validated, and the previous conversion (tokens and labels) stays.
+TEST(ConvertJsonlToIndexedTest, Convert_LabelBeyondInt32_InvalidArgumentKeepsThePrevious) {
+  const std::string good =
+      WriteJsonl("labels_ok", "{\"input_ids\": [1, 2], \"labels\": [-100, 2]}\n");
+  const std::string prefix = TempPath("keep");
+  ASSERT_TRUE(ConvertJsonlToIndexed(good, prefix, std::nullopt).ok());
+  const std::string bin = testing::ReadFileOrDie(prefix + ".bin");
+  const std::string labels = testing::ReadFileOrDie(prefix + ".labels.bin");
+  const std::string bad = WriteJsonl(
+      "labels_big", "{\"input_ids\": [3]}\n{\"input_ids\": [4, 5], \"labels\": [4, 3000000000]}\n");
+  ExpectError(ConvertJsonlToIndexed(bad, prefix, std::nullopt), absl::StatusCode::kInvalidArgument,
+              {bad + ":2:", "labels[1] = 3000000000", "int32"});
+  EXPECT_EQ(testing::ReadFileOrDie(prefix + ".bin"), bin);
+  EXPECT_EQ(testing::ReadFileOrDie(prefix + ".labels.bin"), labels);
+  EXPECT_FALSE(FileExists(prefix + ".bin.tmp"));
+  EXPECT_FALSE(FileExists(prefix + ".labels.bin.tmp"));
+}
+
 TEST(ConvertJsonlToIndexedTest, Convert_BadLine_InvalidArgumentWritesNothing) {
   const std::string path = WriteJsonl("bad", "{\"input_ids\": [1]}\n{\"input_ids\": [2.5]}\n");
   const std::string prefix = TempPath("out");
