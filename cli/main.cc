@@ -42,7 +42,8 @@ ABSL_FLAG(int64_t, steps, -1,
           "plan/train/submit/local: steps, from the start of the seeded cursor (default: plan 4, "
           "train 10, submit 10, local 20)");
 ABSL_FLAG(uint64_t, seed, 1,
-          "plan/train/eval: seed of the dataset cursor's shuffle and of random weights");
+          "plan/train/eval/submit/local: seed of the dataset cursor's shuffle and of random "
+          "weights");
 ABSL_FLAG(int64_t, chunk_size, -1,
           "plan/train/eval/submit/local: ChunkSize, tokens per chunk (default: plan and eval "
           "8192, train 1024, submit 4096, local 512; update-schedule: keep the job's)");
@@ -54,7 +55,8 @@ ABSL_FLAG(int32_t, pp, -1, "plan/submit/local: pipeline stages (default: plan 4,
 ABSL_FLAG(std::string, model, "qwen2.5-7b",
           "plan: model preset (tiny, qwen2.5-0.5b, qwen2.5-7b, qwen2.5-14b, llama3-8b)");
 ABSL_FLAG(std::string, model_config, "",
-          "plan: Hugging Face config.json (or its folder); overrides --model");
+          "plan/train/eval/submit/local: Hugging Face config.json (or its folder); plan: "
+          "overrides --model; the others: random weights of that shape");
 ABSL_FLAG(double, device_tflops, 400, "plan: effective TFLOP/s per device for the cost model");
 ABSL_FLAG(double, memory_budget_gib, -1,
           "plan/submit/local: device memory budget per stage, GiB (default: plan 80; submit and "
@@ -71,7 +73,7 @@ ABSL_FLAG(std::string, input, "", "convert: JSONL file with input_ids (and optio
 ABSL_FLAG(std::string, output_prefix, "", "convert: output prefix for <prefix>.bin/.idx");
 ABSL_FLAG(std::string, dtype, "auto", "convert: token dtype: auto, uint16 or int32");
 ABSL_FLAG(std::string, model_dir, "",
-          "train/eval: Hugging Face model folder (config.json + *.safetensors; "
+          "train/eval/submit/local: Hugging Face model folder (config.json + *.safetensors; "
           "optimizer.safetensors resumes AdamW). With neither --model_dir nor --model_config, "
           "a tiny random Qwen2");
 ABSL_FLAG(int32_t, stages, 1, "train/eval: pipeline stages run in this process");
@@ -171,8 +173,9 @@ Commands:
   plan      Plan a dataset's global batches with ChunkFlow and the baselines
             (plain packing; Megatron-style padding and packing, with and without
             full recompute), simulate them, and print a side-by-side table:
-            chunks per step, dp imbalance, bubble, step time, peak memory per
-            stage, speedup. No cluster needed.
+            chunks per step, dp imbalance, bubble, step time, tokens/s, peak
+            memory per stage, whether it fits the budget, speedup. No cluster
+            needed.
               chunkflowctl plan --dataset=synthetic:lmsys:n=50000 --dp=4 --pp=4 \
                   --chunk_size=16384 --k=2
               chunkflowctl plan --dataset=/data/corpus_text_document --sweep
