@@ -145,6 +145,7 @@ struct Coordinator::JobEntry {
   bool awaiting_rejoin = false;
   // The step in flight.
   bool in_flight = false;
+  bool checkpoint_after = false;  // decided when the step is first sent
   v1::StepPlan plan;
   planner::Plan plan_struct;
   absl::Time sent_at;
@@ -272,6 +273,7 @@ absl::Status Coordinator::Load() {
   for (const v1::Worker& w : *workers) {
     auto e = std::make_unique<WorkerEntry>();
     e->info = w;
+    e->draining = w.draining();  // a drain outlives the coordinator's restart
     e->last_seen = now;  // reset again at the end of Load
     workers_[w.id()] = std::move(e);
   }
@@ -287,6 +289,25 @@ absl::Status Coordinator::Load() {
     if (absl::Status s = OpenJob(job, nullptr); !s.ok()) {
       FinishJobLocked(job, v1::JOB_STATE_FAILED,
                       absl::StrCat("cannot reopen the job after a coordinator restart: ", s.message()),
+                      &ignored);
+      continue;
+    }
+    // The step log is the truth: the job record's totals are rebuilt from it
+    // (a stop between a step's commit and the job's record, or inside a
+    // rewind, leaves the record behind or ahead).
+    if (absl::Status s = ReconcileTotalsLocked(job); !s.ok()) {
+      FinishJobLocked(job, v1::JOB_STATE_FAILED,
+                      absl::StrCat("cannot read the step log after a coordinator restart: ",
+                                   s.message()),
+                      &ignored);
+      continue;
+    }
+    // Every step committed, but the coordinator stopped before it recorded
+    // the end: finish it now instead of waiting for its workers again.
+    if (absl::StatusOr<int64_t> last = options_.store->LastCommittedStep(j.id());
+        last.ok() && *last + 1 >= j.spec().steps()) {
+      FinishJobLocked(job, v1::JOB_STATE_COMPLETED,
+                      absl::StrCat(j.spec().steps(), " steps (finished after a coordinator restart)"),
                       &ignored);
       continue;
     }
@@ -329,7 +350,9 @@ absl::Status Coordinator::Load() {
     i.clear_job_id();
     i.set_stage(-1);
     i.set_dp_index(-1);
-    if (i.state() != v1::WORKER_STATE_DEAD) i.set_state(v1::WORKER_STATE_IDLE);
+    if (i.state() != v1::WORKER_STATE_DEAD) {
+      i.set_state(w->draining ? v1::WORKER_STATE_DRAINING : v1::WORKER_STATE_IDLE);
+    }
     SaveWorkerLocked(w.get());
   }
   UpdateGaugesLocked();
@@ -865,6 +888,10 @@ void Coordinator::StartStepLocked(JobEntry* job, Outbox* out) {
 }
 
 void Coordinator::SendStepLocked(JobEntry* job, Outbox* out) {
+  // Whether this step saves a checkpoint is decided once, when it is first
+  // sent: a rank that reconnects gets the plan exactly as the others did (a
+  // CheckpointJob request in between waits for the next step).
+  job->checkpoint_after = CheckpointAfter(job->job, job->plan.step());
   job->in_flight = true;
   job->reports.clear();
   job->checkpoint_stages.clear();
@@ -877,7 +904,7 @@ void Coordinator::SendStepLocked(JobEntry* job, Outbox* out) {
 bool Coordinator::SendStepToRankLocked(JobEntry* job, int32_t rank, Outbox* out) {
   const v1::JobSpec& spec = job->job.spec();
   const int64_t step = job->plan.step();
-  const bool checkpoint = CheckpointAfter(job->job, step);
+  const bool checkpoint = job->checkpoint_after;
   const int32_t d = rank / job->pp(), s = rank % job->pp();
   absl::StatusOr<v1::StepPlanForWorker> w = planner::ToWorkerPlanProto(job->plan_struct, d, s);
   if (!w.ok()) {
@@ -1081,6 +1108,36 @@ void Coordinator::ReleaseRanksLocked(JobEntry* job, v1::Control::Action action,
   absl::erase_if(kv_, [&](const auto& kv) { return absl::StartsWith(kv.first, prefix); });
 }
 
+absl::Status Coordinator::ReconcileTotalsLocked(JobEntry* job) {
+  const std::string& id = job->job.id();
+  absl::StatusOr<int64_t> last = options_.store->LastCommittedStep(id);
+  if (!last.ok()) return last.status();
+  int64_t tokens = 0;
+  double loss = 0;
+  for (int64_t s = 0; s <= *last; ++s) {
+    absl::StatusOr<StepRecord> r = options_.store->GetStep(id, s);
+    if (!r.ok()) return r.status();
+    if (!r->commit.has_value()) continue;
+    tokens += r->commit->tokens;
+    loss = r->commit->loss;
+  }
+  v1::Job& j = job->job;
+  if (j.steps_committed() == *last + 1 && j.tokens_trained() == tokens && j.last_loss() == loss) {
+    return absl::OkStatus();
+  }
+  Outbox ignored;  // nobody watches yet
+  EventLocked(job,
+              absl::StrCat("totals rebuilt from the step log after a coordinator restart: ",
+                           j.steps_committed(), " -> ", *last + 1, " steps, ", j.tokens_trained(),
+                           " -> ", tokens, " tokens"),
+              &ignored);
+  j.set_steps_committed(*last + 1);
+  j.set_tokens_trained(tokens);
+  j.set_last_loss(loss);
+  SaveJobLocked(job);
+  return absl::OkStatus();
+}
+
 absl::Status Coordinator::RewindLocked(JobEntry* job, int64_t target) {
   const std::string& id = job->job.id();
   absl::StatusOr<int64_t> last = options_.store->LastCommittedStep(id);
@@ -1143,12 +1200,17 @@ void Coordinator::ResetJobLocked(JobEntry* job, const std::string& why, Outbox* 
 
 void Coordinator::FinishJobLocked(JobEntry* job, v1::JobState state, const std::string& why,
                                   Outbox* out) {
+  // The job's end is on disk before its workers' records are released: a
+  // coordinator that stops in between finds a finished job (Load frees its
+  // workers' records), not a running one whose ranks are gone, which it
+  // would reset and train again.
+  job->job.set_state(state);
+  if (state == v1::JOB_STATE_FAILED) job->job.set_error(why);
+  SaveJobLocked(job);
   ReleaseRanksLocked(job,
                      state == v1::JOB_STATE_FAILED ? v1::Control::ACTION_ABORT
                                                    : v1::Control::ACTION_RELEASE,
                      why, out);
-  job->job.set_state(state);
-  if (state == v1::JOB_STATE_FAILED) job->job.set_error(why);
   // A finished job keeps its record only: no open dataset, no samples.
   job->resolved.reset();
   job->cursor.reset();
@@ -1271,6 +1333,7 @@ absl::StatusOr<v1::Worker> Coordinator::DrainWorker(const std::string& worker_id
     }
     WorkerEntry* w = it->second.get();
     w->draining = true;
+    w->info.set_draining(true);  // saved below
     if (w->info.job_id().empty() && w->info.state() != v1::WORKER_STATE_DEAD) {
       w->info.set_state(v1::WORKER_STATE_DRAINING);
     }
@@ -1357,10 +1420,18 @@ absl::StatusOr<v1::Job> Coordinator::CheckpointJob(const std::string& job_id) {
       // checkpoint answers the request; otherwise the next planned step does.
       const bool in_flight = (*job)->in_flight;
       const int64_t sent = in_flight ? (*job)->plan.step() : -1;
-      const int64_t after = in_flight && !CheckpointAfter(j, sent) ? sent + 1
-                            : in_flight                            ? sent
-                                                                   : j.steps_committed();
+      const int64_t after = in_flight && !(*job)->checkpoint_after ? sent + 1
+                            : in_flight                          ? sent
+                                                                 : j.steps_committed();
       j.set_checkpoint_requested(true);
+      // Written before the answer: a request the store did not take is an
+      // error, not an OK that a restart forgets.
+      j.set_updated_unix_nanos(Nanos(clock_->Now()));
+      if (absl::Status st = options_.store->PutJob(j); !st.ok()) {
+        j.set_checkpoint_requested(false);
+        return absl::Status(st.code(), absl::StrCat("cannot record the checkpoint request of ",
+                                                    job_id, ": ", st.message()));
+      }
       EventLocked(*job, absl::StrCat("checkpoint requested by an admin: after step ", after), &out);
       SaveJobLocked(*job);
     }

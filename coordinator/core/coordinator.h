@@ -181,6 +181,9 @@ class Coordinator {
   // with it: steps committed, tokens trained (less the forgotten steps')
   // and the last loss (the target step's; 0 before any).
   absl::Status RewindLocked(JobEntry* job, int64_t target) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets the job's steps committed, tokens trained and last loss from its
+  // step log (a restart's check; an event when they differed).
+  absl::Status ReconcileTotalsLocked(JobEntry* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishJobLocked(JobEntry* job, chunkflow::v1::JobState state, const std::string& why,
                        Outbox* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseRanksLocked(JobEntry* job, chunkflow::v1::Control::Action action,

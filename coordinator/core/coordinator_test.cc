@@ -800,5 +800,90 @@ TEST_F(CoordinatorTest, CheckpointJob_Errors) {
   EXPECT_TRUE(absl::StrContains(s.message(), "already")) << s;
 }
 
+// A rank that reconnects mid-step gets the step as the others did: a
+// checkpoint requested while it was in flight waits for the next step.
+TEST_F(CoordinatorTest, CheckpointJob_ARankResentTheStepGetsItUnchanged) {
+  const std::string id = coordinator_->SubmitJob(Spec(1, 2, 4))->id();
+  std::vector<FakeWorker> ws(2);
+  ws[0].Join(coordinator_.get(), "a", 1);
+  ws[1].Join(coordinator_.get(), "b", 1);  // step 0 sent to both
+  ASSERT_TRUE(coordinator_->CheckpointJob(id).ok());
+  // b reads its assignment, then its stream breaks before it reads step 0.
+  while (!ws[1].sink->inbox.empty() && !ws[1].sink->inbox.front().has_step()) {
+    ws[1].Pump(coordinator_.get(), 1);
+  }
+  ASSERT_FALSE(ws[1].sink->inbox.empty());
+  ws[1].Reconnect(coordinator_.get());
+  PumpAll(ws);
+  for (const FakeWorker& w : ws) {
+    ASSERT_EQ(w.plans.size(), 4u);
+    for (int s = 0; s < 4; ++s) {
+      EXPECT_EQ(w.plans[s].checkpoint_after(), s == 1 || s == 3) << w.id << " step " << s;
+    }
+  }
+  EXPECT_EQ(coordinator_->GetJob(id)->state(), v1::JOB_STATE_COMPLETED);
+}
+
+// The coordinator stopped after the last step committed but before the job's
+// end was recorded: on restart the job is finished at once, not reset to
+// wait for workers and trained again.
+TEST_F(CoordinatorTest, CoordinatorRestart_AllStepsCommittedButRunning_Completes) {
+  const std::string id = coordinator_->SubmitJob(Spec(1, 1, 2))->id();
+  std::vector<FakeWorker> ws(1);
+  ws[0].Join(coordinator_.get(), "a", 1);
+  PumpAll(ws);
+  v1::Job j = *coordinator_->GetJob(id);
+  ASSERT_EQ(j.state(), v1::JOB_STATE_COMPLETED);
+  j.set_state(v1::JOB_STATE_RUNNING);  // the record as a stop in between left it
+  ASSERT_TRUE(store_->PutJob(j).ok());
+  OpenCoordinator();  // no worker reconnects
+  absl::StatusOr<v1::Job> after = coordinator_->GetJob(id);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->state(), v1::JOB_STATE_COMPLETED) << after->events(after->events_size() - 1);
+  EXPECT_EQ(*store_->LastCommittedStep(id), 1) << "no step forgotten";
+}
+
+// A drained worker stays drained when the coordinator restarts and the
+// worker registers again: it gets no new job.
+TEST_F(CoordinatorTest, DrainWorker_OutlivesACoordinatorRestart) {
+  std::vector<FakeWorker> ws(2);
+  ws[0].Join(coordinator_.get(), "a", 1);
+  ws[1].Join(coordinator_.get(), "b", 1);
+  ASSERT_TRUE(coordinator_->DrainWorker(ws[0].id).ok());
+  OpenCoordinator();
+  ws[0].Join(coordinator_.get(), "a", 2);  // the daemon registers again on reconnect
+  ws[1].Join(coordinator_.get(), "b", 2);
+  const std::string id = coordinator_->SubmitJob(Spec(1, 1, 1))->id();
+  PumpAll(ws);
+  EXPECT_TRUE(ws[0].plans.empty()) << "the drained worker got a job";
+  EXPECT_EQ(ws[1].plans.size(), 1u);
+  for (const v1::Worker& w : coordinator_->ListWorkers()) {
+    if (w.id() == ws[0].id) EXPECT_EQ(w.state(), v1::WORKER_STATE_DRAINING);
+  }
+  EXPECT_EQ(coordinator_->GetJob(id)->state(), v1::JOB_STATE_COMPLETED);
+}
+
+// The job record's totals lag the step log after a stop between a commit
+// and the record: a restart rebuilds them from the log.
+TEST_F(CoordinatorTest, CoordinatorRestart_RebuildsTheTotalsFromTheStepLog) {
+  const std::string id = coordinator_->SubmitJob(Spec(1, 1, 6))->id();
+  std::vector<FakeWorker> ws(1);
+  ws[0].Join(coordinator_.get(), "a", 1);
+  while (ws[0].plans.size() < 3) ws[0].Pump(coordinator_.get(), 1);
+  const v1::Job good = *coordinator_->GetJob(id);
+  ASSERT_EQ(good.steps_committed(), 3);
+  ASSERT_GT(good.tokens_trained(), 0);
+  v1::Job stale = good;
+  stale.set_steps_committed(2);
+  stale.set_tokens_trained(good.tokens_trained() / 2);
+  stale.set_last_loss(0);
+  ASSERT_TRUE(store_->PutJob(stale).ok());
+  OpenCoordinator();
+  const v1::Job after = *coordinator_->GetJob(id);
+  EXPECT_EQ(after.steps_committed(), 3);
+  EXPECT_EQ(after.tokens_trained(), good.tokens_trained());
+  EXPECT_DOUBLE_EQ(after.last_loss(), good.last_loss());
+}
+
 }  // namespace
 }  // namespace chunkflow::coordinator
