@@ -80,6 +80,37 @@ check plan-empty-dataset 1 "$TMP/empty.jsonl: the dataset has no documents" "$BI
 check eval-json 0 '"mean_loss"' "$BIN" eval --model_dir="$TMP/ck" --dataset="$TMP/t.jsonl" \
   --format=json --chunk_size=2
 check eval-table 0 "perplexity" "$BIN" eval --model_dir="$TMP/ck" --dataset="$TMP/t.jsonl"
+o="$("$BIN" eval --model_dir="$TMP/ck" --dataset="$TMP/t.jsonl" 2>&1)"
+if [[ $o == *"resuming the optimizer"* ]]; then echo "FAIL eval-no-optimizer: eval loaded it"; fail=1
+else echo "ok   eval-no-optimizer"; fi
+# --output_dir is checked before the first step, and its parents are made.
+: > "$TMP/afile"
+check train-output-unwritable 1 "--output_dir $TMP/afile/out: cannot create it" "$BIN" train \
+  --dataset="$TMP/t.jsonl" --steps=1 --global_batch=1 --output_dir="$TMP/afile/out"
+[[ $out != *"step 1/1"* ]] || { echo "FAIL train-output-unwritable trained first"; fail=1; }
+check train-output-nested 0 "checkpoint: $TMP/n1/n2/n3" "$BIN" train --dataset="$TMP/t.jsonl" \
+  --steps=1 --global_batch=1 --output_dir="$TMP/n1/n2/n3"
+# A checkpoint folder whose files come from two saves (one interrupted in
+# place) is refused, not resumed with new weights and an old cursor.
+cp -r "$TMP/ck" "$TMP/mixed" && cp "$TMP/n1/n2/n3/optimizer.safetensors" "$TMP/mixed/"
+check train-resume-mixed-save 1 "mixes two saves: optimizer.safetensors is from save" "$BIN" train \
+  --model_dir="$TMP/mixed" --dataset="$TMP/t.jsonl" --steps=1 --global_batch=3 --chunk_size=3
+# The base model's tokenizer, generation config and special token ids come
+# along into the fine-tuned checkpoint.
+cp -r "$TMP/ck" "$TMP/base"
+echo '{"eos_token_id": 201}' > "$TMP/base/generation_config.json"
+echo '{"model": "test"}' > "$TMP/base/tokenizer.json"
+/usr/bin/python3 -c 'import json, sys; p = sys.argv[1]; c = json.load(open(p)); c["eos_token_id"] = 201
+json.dump(c, open(p, "w"))' "$TMP/base/config.json"
+check train-carries-model-files 0 "checkpoint: $TMP/tuned" "$BIN" train --model_dir="$TMP/base" \
+  --dataset="$TMP/t.jsonl" --steps=1 --global_batch=3 --chunk_size=3 --output_dir="$TMP/tuned"
+if cmp -s "$TMP/base/tokenizer.json" "$TMP/tuned/tokenizer.json" &&
+   cmp -s "$TMP/base/generation_config.json" "$TMP/tuned/generation_config.json" &&
+   grep -q '"eos_token_id": 201' "$TMP/tuned/config.json"; then
+  echo "ok   train-carries-model-files (tokenizer, generation config, eos_token_id)"
+else
+  echo "FAIL train-carries-model-files: $(ls "$TMP/tuned")"; fail=1
+fi
 check train-bad-optimizer 1 "--optimizer must be 'adamw' or 'sgd', got 'adam'" "$BIN" train \
   --optimizer=adam
 check train-too-many-stages 1 "--stages: pp 3" "$BIN" train --stages=3 --steps=1

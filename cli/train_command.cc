@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <random>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -19,6 +21,7 @@
 #include "nlohmann/json.hpp"
 #include "worker/engine/cuda/cuda_engine.h"
 #include "worker/engine/model_config.h"
+#include "worker/engine/safetensors.h"
 
 namespace chunkflow::cli {
 namespace {
@@ -48,7 +51,7 @@ absl::Status InitModel(E& e, const ModelSource& m, std::ostream& progress) {
   if (!m.model_dir.empty()) {
     if (absl::Status s = e.LoadWeights(m.model_dir); !s.ok()) return s;
     const std::string opt = m.model_dir + "/optimizer.safetensors";
-    if (Exists(opt)) {
+    if (m.load_optimizer && Exists(opt)) {
       if (absl::Status s = e.LoadOptimizer(opt); !s.ok()) return s;
       progress << "resuming the optimizer at step " << e.optimizer_step() << " from " << opt
                << "\n";
@@ -110,6 +113,57 @@ absl::StatusOr<std::unique_ptr<engine::cuda::CudaEngine>> LoadCudaModel(
   return e;
 }
 
+// `dir` (if set) exists, with its parents, and a file can be created in it.
+absl::Status CheckWritableDir(const std::string& dir) {
+  if (dir.empty()) return absl::OkStatus();
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--output_dir ", dir, ": cannot create it: ", ec.message()));
+  }
+  const std::string probe = dir + "/.chunkflow-write-test";
+  std::ofstream(probe) << "";
+  if (!std::filesystem::exists(probe, ec)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--output_dir ", dir, ": cannot write into it (permissions?)"));
+  }
+  std::filesystem::remove(probe, ec);
+  return absl::OkStatus();
+}
+
+// The files of a Hugging Face model folder the engine does not read but a
+// fine-tuned copy needs beside its weights (generation's special tokens, the
+// tokenizer): copied from --model_dir into --output_dir.
+constexpr const char* kCarriedFiles[] = {
+    "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt",
+    "added_tokens.json"};
+
+absl::Status CarryModelFiles(const std::string& from, const std::string& to) {
+  if (from.empty() || to.empty()) return absl::OkStatus();
+  std::error_code ec;
+  if (std::filesystem::equivalent(from, to, ec)) return absl::OkStatus();
+  for (const char* name : kCarriedFiles) {
+    const std::string src = from + "/" + name;
+    if (!std::filesystem::exists(src, ec)) continue;
+    std::filesystem::copy_file(src, to + "/" + name,
+                               std::filesystem::copy_options::overwrite_existing, ec);
+    if (ec) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot copy ", src, " into ", to, ": ", ec.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// A fresh id for one save: model.safetensors, optimizer.safetensors and
+// trainer_state.json carry it, and a resume checks they agree.
+std::string NewSaveId(int64_t next_batch) {
+  std::random_device rd;
+  return absl::StrFormat("%08x%08x-batch%d", rd(), rd(), next_batch);
+}
+
 // The documents of a global batch as engine sequences (id = document),
 // checked against the model's vocabulary before the step starts: a bad id is
 // reported with the dataset and its document, and the engine is untouched.
@@ -152,10 +206,12 @@ int64_t TotalTokens(const dataset::TokenSource& src) {
 }
 
 absl::Status WriteTrainerState(const std::string& dir, const TrainCommandOptions& o,
-                               const dataset::TokenSource* src, int64_t next_batch) {
+                               const dataset::TokenSource* src, int64_t next_batch,
+                               const std::string& save_id) {
   nlohmann::json j;
   j["format_version"] = 2;
   j["next_batch"] = next_batch;
+  j["save"] = save_id;  // also in model.safetensors' and optimizer.safetensors' metadata
   j["dataset"] = o.dataset;
   j["num_documents"] = src->num_documents();
   j["total_tokens"] = TotalTokens(*src);
@@ -243,6 +299,25 @@ absl::StatusOr<int64_t> ResumeBatch(const TrainCommandOptions& o, const dataset:
     progress << "note: " << path << " predates the dataset check (format 1): make sure "
              << o.dataset << " has not changed since\n";
   }
+  // trainer_state.json is written last: weights or optimizer state of
+  // another save next to it mean a save into this folder was interrupted.
+  if (j.contains("save")) {
+    absl::StatusOr<const nlohmann::json*> save = field("save", &nlohmann::json::is_string, "a string");
+    if (!save.ok()) return save.status();
+    for (const char* file : {"model.safetensors", "optimizer.safetensors"}) {
+      const std::string p = o.model.model_dir + "/" + file;
+      absl::StatusOr<engine::SafetensorsReader> r = engine::SafetensorsReader::Open(p);
+      if (!r.ok()) return r.status();
+      auto it = r->metadata().find(engine::kSaveIdKey);
+      const std::string id = it == r->metadata().end() ? "(none)" : it->second;
+      if (id != (*save)->get<std::string>()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            o.model.model_dir, " mixes two saves: ", file, " is from save ", id, ", ",
+            kTrainerState, " from save ", (*save)->get<std::string>(),
+            " (a save into this folder was interrupted); resume from an intact copy"));
+      }
+    }
+  }
   return (*next)->get<int64_t>();
 }
 
@@ -280,8 +355,10 @@ absl::Status TrainLoop(E& e, const TrainCommandOptions& o, const std::string& ba
       absl::Status keep = absl::OkStatus();
       std::string kept;
       if (step > 0 && !o.output_dir.empty()) {
-        keep = e.Save(o.output_dir);
-        if (keep.ok()) keep = WriteTrainerState(o.output_dir, o, src->get(), *start + step);
+        const std::string id = NewSaveId(*start + step);
+        keep = e.Save(o.output_dir, id);
+        if (keep.ok()) keep = CarryModelFiles(o.model.model_dir, o.output_dir);
+        if (keep.ok()) keep = WriteTrainerState(o.output_dir, o, src->get(), *start + step, id);
         kept = keep.ok() ? absl::StrCat("; the ", step, " step(s) before it are saved in ",
                                         o.output_dir, " (resume with --model_dir=", o.output_dir, ")")
                          : absl::StrCat("; saving the steps before it failed too: ", keep.message());
@@ -321,8 +398,10 @@ absl::Status TrainLoop(E& e, const TrainCommandOptions& o, const std::string& ba
     progress.flush();
   }
   if (!o.output_dir.empty()) {
-    if (absl::Status s = e.Save(o.output_dir); !s.ok()) return s;
-    if (absl::Status s = WriteTrainerState(o.output_dir, o, src->get(), *start + o.steps);
+    const std::string id = NewSaveId(*start + o.steps);
+    if (absl::Status s = e.Save(o.output_dir, id); !s.ok()) return s;
+    if (absl::Status s = CarryModelFiles(o.model.model_dir, o.output_dir); !s.ok()) return s;
+    if (absl::Status s = WriteTrainerState(o.output_dir, o, src->get(), *start + o.steps, id);
         !s.ok()) {
       return s;
     }
@@ -361,6 +440,9 @@ absl::Status RunTrainCommand(const TrainCommandOptions& o, std::ostream& out,
       !m.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--offload_state: ", m.status().message()));
   }
+  // Before any step: a checkpoint folder that cannot be written would
+  // otherwise fail after the whole run.
+  if (absl::Status s = CheckWritableDir(o.output_dir); !s.ok()) return s;
   if (o.device == "cuda") {
     absl::StatusOr<std::unique_ptr<engine::cuda::CudaEngine>> e =
         LoadCudaModel(o.model, o.precision, o.offload_state, progress);
@@ -377,6 +459,13 @@ absl::Status RunTrainCommand(const TrainCommandOptions& o, std::ostream& out,
                    progress);
 }
 
+// eval reads the weights only: no optimizer state (it is about twice their
+// size, and a broken one has nothing to do with evaluating).
+ModelSource EvalSource(ModelSource m) {
+  m.load_optimizer = false;
+  return m;
+}
+
 absl::Status RunEvalCommand(const EvalCommandOptions& o, std::ostream& out,
                             std::ostream& progress) {
   if (o.format != "table" && o.format != "json") {
@@ -390,7 +479,7 @@ absl::Status RunEvalCommand(const EvalCommandOptions& o, std::ostream& out,
     return absl::InvalidArgumentError(
         absl::StrCat("--max_documents must be >= 0, got ", o.max_documents));
   }
-  absl::StatusOr<std::unique_ptr<Engine>> e = LoadModel(o.model, progress);
+  absl::StatusOr<std::unique_ptr<Engine>> e = LoadModel(EvalSource(o.model), progress);
   if (!e.ok()) return e.status();
   absl::StatusOr<std::unique_ptr<dataset::TokenSource>> src =
       dataset::TokenSource::Open(o.dataset, (*e)->config().vocab_size);

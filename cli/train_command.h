@@ -33,6 +33,7 @@ struct ModelSource {
   std::string model_config;
   uint64_t seed = 1;
   int32_t stages = 1;
+  bool load_optimizer = true;  // model_dir's optimizer.safetensors (train only)
 };
 
 struct TrainCommandOptions {

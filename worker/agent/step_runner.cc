@@ -446,7 +446,7 @@ absl::Status StepRunner::ReduceAndUpdate(const engine::TrainOptions& options,
   result->grad_norm = std::sqrt(sq);
   CF_RETURN_IF_ERROR(engine::CheckGradNorm(result->grad_norm));
   const float coef = engine::ClipCoefficient(result->grad_norm, options.clip);
-  ++step_;
+  step_ = engine::NextOptimizerStep(step_, options);
   if (!device) {
     if (coef != 1.0f) kernels::cpu::scale(params_.grads().data(), numel, coef);
     engine::ApplyUpdate(params_, m_, v_, step_, options);

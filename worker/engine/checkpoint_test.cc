@@ -8,6 +8,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "worker/engine/engine.h"
 #include "worker/engine/safetensors.h"
 
@@ -132,6 +133,68 @@ TEST(Checkpoint, LoadWeights_BadCheckpoint_ErrorNamesTensorAndNothingChanges) {
     // Stage 0 could have loaded: it did not.
     EXPECT_EQ(*dst->Value("model.embed_tokens.weight"), before) << k.edit;
   }
+}
+
+// What transformers skips on load is skipped here too: old RoPE buffers, and
+// an lm_head.weight saved beside embeddings the config ties.
+TEST(Checkpoint, LoadWeights_SkipsRopeBuffersAndATiedLmHead) {
+  const ModelConfig c = TinyQwen2Config();  // tied embeddings
+  ASSERT_TRUE(c.tie_word_embeddings);
+  std::unique_ptr<Engine> src = Make(c, 1);
+  std::vector<std::vector<float>> keep;
+  std::vector<TensorToWrite> out;
+  for (const ParamTensor& t : src->stage_params(0).tensors()) {
+    keep.push_back(*src->Value(t.name));
+  }
+  size_t i = 0;
+  for (const ParamTensor& t : src->stage_params(0).tensors()) {
+    out.push_back({t.name, DType::kF32, t.shape, keep[i++].data()});
+  }
+  const std::vector<float> embed = *src->Value("model.embed_tokens.weight");
+  std::vector<float> inv_freq(c.head_dim() / 2, 1.0f);
+  out.push_back({"lm_head.weight", DType::kF32, {c.vocab_size, c.hidden_size}, embed.data()});
+  out.push_back({"model.layers.0.self_attn.rotary_emb.inv_freq", DType::kF32,
+                 {c.head_dim() / 2}, inv_freq.data()});
+  const std::string path = TmpDir("extra.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path, out, {}).ok());
+  std::unique_ptr<Engine> dst = Make(c, 1);
+  absl::Status s = dst->LoadWeights(path);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(*dst->Value("model.embed_tokens.weight"), embed);
+}
+
+// The source config's fields the engine does not model (special token ids,
+// transformers_version) survive a save; the engine's own replace the
+// source's (the weights are saved in float32).
+TEST(Checkpoint, SavedConfig_KeepsTheSourcesOtherFields) {
+  ModelConfig c = TinyQwen2Config();
+  c.source_json = R"({"bos_token_id": 200, "eos_token_id": 201, "pad_token_id": 202,
+                      "torch_dtype": "bfloat16", "hidden_size": 1, "custom": [1, 2]})";
+  absl::StatusOr<ModelConfig> back = ParseHfConfig(ToHfConfigJson(c), "saved");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->hidden_size, c.hidden_size);
+  const nlohmann::json j = nlohmann::json::parse(ToHfConfigJson(c));
+  EXPECT_EQ(j["bos_token_id"], 200);
+  EXPECT_EQ(j["eos_token_id"], 201);
+  EXPECT_EQ(j["pad_token_id"], 202);
+  EXPECT_EQ(j["custom"], nlohmann::json::array({1, 2}));
+  EXPECT_EQ(j["torch_dtype"], "float32");
+  EXPECT_EQ(j["hidden_size"], c.hidden_size);
+}
+
+// SGD keeps no optimizer state: its steps are not AdamW's steps, so AdamW
+// resumed from an SGD checkpoint starts its bias correction at step 1.
+TEST(Checkpoint, SgdSteps_AreNotCountedAsOptimizerSteps) {
+  const ModelConfig c = TinyQwen2Config();
+  std::unique_ptr<Engine> e = Make(c, 1);
+  TrainOptions o;
+  o.optimizer = OptimizerKind::kSgd;
+  o.lr = 0.01f;
+  ASSERT_TRUE(e->TrainStep(Data(c.vocab_size), o).ok());
+  EXPECT_EQ(e->optimizer_step(), 0);
+  o.optimizer = OptimizerKind::kAdamW;
+  ASSERT_TRUE(e->TrainStep(Data(c.vocab_size), o).ok());
+  EXPECT_EQ(e->optimizer_step(), 1);
 }
 
 TEST(Checkpoint, LoadOptimizer_MissingFile_NotFound) {

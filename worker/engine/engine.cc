@@ -1,5 +1,7 @@
 #include "worker/engine/engine.h"
 
+#include <filesystem>
+
 #include <sys/stat.h>
 
 #include <cerrno>
@@ -72,17 +74,22 @@ absl::Status Engine::LoadWeights(const std::string& path) {
   return LoadStageWeights(path, params_);
 }
 
-absl::Status Engine::Save(const std::string& dir) const {
-  return SaveModel(dir, config_, params_, m_, v_, step_);
+absl::Status Engine::Save(const std::string& dir, const std::string& save_id) const {
+  return SaveModel(dir, config_, params_, m_, v_, step_, save_id);
+}
+
+int64_t NextOptimizerStep(int64_t step, const TrainOptions& o) {
+  return o.optimizer == OptimizerKind::kAdamW ? step + 1 : step;
 }
 
 absl::Status SaveModel(const std::string& dir, const ModelConfig& config,
                        const std::vector<std::unique_ptr<StageParams>>& params,
                        const std::vector<std::vector<float>>& m,
-                       const std::vector<std::vector<float>>& v, int64_t step) {
-  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    return absl::UnavailableError(absl::StrCat("cannot create ", dir, ": ", std::strerror(errno)));
-  }
+                       const std::vector<std::vector<float>>& v, int64_t step,
+                       const std::string& save_id) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::UnavailableError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   std::vector<TensorToWrite> weights, moments;
   for (size_t s = 0; s < params.size(); ++s) {
     for (const ParamTensor& t : params[s]->tensors()) {
@@ -93,12 +100,17 @@ absl::Status SaveModel(const std::string& dir, const ModelConfig& config,
       moments.push_back({"exp_avg_sq." + t.name, DType::kF32, t.shape, v[s].data() + t.offset});
     }
   }
-  if (absl::Status s = WriteSafetensors(dir + "/model.safetensors", weights, {{"format", "pt"}});
+  std::map<std::string, std::string> model_meta = {{"format", "pt"}};
+  std::map<std::string, std::string> optimizer_meta = {{"step", std::to_string(step)}};
+  if (!save_id.empty()) {
+    model_meta[kSaveIdKey] = save_id;
+    optimizer_meta[kSaveIdKey] = save_id;
+  }
+  if (absl::Status s = WriteSafetensors(dir + "/model.safetensors", weights, model_meta);
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = WriteSafetensors(dir + "/optimizer.safetensors", moments,
-                                        {{"step", std::to_string(step)}});
+  if (absl::Status s = WriteSafetensors(dir + "/optimizer.safetensors", moments, optimizer_meta);
       !s.ok()) {
     return s;
   }
@@ -251,7 +263,7 @@ double Engine::GradNorm() const {
 }
 
 void Engine::ApplyOptimizer(const TrainOptions& o) {
-  ++step_;
+  step_ = NextOptimizerStep(step_, o);
   for (size_t s = 0; s < params_.size(); ++s) ApplyUpdate(*params_[s], m_[s], v_[s], step_, o);
 }
 

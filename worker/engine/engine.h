@@ -114,11 +114,20 @@ absl::Status LoadStageWeights(const std::string& path,
                               const std::vector<std::unique_ptr<StageParams>>& params);
 // Writes config.json, model.safetensors (a tied embedding once) and
 // optimizer.safetensors (AdamW moments per stage in the flat layout, and
-// `step`) into `dir`, creating it: Engine::Save, for any engine's host copy.
+// `step`) into `dir`, creating it and its parents: Engine::Save, for any
+// engine's host copy. A non-empty `save_id` goes into both files' metadata
+// (kSaveIdKey), so a reader can tell files of one save from a mix of two
+// (an interrupted save in place).
 absl::Status SaveModel(const std::string& dir, const ModelConfig& config,
                        const std::vector<std::unique_ptr<StageParams>>& params,
                        const std::vector<std::vector<float>>& m,
-                       const std::vector<std::vector<float>>& v, int64_t step);
+                       const std::vector<std::vector<float>>& v, int64_t step,
+                       const std::string& save_id = "");
+inline constexpr char kSaveIdKey[] = "chunkflow_save";
+// The optimizer step count after one update: AdamW counts it (its bias
+// correction); SGD does not, so an SGD checkpoint resumed with AdamW starts
+// the count at its zero moments.
+int64_t NextOptimizerStep(int64_t step, const TrainOptions& options);
 // Reads what SaveModel wrote into optimizer.safetensors; on error nothing is
 // changed. Errors: NOT_FOUND / INVALID_ARGUMENT naming the tensor or field.
 absl::Status LoadOptimizerState(const std::string& path,
@@ -144,8 +153,8 @@ class Engine {
   // stage loads or none does. Errors: see StageParams::Load.
   absl::Status LoadWeights(const std::string& path);
   // Writes config.json, model.safetensors and optimizer.safetensors (the
-  // AdamW moments and the step count) into `dir`, creating it.
-  absl::Status Save(const std::string& dir) const;
+  // AdamW moments and the step count) into `dir`, creating it (SaveModel).
+  absl::Status Save(const std::string& dir, const std::string& save_id = "") const;
 
   // Reads the AdamW moments and step count Save wrote. Errors: NOT_FOUND /
   // INVALID_ARGUMENT naming the tensor (nothing changes on error).

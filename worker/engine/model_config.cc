@@ -257,6 +257,7 @@ absl::StatusOr<ModelConfig> ParseHfConfig(std::string_view json_text, std::strin
     }
     if (s.ok()) s = CheckHeadDim(f, c);
     if (!s.ok()) return s;
+    c.source_json = json.dump();
     return c;
   } catch (const Json::exception& e) {
     return f.Error(absl::StrCat("unexpected JSON content: ", e.what()));
@@ -284,7 +285,14 @@ absl::StatusOr<ModelConfig> LoadHfConfig(const std::string& path) {
 // ---------------------------------------------------------------------------
 
 std::string ToHfConfigJson(const ModelConfig& c) {
-  Json j;  // std::map-backed: keys come out sorted, as transformers writes them
+  // std::map-backed: keys come out sorted, as transformers writes them. The
+  // source config's fields first; every field below is the engine's and
+  // replaces the source's.
+  Json j = Json::object();
+  if (!c.source_json.empty()) {
+    Json src = Json::parse(c.source_json, nullptr, /*allow_exceptions=*/false);
+    if (src.is_object()) j = std::move(src);
+  }
   const bool qwen = c.arch == Architecture::kQwen2;
   j["architectures"] = {qwen ? "Qwen2ForCausalLM" : "LlamaForCausalLM"};
   j["model_type"] = ArchitectureName(c.arch);

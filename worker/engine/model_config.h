@@ -48,6 +48,11 @@ struct ModelConfig {
   bool attention_bias = false;
   // lm_head shares embed_tokens' weight (HF default false for both).
   bool tie_word_embeddings = false;
+  // The parsed config.json as it was (a JSON object), empty for a config
+  // made in code: the fields this struct does not model (bos/eos/pad token
+  // ids, transformers_version, ...) that ToHfConfigJson writes back, so a
+  // fine-tuned checkpoint generates with its base model's special tokens.
+  std::string source_json;
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
   int64_t kv_dim() const { return num_key_value_heads * head_dim(); }

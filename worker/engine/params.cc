@@ -151,6 +151,12 @@ absl::Status StageParams::Load(const SafetensorsReader& reader) {
   const std::vector<std::string> model = ModelTensorNames(config_);
   const std::set<std::string> known(model.begin(), model.end());
   for (const std::string& name : reader.names()) {
+    // What transformers itself skips on load: old checkpoints' RoPE buffers,
+    // and an lm_head saved beside embeddings the config ties to it.
+    if (EndsWith(name, ".rotary_emb.inv_freq") ||
+        (config_.tie_word_embeddings && name == "lm_head.weight")) {
+      continue;
+    }
     if (!known.count(name)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "checkpoint tensor '", name, "' does not belong to this ",

@@ -70,13 +70,13 @@ absl::Status CudaEngine::LoadWeights(const std::string& path) {
   return UploadWeights();
 }
 
-absl::Status CudaEngine::Save(const std::string& dir) {
+absl::Status CudaEngine::Save(const std::string& dir, const std::string& save_id) {
   std::vector<std::vector<float>> m(params_.size()), v(params_.size());
   for (size_t s = 0; s < params_.size(); ++s) {
     if (absl::Status st = stages_[s]->DownloadParams(); !st.ok()) return st;
     if (absl::Status st = stages_[s]->GetMoments(&m[s], &v[s]); !st.ok()) return st;
   }
-  return SaveModel(dir, config_, params_, m, v, step_);
+  return SaveModel(dir, config_, params_, m, v, step_, save_id);
 }
 
 absl::Status CudaEngine::LoadOptimizer(const std::string& path) {
@@ -173,7 +173,7 @@ absl::StatusOr<StepResult> CudaEngine::TrainStep(const StepData& data,
       if (absl::Status s = st->ScaleGrads(coef); !s.ok()) return s;
     }
   }
-  ++step_;
+  step_ = NextOptimizerStep(step_, options);
   for (auto& st : stages_) {
     if (absl::Status s = st->ApplyUpdate(step_, options); !s.ok()) return s;
   }

@@ -65,7 +65,7 @@ class CudaEngine {
   absl::Status UploadWeights();
   // As engine::Engine (the same files: the CPU engine and transformers load
   // them), from the device's weights and AdamW moments.
-  absl::Status Save(const std::string& dir);
+  absl::Status Save(const std::string& dir, const std::string& save_id = "");
   absl::Status LoadOptimizer(const std::string& path);
 
   // As engine::Engine; StepResult::peak_device_bytes is the allocator's
