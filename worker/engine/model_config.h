@@ -70,7 +70,9 @@ struct ModelConfig {
 // "full_attention"; Qwen2 "use_sliding_window": true; Llama "mlp_bias" or
 // "attention_bias": true; anything ValidateModelConfig rejects. Absent (or
 // null) optional fields take HF's defaults; num_key_value_heads defaults to
-// num_attention_heads. Unknown fields are ignored.
+// num_attention_heads (Llama's rule; HF's Qwen2Config would take 32, its 7B
+// shape). Unknown fields do not change the model; they are kept in
+// source_json and written back by ToHfConfigJson.
 absl::StatusOr<ModelConfig> ParseHfConfig(std::string_view json_text, std::string_view source);
 
 // Reads `path`, a config.json file or a directory holding one.
