@@ -604,7 +604,7 @@ absl::Status Coordinator::OnMessage(const std::string& worker_id, const v1::Work
         w->info.set_last_heartbeat_unix_nanos(Nanos(w->last_seen));
         break;
       case v1::WorkerMessage::kStepReport:
-        OnReportLocked(w, msg.step_report(), &out);
+        result = OnReportLocked(w, msg.step_report(), &out);
         break;
       case v1::WorkerMessage::kCheckpointDone:
         break;  // informational: the step report carries checkpoint_saved
@@ -928,19 +928,29 @@ bool Coordinator::SendStepToRankLocked(JobEntry* job, int32_t rank, Outbox* out)
   return true;
 }
 
-void Coordinator::OnReportLocked(WorkerEntry* w, const v1::StepReport& r, Outbox* out) {
+absl::Status Coordinator::OnReportLocked(WorkerEntry* w, const v1::StepReport& r, Outbox* out) {
   auto it = jobs_.find(r.job_id());
-  if (it == jobs_.end() || w->info.job_id() != r.job_id()) return;  // stale: an old assignment
+  if (it == jobs_.end() || w->info.job_id() != r.job_id()) {
+    return absl::OkStatus();  // stale: an old assignment
+  }
   JobEntry* job = it->second.get();
-  if (!job->in_flight || r.step() != job->plan.step() || r.stage() != w->info.stage() ||
-      r.dp() != w->info.dp_index() || r.generation() != job->job.generation()) {
-    return;  // a resent report of a committed step, or of an older generation
+  if (!job->in_flight || r.step() != job->plan.step() || r.generation() != job->job.generation()) {
+    return absl::OkStatus();  // a resent report of a committed step, or of an older generation
+  }
+  if (r.stage() != w->info.stage() || r.dp() != w->info.dp_index()) {
+    // The step in flight, of this assignment, for another rank: a worker
+    // bug. Dropping it quietly would stall the job; the stream is closed.
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "worker %s reported step %d of %s as stage %d dp %d, but it holds stage %d dp %d",
+        w->info.id(), r.step(), r.job_id(), r.stage(), r.dp(), w->info.stage(),
+        w->info.dp_index()));
   }
   w->info.set_peak_memory_bytes(r.peak_memory_bytes());
   w->info.set_state(v1::WORKER_STATE_ASSIGNED);
   if (r.checkpoint_saved() && r.dp() == 0) job->checkpoint_stages.insert(r.stage());
   job->reports[r.dp() * job->pp() + r.stage()] = r;
   if (static_cast<int32_t>(job->reports.size()) == job->world()) CommitLocked(job, out);
+  return absl::OkStatus();
 }
 
 void Coordinator::CommitLocked(JobEntry* job, Outbox* out) {
@@ -1359,6 +1369,10 @@ absl::StatusOr<v1::Job> Coordinator::UpdateSchedule(const std::string& job_id,
   if (params.k() < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("schedule.k must be >= 0 (0 keeps it), got ", params.k()));
+  }
+  if (!v1::BalancePolicy_IsValid(params.balance())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("schedule.balance must be a BalancePolicy, got ", params.balance()));
   }
   Outbox out;
   v1::Job result;

@@ -172,7 +172,7 @@ class Coordinator {
   // False when the job failed instead.
   bool SendStepToRankLocked(JobEntry* job, int32_t rank, Outbox* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void OnReportLocked(WorkerEntry* w, const chunkflow::v1::StepReport& r, Outbox* out)
+  absl::Status OnReportLocked(WorkerEntry* w, const chunkflow::v1::StepReport& r, Outbox* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CommitLocked(JobEntry* job, Outbox* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ResetJobLocked(JobEntry* job, const std::string& why, Outbox* out)

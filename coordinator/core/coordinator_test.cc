@@ -885,5 +885,37 @@ TEST_F(CoordinatorTest, CoordinatorRestart_RebuildsTheTotalsFromTheStepLog) {
   EXPECT_DOUBLE_EQ(after.last_loss(), good.last_loss());
 }
 
+// A report of the step in flight that names another rank than the worker's
+// is a worker bug: an error naming both (the stream is closed), not a report
+// dropped quietly while the job waits for it.
+TEST_F(CoordinatorTest, StepReportForAnotherRank_InvalidArgumentNamingBoth) {
+  const std::string id = coordinator_->SubmitJob(Spec(1, 2, 2))->id();
+  std::vector<FakeWorker> ws(2);
+  ws[0].Join(coordinator_.get(), "a", 1);
+  ws[1].Join(coordinator_.get(), "b", 1);
+  while (!ws[0].sink->inbox.empty() && !ws[0].sink->inbox.front().has_step()) {
+    ws[0].Pump(coordinator_.get(), 1);
+  }
+  ASSERT_FALSE(ws[0].sink->inbox.empty());
+  const v1::StepPlanForWorker plan = ws[0].sink->inbox.front().step();
+  v1::WorkerMessage m;
+  v1::StepReport* r = m.mutable_step_report();
+  r->set_job_id(id);
+  r->set_step(plan.step());
+  r->set_generation(ws[0].assignment.generation());
+  r->set_dp(0);
+  r->set_stage(1 - ws[0].assignment.stage());
+  absl::Status s = coordinator_->OnMessage(ws[0].id, m);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), absl::StrCat("as stage ", r->stage()))) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), absl::StrCat("holds stage ", ws[0].assignment.stage())))
+      << s;
+  v1::ScheduleParams bad;
+  bad.set_balance(static_cast<v1::BalancePolicy>(77));
+  s = coordinator_->UpdateSchedule(id, bad).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "got 77")) << s;
+}
+
 }  // namespace
 }  // namespace chunkflow::coordinator
