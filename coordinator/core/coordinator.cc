@@ -199,11 +199,12 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
   if (options.store == nullptr) return absl::InvalidArgumentError("CoordinatorOptions.store is null");
   if (options.heartbeat_interval <= absl::ZeroDuration() ||
       options.heartbeat_timeout <= options.heartbeat_interval ||
-      options.comm_timeout <= absl::ZeroDuration()) {
+      options.comm_timeout <= absl::ZeroDuration() ||
+      options.dead_worker_retention <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "need 0 < heartbeat_interval (", absl::FormatDuration(options.heartbeat_interval),
         ") < heartbeat_timeout (", absl::FormatDuration(options.heartbeat_timeout),
-        ") and comm_timeout > 0"));
+        "), comm_timeout > 0 and dead_worker_retention > 0"));
   }
   std::unique_ptr<Coordinator> c(new Coordinator(options));
   if (absl::Status s = c->Load(); !s.ok()) return s;
@@ -655,6 +656,18 @@ void Coordinator::Tick() {
                                       absl::FormatDuration(now - w->last_seen), " (timeout ",
                                       absl::FormatDuration(options_.heartbeat_timeout), ")"),
                          &out);
+      }
+    }
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      const WorkerEntry& w = *it->second;
+      const bool forget = w.info.state() == v1::WORKER_STATE_DEAD && w.info.job_id().empty() &&
+                          !w.connected() &&
+                          now - w.last_seen > options_.dead_worker_retention;
+      // A record the store could not delete stays, and is tried again.
+      if (forget && options_.store->DeleteWorker(it->first).ok()) {
+        it = workers_.erase(it);
+      } else {
+        ++it;
       }
     }
     UpdateGaugesLocked();

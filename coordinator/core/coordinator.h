@@ -91,6 +91,10 @@ struct CoordinatorOptions {
   absl::Duration comm_timeout = absl::Seconds(60);
   // Op samples kept per job for the cost-model refit (oldest dropped).
   int64_t max_cost_samples = 4096;
+  // A lost worker that holds no rank is forgotten (its record deleted) this
+  // long after it was last heard: replaced pods and restarted unnamed
+  // workers would otherwise pile up as DEAD records.
+  absl::Duration dead_worker_retention = absl::Hours(1);
 };
 
 class Coordinator {

@@ -181,6 +181,7 @@ class CoordinatorTest : public ::testing::Test {
     o.clock = &clock_;
     o.heartbeat_interval = absl::Seconds(1);
     o.heartbeat_timeout = absl::Seconds(5);
+    o.dead_worker_retention = dead_worker_retention_;
     absl::StatusOr<std::unique_ptr<Coordinator>> c = Coordinator::Create(o);
     ASSERT_TRUE(c.ok()) << c.status();
     coordinator_ = std::move(*c);
@@ -252,6 +253,7 @@ class CoordinatorTest : public ::testing::Test {
 
   std::string dir_;
   FakeClock clock_;
+  absl::Duration dead_worker_retention_ = absl::Hours(1);
   std::unique_ptr<Store> store_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<metrics::CoordinatorMetrics> metrics_;  // outlives coordinator_
@@ -915,6 +917,44 @@ TEST_F(CoordinatorTest, StepReportForAnotherRank_InvalidArgumentNamingBoth) {
   s = coordinator_->UpdateSchedule(id, bad).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_TRUE(absl::StrContains(s.message(), "got 77")) << s;
+}
+
+// A lost worker that holds no rank is forgotten after the retention: its
+// record goes from the coordinator and the store (replaced pods and
+// restarted unnamed workers would otherwise pile up as DEAD records).
+TEST_F(CoordinatorTest, DeadWorker_ForgottenAfterTheRetention) {
+  dead_worker_retention_ = absl::Seconds(30);
+  OpenCoordinator();
+  FakeWorker a, b;
+  a.Join(coordinator_.get(), "a", 1);
+  b.Join(coordinator_.get(), "b", 1);
+  auto states = [&] {
+    std::map<std::string, v1::WorkerState> m;
+    for (const v1::Worker& w : coordinator_->ListWorkers()) m[w.name()] = w.state();
+    return m;
+  };
+  for (int i = 0; i < 20; ++i) {  // 10 s: a is lost (timeout 5 s), b heartbeats
+    clock_.Advance(absl::Milliseconds(500));
+    b.Heartbeat(coordinator_.get());
+    coordinator_->Tick();
+  }
+  ASSERT_EQ(states()["a"], v1::WORKER_STATE_DEAD);
+  for (int i = 0; i < 30; ++i) {  // 15 s more: 25 s since a was heard
+    clock_.Advance(absl::Milliseconds(500));
+    b.Heartbeat(coordinator_.get());
+    coordinator_->Tick();
+  }
+  EXPECT_EQ(states().count("a"), 1u) << "inside the retention";
+  for (int i = 0; i < 20; ++i) {  // 35 s
+    clock_.Advance(absl::Milliseconds(500));
+    b.Heartbeat(coordinator_.get());
+    coordinator_->Tick();
+  }
+  EXPECT_EQ(states().count("a"), 0u) << "past the retention";
+  EXPECT_EQ(states()["b"], v1::WORKER_STATE_IDLE);
+  OpenCoordinator();
+  EXPECT_EQ(states().count("a"), 0u) << "deleted from the store too";
+  EXPECT_EQ(states().count("b"), 1u);
 }
 
 }  // namespace
