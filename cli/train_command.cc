@@ -242,54 +242,49 @@ absl::StatusOr<int64_t> ResumeBatch(const TrainCommandOptions& o, const dataset:
     return 0;
   }
   nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  // Each field with its JSON type checked: a hand-edited file gets an error
-  // naming the field, not an exception.
-  auto field = [&](const char* name, bool (nlohmann::json::*is)() const noexcept,
-                   const char* want) -> absl::StatusOr<const nlohmann::json*> {
-    if (j.is_discarded() || !j.is_object() || !j.contains(name) || !(j[name].*is)()) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": not a trainer state (", name,
-                                                     " must be ", want, ")"));
-    }
-    return &j[name];
+  // Every field's JSON type is checked before it is read: a hand-edited file
+  // gets an error naming the field, not an exception. num_documents and
+  // total_tokens (format 2) and save are checked when present.
+  struct Want {
+    const char* name;
+    bool (nlohmann::json::*is)() const noexcept;
+    const char* type;
+    bool required;
   };
-  absl::StatusOr<const nlohmann::json*> next =
-      field("next_batch", &nlohmann::json::is_number_integer, "an integer");
-  if (!next.ok()) return next.status();
-  absl::StatusOr<const nlohmann::json*> dataset =
-      field("dataset", &nlohmann::json::is_string, "a string");
-  if (!dataset.ok()) return dataset.status();
-  absl::StatusOr<const nlohmann::json*> seed =
-      field("seed", &nlohmann::json::is_number_unsigned, "a non-negative integer");
-  if (!seed.ok()) return seed.status();
-  absl::StatusOr<const nlohmann::json*> batch =
-      field("global_batch", &nlohmann::json::is_number_integer, "an integer");
-  if (!batch.ok()) return batch.status();
+  for (const Want& w : {Want{"next_batch", &nlohmann::json::is_number_integer, "an integer", true},
+                        Want{"dataset", &nlohmann::json::is_string, "a string", true},
+                        Want{"seed", &nlohmann::json::is_number_unsigned,
+                             "a non-negative integer", true},
+                        Want{"global_batch", &nlohmann::json::is_number_integer, "an integer", true},
+                        Want{"num_documents", &nlohmann::json::is_number_integer, "an integer",
+                             false},
+                        Want{"total_tokens", &nlohmann::json::is_number_integer, "an integer",
+                             j.is_object() && j.contains("num_documents")},
+                        Want{"save", &nlohmann::json::is_string, "a string", false}}) {
+    const bool present = !j.is_discarded() && j.is_object() && j.contains(w.name);
+    if ((present || w.required) && !(present && (j[w.name].*w.is)())) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": not a trainer state (", w.name,
+                                                     " must be ", w.type, ")"));
+    }
+  }
   auto mismatch = [&](const std::string& what, const std::string& saved, const std::string& now) {
     return absl::InvalidArgumentError(absl::StrCat(
         what, " is ", now, " but the checkpoint's cursor (", path, ") was built with ", saved,
         "; resume with the same value or start from a copy without ", kTrainerState));
   };
-  if ((*dataset)->get<std::string>() != o.dataset) {
-    return mismatch("--dataset", (*dataset)->get<std::string>(), o.dataset);
-  }
-  if ((*seed)->get<uint64_t>() != o.seed) {
-    return mismatch("--seed", std::to_string((*seed)->get<uint64_t>()), std::to_string(o.seed));
-  }
-  if ((*batch)->get<int64_t>() != o.global_batch) {
-    return mismatch("--global_batch", std::to_string((*batch)->get<int64_t>()),
-                    std::to_string(o.global_batch));
+  const std::string dataset = j["dataset"].get<std::string>();
+  if (dataset != o.dataset) return mismatch("--dataset", dataset, o.dataset);
+  const uint64_t seed = j["seed"].get<uint64_t>();
+  if (seed != o.seed) return mismatch("--seed", std::to_string(seed), std::to_string(o.seed));
+  const int64_t batch = j["global_batch"].get<int64_t>();
+  if (batch != o.global_batch) {
+    return mismatch("--global_batch", std::to_string(batch), std::to_string(o.global_batch));
   }
   // The shuffle is a function of the document count: a dataset that gained
   // or lost documents (or was rewritten) would repeat and skip documents.
   if (j.contains("num_documents")) {
-    absl::StatusOr<const nlohmann::json*> docs =
-        field("num_documents", &nlohmann::json::is_number_integer, "an integer");
-    if (!docs.ok()) return docs.status();
-    absl::StatusOr<const nlohmann::json*> tokens =
-        field("total_tokens", &nlohmann::json::is_number_integer, "an integer");
-    if (!tokens.ok()) return tokens.status();
-    const std::string saved = absl::StrCat((*docs)->get<int64_t>(), " documents and ",
-                                           (*tokens)->get<int64_t>(), " tokens");
+    const std::string saved = absl::StrCat(j["num_documents"].get<int64_t>(), " documents and ",
+                                           j["total_tokens"].get<int64_t>(), " tokens");
     const std::string now =
         absl::StrCat(src.num_documents(), " documents and ", TotalTokens(src), " tokens");
     if (saved != now) {
@@ -302,23 +297,22 @@ absl::StatusOr<int64_t> ResumeBatch(const TrainCommandOptions& o, const dataset:
   // trainer_state.json is written last: weights or optimizer state of
   // another save next to it mean a save into this folder was interrupted.
   if (j.contains("save")) {
-    absl::StatusOr<const nlohmann::json*> save = field("save", &nlohmann::json::is_string, "a string");
-    if (!save.ok()) return save.status();
+    const std::string save = j["save"].get<std::string>();
     for (const char* file : {"model.safetensors", "optimizer.safetensors"}) {
       const std::string p = o.model.model_dir + "/" + file;
       absl::StatusOr<engine::SafetensorsReader> r = engine::SafetensorsReader::Open(p);
       if (!r.ok()) return r.status();
       auto it = r->metadata().find(engine::kSaveIdKey);
       const std::string id = it == r->metadata().end() ? "(none)" : it->second;
-      if (id != (*save)->get<std::string>()) {
+      if (id != save) {
         return absl::FailedPreconditionError(absl::StrCat(
             o.model.model_dir, " mixes two saves: ", file, " is from save ", id, ", ",
-            kTrainerState, " from save ", (*save)->get<std::string>(),
+            kTrainerState, " from save ", save,
             " (a save into this folder was interrupted); resume from an intact copy"));
       }
     }
   }
-  return (*next)->get<int64_t>();
+  return j["next_batch"].get<int64_t>();
 }
 
 }  // namespace
