@@ -16,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "metrics/metrics.h"
 #include "prometheus/registry.h"
+#include "worker/engine/model_config.h"
 
 namespace chunkflow::coordinator {
 namespace {
@@ -675,6 +676,15 @@ TEST_F(CoordinatorTest, BadAdminInput_NamesTheField) {
        absl::StatusCode::kNotFound, "spec.dataset.path"},
       {[](v1::JobSpec* s) { s->mutable_model()->set_path("/nonexistent/model"); },
        absl::StatusCode::kNotFound, "spec.model.path"},
+      // A folder with config.json but no weights: the workers would each
+      // train from random weights.
+      {[this](v1::JobSpec* s) {
+         const std::string dir = dir_ + "/config_only";
+         std::filesystem::create_directories(dir);
+         std::ofstream(dir + "/config.json") << engine::ToHfConfigJson(engine::TinyQwen2Config());
+         s->mutable_model()->set_path(dir);
+       },
+       absl::StatusCode::kNotFound, "holds no weights the workers could load"},
       {[](v1::JobSpec* s) { s->set_global_batch(41); }, absl::StatusCode::kInvalidArgument,
        "spec.global_batch is 41"},
       {[](v1::JobSpec* s) { s->set_steps(0); }, absl::StatusCode::kInvalidArgument, "spec.steps"},

@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "worker/engine/params.h"
+#include "worker/engine/safetensors.h"
 
 namespace chunkflow::coordinator {
 namespace {
@@ -107,6 +108,16 @@ absl::StatusOr<ResolvedJob> ResolveJobSpec(const chunkflow::v1::JobSpec& in) {
     absl::StatusOr<engine::ModelConfig> c = engine::LoadHfConfig(model.path());
     if (!c.ok()) return Named("model.path", c.status());
     out.config = *c;
+    // The workers load these weights (a stage that found none would train
+    // from random ones): they must be there. A shape alone is config_json.
+    if (absl::StatusOr<engine::SafetensorsReader> w = engine::SafetensorsReader::Open(model.path());
+        !w.ok()) {
+      return absl::Status(w.status().code(),
+                          absl::StrCat("spec.model.path: ", model.path(), " holds no weights the ",
+                                       "workers could load (", w.status().message(),
+                                       "); for random weights of a shape, pass its config.json "
+                                       "as --model_config"));
+    }
   } else if (!model.config_json().empty()) {
     absl::StatusOr<engine::ModelConfig> c =
         engine::ParseHfConfig(model.config_json(), "spec.model.config_json");

@@ -67,6 +67,9 @@ absl::Status FromGrpc(const grpc::Status& s) {
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
 }
 
+constexpr int kKeepaliveMs = 10000;
+constexpr int kKeepaliveTimeoutMs = 5000;
+
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
@@ -77,6 +80,16 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 1000);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
+  // HTTP/2 keepalive pings: a coordinator whose node vanished sends no RST,
+  // and without pings the Connect stream's Read would wait for TCP to give
+  // up (minutes), long past the restarted coordinator's rejoin window. With
+  // them the stream fails within kKeepalive + kKeepaliveTimeout and the
+  // worker reconnects. The coordinator allows pings this often
+  // (coordinator/service/service.cc).
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveMs);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
 }
 
@@ -191,7 +204,9 @@ class Daemon final : public WorkerDaemon {
   void Stop() override {
     stopping_ = true;
     {
-      absl::MutexLock lock(&stream_mu_);
+      // Not stream_mu_: a Write blocked on a stalled stream holds it, and
+      // the cancel is what unblocks that Write.
+      absl::MutexLock lock(&ctx_mu_);
       if (ctx_ != nullptr) ctx_->TryCancel();
     }
     absl::MutexLock lock(&q_mu_);
@@ -299,7 +314,10 @@ class Daemon final : public WorkerDaemon {
     {
       absl::MutexLock lock(&stream_mu_);
       if (stopping_) return absl::CancelledError("stopping");
-      ctx_ = &ctx;
+      {
+        absl::MutexLock ctx_lock(&ctx_mu_);
+        ctx_ = &ctx;
+      }
       stream_ = stub_->Connect(&ctx);
       // The Hello is the stream's first message (the coordinator refuses a
       // stream that starts otherwise): written before the lock lets the job
@@ -309,6 +327,7 @@ class Daemon final : public WorkerDaemon {
         ctx.TryCancel();
         (void)stream_->Finish();
         stream_.reset();
+        absl::MutexLock ctx_lock(&ctx_mu_);
         ctx_ = nullptr;  // ctx dies with this call
         return absl::UnavailableError("the Connect stream broke at once");
       }
@@ -354,6 +373,7 @@ class Daemon final : public WorkerDaemon {
       absl::MutexLock lock(&stream_mu_);
       s = FromGrpc(stream_->Finish());
       stream_.reset();
+      absl::MutexLock ctx_lock(&ctx_mu_);
       ctx_ = nullptr;
     }
     if (s.ok()) return absl::UnavailableError("the coordinator ended the stream");
@@ -447,7 +467,15 @@ class Daemon final : public WorkerDaemon {
         if (!s.ok()) {
           job_.reset();
           SendError(a.job_id(), -1, s, a.generation());
-          SetHeld(nullptr, -1);
+          // Keep a newer claim the stream thread made meanwhile (an ABORT
+          // and the next generation's assignment read during the setup).
+          {
+            absl::MutexLock lock(&state_mu_);
+            if (held_job_ == a.job_id() && held_generation_ <= a.generation()) {
+              held_job_.clear();
+              held_last_step_ = -1;
+            }
+          }
           state_ = v1::WORKER_STATE_IDLE;
         }
       } else if (m.has_step()) {
@@ -603,13 +631,15 @@ class Daemon final : public WorkerDaemon {
     } else if (!a.model_path().empty()) {
       absl::StatusOr<engine::SafetensorsReader> reader =
           engine::SafetensorsReader::Open(a.model_path());
-      if (reader.ok()) {
-        if (absl::Status st = j->runner->params().Load(*reader); !st.ok()) return st;
-      } else if (absl::IsNotFound(reader.status())) {
-        j->runner->params().InitRandom(static_cast<uint64_t>(a.seed()));
-      } else {
-        return reader.status();
+      // The coordinator found weights there at submit: missing here means
+      // this machine does not see them (a volume not mounted), and random
+      // weights on one stage would train silently wrong.
+      if (!reader.ok()) {
+        return absl::Status(reader.status().code(),
+                            absl::StrCat("worker ", worker_id_, " cannot read the model's weights ",
+                                         "at ", a.model_path(), ": ", reader.status().message()));
       }
+      if (absl::Status st = j->runner->params().Load(*reader); !st.ok()) return st;
     } else {
       j->runner->params().InitRandom(static_cast<uint64_t>(a.seed()));
     }
@@ -783,8 +813,9 @@ class Daemon final : public WorkerDaemon {
   std::unique_ptr<metrics::WorkerMetrics> metrics_;
   std::unique_ptr<metrics::MetricsServer> metrics_server_;
 
-  absl::Mutex stream_mu_;
-  grpc::ClientContext* ctx_ ABSL_GUARDED_BY(stream_mu_) = nullptr;
+  absl::Mutex stream_mu_;  // before ctx_mu_ when both are held
+  absl::Mutex ctx_mu_;
+  grpc::ClientContext* ctx_ ABSL_GUARDED_BY(ctx_mu_) = nullptr;
   std::unique_ptr<grpc::ClientReaderWriter<v1::WorkerMessage, v1::CoordinatorMessage>> stream_
       ABSL_GUARDED_BY(stream_mu_);
 
