@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -14,6 +15,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -141,6 +143,19 @@ void PrintJob(const v1::Job& j, std::ostream& out) {
   out << "events\n";
   const int first = std::max(0, j.events_size() - 12);
   for (int i = first; i < j.events_size(); ++i) out << "  " << j.events(i) << "\n";
+}
+
+// The admin commands' channel. `watch`, `submit --watch` and `checkpoint`
+// hold a stream open for as long as the job runs: keepalive pings (which the
+// coordinator permits, as for the workers) make a coordinator that vanished
+// without closing the connection an error instead of a silent hang.
+std::shared_ptr<grpc::Channel> AdminChannel(const std::string& target) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
 }
 
 // Streams a job's events as progress lines until the job ends, or until
@@ -298,7 +313,7 @@ absl::Status RunAdminCommand(const AdminCommandOptions& o, std::ostream& out,
         absl::StrCat("--format must be 'table' or 'json', got '", o.format, "'"));
   }
   auto stub = v1::AdminService::NewStub(
-      grpc::CreateChannel(o.coordinator, grpc::InsecureChannelCredentials()));
+      AdminChannel(o.coordinator));
   const bool json = o.format == "json";
   auto need = [](const std::string& value, const char* flag) {
     return value.empty() ? absl::InvalidArgumentError(absl::StrCat(flag, " is required"))
@@ -500,6 +515,7 @@ struct Child {
   std::string log;
   pid_t pid = -1;
   int restarts = 0;
+  absl::Time restart_at = absl::InfiniteFuture();  // when it exited: its next start
 };
 
 absl::Status Spawn(const std::string& self, Child* c, const std::map<std::string, std::string>& env) {
@@ -524,6 +540,7 @@ absl::Status Spawn(const std::string& self, Child* c, const std::map<std::string
   envp.push_back(nullptr);
   sigset_t all;
   sigfillset(&all);
+  const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) {
     ::close(fd);
@@ -532,6 +549,12 @@ absl::Status Spawn(const std::string& self, Child* c, const std::map<std::string
   if (pid == 0) {
     // The child: signals unblocked, output to its log, its own environment.
     pthread_sigmask(SIG_UNBLOCK, &all, nullptr);
+    // If `local` dies without stopping it (SIGKILL, a crash), the child
+    // gets SIGTERM instead of running on as an orphan. (The signal follows
+    // the forking thread: the supervisor's restarts end with it, after the
+    // job.) A parent already gone before the prctl took effect: exit now.
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (::getppid() != parent) _exit(1);
     ::dup2(fd, 1);
     ::dup2(fd, 2);
     ::execve(raw[0], raw.data(), envp.data());
@@ -574,7 +597,14 @@ absl::Status RunLocalCommand(const LocalCommandOptions& o, std::ostream& out,
     return absl::InvalidArgumentError(
         absl::StrCat("--dp and --pp must be >= 1, got ", spec.dp(), " and ", spec.pp()));
   }
-  const std::string self = o.self.empty() ? "/proc/self/exe" : o.self;
+  // The binary's real path, so `ps` and `pgrep chunkflowctl` show the
+  // children by name (argv[0] "/proc/self/exe" hid them).
+  std::string self = o.self;
+  if (self.empty()) {
+    std::error_code ec;
+    const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+    self = ec ? "/proc/self/exe" : exe.string();
+  }
   const std::string run = absl::StrCat(
       o.workdir, "/", absl::FormatTime("%Y%m%d-%H%M%S", absl::Now(), absl::LocalTimeZone()), "-",
       ::getpid());
@@ -628,8 +658,14 @@ absl::Status RunLocalCommand(const LocalCommandOptions& o, std::ostream& out,
   const int world = spec.dp() * spec.pp();
   const unsigned cpus = std::max(1u, std::thread::hardware_concurrency());
   std::map<std::string, std::string> env;
-  if (std::getenv("OMP_NUM_THREADS") == nullptr) {
-    env["OMP_NUM_THREADS"] = std::to_string(std::max(1u, cpus / static_cast<unsigned>(world)));
+  // The user's OMP_NUM_THREADS wins (the children inherit it); otherwise the
+  // cores are split between the workers.
+  const char* user_threads = std::getenv("OMP_NUM_THREADS");
+  const std::string threads = user_threads != nullptr
+                                  ? std::string(user_threads)
+                                  : std::to_string(std::max(1u, cpus / static_cast<unsigned>(world)));
+  if (user_threads == nullptr) {
+    env["OMP_NUM_THREADS"] = threads;
   }
   int gpus = 0;
   if (o.device == "cuda") {
@@ -667,7 +703,7 @@ absl::Status RunLocalCommand(const LocalCommandOptions& o, std::ostream& out,
     }
   }
   progress << "local cluster: coordinator " << address << " and " << world << " workers (dp "
-           << spec.dp() << " x pp " << spec.pp() << "), " << env["OMP_NUM_THREADS"]
+           << spec.dp() << " x pp " << spec.pp() << "), " << threads
            << " thread(s) each; logs in " << run << "/logs" << std::endl;
   if (o.metrics_port > 0) {
     progress << "metrics: coordinator http://127.0.0.1:" << o.metrics_port << "/metrics, workers "
@@ -678,8 +714,12 @@ absl::Status RunLocalCommand(const LocalCommandOptions& o, std::ostream& out,
   }
 
   // A supervisor restarts a worker that dies (as Kubernetes would), up to 3
-  // times each; the coordinator resumes the job from its last checkpoint.
+  // times each, 1, 2 and 4 s after it exited; the coordinator resumes the
+  // job from its last checkpoint. A worker that dies a fourth time ends the
+  // run with an error naming it (the job could never finish without it).
   std::atomic<bool> done{false};
+  std::atomic<bool> gave_up{false};
+  std::string gave_up_why;  // set once, before gave_up
   absl::Mutex children_mu;
   std::thread supervisor([&] {
     while (!done) {
@@ -690,15 +730,26 @@ absl::Status RunLocalCommand(const LocalCommandOptions& o, std::ostream& out,
           int status = 0;
           if (c.pid > 0 && ::waitpid(c.pid, &status, WNOHANG) == c.pid) {
             c.pid = -1;
-            if (done || interrupted) continue;
-            progress << c.name << " exited ("
-                     << (WIFSIGNALED(status) ? absl::StrCat("signal ", WTERMSIG(status))
-                                             : absl::StrCat("status ", WEXITSTATUS(status)))
-                     << "); see " << c.log << std::endl;
-            if (c.restarts++ < 3) {
-              progress << "restarting " << c.name << std::endl;
-              (void)Spawn(self, &c, env);
+            if (done || interrupted || gave_up) continue;
+            const std::string how = WIFSIGNALED(status)
+                                        ? absl::StrCat("signal ", WTERMSIG(status))
+                                        : absl::StrCat("status ", WEXITSTATUS(status));
+            progress << c.name << " exited (" << how << "); see " << c.log << std::endl;
+            if (c.restarts < 3) {
+              c.restart_at = absl::Now() + absl::Seconds(1 << c.restarts);
+              ++c.restarts;
+            } else {
+              gave_up_why = absl::StrCat(c.name, " exited 4 times (last: ", how, "); see ", c.log);
+              gave_up = true;
+              absl::MutexLock ctx_lock(&ctx_mu);
+              if (watch_ctx != nullptr) watch_ctx->TryCancel();
             }
+          }
+          if (c.pid <= 0 && absl::Now() >= c.restart_at && !done && !interrupted && !gave_up) {
+            c.restart_at = absl::InfiniteFuture();
+            progress << "restarting " << c.name << " (restart " << c.restarts << " of 3)"
+                     << std::endl;
+            (void)Spawn(self, &c, env);
           }
         }
       }
@@ -707,7 +758,7 @@ absl::Status RunLocalCommand(const LocalCommandOptions& o, std::ostream& out,
   });
 
   auto stub = v1::AdminService::NewStub(
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+      AdminChannel(address));
   absl::Status result;
   v1::Job job;
   {
@@ -724,8 +775,9 @@ absl::Status RunLocalCommand(const LocalCommandOptions& o, std::ostream& out,
     absl::StatusOr<v1::Job> end =
         Watch(stub.get(), address, job.id(), progress, [&](grpc::ClientContext* ctx) {
           absl::MutexLock lock(&ctx_mu);
-          watch_ctx = interrupted ? nullptr : ctx;
-          if (interrupted) ctx->TryCancel();
+          const bool stop = interrupted || gave_up;
+          watch_ctx = stop ? nullptr : ctx;
+          if (stop) ctx->TryCancel();
         });
     {
       absl::MutexLock lock(&ctx_mu);
@@ -738,7 +790,11 @@ absl::Status RunLocalCommand(const LocalCommandOptions& o, std::ostream& out,
     }
   }
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  if (result.ok() && job.state() == v1::JOB_STATE_COMPLETED) {
+  if (gave_up) {
+    result = absl::UnavailableError(absl::StrCat(gave_up_why, "; ", job.id(), " was ",
+                                                 StateName(job.state()), " (",
+                                                 job.steps_committed(), " steps committed)"));
+  } else if (result.ok() && job.state() == v1::JOB_STATE_COMPLETED) {
     out << absl::StrFormat("%s completed: %d steps, %d tokens in %.1f s (%.0f tokens/s); final loss %.4f\n",
                            job.id(), job.steps_committed(), job.tokens_trained(), seconds,
                            job.tokens_trained() / std::max(seconds, 1e-9), job.last_loss());

@@ -179,6 +179,37 @@ done
 check local 0 "completed: 2 steps" "$BIN" local --workdir="$TMP/local" --steps=2 --global_batch=4 \
   --dataset=synthetic:lmsys:n=50,seed=1,max=1024 --dp=1 --pp=2
 
+# local: a worker that can never start (its /metrics port is taken) ends the
+# run with an error naming it after 3 restarts, instead of waiting forever.
+M=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 - "$((M + 1))" <<'PY' &
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1); time.sleep(120)
+PY
+HOLDER=$!; pids+=("$HOLDER")
+sleep 0.5
+check local-worker-gives-up 1 "worker-0 exited 4 times" timeout 90 "$BIN" local \
+  --workdir="$TMP/local_fail" --steps=1 --global_batch=4 --dp=1 --pp=1 --metrics_port="$M" \
+  --dataset=synthetic:lmsys:n=50,seed=1,max=1024
+kill "$HOLDER" 2>/dev/null
+
+# local killed with SIGKILL (no chance to stop its children): the children
+# get SIGTERM from the kernel and stop, instead of running on as orphans.
+"$BIN" local --workdir="$TMP/local_kill" --steps=1 --global_batch=4 --dp=1 --pp=2 --keep_running \
+  --dataset=synthetic:lmsys:n=50,seed=1,max=1024 >"$TMP/local_kill.out" 2>&1 &
+LK=$!
+for _ in $(seq 600); do grep -q "keep_running" "$TMP/local_kill.out" 2>/dev/null && break; sleep 0.1; done
+kids=$(pgrep -P "$LK" | tr '\n' ' ')
+kill -9 "$LK"; wait "$LK" 2>/dev/null
+left="$kids"
+for _ in $(seq 150); do
+  left=""; for k in $kids; do kill -0 "$k" 2>/dev/null && left="$left $k"; done
+  [[ -z $left ]] && break; sleep 0.1
+done
+if [[ -n $kids && -z $left ]]; then echo "ok   local-sigkill: its children ($kids) stopped"
+else echo "FAIL local-sigkill: children '$kids', still running '$left'"; for k in $left; do kill -9 "$k"; done; fail=1; fi
+
 if [[ $fail -ne 0 ]]; then
   echo "--- coordinator log"; tail -20 "$TMP/coordinator.log"
   for w in w0 w1 w2 w3 w4; do echo "--- $w"; tail -5 "$TMP/$w.log" 2>/dev/null; done
