@@ -24,10 +24,29 @@ done
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
   SUDO=""
-  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || {
+      echo "setup: not root and no sudo: install these Debian packages as root: ${missing[*]}" >&2
+      exit 1
+    }
+    SUDO="sudo"
+  fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# The CUDA toolkit is not a Debian package: the build compiles kernels/cuda
+# with nvcc and links cudart and NCCL from /usr/local/cuda (WORKSPACE), even
+# where no GPU is (the GPU tests then skip). Say so by name instead of
+# letting the build fail on a missing header.
+CUDA=/usr/local/cuda
+for f in bin/nvcc include/cuda_runtime_api.h include/nccl.h; do
+  if [[ ! -e $CUDA/$f ]]; then
+    echo "setup: $CUDA/$f is missing: install the CUDA 13 toolkit with NCCL at $CUDA" \
+         "(NVIDIA's packages or runfile; Debian has none)" >&2
+    exit 1
+  fi
+done
 
 # deploy/deploy_test.py checks the Kubernetes manifests against Kubernetes'
 # own schemas with kubernetes-validate, which Debian does not package: it

@@ -12,6 +12,10 @@ targets=$(bazel query 'tests(//...)' 2>/dev/null)
 python3 - "$rc" $targets <<'PY'
 import os, sys, xml.etree.ElementTree as ET
 rc, targets = int(sys.argv[1]), sys.argv[2:]
+if not targets:  # bazel query failed: nothing can be counted, so nothing passed
+    print("no test targets found (bazel query 'tests(//...)' failed)")
+    print("0 passed, 1 failed")
+    sys.exit(1)
 passed = failed = skipped = 0
 for t in targets:
     pkg, name = t[2:].split(":")
