@@ -555,6 +555,10 @@ absl::Status Spawn(const std::string& self, Child* c, const std::map<std::string
     // job.) A parent already gone before the prctl took effect: exit now.
     ::prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (::getppid() != parent) _exit(1);
+    // Its own process group: a terminal's Ctrl-C reaches `local` alone,
+    // which then stops the workers and the coordinator in order (the
+    // coordinator stopping first made the watch fail with a bare CANCELLED).
+    ::setpgid(0, 0);
     ::dup2(fd, 1);
     ::dup2(fd, 2);
     ::execve(raw[0], raw.data(), envp.data());
@@ -794,6 +798,11 @@ absl::Status RunLocalCommand(const LocalCommandOptions& o, std::ostream& out,
     result = absl::UnavailableError(absl::StrCat(gave_up_why, "; ", job.id(), " was ",
                                                  StateName(job.state()), " (",
                                                  job.steps_committed(), " steps committed)"));
+  } else if (interrupted && !(result.ok() && job.state() == v1::JOB_STATE_COMPLETED)) {
+    result = absl::CancelledError(
+        job.id().empty() ? std::string("interrupted before the job was submitted")
+                         : absl::StrCat("interrupted; ", job.id(), " was ", StateName(job.state()),
+                                        " (", job.steps_committed(), " steps committed)"));
   } else if (result.ok() && job.state() == v1::JOB_STATE_COMPLETED) {
     out << absl::StrFormat("%s completed: %d steps, %d tokens in %.1f s (%.0f tokens/s); final loss %.4f\n",
                            job.id(), job.steps_committed(), job.tokens_trained(), seconds,

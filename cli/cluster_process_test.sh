@@ -194,6 +194,20 @@ check local-worker-gives-up 1 "worker-0 exited 4 times" timeout 90 "$BIN" local 
   --dataset=synthetic:lmsys:n=50,seed=1,max=1024
 kill "$HOLDER" 2>/dev/null
 
+# Ctrl-C at a terminal signals the whole foreground process group: `local`
+# alone gets it (its children have their own groups) and stops them in order.
+setsid bash -c "exec \"$BIN\" local --workdir=\"$TMP/local_int\" --steps=30 --global_batch=4 \
+  --dp=1 --pp=2 --dataset=synthetic:lmsys:n=50,seed=1,max=1024" >"$TMP/local_int.out" 2>&1 &
+LI=$!
+for _ in $(seq 600); do grep -q "step 2/30" "$TMP/local_int.out" 2>/dev/null && break; sleep 0.1; done
+kill -INT -- "-$LI"; wait "$LI"; rc=$?
+if [[ $rc -ne 0 ]] && grep -q "interrupted; job-000001 was running" "$TMP/local_int.out" &&
+   grep -q "cluster stopped" "$TMP/local_int.out"; then
+  echo "ok   local-ctrl-c: stopped in order (rc $rc)"
+else
+  echo "FAIL local-ctrl-c: rc $rc"; tail -4 "$TMP/local_int.out"; fail=1
+fi
+
 # local killed with SIGKILL (no chance to stop its children): the children
 # get SIGTERM from the kernel and stop, instead of running on as orphans.
 "$BIN" local --workdir="$TMP/local_kill" --steps=1 --global_batch=4 --dp=1 --pp=2 --keep_running \
