@@ -569,20 +569,28 @@ absl::Status Spawn(const std::string& self, Child* c, const std::map<std::string
   return absl::OkStatus();
 }
 
-void StopChild(Child* c, absl::Duration grace) {
-  if (c->pid <= 0) return;
-  ::kill(c->pid, SIGTERM);
-  const absl::Time end = absl::Now() + grace;
-  while (absl::Now() < end) {
-    if (::waitpid(c->pid, nullptr, WNOHANG) == c->pid) {
-      c->pid = -1;
-      return;
-    }
-    absl::SleepFor(absl::Milliseconds(50));
+// SIGTERM to every child of `cs` at once, then one shared grace period for
+// all of them, then SIGKILL for whoever is left: a cluster of n workers stops
+// in one grace period, not n.
+void StopChildren(const std::vector<Child*>& cs, absl::Duration grace) {
+  for (Child* c : cs) {
+    if (c->pid > 0) ::kill(c->pid, SIGTERM);
   }
-  ::kill(c->pid, SIGKILL);
-  ::waitpid(c->pid, nullptr, 0);
-  c->pid = -1;
+  const absl::Time end = absl::Now() + grace;
+  for (bool running = true; running && absl::Now() < end;) {
+    running = false;
+    for (Child* c : cs) {
+      if (c->pid > 0 && ::waitpid(c->pid, nullptr, WNOHANG) == c->pid) c->pid = -1;
+      running = running || c->pid > 0;
+    }
+    if (running) absl::SleepFor(absl::Milliseconds(50));
+  }
+  for (Child* c : cs) {
+    if (c->pid <= 0) continue;
+    ::kill(c->pid, SIGKILL);
+    ::waitpid(c->pid, nullptr, 0);
+    c->pid = -1;
+  }
 }
 
 absl::Status MakeDir(const std::string& d) {
@@ -636,8 +644,13 @@ absl::Status RunLocalCommand(const LocalCommandOptions& o, std::ostream& out,
   if (o.metrics_port >= 0) {
     children.back().args.push_back(absl::StrCat("--metrics_listen=127.0.0.1:", o.metrics_port));
   }
+  // The workers together, then the coordinator (it outlives them, so they
+  // leave their job cleanly instead of losing it).
   auto stop_all = [&] {
-    for (size_t i = children.size(); i-- > 0;) StopChild(&children[i], absl::Seconds(10));
+    std::vector<Child*> workers;
+    for (size_t i = 1; i < children.size(); ++i) workers.push_back(&children[i]);
+    StopChildren(workers, absl::Seconds(10));
+    if (!children.empty()) StopChildren({&children[0]}, absl::Seconds(10));
   };
   if (absl::Status s = Spawn(self, &children[0], {}); !s.ok()) return s;
   int port = 0;
