@@ -145,19 +145,6 @@ void PrintJob(const v1::Job& j, std::ostream& out) {
   for (int i = first; i < j.events_size(); ++i) out << "  " << j.events(i) << "\n";
 }
 
-// The admin commands' channel. `watch`, `submit --watch` and `checkpoint`
-// hold a stream open for as long as the job runs: keepalive pings (which the
-// coordinator permits, as for the workers) make a coordinator that vanished
-// without closing the connection an error instead of a silent hang.
-std::shared_ptr<grpc::Channel> AdminChannel(const std::string& target) {
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-}
-
 // Streams a job's events as progress lines until the job ends, or until
 // `stop` (given each event after it is printed) returns true. `on_context`
 // sees the stream's context first (to cancel it from another thread).
@@ -313,7 +300,7 @@ absl::Status RunAdminCommand(const AdminCommandOptions& o, std::ostream& out,
         absl::StrCat("--format must be 'table' or 'json', got '", o.format, "'"));
   }
   auto stub = v1::AdminService::NewStub(
-      AdminChannel(o.coordinator));
+      worker::CoordinatorChannel(o.coordinator));
   const bool json = o.format == "json";
   auto need = [](const std::string& value, const char* flag) {
     return value.empty() ? absl::InvalidArgumentError(absl::StrCat(flag, " is required"))
@@ -775,7 +762,7 @@ absl::Status RunLocalCommand(const LocalCommandOptions& o, std::ostream& out,
   });
 
   auto stub = v1::AdminService::NewStub(
-      AdminChannel(address));
+      worker::CoordinatorChannel(address));
   absl::Status result;
   v1::Job job;
   {

@@ -1131,7 +1131,7 @@ void Coordinator::ReleaseRanksLocked(JobEntry* job, v1::Control::Action action,
   absl::erase_if(kv_, [&](const auto& kv) { return absl::StartsWith(kv.first, prefix); });
 }
 
-absl::Status Coordinator::ReconcileTotalsLocked(JobEntry* job) {
+absl::StatusOr<bool> Coordinator::TotalsFromLogLocked(JobEntry* job) {
   const std::string& id = job->job.id();
   absl::StatusOr<int64_t> last = options_.store->LastCommittedStep(id);
   if (!last.ok()) return last.status();
@@ -1146,44 +1146,34 @@ absl::Status Coordinator::ReconcileTotalsLocked(JobEntry* job) {
   }
   v1::Job& j = job->job;
   if (j.steps_committed() == *last + 1 && j.tokens_trained() == tokens && j.last_loss() == loss) {
-    return absl::OkStatus();
+    return false;
   }
-  Outbox ignored;  // nobody watches yet
-  EventLocked(job,
-              absl::StrCat("totals rebuilt from the step log after a coordinator restart: ",
-                           j.steps_committed(), " -> ", *last + 1, " steps, ", j.tokens_trained(),
-                           " -> ", tokens, " tokens"),
-              &ignored);
   j.set_steps_committed(*last + 1);
   j.set_tokens_trained(tokens);
   j.set_last_loss(loss);
+  return true;
+}
+
+absl::Status Coordinator::ReconcileTotalsLocked(JobEntry* job) {
+  const int64_t steps = job->job.steps_committed(), tokens = job->job.tokens_trained();
+  absl::StatusOr<bool> changed = TotalsFromLogLocked(job);
+  if (!changed.ok()) return changed.status();
+  if (!*changed) return absl::OkStatus();
+  Outbox ignored;  // nobody watches yet
+  EventLocked(job,
+              absl::StrCat("totals rebuilt from the step log after a coordinator restart: ", steps,
+                           " -> ", job->job.steps_committed(), " steps, ", tokens, " -> ",
+                           job->job.tokens_trained(), " tokens"),
+              &ignored);
   SaveJobLocked(job);
   return absl::OkStatus();
 }
 
 absl::Status Coordinator::RewindLocked(JobEntry* job, int64_t target) {
-  const std::string& id = job->job.id();
-  absl::StatusOr<int64_t> last = options_.store->LastCommittedStep(id);
-  if (!last.ok()) return last.status();
-  // The totals first (read before the rewind forgets the steps), applied
-  // only once the log is rewound.
-  int64_t forgotten = 0;
-  for (int64_t s = target + 1; s <= *last; ++s) {
-    absl::StatusOr<StepRecord> r = options_.store->GetStep(id, s);
-    if (!r.ok()) return r.status();
-    if (r->commit.has_value()) forgotten += r->commit->tokens;
-  }
-  double loss = 0;
-  if (target >= 0) {
-    absl::StatusOr<StepRecord> r = options_.store->GetStep(id, target);
-    if (!r.ok()) return r.status();
-    if (r->commit.has_value()) loss = r->commit->loss;
-  }
-  if (absl::Status s = options_.store->RewindTo(id, target); !s.ok()) return s;
-  job->job.set_steps_committed(target + 1);
-  job->job.set_tokens_trained(std::max<int64_t>(job->job.tokens_trained() - forgotten, 0));
-  job->job.set_last_loss(loss);
-  return absl::OkStatus();
+  if (absl::Status s = options_.store->RewindTo(job->job.id(), target); !s.ok()) return s;
+  // The totals follow the rewound log: steps up to target, their tokens, and
+  // the target step's loss (0 before any).
+  return TotalsFromLogLocked(job).status();
 }
 
 void Coordinator::ResetJobLocked(JobEntry* job, const std::string& why, Outbox* out) {

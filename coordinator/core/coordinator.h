@@ -182,11 +182,13 @@ class Coordinator {
   void ResetJobLocked(JobEntry* job, const std::string& why, Outbox* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Rewinds the step log to `target` (Store::RewindTo) and the job's totals
-  // with it: steps committed, tokens trained (less the forgotten steps')
+  // with it, read back from the log: steps committed, tokens trained
   // and the last loss (the target step's; 0 before any).
   absl::Status RewindLocked(JobEntry* job, int64_t target) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sets the job's steps committed, tokens trained and last loss from its
-  // step log (a restart's check; an event when they differed).
+  // step log; true when they changed.
+  absl::StatusOr<bool> TotalsFromLogLocked(JobEntry* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // TotalsFromLogLocked at a restart: an event and a save when they differed.
   absl::Status ReconcileTotalsLocked(JobEntry* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishJobLocked(JobEntry* job, chunkflow::v1::JobState state, const std::string& why,
                        Outbox* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

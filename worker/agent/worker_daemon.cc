@@ -37,6 +37,33 @@
 
 namespace chunkflow::worker {
 namespace v1 = ::chunkflow::v1;
+
+constexpr int kKeepaliveMs = 10000;
+constexpr int kKeepaliveTimeoutMs = 5000;
+
+std::shared_ptr<grpc::Channel> CoordinatorChannel(const std::string& target) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  // gRPC's default reconnect backoff grows to minutes; a worker must find a
+  // restarted coordinator well within its heartbeat timeout.
+  // (The "min" backoff is also the connect timeout of one attempt.)
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 1000);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
+  // HTTP/2 keepalive pings: a coordinator whose node vanished sends no RST,
+  // and without pings the Connect stream's Read would wait for TCP to give
+  // up (minutes), long past the restarted coordinator's rejoin window. With
+  // them the stream fails within kKeepalive + kKeepaliveTimeout and the
+  // worker reconnects. The coordinator allows pings this often
+  // (coordinator/service/service.cc).
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveMs);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
 namespace {
 
 // The host a worker reports: --host itself, or for a network interface
@@ -67,36 +94,10 @@ absl::Status FromGrpc(const grpc::Status& s) {
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
 }
 
-constexpr int kKeepaliveMs = 10000;
-constexpr int kKeepaliveTimeoutMs = 5000;
-
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(64 << 20);
-  args.SetMaxSendMessageSize(64 << 20);
-  // gRPC's default reconnect backoff grows to minutes; a worker must find a
-  // restarted coordinator well within its heartbeat timeout.
-  // (The "min" backoff is also the connect timeout of one attempt.)
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 1000);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
-  // HTTP/2 keepalive pings: a coordinator whose node vanished sends no RST,
-  // and without pings the Connect stream's Read would wait for TCP to give
-  // up (minutes), long past the restarted coordinator's rejoin window. With
-  // them the stream fails within kKeepalive + kKeepaliveTimeout and the
-  // worker reconnects. The coordinator allows pings this often
-  // (coordinator/service/service.cc).
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveMs);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
-  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-}
-
 class RemoteKeyValueStore final : public comm::KeyValueStore {
  public:
   explicit RemoteKeyValueStore(const std::string& target)
-      : target_(target), stub_(v1::WorkerService::NewStub(MakeChannel(target))) {}
+      : target_(target), stub_(v1::WorkerService::NewStub(CoordinatorChannel(target))) {}
 
   absl::Status Set(std::string_view key, std::string_view value) override {
     grpc::ClientContext ctx;
@@ -166,7 +167,7 @@ class Daemon final : public WorkerDaemon {
   explicit Daemon(const WorkerDaemonOptions& o) : options_(o) {
     std::random_device rd;
     while (incarnation_ == 0) incarnation_ = (static_cast<uint64_t>(rd()) << 32) | rd();
-    stub_ = v1::WorkerService::NewStub(MakeChannel(o.coordinator));
+    stub_ = v1::WorkerService::NewStub(CoordinatorChannel(o.coordinator));
   }
 
   absl::Status Init() {

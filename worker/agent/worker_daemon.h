@@ -29,9 +29,17 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
 #include "worker/comm/kv_store.h"
 
 namespace chunkflow::worker {
+
+// A channel to the coordinator: 64 MiB messages, reconnects within a second,
+// and HTTP/2 keepalive pings (10 s, 5 s timeout; the coordinator permits
+// them), so a coordinator that vanished without closing the connection is
+// noticed in ~15 s. The workers' channel, and the admin commands' (whose
+// watch streams last as long as a job).
+std::shared_ptr<grpc::Channel> CoordinatorChannel(const std::string& target);
 
 struct WorkerDaemonOptions {
   std::string coordinator = "127.0.0.1:50051";  // host:port of WorkerService
