@@ -204,6 +204,9 @@ class Daemon final : public WorkerDaemon {
 
   void Stop() override {
     stopping_ = true;
+    // A step in flight cannot report once the stream is gone: end its
+    // waits now, so Run returns within the caller's grace period.
+    AbortRunning("", 0, "the worker is stopping");
     {
       // Not stream_mu_: a Write blocked on a stalled stream holds it, and
       // the cancel is what unblocks that Write.
@@ -356,9 +359,16 @@ class Daemon final : public WorkerDaemon {
         const v1::RankAssignment& a = msg.assignment();
         SetHeld(a.job_id(), a.stage(), a.dp_index(), a.generation(), a.checkpoint_step());
       }
+      if (msg.has_control() && msg.control().action() == v1::Control::ACTION_ABORT) {
+        // Now, not when the job thread reaches the queued control: that
+        // thread may be waiting in a step for the rank whose loss caused it.
+        AbortRunning(msg.control().job_id(), msg.control().generation(),
+                     absl::StrCat("aborted by the coordinator: ", msg.control().reason()));
+      }
       if (msg.has_control() && msg.control().action() == v1::Control::ACTION_SHUTDOWN) {
         Log("shutdown requested by the coordinator");
         stopping_ = true;
+        AbortRunning("", 0, "shutdown requested by the coordinator");
         ctx.TryCancel();
         break;
       }
@@ -422,7 +432,7 @@ class Daemon final : public WorkerDaemon {
     const v1::RankAssignment* a = job_ ? &job_->a : pending_ ? &*pending_ : nullptr;
     const std::string dropped_job = a != nullptr ? a->job_id() : "";
     const int64_t dropped = a != nullptr ? a->generation() : 0;
-    job_.reset();
+    DropJob();
     pending_.reset();
     {
       // Keep a newer claim the stream thread already made for an assignment
@@ -434,6 +444,34 @@ class Daemon final : public WorkerDaemon {
       }
     }
     state_ = v1::WORKER_STATE_IDLE;
+  }
+
+  // Destroys job_, out of the stream thread's reach first.
+  void DropJob() {
+    {
+      absl::MutexLock lock(&abort_mu_);
+      abortable_ = nullptr;
+    }
+    job_.reset();
+  }
+
+  // From the stream thread (or Stop): breaks the communicators of the job
+  // set up now if it is `job_id` at `generation` or older (0: any), so a
+  // step waiting in them for a lost rank fails now instead of at the
+  // communication timeout. The job thread then tears the job down as after
+  // any failed step, and is free for the job's next assignment.
+  void AbortRunning(const std::string& job_id, int64_t generation, const std::string& why) {
+    absl::MutexLock lock(&abort_mu_);
+    if (abortable_ == nullptr) return;
+    const v1::RankAssignment& a = abortable_->a;  // fixed once set up
+    if (!job_id.empty() && a.job_id() != job_id) return;
+    if (generation != 0 && a.generation() > generation) return;
+    if (state_ == v1::WORKER_STATE_TRAINING) {
+      Log(absl::StrCat("job ", a.job_id(), ": interrupting the running step (", why, ")"));
+    }
+    const absl::Status status = absl::AbortedError(
+        absl::StrCat("job ", a.job_id(), " generation ", a.generation(), ": ", why));
+    for (const std::unique_ptr<comm::Communicator>& c : abortable_->comms) c->Abort(status);
   }
 
   void JobLoop() {
@@ -466,7 +504,7 @@ class Daemon final : public WorkerDaemon {
                                    " but this worker's run on ",
                                    v1::CommBootstrap::Backend_Name(Links())));
         if (!s.ok()) {
-          job_.reset();
+          DropJob();
           SendError(a.job_id(), -1, s, a.generation());
           // Keep a newer claim the stream thread made meanwhile (an ABORT
           // and the next generation's assignment read during the setup).
@@ -505,7 +543,7 @@ class Daemon final : public WorkerDaemon {
         }
       }
     }
-    job_.reset();
+    DropJob();
   }
 
   bool on_cuda() const { return options_.device == "cuda"; }
@@ -646,6 +684,10 @@ class Daemon final : public WorkerDaemon {
     }
     if (absl::Status st = j->runner->ParamsChanged(); !st.ok()) return st;  // to the device
     job_ = std::move(j);
+    {
+      absl::MutexLock lock(&abort_mu_);
+      abortable_ = job_.get();
+    }
     SetHeld(job_.get(), last_step);
     last_step_ = last_step;
     state_ = v1::WORKER_STATE_ASSIGNED;
@@ -835,6 +877,11 @@ class Daemon final : public WorkerDaemon {
 
   // Job thread only.
   std::unique_ptr<JobState> job_;
+  // job_ while it is set up, for the stream thread to abort its
+  // communicators (an ABORT of the job, Stop) while the job thread waits
+  // in them: set after the setup, cleared before job_ is torn down.
+  absl::Mutex abort_mu_;
+  JobState* abortable_ ABSL_GUARDED_BY(abort_mu_) = nullptr;
   std::optional<v1::RankAssignment> pending_;
   int64_t last_step_ = -1;
 };

@@ -47,6 +47,12 @@
 //  - After any error other than INVALID_ARGUMENT the communicator is broken
 //    (the transport has torn down its connections); every later call returns
 //    FAILED_PRECONDITION carrying the first error. Create a new one.
+//  - Abort (from any thread, also while others wait in this communicator)
+//    breaks it on purpose: the operations in flight return ABORTED at once
+//    instead of waiting out the timeout, and so do later calls. The worker
+//    aborts a job's communicators when the coordinator aborts the job (a
+//    lost rank): its survivors are otherwise stuck in waits for the lost
+//    rank until the timeout, and cannot take up the job's next assignment.
 #ifndef CHUNKFLOW_WORKER_COMM_COMMUNICATOR_H_
 #define CHUNKFLOW_WORKER_COMM_COMMUNICATOR_H_
 
@@ -133,6 +139,15 @@ class Communicator {
   // Errors: DEADLINE_EXCEEDED, UNAVAILABLE, INTERNAL, FAILED_PRECONDITION as
   // Send.
   virtual absl::Status Barrier() = 0;
+
+  // Breaks the communicator now: every operation in flight (blocking or
+  // started) and every later one returns ABORTED carrying `why`'s message.
+  // Thread-safe; may be called while other threads wait in Send, Recv, a
+  // collective or a PendingOp's Wait, and more than once (the first reason
+  // stays; after another error it changes nothing). The peers' operations
+  // with this rank fail too, as after a lost connection: at once on Gloo
+  // (the connections close), on NCCL within their own timeout at worst.
+  virtual void Abort(const absl::Status& why) = 0;
 };
 
 }  // namespace chunkflow::comm

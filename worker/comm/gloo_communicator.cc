@@ -14,8 +14,10 @@
 #include <exception>
 #include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -30,14 +32,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
-#include "gloo/allreduce.h"
-#include "gloo/barrier.h"
 #include "gloo/common/error.h"
 #include "gloo/common/logging.h"
 #include "gloo/rendezvous/context.h"
 #include "gloo/rendezvous/store.h"
 #include "gloo/transport/tcp/attr.h"
 #include "gloo/transport/tcp/device.h"
+#include "gloo/transport/pair.h"
 #include "gloo/transport/unbound_buffer.h"
 #include "gloo/types.h"
 #include "worker/comm/validate.h"
@@ -50,6 +51,9 @@ namespace {
 // tag << 24), so a Send/Recv tag never collides with a collective.
 constexpr uint8_t kHeaderSlotPrefix = 0x20;
 constexpr uint8_t kPayloadSlotPrefix = 0x21;
+// The ring all-reduce's messages (AllReduceSum and Barrier), tagged with
+// the collective's sequence number.
+constexpr uint8_t kRingSlotPrefix = 0x22;
 
 // Gloo's TCP transport writes with writev, which cannot take MSG_NOSIGNAL:
 // a write racing a peer's close (its process died, or it tore the
@@ -97,6 +101,16 @@ class StoreError : public gloo::IoException {
   absl::Status status_;
 };
 
+// Thrown where a wait of ours returned false: Abort() interrupted it.
+class AbortedWait : public std::exception {
+ public:
+  explicit AbortedWait(std::string reason) : reason_(std::move(reason)) {}
+  const char* what() const noexcept override { return reason_.c_str(); }
+
+ private:
+  std::string reason_;
+};
+
 bool IsTimeoutMessage(absl::string_view message) {
   const std::string lower = absl::AsciiStrToLower(message);
   return absl::StrContains(lower, "timeout") ||
@@ -112,6 +126,8 @@ absl::Status GuardGloo(absl::string_view what, Fn&& fn) {
     return absl::OkStatus();
   } catch (const StoreError& e) {
     return e.status();
+  } catch (const AbortedWait& e) {
+    return absl::AbortedError(absl::StrCat(what, ": ", e.what()));
   } catch (const gloo::IoException& e) {
     const std::string msg = absl::StrCat(what, ": Gloo I/O error: ", e.what());
     return IsTimeoutMessage(e.what()) ? absl::DeadlineExceededError(msg)
@@ -325,18 +341,16 @@ class GlooCommunicator final : public Communicator {
     const absl::Time deadline = absl::Now() + options_.timeout;
     int64_t header = n;
     return Record(GuardGloo(what, [&] {
-      auto header_buffer =
-          context_->createUnboundBuffer(&header, sizeof(header));
+      Tracked header_buffer(this, &header, sizeof(header));
       header_buffer->send(peer, gloo::Slot::build(kHeaderSlotPrefix, tag));
-      std::unique_ptr<gloo::transport::UnboundBuffer> payload;
+      std::optional<Tracked> payload;
       if (n > 0) {
         // Gloo only reads a buffer it sends from.
-        payload =
-            context_->createUnboundBuffer(const_cast<float*>(data), Bytes(n));
-        payload->send(peer, gloo::Slot::build(kPayloadSlotPrefix, tag));
+        payload.emplace(this, const_cast<float*>(data), Bytes(n));
+        (*payload)->send(peer, gloo::Slot::build(kPayloadSlotPrefix, tag));
       }
-      header_buffer->waitSend(Remaining(deadline));
-      if (payload) payload->waitSend(Remaining(deadline));
+      header_buffer.WaitSend(deadline);
+      if (payload) payload->WaitSend(deadline);
     }));
   }
 
@@ -348,16 +362,15 @@ class GlooCommunicator final : public Communicator {
     const absl::Time deadline = absl::Now() + options_.timeout;
     int64_t sent = -1;
     absl::Status status = Record(GuardGloo(what, [&] {
-      auto header_buffer = context_->createUnboundBuffer(&sent, sizeof(sent));
+      Tracked header_buffer(this, &sent, sizeof(sent));
       header_buffer->recv(peer, gloo::Slot::build(kHeaderSlotPrefix, tag));
-      header_buffer->waitRecv(Remaining(deadline));
+      header_buffer.WaitRecv(deadline);
       if (sent <= 0) return;
       // On a size mismatch, drain the message so the stream stays in step.
       std::vector<float> drain(sent == n ? 0 : sent);
-      auto payload = context_->createUnboundBuffer(
-          sent == n ? data : drain.data(), Bytes(sent));
+      Tracked payload(this, sent == n ? data : drain.data(), Bytes(sent));
       payload->recv(peer, gloo::Slot::build(kPayloadSlotPrefix, tag));
-      payload->waitRecv(Remaining(deadline));
+      payload.WaitRecv(deadline);
     }));
     if (status.ok() && sent != n) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -414,6 +427,35 @@ class GlooCommunicator final : public Communicator {
     return (*op)->Wait();
   }
 
+  // Every wait of this communicator is on an unbound buffer of its own
+  // (Tracked): Abort interrupts each (abortWaitRecv / abortWaitSend), and
+  // marks the ones created later to return at once. Then it closes the
+  // connections (with a reset), so the peers' waits on this rank fail now
+  // too, and nothing more is read into or written from the callers' data.
+  void Abort(const absl::Status& why) override {
+    const std::string reason =
+        absl::StrCat("aborted", Where(), ": ",
+                     why.message().empty() ? absl::string_view("Abort()") : why.message());
+    {
+      absl::MutexLock lock(&error_mu_);
+      if (first_error_.ok()) first_error_ = absl::AbortedError(reason);
+    }
+    {
+      absl::MutexLock lock(&live_mu_);
+      if (abort_reason_.empty()) abort_reason_ = reason;
+      for (gloo::transport::UnboundBuffer* b : live_) Interrupt(b);
+    }
+    for (int peer = 0; peer < options_.size; ++peer) {
+      if (peer == options_.rank) continue;
+      try {
+        std::unique_ptr<gloo::transport::Pair>& pair = context_->getPair(peer);
+        if (pair != nullptr) pair->close();
+      } catch (...) {
+        // A pair already torn down has nothing left to close.
+      }
+    }
+  }
+
  private:
   // The task-thread key of the collectives (peers are >= 0).
   static constexpr int kCollectives = -1;
@@ -439,37 +481,133 @@ class GlooCommunicator final : public Communicator {
     if (n == 0 || options_.size == 1) return absl::OkStatus();
     absl::MutexLock lock(&collective_mu_);
     const uint32_t tag = next_collective_tag_++;
-    return Record(GuardGloo(what, [&] {
-      gloo::AllreduceOptions opts(context_);
-      opts.setOutput(data, static_cast<size_t>(n));
-      opts.setAlgorithm(gloo::AllreduceOptions::Algorithm::RING);
-      // Ring all-reduce: each element is summed on exactly one rank (in
-      // ring order) and then copied to the others, hence bit-identical.
-      opts.setReduceFunction(
-          [](void* c, const void* a, const void* b, size_t count) {
-            float* out = static_cast<float*>(c);
-            const float* x = static_cast<const float*>(a);
-            const float* y = static_cast<const float*>(b);
-            for (size_t i = 0; i < count; ++i) out[i] = x[i] + y[i];
-          });
-      opts.setTag(tag);
-      opts.setTimeout(timeout_);
-      gloo::allreduce(opts);
-    }));
+    return Record(GuardGloo(what, [&] { RingAllReduce(data, n, tag); }));
   }
 
+  // Every rank has entered once every rank's contribution went around the
+  // ring: an all-reduce of one float per rank.
   absl::Status RunBarrier() {
     const std::string what = absl::StrCat("Barrier()", Where());
     if (absl::Status s = CheckUsable(what); !s.ok()) return s;
     if (options_.size == 1) return absl::OkStatus();
     absl::MutexLock lock(&collective_mu_);
     const uint32_t tag = next_collective_tag_++;
-    return Record(GuardGloo(what, [&] {
-      gloo::BarrierOptions opts(context_);
-      opts.setTag(tag);
-      opts.setTimeout(timeout_);
-      gloo::barrier(opts);
-    }));
+    std::vector<float> token(options_.size, 1.0f);
+    return Record(GuardGloo(what, [&] { RingAllReduce(token.data(), options_.size, tag); }));
+  }
+
+  // Ring all-reduce (reduce-scatter, then all-gather) over our own unbound
+  // buffers rather than gloo::allreduce: Gloo's collectives wait on buffers
+  // of their own, which Abort could not reach (Debian's libgloo-dev lacks
+  // gloo/common/memory.h, so tcp::Pair's own abort is not callable either).
+  // Each element is summed once, along the ring in a fixed order, on the
+  // rank that owns its segment, then copied to the others: bit-identical
+  // on every rank and deterministic. Throws what GuardGloo turns into a
+  // Status.
+  void RingAllReduce(float* data, int64_t n, uint32_t tag) {
+    const int p = options_.size, r = options_.rank;
+    const int next = (r + 1) % p, prev = (r + p - 1) % p;
+    const uint64_t slot = gloo::Slot::build(kRingSlotPrefix, tag);
+    const absl::Time deadline = absl::Now() + options_.timeout;
+    // Segment s (taken mod p) is [n s / p, n (s + 1) / p).
+    auto mod = [p](int seg) { return (seg % p + p) % p; };
+    auto begin = [&](int seg) { return n * mod(seg) / p; };
+    auto seg_len = [&](int seg) { return n * (mod(seg) + 1) / p - begin(seg); };
+    // 2 (p - 1) rounds: in each, send segment `out` to the next rank and
+    // receive segment `in` from the previous one, into `into`; in the
+    // reduce-scatter (the first p - 1) add it to this rank's segment
+    // (round i: i + 2 contributions of segment r - i - 1 here; in the end
+    // all p of segment r + 1), in the all-gather keep it as it came.
+    struct Round {
+      int out, in;
+      float* into;
+      bool reduce;
+    };
+    const int64_t most = (n + p - 1) / p;
+    std::vector<float> incoming(static_cast<size_t>(2 * most));  // 2 reduce rounds in flight
+    std::vector<Round> rounds;
+    for (int i = 0; i + 1 < p; ++i) {
+      rounds.push_back({r - i, r - i - 1, incoming.data() + (i % 2) * most, true});
+    }
+    for (int i = 0; i + 1 < p; ++i) rounds.push_back({r + 1 - i, r - i, nullptr, false});
+    for (Round& rd : rounds) {
+      if (!rd.reduce) rd.into = data + begin(rd.in);
+    }
+    // Each receive is posted one round early: Gloo then finds it posted
+    // when the previous rank's send arrives and writes the data at once,
+    // instead of a ready/ready exchange before every segment. Causality
+    // keeps an early receive from overwriting a segment still being sent.
+    std::vector<std::optional<Tracked>> recvs(rounds.size());
+    auto post_recv = [&](size_t i) {
+      if (seg_len(rounds[i].in) == 0) return;
+      recvs[i].emplace(this, rounds[i].into, Bytes(seg_len(rounds[i].in)));
+      (*recvs[i])->recv(prev, slot);
+    };
+    post_recv(0);
+    for (size_t i = 0; i < rounds.size(); ++i) {
+      const Round& rd = rounds[i];
+      if (i + 1 < rounds.size()) post_recv(i + 1);
+      std::optional<Tracked> send;
+      if (seg_len(rd.out) > 0) {
+        send.emplace(this, data + begin(rd.out), Bytes(seg_len(rd.out)));
+        (*send)->send(next, slot);
+      }
+      if (recvs[i]) {
+        recvs[i]->WaitRecv(deadline);
+        recvs[i].reset();
+        if (rd.reduce) {
+          float* acc = data + begin(rd.in);
+          for (int64_t k = 0, m = seg_len(rd.in); k < m; ++k) acc[k] += rd.into[k];
+        }
+      }
+      if (send) send->WaitSend(deadline);
+    }
+  }
+
+  // An unbound buffer that Abort can interrupt, known to the communicator
+  // while it lives. Its waits throw AbortedWait once interrupted, and Gloo's
+  // exceptions otherwise (a timeout, a lost connection).
+  class Tracked {
+   public:
+    Tracked(GlooCommunicator* comm, void* ptr, size_t bytes)
+        : comm_(comm), buffer_(comm->context_->createUnboundBuffer(ptr, bytes)) {
+      comm_->Enlist(buffer_.get());
+    }
+    ~Tracked() { comm_->Delist(buffer_.get()); }
+    Tracked(const Tracked&) = delete;
+    Tracked& operator=(const Tracked&) = delete;
+
+    gloo::transport::UnboundBuffer* operator->() const { return buffer_.get(); }
+    void WaitSend(absl::Time deadline) {
+      if (!buffer_->waitSend(Remaining(deadline))) throw AbortedWait(comm_->AbortReason());
+    }
+    void WaitRecv(absl::Time deadline) {
+      if (!buffer_->waitRecv(Remaining(deadline))) throw AbortedWait(comm_->AbortReason());
+    }
+
+   private:
+    GlooCommunicator* const comm_;
+    const std::unique_ptr<gloo::transport::UnboundBuffer> buffer_;
+  };
+
+  // A wait interrupted before it starts returns at once (Gloo keeps the
+  // flag until a wait consumes it).
+  static void Interrupt(gloo::transport::UnboundBuffer* b) {
+    b->abortWaitRecv();
+    b->abortWaitSend();
+  }
+  void Enlist(gloo::transport::UnboundBuffer* b) {
+    absl::MutexLock lock(&live_mu_);
+    live_.insert(b);
+    if (!abort_reason_.empty()) Interrupt(b);
+  }
+  void Delist(gloo::transport::UnboundBuffer* b) {
+    absl::MutexLock lock(&live_mu_);
+    live_.erase(b);
+  }
+  std::string AbortReason() {
+    absl::MutexLock lock(&live_mu_);
+    return abort_reason_;
   }
 
   static size_t Bytes(int64_t n) {
@@ -491,9 +629,13 @@ class GlooCommunicator final : public Communicator {
   }
 
   // The first transport error wins; after it Gloo has torn the pairs down.
+  // After Abort every call is ABORTED.
   absl::Status CheckUsable(absl::string_view what) const {
     absl::MutexLock lock(&error_mu_);
     if (first_error_.ok()) return absl::OkStatus();
+    if (first_error_.code() == absl::StatusCode::kAborted) {
+      return absl::AbortedError(absl::StrCat(what, ": ", first_error_.message()));
+    }
     return absl::FailedPreconditionError(absl::StrCat(
         what,
         ": communicator is unusable after an earlier error (create a "
@@ -501,10 +643,16 @@ class GlooCommunicator final : public Communicator {
         first_error_.ToString()));
   }
 
+  // An operation that failed after Abort failed because of it (its message
+  // carries the reason, through Gloo's exception).
   absl::Status Record(absl::Status status) {
     if (!status.ok()) {
       absl::MutexLock lock(&error_mu_);
-      if (first_error_.ok()) first_error_ = status;
+      if (first_error_.ok()) {
+        first_error_ = status;
+      } else if (first_error_.code() == absl::StatusCode::kAborted) {
+        return absl::AbortedError(status.message());
+      }
     }
     return status;
   }
@@ -527,6 +675,11 @@ class GlooCommunicator final : public Communicator {
 
   mutable absl::Mutex error_mu_;
   absl::Status first_error_ ABSL_GUARDED_BY(error_mu_);
+
+  // The unbound buffers alive now, for Abort; its reason once aborted.
+  absl::Mutex live_mu_;
+  std::set<gloo::transport::UnboundBuffer*> live_ ABSL_GUARDED_BY(live_mu_);
+  std::string abort_reason_ ABSL_GUARDED_BY(live_mu_);
 
   absl::Mutex threads_mu_;
   std::map<std::pair<int, bool>, std::unique_ptr<TaskThread>> threads_

@@ -88,7 +88,7 @@ TEST(
   InMemoryKeyValueStore store;
   auto comms = Connect(kSize, "test/allreduce", &store);
   ASSERT_EQ(comms.size(), kSize);
-  for (int64_t n : {int64_t{1}, int64_t{1000}, int64_t{1000000}}) {
+  for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{1000}, int64_t{1000001}}) {
     std::vector<std::vector<float>> data(kSize, std::vector<float>(n));
     std::vector<double> exact(n, 0.0), magnitude(n, 0.0);
     for (int r = 0; r < kSize; ++r) {
@@ -260,6 +260,90 @@ TEST(GlooCommunicatorTest, Recv_PeerNeverSends_DeadlineExceededWithinTimeout) {
   absl::Status again = comms[0]->Barrier();
   EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition) << again;
   EXPECT_THAT(std::string(again.message()), HasSubstr("earlier error"));
+}
+
+// Abort from another thread ends waits that the peer would never satisfy,
+// long before the 60 s timeout, and the peer's waits on this rank too.
+TEST(GlooCommunicatorTest, Abort_WhileRecvWaits_RecvAbortedAtOnceAndPeerFailsToo) {
+  InMemoryKeyValueStore store;
+  auto comms = Connect(2, "test/abort_recv", &store, absl::Seconds(60));
+  ASSERT_EQ(comms.size(), 2u);
+  std::vector<float> buf(4), peer_buf(4);
+  absl::Status recv, peer_recv;
+  absl::Duration recv_took, peer_took;
+  const absl::Time start = absl::Now();
+  std::thread waiter([&] {
+    recv = comms[0]->Recv(buf.data(), buf.size(), /*peer=*/1, /*tag=*/3);
+    recv_took = absl::Now() - start;
+  });
+  std::thread peer([&] {  // rank 1 waits for a message rank 0 never sends
+    peer_recv = comms[1]->Recv(peer_buf.data(), peer_buf.size(), /*peer=*/0, /*tag=*/5);
+    peer_took = absl::Now() - start;
+  });
+  absl::SleepFor(absl::Milliseconds(300));  // both are waiting
+  comms[0]->Abort(absl::CancelledError("rank 7 was lost"));
+  waiter.join();
+  peer.join();
+  EXPECT_EQ(recv.code(), absl::StatusCode::kAborted) << recv;
+  EXPECT_THAT(std::string(recv.message()), HasSubstr("Recv(n=4, peer=1, tag=3) on rank 0"));
+  EXPECT_THAT(std::string(recv.message()), HasSubstr("rank 7 was lost"));
+  EXPECT_LT(recv_took, absl::Seconds(10));
+  // The peer's connection to rank 0 closed: it fails now, not in 60 s.
+  EXPECT_FALSE(peer_recv.ok());
+  EXPECT_NE(peer_recv.code(), absl::StatusCode::kDeadlineExceeded) << peer_recv;
+  EXPECT_LT(peer_took, absl::Seconds(10));
+  // Later calls are refused with the reason; a second Abort changes nothing.
+  comms[0]->Abort(absl::CancelledError("second reason"));
+  absl::Status later = comms[0]->Send(buf.data(), buf.size(), /*peer=*/1, /*tag=*/3);
+  EXPECT_EQ(later.code(), absl::StatusCode::kAborted) << later;
+  EXPECT_THAT(std::string(later.message()), HasSubstr("rank 7 was lost"));
+  EXPECT_THAT(std::string(later.message()), ::testing::Not(HasSubstr("second reason")));
+}
+
+// A started all-reduce of 3 ranks whose third never joins (a hung worker):
+// both survivors wait, one of them directly on the missing rank. Aborting
+// each (as the worker does on the coordinator's ABORT) ends both waits.
+TEST(GlooCommunicatorTest, Abort_StartedAllReduceMissingARank_WaitsEndAtOnce) {
+  InMemoryKeyValueStore store;
+  auto comms = Connect(3, "test/abort_allreduce", &store, absl::Seconds(60));
+  ASSERT_EQ(comms.size(), 3u);
+  std::vector<float> a(1000, 1.0f), b(1000, 2.0f);
+  absl::StatusOr<std::unique_ptr<PendingOp>> op0 = comms[0]->StartAllReduceSum(a.data(), a.size());
+  absl::StatusOr<std::unique_ptr<PendingOp>> op1 = comms[1]->StartAllReduceSum(b.data(), b.size());
+  ASSERT_TRUE(op0.ok()) << op0.status();
+  ASSERT_TRUE(op1.ok()) << op1.status();
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_FALSE((*op0)->Done());
+  EXPECT_FALSE((*op1)->Done());
+  const absl::Time start = absl::Now();
+  comms[0]->Abort(absl::AbortedError("job 3 generation 2: aborted by the coordinator"));
+  comms[1]->Abort(absl::AbortedError("job 3 generation 2: aborted by the coordinator"));
+  absl::Status s0 = (*op0)->Wait();
+  absl::Status s1 = (*op1)->Wait();
+  const absl::Duration took = absl::Now() - start;
+  for (const absl::Status& s : {s0, s1}) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("AllReduceSum(n=1000) on rank"));
+    EXPECT_THAT(std::string(s.message()), HasSubstr("aborted by the coordinator"));
+  }
+  EXPECT_LT(took, absl::Seconds(10));
+}
+
+// Abort of an idle communicator: every call after it is refused at once;
+// destroying it afterwards does not wait.
+TEST(GlooCommunicatorTest, Abort_Idle_LaterCallsAborted) {
+  InMemoryKeyValueStore store;
+  auto comms = Connect(2, "test/abort_idle", &store, absl::Seconds(60));
+  ASSERT_EQ(comms.size(), 2u);
+  comms[1]->Abort(absl::UnavailableError(""));
+  float x = 1.0f;
+  absl::Status s = comms[1]->AllReduceSum(&x, 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("AllReduceSum(n=1) on rank 1"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("Abort()"));
+  const absl::Time start = absl::Now();
+  comms.clear();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
 }
 
 TEST(GlooCommunicatorTest,

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -75,10 +76,17 @@ void PollPause(int iteration) {
 
 // Waits until the non-blocking communicator has left ncclInProgress (init
 // done, or an enqueue accepted).
+// `abort`, when given and set, ends the wait with ABORTED (Abort() from
+// another thread while an enqueue waits for a peer's connection).
 absl::Status WaitForComm(ncclComm_t comm, absl::string_view call,
                          absl::string_view where, absl::Time deadline,
-                         absl::Duration timeout, absl::string_view hint) {
+                         absl::Duration timeout, absl::string_view hint,
+                         const std::atomic<bool>* abort = nullptr) {
   for (int i = 0;; ++i) {
+    if (abort != nullptr && abort->load()) {
+      return absl::AbortedError(
+          absl::StrCat(where, ": ", call, " interrupted: the communicator was aborted"));
+    }
     ncclResult_t state = ncclSuccess;
     if (absl::Status s = NcclStatus(ncclCommGetAsyncError(comm, &state),
                                     "ncclCommGetAsyncError", where, comm);
@@ -227,6 +235,22 @@ class NcclCommunicator final : public Communicator {
     return (*op)->Wait();
   }
 
+  // The flag first: an enqueue polling for a peer's connection holds mu_,
+  // and lets go once it sees the flag. Waits poll with mu_ released and
+  // find the communicator broken at their next look.
+  void Abort(const absl::Status& why) override {
+    const std::string reason =
+        absl::StrCat("aborted", Where(""), ": ",
+                     why.message().empty() ? absl::string_view("Abort()") : why.message());
+    abort_requested_ = true;
+    absl::MutexLock lock(&mu_);
+    if (first_error_.ok() || first_error_.code() == absl::StatusCode::kAborted) {
+      first_error_ = absl::AbortedError(reason);  // the caller's reason over the enqueue's
+    }
+    if (comm_ != nullptr) ncclCommAbort(comm_);
+    comm_ = nullptr;
+  }
+
  private:
   // A started operation: done when the event recorded after it on
   // the communicator's stream is.
@@ -319,7 +343,7 @@ class NcclCommunicator final : public Communicator {
       return NcclStatus(r, call, what, comm_);
     }
     if (absl::Status s = WaitForComm(comm_, call, what, deadline, timeout_,
-                                     "the enqueue did not complete");
+                                     "the enqueue did not complete", &abort_requested_);
         !s.ok()) {
       return s;
     }
@@ -428,6 +452,9 @@ class NcclCommunicator final : public Communicator {
   absl::Status CheckUsableLocked(absl::string_view what) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (first_error_.ok()) return absl::OkStatus();
+    if (first_error_.code() == absl::StatusCode::kAborted) {
+      return absl::AbortedError(absl::StrCat(what, ": ", first_error_.message()));
+    }
     return absl::FailedPreconditionError(absl::StrCat(
         what,
         ": communicator was aborted after an earlier error (create a "
@@ -447,6 +474,7 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t stream_ ABSL_GUARDED_BY(mu_) = nullptr;
   float* scratch_ ABSL_GUARDED_BY(mu_) = nullptr;  // device, barrier operand
   absl::Status first_error_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> abort_requested_{false};
 };
 
 // Rank 0 publishes the unique id, the others wait for it.

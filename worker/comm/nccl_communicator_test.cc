@@ -437,5 +437,40 @@ TEST(NcclCommunicatorTest, Wait_PeerAborted_PeerSeesRemoteErrorAndBothBreak) {
   EXPECT_THAT(std::string(remote.message()), HasSubstr("rank 1"));
 }
 
+// Abort from another thread ends a receive the peer never satisfies long
+// before the 60 s timeout; later calls are refused with the reason.
+TEST(NcclCommunicatorTest, Abort_WhileRecvWaits_AbortedAtOnce) {
+  SKIP_UNLESS_GPUS(2);
+  InMemoryKeyValueStore store;
+  std::vector<std::unique_ptr<Communicator>> comms(2);
+  RunOnRanks(2, [&](int r) {
+    auto comm = CreateNcclCommunicator(r, 2, "test/abort_wait", &store, r, absl::Seconds(60));
+    ASSERT_TRUE(comm.ok()) << comm.status();
+    comms[r] = std::move(*comm);
+  });
+  absl::Status recv;
+  absl::Duration took;
+  std::thread waiter([&] {
+    ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
+    DeviceBuffer buf(8);
+    const absl::Time start = absl::Now();
+    recv = comms[1]->Recv(buf.get(), 8, /*peer=*/0, /*tag=*/1);
+    took = absl::Now() - start;
+  });
+  absl::SleepFor(absl::Milliseconds(300));
+  comms[1]->Abort(absl::AbortedError("job 4 generation 1: aborted by the coordinator"));
+  waiter.join();
+  EXPECT_EQ(recv.code(), absl::StatusCode::kAborted) << recv;
+  EXPECT_THAT(std::string(recv.message()), HasSubstr("aborted by the coordinator"));
+  EXPECT_LT(took, absl::Seconds(10));
+  ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
+  absl::Status later = comms[1]->Barrier();
+  EXPECT_EQ(later.code(), absl::StatusCode::kAborted) << later;
+  EXPECT_THAT(std::string(later.message()), HasSubstr("Barrier() on rank 1"));
+  EXPECT_THAT(std::string(later.message()), HasSubstr("aborted by the coordinator"));
+  comms[1]->Abort(absl::AbortedError("again"));  // a second Abort is harmless
+  comms.clear();
+}
+
 }  // namespace
 }  // namespace chunkflow::comm

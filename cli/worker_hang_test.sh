@@ -1,0 +1,71 @@
+#!/bin/bash
+# A worker that hangs mid-job (SIGSTOP: a frozen process, or a node that
+# stopped answering without closing its connections). The coordinator
+# loses it at the heartbeat timeout (2 s) and aborts the job's ranks; the
+# survivors, waiting in the step for the frozen rank, must give up those
+# waits at once (Communicator::Abort) rather than at the communication
+# timeout (300 s here), so the job resumes from its checkpoint with a
+# replacement within seconds.
+set -u
+BIN="$TEST_SRCDIR/chunkflow/cli/chunkflowctl"
+TMP="${TEST_TMPDIR:-/tmp}/hang"
+rm -rf "$TMP"; mkdir -p "$TMP"
+fail=0
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; }
+trap cleanup EXIT
+
+"$BIN" coordinator --listen=127.0.0.1:0 --db="$TMP/db" --port_file="$TMP/port" \
+  --heartbeat_timeout_s=2 --comm_timeout_s=300 >>"$TMP/coordinator.log" 2>&1 &
+pids+=("$!")
+for _ in $(seq 300); do [[ -s "$TMP/port" ]] && break; sleep 0.1; done
+C="--coordinator=127.0.0.1:$(cat "$TMP/port")"
+
+start_worker() {  # name
+  OMP_NUM_THREADS=1 "$BIN" worker $C --name="$1" >>"$TMP/$1.log" 2>&1 &
+  local p=$!; pids+=("$p"); eval "PID_$1=$p"
+}
+steps_committed() {
+  "$BIN" get-job $C --job="$1" --format=json 2>/dev/null |
+    sed -n 's/.*"steps_committed": "\([0-9]*\)".*/\1/p'
+}
+
+for w in w0 w1 w2 w3; do start_worker $w; done
+JOB=$("$BIN" submit $C --dp=2 --pp=2 --steps=100000 --global_batch=8 \
+  --dataset=synthetic:lmsys:n=40,seed=3,max=600 --chunk_size=128 --optimizer=sgd \
+  --checkpoint_dir="$TMP/ckpt" --checkpoint_every=2 | sed -n 's/submitted \(job-[0-9]*\).*/\1/p')
+[[ -n "$JOB" ]] || { echo "FAIL: submit"; exit 1; }
+for _ in $(seq 600); do s=$(steps_committed "$JOB"); [[ -n "$s" && "$s" -ge 3 ]] && break; sleep 0.1; done
+
+before=$(steps_committed "$JOB")
+kill -STOP "$PID_w1"
+stopped=$(date +%s.%N)
+echo "w1 frozen after $before committed steps"
+start_worker w4
+# Resumed: the count went back to the checkpoint and is past where it was.
+resumed=""
+for _ in $(seq 600); do
+  s=$(steps_committed "$JOB")
+  if [[ -n "$s" && "$s" -ge $((before + 3)) ]]; then resumed=$(date +%s.%N); break; fi
+  sleep 0.1
+done
+if [[ -n "$resumed" ]]; then
+  took=$(python3 -c "print(f'{$resumed - $stopped:.1f}')")
+  echo "ok   the job is past step $((before + 3)) ${took} s after the freeze (comm timeout 300 s)"
+else
+  echo "FAIL: the job did not get past step $((before + 3)) within 60 s of the freeze"
+  "$BIN" get-job $C --job="$JOB" | tail -8
+  fail=1
+fi
+# The survivors' logs say their step was interrupted, not timed out.
+interrupted=$(grep -l "interrupting the running step" "$TMP"/w0.log "$TMP"/w2.log "$TMP"/w3.log | wc -l)
+if [[ $interrupted -ge 1 ]]; then
+  echo "ok   $interrupted survivor(s) interrupted their running step"
+else
+  echo "FAIL: no survivor logged an interrupted step"; tail -5 "$TMP"/w0.log; fail=1
+fi
+if grep -q "DEADLINE_EXCEEDED" "$TMP"/w0.log "$TMP"/w2.log "$TMP"/w3.log; then
+  echo "FAIL: a survivor waited out a timeout"; fail=1
+fi
+"$BIN" cancel $C --job="$JOB" >/dev/null 2>&1
+exit $fail
