@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
@@ -117,6 +118,10 @@ class RemoteKeyValueStore final : public comm::KeyValueStore {
     const absl::Time deadline = absl::Now() + timeout;
     absl::Duration wait = absl::Milliseconds(5);
     while (true) {
+      if (aborted_) {
+        return absl::AbortedError(absl::StrCat("waiting for key '", std::string(key),
+                                               "': the job's setup was aborted"));
+      }
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
       v1::KvGetRequest req;
@@ -138,7 +143,12 @@ class RemoteKeyValueStore final : public comm::KeyValueStore {
     }
   }
 
+  // A rendezvous waiting in Get (for a rank that will not come) gives up
+  // at its next poll.
+  void Abort() { aborted_ = true; }
+
  private:
+  std::atomic<bool> aborted_{false};
   std::string target_;
   std::unique_ptr<v1::WorkerService::Stub> stub_;
 };
@@ -156,7 +166,12 @@ struct JobState {
   engine::ModelConfig config;
   std::unique_ptr<dataset::TokenSource> data;
   std::unique_ptr<comm::KeyValueStore> kv;
+  RemoteKeyValueStore* remote_kv = nullptr;  // kv
+  // Appended to under Daemon::abort_mu_ (the stream thread may abort them
+  // while the setup connects the next).
   std::vector<std::unique_ptr<comm::Communicator>> comms;
+  bool ready = false;    // the setup finished
+  bool aborted = false;  // AbortRunning reached it (under Daemon::abort_mu_)
   StageLinks links;
   std::unique_ptr<StepRunner> runner;
   std::optional<v1::StepReport> last_report;
@@ -359,11 +374,18 @@ class Daemon final : public WorkerDaemon {
         const v1::RankAssignment& a = msg.assignment();
         SetHeld(a.job_id(), a.stage(), a.dp_index(), a.generation(), a.checkpoint_step());
       }
-      if (msg.has_control() && msg.control().action() == v1::Control::ACTION_ABORT) {
+      if (msg.has_control() && (msg.control().action() == v1::Control::ACTION_ABORT ||
+                                msg.control().action() == v1::Control::ACTION_RELEASE)) {
         // Now, not when the job thread reaches the queued control: that
-        // thread may be waiting in a step for the rank whose loss caused it.
+        // thread may be waiting in a step (or the setup) for the rank whose
+        // loss caused it. A RELEASE (the job completed or was cancelled)
+        // ends a step a cancel interrupted; after the last step nothing
+        // waits in the links any more.
         AbortRunning(msg.control().job_id(), msg.control().generation(),
-                     absl::StrCat("aborted by the coordinator: ", msg.control().reason()));
+                     absl::StrCat(msg.control().action() == v1::Control::ACTION_ABORT
+                                      ? "aborted"
+                                      : "released",
+                                  " by the coordinator: ", msg.control().reason()));
       }
       if (msg.has_control() && msg.control().action() == v1::Control::ACTION_SHUTDOWN) {
         Log("shutdown requested by the coordinator");
@@ -460,15 +482,20 @@ class Daemon final : public WorkerDaemon {
   // step waiting in them for a lost rank fails now instead of at the
   // communication timeout. The job thread then tears the job down as after
   // any failed step, and is free for the job's next assignment.
+  // The same filter as JobLoop's for the queued control: generation 0 ends
+  // whatever is held.
   void AbortRunning(const std::string& job_id, int64_t generation, const std::string& why) {
     absl::MutexLock lock(&abort_mu_);
-    if (abortable_ == nullptr) return;
-    const v1::RankAssignment& a = abortable_->a;  // fixed once set up
-    if (!job_id.empty() && a.job_id() != job_id) return;
-    if (generation != 0 && a.generation() > generation) return;
-    if (state_ == v1::WORKER_STATE_TRAINING) {
+    if (abortable_ == nullptr || abortable_->aborted) return;
+    const v1::RankAssignment& a = abortable_->a;  // fixed from the setup's start
+    if (generation != 0 && (a.job_id() != job_id || a.generation() > generation)) return;
+    if (!abortable_->ready) {
+      Log(absl::StrCat("job ", a.job_id(), ": interrupting the setup (", why, ")"));
+    } else if (state_ == v1::WORKER_STATE_TRAINING) {
       Log(absl::StrCat("job ", a.job_id(), ": interrupting the running step (", why, ")"));
     }
+    abortable_->aborted = true;
+    abortable_->remote_kv->Abort();
     const absl::Status status = absl::AbortedError(
         absl::StrCat("job ", a.job_id(), " generation ", a.generation(), ": ", why));
     for (const std::unique_ptr<comm::Communicator>& c : abortable_->comms) c->Abort(status);
@@ -576,8 +603,11 @@ class Daemon final : public WorkerDaemon {
       return absl::Status(c.status().code(),
                           absl::StrCat("communicator ", prefix, ": ", c.status().message()));
     }
+    absl::MutexLock lock(&abort_mu_);
     j->comms.push_back(std::move(*c));
     *out = j->comms.back().get();
+    // Aborted while this one connected: it is broken like the others.
+    if (j->aborted) j->comms.back()->Abort(absl::AbortedError("the job's setup was aborted"));
     return absl::OkStatus();
   }
 
@@ -607,7 +637,22 @@ class Daemon final : public WorkerDaemon {
         dataset::TokenSource::Open(a.dataset_path(), j->config.vocab_size);
     if (!data.ok()) return data.status();
     j->data = std::move(*data);
-    j->kv = CreateRemoteKeyValueStore(options_.coordinator);
+    {
+      auto kv = std::make_unique<RemoteKeyValueStore>(options_.coordinator);
+      j->remote_kv = kv.get();
+      j->kv = std::move(kv);
+    }
+    // From here an ABORT of this generation ends the rendezvous waits (for
+    // a rank that was lost meanwhile) instead of the timeout.
+    {
+      absl::MutexLock lock(&abort_mu_);
+      abortable_ = j.get();
+    }
+    absl::Cleanup unlist = [&] {
+      if (j == nullptr) return;  // it became job_
+      absl::MutexLock lock(&abort_mu_);
+      if (abortable_ == j.get()) abortable_ = nullptr;
+    };
     const std::string p = boot.store_prefix();
     const std::string ds = std::to_string(a.dp_index());
     const int32_t s = a.stage(), pp = a.pp(), dp = a.dp();
@@ -683,11 +728,12 @@ class Daemon final : public WorkerDaemon {
       j->runner->params().InitRandom(static_cast<uint64_t>(a.seed()));
     }
     if (absl::Status st = j->runner->ParamsChanged(); !st.ok()) return st;  // to the device
-    job_ = std::move(j);
     {
       absl::MutexLock lock(&abort_mu_);
-      abortable_ = job_.get();
+      if (j->aborted) return absl::AbortedError("the job's setup was aborted");
+      j->ready = true;
     }
+    job_ = std::move(j);
     SetHeld(job_.get(), last_step);
     last_step_ = last_step;
     state_ = v1::WORKER_STATE_ASSIGNED;

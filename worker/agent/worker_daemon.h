@@ -11,11 +11,11 @@
 //   Control ABORT / RELEASE         ->  drop the job's state, become idle
 //   Control SHUTDOWN                ->  Run() returns
 //
-// An ABORT (and SHUTDOWN, and Stop) also acts at once, from the stream
-// thread: it aborts the held job's communicators (Communicator::Abort), so
-// a step waiting in them for a lost rank fails now rather than at the
-// job's communication timeout, and the worker can take the job's next
-// assignment.
+// An ABORT or RELEASE (and SHUTDOWN, and Stop) also acts at once, from the
+// stream thread: it aborts the held job's communicators
+// (Communicator::Abort) and its rendezvous, so a step or a setup waiting in
+// them for a lost rank fails now rather than at the job's communication
+// timeout, and the worker can take the job's next assignment.
 //
 // A plan for a step it already applied (resent after a coordinator restart)
 // is answered with the report it kept; a step error is reported as a

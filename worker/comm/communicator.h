@@ -145,8 +145,10 @@ class Communicator {
   // Thread-safe; may be called while other threads wait in Send, Recv, a
   // collective or a PendingOp's Wait, and more than once (the first reason
   // stays; after another error it changes nothing). The peers' operations
-  // with this rank fail too, as after a lost connection: at once on Gloo
-  // (the connections close), on NCCL within their own timeout at worst.
+  // with this rank fail too, as after a lost connection: on Gloo the
+  // connections close with a reset (the posted ones fail at once; one in
+  // the middle of a transfer may wait its timeout), on NCCL within their
+  // own timeout at worst.
   virtual void Abort(const absl::Status& why) = 0;
 };
 

@@ -523,11 +523,15 @@ class GlooCommunicator final : public Communicator {
       float* into;
       bool reduce;
     };
+    // Two reduce rounds are in flight at once (one being added up, the
+    // next one's receive posted); not zeroed, every float is received
+    // before it is read.
     const int64_t most = (n + p - 1) / p;
-    std::vector<float> incoming(static_cast<size_t>(2 * most));  // 2 reduce rounds in flight
+    const int buffers = std::min(2, p - 1);
+    std::unique_ptr<float[]> incoming(new float[static_cast<size_t>(buffers * most)]);
     std::vector<Round> rounds;
     for (int i = 0; i + 1 < p; ++i) {
-      rounds.push_back({r - i, r - i - 1, incoming.data() + (i % 2) * most, true});
+      rounds.push_back({r - i, r - i - 1, incoming.get() + (i % buffers) * most, true});
     }
     for (int i = 0; i + 1 < p; ++i) rounds.push_back({r + 1 - i, r - i, nullptr, false});
     for (Round& rd : rounds) {
@@ -643,15 +647,19 @@ class GlooCommunicator final : public Communicator {
         first_error_.ToString()));
   }
 
-  // An operation that failed after Abort failed because of it (its message
-  // carries the reason, through Gloo's exception).
+  // An operation that failed after Abort failed because of it: ABORTED,
+  // with the reason (an interrupted wait names it; a call that met a pair
+  // Abort had closed does not).
   absl::Status Record(absl::Status status) {
     if (!status.ok()) {
       absl::MutexLock lock(&error_mu_);
       if (first_error_.ok()) {
         first_error_ = status;
       } else if (first_error_.code() == absl::StatusCode::kAborted) {
-        return absl::AbortedError(status.message());
+        if (absl::StrContains(status.message(), first_error_.message())) {
+          return absl::AbortedError(status.message());
+        }
+        return absl::AbortedError(absl::StrCat(status.message(), "; ", first_error_.message()));
       }
     }
     return status;

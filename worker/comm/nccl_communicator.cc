@@ -239,16 +239,17 @@ class NcclCommunicator final : public Communicator {
   // and lets go once it sees the flag. Waits poll with mu_ released and
   // find the communicator broken at their next look.
   void Abort(const absl::Status& why) override {
-    const std::string reason =
-        absl::StrCat("aborted", Where(""), ": ",
-                     why.message().empty() ? absl::string_view("Abort()") : why.message());
+    {
+      absl::MutexLock lock(&abort_mu_);
+      if (abort_reason_.empty()) {  // the first reason stays
+        abort_reason_ =
+            absl::StrCat("aborted", Where(""), ": ",
+                         why.message().empty() ? absl::string_view("Abort()") : why.message());
+      }
+    }
     abort_requested_ = true;
     absl::MutexLock lock(&mu_);
-    if (first_error_.ok() || first_error_.code() == absl::StatusCode::kAborted) {
-      first_error_ = absl::AbortedError(reason);  // the caller's reason over the enqueue's
-    }
-    if (comm_ != nullptr) ncclCommAbort(comm_);
-    comm_ = nullptr;
+    Break(absl::AbortedError(AbortReason()));
   }
 
  private:
@@ -315,7 +316,8 @@ class NcclCommunicator final : public Communicator {
     if (!status.ok()) {
       if (event != nullptr) cudaEventDestroy(event);
       Break(status);
-      return status;
+      // Abort() interrupted the enqueue: its reason, not the poll's words.
+      return abort_requested_ ? CheckUsableLocked(what) : status;
     }
     return std::unique_ptr<PendingOp>(new NcclOp(this, what, event));
   }
@@ -399,8 +401,11 @@ class NcclCommunicator final : public Communicator {
   }
 
   // The first error breaks the communicator: recorded, and NCCL aborted.
+  // After Abort() the error recorded is Abort's.
   void Break(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (first_error_.ok()) first_error_ = status;
+    if (first_error_.ok()) {
+      first_error_ = abort_requested_ ? absl::AbortedError(AbortReason()) : status;
+    }
     if (comm_ != nullptr) ncclCommAbort(comm_);
     comm_ = nullptr;
   }
@@ -474,7 +479,14 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t stream_ ABSL_GUARDED_BY(mu_) = nullptr;
   float* scratch_ ABSL_GUARDED_BY(mu_) = nullptr;  // device, barrier operand
   absl::Status first_error_ ABSL_GUARDED_BY(mu_);
-  std::atomic<bool> abort_requested_{false};
+  std::atomic<bool> abort_requested_{false};  // set after abort_reason_
+  absl::Mutex abort_mu_;
+  std::string abort_reason_ ABSL_GUARDED_BY(abort_mu_);
+
+  std::string AbortReason() {
+    absl::MutexLock lock(&abort_mu_);
+    return abort_reason_;
+  }
 };
 
 // Rank 0 publishes the unique id, the others wait for it.

@@ -468,7 +468,11 @@ TEST(NcclCommunicatorTest, Abort_WhileRecvWaits_AbortedAtOnce) {
   EXPECT_EQ(later.code(), absl::StatusCode::kAborted) << later;
   EXPECT_THAT(std::string(later.message()), HasSubstr("Barrier() on rank 1"));
   EXPECT_THAT(std::string(later.message()), HasSubstr("aborted by the coordinator"));
-  comms[1]->Abort(absl::AbortedError("again"));  // a second Abort is harmless
+  comms[1]->Abort(absl::AbortedError("again"));  // a second Abort keeps the first reason
+  absl::Status after = comms[1]->Barrier();
+  EXPECT_EQ(after.code(), absl::StatusCode::kAborted) << after;
+  EXPECT_THAT(std::string(after.message()), HasSubstr("aborted by the coordinator"));
+  EXPECT_THAT(std::string(after.message()), ::testing::Not(HasSubstr("again")));
   comms.clear();
 }
 
