@@ -25,6 +25,13 @@ start_worker() {  # name
   OMP_NUM_THREADS=1 "$BIN" worker $C --name="$1" >>"$TMP/$1.log" 2>&1 &
   local p=$!; pids+=("$p"); eval "PID_$1=$p"
 }
+# Polls a condition (a command) every 0.1 s for up to 60 s.
+wait_for() {
+  for _ in $(seq 600); do "$@" && return 0; sleep 0.1; done
+  return 1
+}
+# Seconds since $1 (date +%s.%N), one decimal.
+since() { python3 -c "import time; print(f'{time.time() - $1:.1f}')"; }
 steps_committed() {
   "$BIN" get-job $C --job="$1" --format=json 2>/dev/null |
     sed -n 's/.*"steps_committed": "\([0-9]*\)".*/\1/p'
@@ -35,7 +42,8 @@ JOB=$("$BIN" submit $C --dp=2 --pp=2 --steps=100000 --global_batch=8 \
   --dataset=synthetic:lmsys:n=40,seed=3,max=600 --chunk_size=128 --optimizer=sgd \
   --checkpoint_dir="$TMP/ckpt" --checkpoint_every=2 | sed -n 's/submitted \(job-[0-9]*\).*/\1/p')
 [[ -n "$JOB" ]] || { echo "FAIL: submit"; exit 1; }
-for _ in $(seq 600); do s=$(steps_committed "$JOB"); [[ -n "$s" && "$s" -ge 3 ]] && break; sleep 0.1; done
+three_steps() { local s; s=$(steps_committed "$JOB"); [[ -n "$s" && "$s" -ge 3 ]]; }
+wait_for three_steps || { echo "FAIL: the job never committed 3 steps"; exit 1; }
 
 before=$(steps_committed "$JOB")
 kill -STOP "$PID_w1"
@@ -43,15 +51,9 @@ stopped=$(date +%s.%N)
 echo "w1 frozen after $before committed steps"
 start_worker w4
 # Resumed: the count went back to the checkpoint and is past where it was.
-resumed=""
-for _ in $(seq 600); do
-  s=$(steps_committed "$JOB")
-  if [[ -n "$s" && "$s" -ge $((before + 3)) ]]; then resumed=$(date +%s.%N); break; fi
-  sleep 0.1
-done
-if [[ -n "$resumed" ]]; then
-  took=$(python3 -c "print(f'{$resumed - $stopped:.1f}')")
-  echo "ok   the job is past step $((before + 3)) ${took} s after the freeze (comm timeout 300 s)"
+past_the_freeze() { local s; s=$(steps_committed "$JOB"); [[ -n "$s" && "$s" -ge $((before + 3)) ]]; }
+if wait_for past_the_freeze; then
+  echo "ok   the job is past step $((before + 3)) $(since "$stopped") s after the freeze (comm timeout 300 s)"
 else
   echo "FAIL: the job did not get past step $((before + 3)) within 60 s of the freeze"
   "$BIN" get-job $C --job="$JOB" | tail -8
@@ -65,20 +67,17 @@ echo "info $interrupted survivor(s) interrupted a running step"
 if grep -q "DEADLINE_EXCEEDED" "$TMP"/w0.log "$TMP"/w2.log "$TMP"/w3.log; then
   echo "FAIL: a survivor waited out a timeout"; fail=1
 fi
-check_cancel() {
-  "$BIN" cancel $C --job="$1" >/dev/null 2>&1
-  for _ in $(seq 100); do "$BIN" get-job $C --job="$1" | grep -q "cancelled" && return; sleep 0.1; done
-}
-check_cancel "$JOB"
+cancelled() { "$BIN" get-job $C --job="$JOB" | grep -q "cancelled"; }
+"$BIN" cancel $C --job="$JOB" >/dev/null 2>&1
+wait_for cancelled || { echo "FAIL: the cancel did not end $JOB"; fail=1; }
 
 # A worker frozen before the job starts: the coordinator assigns it a rank
 # (it has not missed a heartbeat yet), and the other ranks wait in the
 # rendezvous for its address. The ABORT at its heartbeat timeout must end
 # those waits too.
 for w in w5 w6 w7 w8; do start_worker $w; done
-for _ in $(seq 100); do
-  [[ $("$BIN" list-workers $C | grep -cE "^w[5-8] .* idle") -eq 4 ]] && break; sleep 0.1
-done
+four_idle() { [[ $("$BIN" list-workers $C | grep -cE "^w[5-8] .* idle") -eq 4 ]]; }
+wait_for four_idle || { echo "FAIL: w5-w8 did not register"; fail=1; }
 "$BIN" drain $C --worker=w0 >/dev/null; "$BIN" drain $C --worker=w2 >/dev/null
 "$BIN" drain $C --worker=w3 >/dev/null; "$BIN" drain $C --worker=w4 >/dev/null
 kill -STOP "$PID_w6"
@@ -87,14 +86,9 @@ JOB2=$("$BIN" submit $C --dp=2 --pp=2 --steps=3 --global_batch=8 \
   --dataset=synthetic:lmsys:n=40,seed=3,max=600 --chunk_size=128 --optimizer=sgd \
   | sed -n 's/submitted \(job-[0-9]*\).*/\1/p')
 start_worker w9
-done_at=""
-for _ in $(seq 600); do
-  if "$BIN" get-job $C --job="$JOB2" 2>/dev/null | grep -q "completed"; then done_at=$(date +%s.%N); break; fi
-  sleep 0.1
-done
-if [[ -n "$done_at" ]]; then
-  took=$(python3 -c "print(f'{$done_at - $stopped:.1f}')")
-  echo "ok   a job set up with a frozen rank completed ${took} s after the freeze (comm timeout 300 s)"
+completed() { "$BIN" get-job $C --job="$JOB2" 2>/dev/null | grep -q "completed"; }
+if wait_for completed; then
+  echo "ok   a job set up with a frozen rank completed $(since "$stopped") s after the freeze (comm timeout 300 s)"
 else
   echo "FAIL: the job with a rank frozen during its setup did not complete within 60 s"
   "$BIN" get-job $C --job="$JOB2" | tail -8
