@@ -32,6 +32,18 @@ wait_for() {
 }
 # Seconds since $1 (date +%s.%N), one decimal.
 since() { python3 -c "import time; print(f'{time.time() - $1:.1f}')"; }
+# After a freeze at $stopped: ok with the seconds until the condition held,
+# or FAIL (60 s) with the job's last events.
+within_after_freeze() {  # job, what happened, condition...
+  local job="$1" what="$2"; shift 2
+  if wait_for "$@"; then
+    echo "ok   $what $(since "$stopped") s after the freeze (comm timeout 300 s)"
+  else
+    echo "FAIL: not within 60 s of the freeze: $what"
+    "$BIN" get-job $C --job="$job" | tail -8
+    fail=1
+  fi
+}
 steps_committed() {
   "$BIN" get-job $C --job="$1" --format=json 2>/dev/null |
     sed -n 's/.*"steps_committed": "\([0-9]*\)".*/\1/p'
@@ -52,13 +64,7 @@ echo "w1 frozen after $before committed steps"
 start_worker w4
 # Resumed: the count went back to the checkpoint and is past where it was.
 past_the_freeze() { local s; s=$(steps_committed "$JOB"); [[ -n "$s" && "$s" -ge $((before + 3)) ]]; }
-if wait_for past_the_freeze; then
-  echo "ok   the job is past step $((before + 3)) $(since "$stopped") s after the freeze (comm timeout 300 s)"
-else
-  echo "FAIL: the job did not get past step $((before + 3)) within 60 s of the freeze"
-  "$BIN" get-job $C --job="$JOB" | tail -8
-  fail=1
-fi
+within_after_freeze "$JOB" "the job is past step $((before + 3))" past_the_freeze
 # How many survivors were waiting in the step (informational: a freeze
 # after w1's last collective leaves them idle, with nothing to interrupt;
 # then the timing above holds without the abort). None waited out a timeout.
@@ -87,13 +93,7 @@ JOB2=$("$BIN" submit $C --dp=2 --pp=2 --steps=3 --global_batch=8 \
   | sed -n 's/submitted \(job-[0-9]*\).*/\1/p')
 start_worker w9
 completed() { "$BIN" get-job $C --job="$JOB2" 2>/dev/null | grep -q "completed"; }
-if wait_for completed; then
-  echo "ok   a job set up with a frozen rank completed $(since "$stopped") s after the freeze (comm timeout 300 s)"
-else
-  echo "FAIL: the job with a rank frozen during its setup did not complete within 60 s"
-  "$BIN" get-job $C --job="$JOB2" | tail -8
-  fail=1
-fi
+within_after_freeze "$JOB2" "a job set up with a frozen rank completed" completed
 interrupted=$(grep -l "interrupting the setup" "$TMP"/w5.log "$TMP"/w7.log "$TMP"/w8.log | wc -l)
 echo "info $interrupted worker(s) interrupted a setup"
 exit $fail

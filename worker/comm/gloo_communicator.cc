@@ -433,9 +433,7 @@ class GlooCommunicator final : public Communicator {
   // connections (with a reset), so the peers' waits on this rank fail now
   // too, and nothing more is read into or written from the callers' data.
   void Abort(const absl::Status& why) override {
-    const std::string reason =
-        absl::StrCat("aborted", Where(), ": ",
-                     why.message().empty() ? absl::string_view("Abort()") : why.message());
+    const std::string reason = internal::AbortReason(Where(), why);
     {
       absl::MutexLock lock(&error_mu_);
       if (first_error_.ok()) first_error_ = absl::AbortedError(reason);
@@ -533,9 +531,8 @@ class GlooCommunicator final : public Communicator {
     for (int i = 0; i + 1 < p; ++i) {
       rounds.push_back({r - i, r - i - 1, incoming.get() + (i % buffers) * most, true});
     }
-    for (int i = 0; i + 1 < p; ++i) rounds.push_back({r + 1 - i, r - i, nullptr, false});
-    for (Round& rd : rounds) {
-      if (!rd.reduce) rd.into = data + begin(rd.in);
+    for (int i = 0; i + 1 < p; ++i) {
+      rounds.push_back({r + 1 - i, r - i, data + begin(r - i), false});
     }
     // Each receive is posted one round early: Gloo then finds it posted
     // when the previous rank's send arrives and writes the data at once,

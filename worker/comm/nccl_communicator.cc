@@ -242,9 +242,7 @@ class NcclCommunicator final : public Communicator {
     {
       absl::MutexLock lock(&abort_mu_);
       if (abort_reason_.empty()) {  // the first reason stays
-        abort_reason_ =
-            absl::StrCat("aborted", Where(""), ": ",
-                         why.message().empty() ? absl::string_view("Abort()") : why.message());
+        abort_reason_ = internal::AbortReason(Where(""), why);
       }
     }
     abort_requested_ = true;

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 
@@ -64,6 +65,11 @@ absl::Status ValidatePeer(absl::string_view what, int peer, int rank,
         what, ": peer ", peer, " is this rank; send to another rank"));
   }
   return absl::OkStatus();
+}
+
+std::string AbortReason(absl::string_view where, const absl::Status& why) {
+  return absl::StrCat("aborted", where, ": ",
+                      why.message().empty() ? absl::string_view("Abort()") : why.message());
 }
 
 }  // namespace chunkflow::comm::internal

@@ -5,6 +5,7 @@
 #define CHUNKFLOW_WORKER_COMM_VALIDATE_H_
 
 #include <cstdint>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -28,6 +29,10 @@ absl::Status ValidateBuffer(absl::string_view what, const void* data,
 // The peer of a Send/Recv. Errors: INVALID_ARGUMENT (peer outside
 // [0, size), peer == rank).
 absl::Status ValidatePeer(absl::string_view what, int peer, int rank, int size);
+
+// The message every operation of a communicator aborted by Abort(why)
+// carries: "aborted<where>: <why's message>" ("Abort()" when it is empty).
+std::string AbortReason(absl::string_view where, const absl::Status& why);
 
 }  // namespace chunkflow::comm::internal
 
