@@ -20,7 +20,7 @@ struct CoordinatorCommandOptions {
   std::string metrics_listen;
   std::string port_file;  // written with the bound port once listening
   absl::Duration heartbeat_timeout = absl::Seconds(10);
-  absl::Duration comm_timeout = absl::Seconds(60);
+  absl::Duration comm_timeout = absl::Seconds(600);  // CoordinatorOptions says why
 };
 // Serves until SIGINT/SIGTERM. Prints "coordinator listening on <port>".
 absl::Status RunCoordinatorCommand(const CoordinatorCommandOptions& o, std::ostream& out);

@@ -99,10 +99,11 @@ ABSL_FLAG(std::string, metrics_listen, "",
           "coordinator/worker: host:port for Prometheus /metrics (port 0: a free one); empty: none");
 ABSL_FLAG(double, heartbeat_timeout_s, 10,
           "coordinator: a worker silent this long is lost (its job goes back to a checkpoint)");
-ABSL_FLAG(double, comm_timeout_s, 60,
-          "coordinator: bound on every worker communicator operation; a peer that hangs "
-          "without a word fails the others' waits after this long, unless the coordinator "
-          "aborts the job first (it does at heartbeat_timeout_s)");
+ABSL_FLAG(double, comm_timeout_s, 600,
+          "coordinator: bound on every worker communicator operation and rendezvous (a rank "
+          "waiting for a slower one: long chains, dp skew, checkpoint loading). A lost or "
+          "frozen worker ends the others' waits sooner: the coordinator aborts the job at "
+          "heartbeat_timeout_s");
 ABSL_FLAG(std::string, name, "", "worker: stable worker name (e.g. the pod name); submit: job name");
 ABSL_FLAG(std::string, host, "127.0.0.1",
           "worker: address or interface Gloo listens on for its peers");

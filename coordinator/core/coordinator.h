@@ -87,8 +87,14 @@ struct CoordinatorOptions {
   metrics::CoordinatorMetrics* metrics = nullptr;  // optional
   absl::Duration heartbeat_interval = absl::Seconds(1);
   absl::Duration heartbeat_timeout = absl::Seconds(10);
-  // Handed to workers: bounds each communicator operation.
-  absl::Duration comm_timeout = absl::Seconds(60);
+  // Handed to workers: bounds each communicator operation and rendezvous.
+  // Long, as in PyTorch (10 min): a rank waits legitimately for a slower
+  // one (a long chain, dp skew, a stage still loading a large checkpoint),
+  // and a lost or frozen rank is handled sooner anyway: the heartbeat
+  // timeout resets the job and its ABORT ends the others' waits. What this
+  // bounds alone is a hang the heartbeats do not see (a device kernel that
+  // never returns while the process still beats).
+  absl::Duration comm_timeout = absl::Seconds(600);
   // Op samples kept per job for the cost-model refit (oldest dropped).
   int64_t max_cost_samples = 4096;
   // A lost worker that holds no rank is forgotten (its record deleted) this

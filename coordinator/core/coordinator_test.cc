@@ -286,7 +286,7 @@ TEST_F(CoordinatorTest, JobRunsToCompletion_OnceDpTimesPpWorkersRegister) {
   for (const FakeWorker& w : ws) {
     ASSERT_EQ(w.plans.size(), 4u) << w.id;
     ranks.insert({w.assignment.stage(), w.assignment.dp_index()});
-    EXPECT_EQ(w.assignment.comm_timeout_s(), 60);
+    EXPECT_EQ(w.assignment.comm_timeout_s(), 600);
     EXPECT_FALSE(w.assigned) << "released at the end";
   }
   EXPECT_EQ(ranks.size(), 4u);

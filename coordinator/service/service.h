@@ -39,7 +39,7 @@ struct ServerOptions {
   std::string metrics_listen;
   absl::Duration heartbeat_interval = absl::Seconds(1);
   absl::Duration heartbeat_timeout = absl::Seconds(10);
-  absl::Duration comm_timeout = absl::Seconds(60);
+  absl::Duration comm_timeout = absl::Seconds(600);  // CoordinatorOptions says why
 };
 
 class CoordinatorServer {

@@ -584,7 +584,7 @@ class Daemon final : public WorkerDaemon {
   absl::Status Connect(JobState* j, const std::string& prefix, int rank, int size,
                        comm::Communicator** out) {
     const absl::Duration timeout =
-        absl::Seconds(j->a.comm_timeout_s() > 0 ? j->a.comm_timeout_s() : 60);
+        absl::Seconds(j->a.comm_timeout_s() > 0 ? j->a.comm_timeout_s() : 600);
     absl::StatusOr<std::unique_ptr<comm::Communicator>> c;
     if (on_cuda() && options_.links == "nccl") {
       // The unique id travels through the coordinator's key-value store.
