@@ -97,8 +97,14 @@ absl::Status FromGrpc(const grpc::Status& s) {
 
 class RemoteKeyValueStore final : public comm::KeyValueStore {
  public:
-  explicit RemoteKeyValueStore(const std::string& target)
-      : target_(target), stub_(v1::WorkerService::NewStub(CoordinatorChannel(target))) {}
+  // `abort` (optional, outliving the store): when set, a Get waiting for a
+  // key gives up at its next poll (a rendezvous for a rank that will not
+  // come, in a job's setup the coordinator aborted).
+  explicit RemoteKeyValueStore(const std::string& target,
+                               const std::atomic<bool>* abort = nullptr)
+      : abort_(abort),
+        target_(target),
+        stub_(v1::WorkerService::NewStub(CoordinatorChannel(target))) {}
 
   absl::Status Set(std::string_view key, std::string_view value) override {
     grpc::ClientContext ctx;
@@ -118,7 +124,7 @@ class RemoteKeyValueStore final : public comm::KeyValueStore {
     const absl::Time deadline = absl::Now() + timeout;
     absl::Duration wait = absl::Milliseconds(5);
     while (true) {
-      if (aborted_) {
+      if (abort_ != nullptr && abort_->load()) {
         return absl::AbortedError(absl::StrCat("waiting for key '", std::string(key),
                                                "': the job's setup was aborted"));
       }
@@ -143,12 +149,8 @@ class RemoteKeyValueStore final : public comm::KeyValueStore {
     }
   }
 
-  // A rendezvous waiting in Get (for a rank that will not come) gives up
-  // at its next poll.
-  void Abort() { aborted_ = true; }
-
  private:
-  std::atomic<bool> aborted_{false};
+  const std::atomic<bool>* const abort_;
   std::string target_;
   std::unique_ptr<v1::WorkerService::Stub> stub_;
 };
@@ -166,12 +168,14 @@ struct JobState {
   engine::ModelConfig config;
   std::unique_ptr<dataset::TokenSource> data;
   std::unique_ptr<comm::KeyValueStore> kv;
-  RemoteKeyValueStore* remote_kv = nullptr;  // kv
   // Appended to under Daemon::abort_mu_ (the stream thread may abort them
   // while the setup connects the next).
   std::vector<std::unique_ptr<comm::Communicator>> comms;
-  bool ready = false;    // the setup finished
-  bool aborted = false;  // AbortRunning reached it (under Daemon::abort_mu_)
+  bool ready = false;  // the setup finished
+  // Set by AbortRunning (under Daemon::abort_mu_): ends the setup's waits
+  // (the key-value store's, NCCL's init) as the communicators' Abort ends
+  // theirs.
+  std::atomic<bool> aborted{false};
   StageLinks links;
   std::unique_ptr<StepRunner> runner;
   std::optional<v1::StepReport> last_report;
@@ -495,7 +499,6 @@ class Daemon final : public WorkerDaemon {
       Log(absl::StrCat("job ", a.job_id(), ": interrupting the running step (", why, ")"));
     }
     abortable_->aborted = true;
-    abortable_->remote_kv->Abort();
     const absl::Status status = absl::AbortedError(
         absl::StrCat("job ", a.job_id(), " generation ", a.generation(), ": ", why));
     for (const std::unique_ptr<comm::Communicator>& c : abortable_->comms) c->Abort(status);
@@ -589,7 +592,7 @@ class Daemon final : public WorkerDaemon {
     if (on_cuda() && options_.links == "nccl") {
       // The unique id travels through the coordinator's key-value store.
       c = comm::CreateNcclCommunicator(rank, size, prefix, j->kv.get(), options_.cuda_device,
-                                       timeout);
+                                       timeout, &j->aborted);
     } else {
       comm::GlooOptions o;
       o.hostname = options_.host;
@@ -637,11 +640,7 @@ class Daemon final : public WorkerDaemon {
         dataset::TokenSource::Open(a.dataset_path(), j->config.vocab_size);
     if (!data.ok()) return data.status();
     j->data = std::move(*data);
-    {
-      auto kv = std::make_unique<RemoteKeyValueStore>(options_.coordinator);
-      j->remote_kv = kv.get();
-      j->kv = std::move(kv);
-    }
+    j->kv = std::make_unique<RemoteKeyValueStore>(options_.coordinator, &j->aborted);
     // From here an ABORT of this generation ends the rendezvous waits (for
     // a rank that was lost meanwhile) instead of the timeout.
     {

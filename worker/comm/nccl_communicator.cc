@@ -146,7 +146,8 @@ class NcclCommunicator final : public Communicator {
 
   // Stream, barrier scratch and ncclCommInitRankConfig (non-blocking, polled
   // until `deadline`).
-  absl::Status Init(const ncclUniqueId& id, absl::Time deadline) {
+  absl::Status Init(const ncclUniqueId& id, absl::Time deadline,
+                    const std::atomic<bool>* abort) {
     absl::MutexLock lock(&mu_);
     const std::string where = Where("CreateNcclCommunicator");
     CF_RETURN_IF_CUDA_ERROR(where, cudaSetDevice(device_));
@@ -170,7 +171,8 @@ class NcclCommunicator final : public Communicator {
                           timeout_,
                           absl::StrCat("not all ", size_,
                                        " ranks joined; check that every rank "
-                                       "started with the same prefix"))
+                                       "started with the same prefix"),
+                          abort)
             : NcclStatus(r, "ncclCommInitRankConfig", where, comm_);
     if (!status.ok() && comm_ != nullptr) {
       ncclCommAbort(comm_);
@@ -532,7 +534,7 @@ absl::Status ExchangeUniqueId(int rank, absl::string_view prefix,
 
 absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
     int rank, int size, std::string_view prefix, KeyValueStore* store,
-    int cuda_device, absl::Duration timeout) {
+    int cuda_device, absl::Duration timeout, const std::atomic<bool>* abort) {
   const absl::string_view prefix_view(prefix.data(), prefix.size());
   if (absl::Status s = internal::ValidateGroup(
           "CreateNcclCommunicator", rank, size, prefix_view, store, timeout);
@@ -574,7 +576,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
   }
   auto comm = std::make_unique<NcclCommunicator>(rank, size, prefix,
                                                  cuda_device, timeout);
-  if (absl::Status s = comm->Init(id, deadline); !s.ok()) return s;
+  if (absl::Status s = comm->Init(id, deadline, abort); !s.ok()) return s;
   return std::unique_ptr<Communicator>(std::move(comm));
 }
 

@@ -40,6 +40,7 @@
 #ifndef CHUNKFLOW_WORKER_COMM_NCCL_COMMUNICATOR_H_
 #define CHUNKFLOW_WORKER_COMM_NCCL_COMMUNICATOR_H_
 
+#include <atomic>
 #include <memory>
 #include <string_view>
 
@@ -57,10 +58,14 @@ namespace chunkflow::comm {
 // malformed unique id in the store); UNAVAILABLE (no CUDA device or driver,
 // NCCL system/remote errors, store unreachable); DEADLINE_EXCEEDED (rank 0
 // did not publish the unique id, or not every rank joined, within
-// `timeout`); INTERNAL (other CUDA/NCCL errors, naming the call).
+// `timeout`); INTERNAL (other CUDA/NCCL errors, naming the call);
+// ABORTED when `abort` (optional) is set while the ranks join (the worker
+// sets it when the coordinator aborts the generation being set up; the
+// unique id's wait in the store is the store's to abort).
 absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
     int rank, int size, std::string_view prefix, KeyValueStore* store,
-    int cuda_device, absl::Duration timeout = absl::Seconds(30));
+    int cuda_device, absl::Duration timeout = absl::Seconds(30),
+    const std::atomic<bool>* abort = nullptr);
 
 }  // namespace chunkflow::comm
 

@@ -17,6 +17,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <atomic>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -435,6 +436,28 @@ TEST(NcclCommunicatorTest, Wait_PeerAborted_PeerSeesRemoteErrorAndBothBreak) {
   EXPECT_THAT(std::string(later.message()), HasSubstr("did not complete"));
   EXPECT_EQ(remote.code(), absl::StatusCode::kUnavailable) << remote;
   EXPECT_THAT(std::string(remote.message()), HasSubstr("rank 1"));
+}
+
+// The init of a communicator whose second rank never joins (a rank lost
+// during a job's setup) ends when the abort flag is set, not at the 60 s
+// timeout.
+TEST(NcclCommunicatorTest, Create_AbortSetWhileRanksJoin_AbortedAtOnce) {
+  SKIP_UNLESS_GPUS(1);
+  InMemoryKeyValueStore store;
+  std::atomic<bool> abort{false};
+  std::thread aborter([&] {
+    absl::SleepFor(absl::Milliseconds(300));
+    abort = true;
+  });
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::unique_ptr<Communicator>> comm =
+      CreateNcclCommunicator(0, 2, "test/abort_init", &store, 0, absl::Seconds(60), &abort);
+  const absl::Duration took = absl::Now() - start;
+  aborter.join();
+  EXPECT_EQ(comm.status().code(), absl::StatusCode::kAborted) << comm.status();
+  EXPECT_THAT(std::string(comm.status().message()), HasSubstr("ncclCommInitRankConfig"));
+  EXPECT_GE(took, absl::Milliseconds(250));
+  EXPECT_LT(took, absl::Seconds(10));
 }
 
 // Abort from another thread ends a receive the peer never satisfies long
